@@ -8,7 +8,7 @@ def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-@register_model("custom", family="cnn", recipe=dict(epochs=6, lr=0.1, batch_size=128, optimizer="sgd",
+@register_model("custom", family="cnn", recipe=dict(epochs=2, lr=0.1, batch_size=128, optimizer="sgd",
                                                     schedule="onecycle", label_smoothing=0.1))
 def custom(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """Five conv-BN-ReLU layers with three max-pools, then a 512-wide classifier with dropout."""
@@ -25,7 +25,7 @@ def custom(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) ->
     )
 
 
-@register_model("simple-cnn", family="cnn", recipe=dict(epochs=8, lr=0.05, batch_size=128, optimizer="sgd",
+@register_model("simple-cnn", family="cnn", recipe=dict(epochs=5, lr=0.05, batch_size=128, optimizer="sgd",
                                                         schedule="onecycle", label_smoothing=0.0))
 def simple_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """Three conv + max-pool blocks (16, 32, 64 channels), then FC 72 with dropout: ~98K params."""

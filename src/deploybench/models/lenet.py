@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from deploybench.models.registry import register_model
 
-_RECIPE = dict(epochs=10, lr=0.05, batch_size=128, optimizer="sgd", schedule="onecycle", label_smoothing=0.0)
+_RECIPE = dict(epochs=5, lr=0.05, batch_size=128, optimizer="sgd", schedule="onecycle", label_smoothing=0.0)
 
 
 @register_model("lenet", family="lenet", recipe=_RECIPE)

@@ -8,7 +8,7 @@ import torchvision
 from deploybench.errors import UserError
 from deploybench.models.registry import register_model
 
-_RECIPE = dict(epochs=3, lr=0.1, batch_size=128, optimizer="sgd", schedule="onecycle", label_smoothing=0.1)
+_RECIPE = dict(epochs=1, lr=0.1, batch_size=128, optimizer="sgd", schedule="onecycle", label_smoothing=0.1)
 
 
 def _load_imagenet_weights(model: nn.Module, path: str, in_channels: int) -> None:

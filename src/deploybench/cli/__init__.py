@@ -1,0 +1,1 @@
+"""Thin argparse front ends; every command calls a library function."""

@@ -1,0 +1,230 @@
+"""The training engine: `train_one_epoch`, `evaluate` and `fit` (resumable, checkpointed atomically).
+
+Resuming is exact on CPU: the shuffling order of each epoch comes from a generator seeded by (seed, epoch),
+the checkpoint stores the step reached inside the epoch and every RNG state, so a resumed run replays the
+same batches with the same augmentation and dropout as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from deploybench.errors import UserError
+from deploybench.models.checkpoint import load_checkpoint, save_checkpoint
+from deploybench.train.recipes import Recipe
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM arrived: the state was checkpointed and the run can be resumed."""
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of a permutation seeded by (seed, epoch), starting at batch `start`: replayable after a resume."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0):
+        self.n, self.batch_size, self.start = n, batch_size, start
+        self.perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size) - self.start
+
+    def __iter__(self):
+        for i in range(self.start * self.batch_size, self.n, self.batch_size):
+            yield self.perm[i:i + self.batch_size]
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    confusion: torch.Tensor  # [true, predicted] counts
+
+    def per_class(self) -> list[dict]:
+        """Precision, recall and F1 of every class from the confusion matrix."""
+        cm = self.confusion.double()
+        tp, pred, true = cm.diag(), cm.sum(0), cm.sum(1)
+        prec = torch.where(pred > 0, tp / pred.clamp(min=1), torch.zeros_like(tp))
+        rec = torch.where(true > 0, tp / true.clamp(min=1), torch.zeros_like(tp))
+        f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp(min=1e-12), torch.zeros_like(tp))
+        return [dict(precision=float(p), recall=float(r), f1=float(f), support=int(s))
+                for p, r, f, s in zip(prec, rec, f1, true)]
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0           # epochs completed
+    step: int = 0            # batches completed inside the current epoch
+    best_val_top1: float = -1.0
+    history: list[dict] = field(default_factory=list)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise UserError(f"unknown optimizer {recipe.optimizer!r}; choose one of: adamw, sgd")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
+    total = max(1, recipe.epochs * steps_per_epoch)
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total, pct_start=0.25)
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if recipe.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, [int(total * 0.5), int(total * 0.75)], gamma=0.1)
+    raise UserError(f"unknown schedule {recipe.schedule!r}; choose one of: cosine, onecycle, step")
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def train_one_epoch(model, loader, opt, sched, scaler, device, recipe: Recipe, *, on_step: Callable | None = None,
+                    desc: str = "train") -> dict:
+    """One pass over `loader`; returns mean loss, accuracy and images/s. `on_step(i)` runs after each step."""
+    model.train()
+    use_amp = recipe.amp and device.type == "cuda"
+    loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    for i, (x, y) in enumerate(bar):
+        x, y = _to_device(x, device, recipe.channels_last), y.to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                        img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        if on_step:
+            on_step(i)
+    elapsed = time.perf_counter() - t0
+    return dict(loss=loss_sum / max(seen, 1), top1=correct / max(seen, 1), images_per_s=seen / max(elapsed, 1e-9),
+                seconds=elapsed)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
+             channels_last: bool = False) -> EvalResult:
+    """Loss, top-1, top-5 and the confusion matrix of `model` over `loader`."""
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum, top5, seen = 0.0, 0, 0
+    for x, y in loader:
+        x, y = _to_device(x, device, channels_last), y.to(device)
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        k = min(5, num_classes)
+        top5 += (logits.topk(k, 1).indices == y[:, None]).any(1).sum().item()
+        cm += torch.bincount(y.cpu() * num_classes + logits.argmax(1).cpu(),
+                             minlength=num_classes ** 2).view(num_classes, num_classes)
+        seen += len(y)
+    return EvalResult(loss_sum / max(seen, 1), cm.diag().sum().item() / max(seen, 1), top5 / max(seen, 1), cm)
+
+
+def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int, recipe: Recipe, run_dir: Path,
+        *, device: torch.device, resume: bool = False, on_epoch: Callable[[dict], None] | None = None) -> TrainState:
+    """Train `model` following `recipe`, validating every epoch.
+
+    Writes `run_dir/last.pt` (everything needed to resume) at every epoch end, every `checkpoint_every`
+    steps and on SIGTERM, and `run_dir/best.pt` (weights with the best validation top-1). Returns the state.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.seed)
+    random.seed(recipe.seed)
+    model.to(device)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
+    opt = make_optimizer(model, recipe)
+    sched = make_scheduler(opt, recipe, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
+    state = TrainState()
+    last = run_dir / "last.pt"
+    if resume:
+        ckpt = load_checkpoint(last)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state = TrainState(**ckpt["state"])
+        _set_rng_state(ckpt["rng"])
+
+    def checkpoint() -> None:
+        save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "scaler": scaler.state_dict(), "state": vars(state), "rng": _rng_state(),
+                         "recipe": recipe.to_dict()}, last)
+
+    terminated = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
+    val_loader = DataLoader(val_set, batch_size=256)
+    try:
+        while state.epoch < recipe.epochs:
+            sampler = EpochBatchSampler(len(train_set), recipe.batch_size, recipe.seed, state.epoch, state.step)
+            loader = DataLoader(train_set, batch_sampler=sampler, pin_memory=device.type == "cuda")
+            start = state.step
+
+            def on_step(i: int) -> None:
+                state.step = start + i + 1
+                if terminated:
+                    checkpoint()
+                    raise TrainingInterrupted(f"stopped by SIGTERM at epoch {state.epoch + 1}, step {state.step}; "
+                                              f"checkpoint saved, continue with --resume")
+                if recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0:
+                    checkpoint()
+
+            stats = train_one_epoch(model, loader, opt, sched, scaler, device, recipe, on_step=on_step,
+                                    desc=f"epoch {state.epoch + 1}/{recipe.epochs}")
+            val = evaluate(model, val_loader, device, num_classes, recipe.channels_last)
+            state.epoch, state.step = state.epoch + 1, 0
+            row = dict(epoch=state.epoch, train_loss=stats["loss"], train_top1=stats["top1"], val_loss=val.loss,
+                       val_top1=val.top1, lr=sched.get_last_lr()[0], seconds=stats["seconds"],
+                       images_per_s=stats["images_per_s"])
+            if start:  # a resumed partial epoch: its throughput figures cover only part of it
+                row["resumed_at_step"] = start
+            state.history.append(row)
+            if val.top1 > state.best_val_top1:
+                state.best_val_top1 = val.top1
+                save_checkpoint({"model": model.state_dict(), "epoch": state.epoch, "val_top1": val.top1},
+                                run_dir / "best.pt")
+            checkpoint()
+            if on_epoch:
+                on_epoch(row)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return state

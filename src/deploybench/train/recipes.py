@@ -1,0 +1,37 @@
+"""Training recipes: each architecture's defaults (in the model registry), overridden by CLI options."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from deploybench.models import get_model_info
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 5
+    lr: float = 0.05              # peak learning rate (OneCycle) or initial (cosine, step)
+    batch_size: int = 128
+    optimizer: str = "sgd"        # sgd (momentum 0.9, Nesterov) | adamw
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"    # onecycle | cosine | step (x0.1 at 50% and 75% of training)
+    label_smoothing: float = 0.0
+    seed: int = 0
+    amp: bool = True              # mixed precision; used on CUDA only (CPU bf16 autocast was 10x slower here)
+    channels_last: bool = True
+    cutout: int = 0               # side of the square erased by cutout, in pixels (0 = off)
+    augment: bool = True
+    limit_train: int = 0          # train on the first N shuffled training images (0 = all); for quick runs
+    checkpoint_every: int = 200   # also checkpoint every N steps, so a killed run loses little
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+RECIPE_KEYS = {f.name for f in fields(Recipe)}
+
+
+def default_recipe(model: str, **overrides) -> Recipe:
+    """The model's registered recipe with `overrides` applied; overrides that are None are ignored."""
+    base = {k: v for k, v in get_model_info(model).recipe.items() if k in RECIPE_KEYS}
+    base.update({k: v for k, v in overrides.items() if v is not None and k in RECIPE_KEYS})
+    return Recipe(**base)

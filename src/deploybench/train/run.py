@@ -1,0 +1,119 @@
+"""`train_model`: data + model + engine, then test metrics, figures and the trained variant in the store."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from torch.utils.tensorboard import SummaryWriter
+
+from deploybench.data import load_splits
+from deploybench.errors import UserError
+from deploybench.models import count_params, create_model
+from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights
+from deploybench.store import Variant, Workspace, atomic_write_text, safe_component
+from deploybench.train import plots
+from deploybench.train.engine import evaluate, fit
+from deploybench.train.recipes import Recipe
+
+
+def model_config(model: str, info, transfer: bool = False) -> dict:
+    """What `build_model` needs to rebuild an architecture for a dataset (recorded in every variant)."""
+    return dict(arch=model, num_classes=info.num_classes, in_channels=3 if transfer else info.in_channels,
+                image_size=224 if transfer else info.image_size, transfer=transfer, mean=list(info.mean),
+                std=list(info.std))
+
+
+def build_model(config: dict) -> torch.nn.Module:
+    return create_model(config["arch"], config["num_classes"], config["in_channels"], config["image_size"])
+
+
+def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data_dir: str | Path = "data",
+                resume: bool = False, restart: bool = False, pretrained: str | None = None,
+                checkpoint: str | None = None, device: str | None = None, log=print) -> tuple[Variant, bool]:
+    """Train `model` on `dataset` and record it as the trained variant. Returns (variant, newly_trained).
+
+    The same (model, dataset, recipe) already trained returns the stored variant. A run that was interrupted
+    must be continued with `resume=True` or discarded with `restart=True`; it is never overwritten silently.
+    `checkpoint` starts from external weights (validated against the architecture).
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    transfer = bool(pretrained)
+    splits = load_splits(dataset, data_dir, seed=recipe.seed, augment=recipe.augment, cutout=recipe.cutout,
+                         transfer=transfer)
+    info = splits.info
+    config = dict(model_config(model, info, transfer), recipe=recipe.to_dict(), dataset=dataset,
+                  pretrained=Path(pretrained).name if pretrained else None,
+                  init_checkpoint=Path(checkpoint).name if checkpoint else None)
+    vid = ws.variant_id(model, dataset, None, "train", config)
+    existing = ws.find_variant(vid)
+    if existing is not None and existing.path.is_dir():
+        return existing, False
+    run_dir = ws.root / "runs" / safe_component(model) / safe_component(dataset) / vid
+    last = run_dir / "last.pt"
+    if resume and not last.exists():
+        raise UserError(f"nothing to resume: no interrupted run of {model} on {dataset} with this recipe")
+    if last.exists() and not resume:
+        if not restart:
+            raise UserError(f"an interrupted run of {model} on {dataset} exists ({run_dir}); "
+                            f"pass --resume to continue it or --restart to discard it")
+        shutil.rmtree(run_dir)
+
+    net = create_model(model, info.num_classes, config["in_channels"], config["image_size"], pretrained=pretrained)
+    if checkpoint:
+        load_weights(net, extract_state_dict(load_checkpoint(checkpoint)), checkpoint)
+    train_set = splits.train
+    if recipe.limit_train and recipe.limit_train < len(train_set):
+        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(recipe.seed))
+        train_set = Subset(train_set, keep[:recipe.limit_train].tolist())
+    ws.start_training_run(vid, model, dataset, config)
+    log(f"training {model} ({count_params(net):,} params) on {dataset}: {len(train_set)} train / "
+        f"{len(splits.val)} val / {len(splits.test)} test images, {recipe.epochs} epochs, device {dev}")
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def on_epoch(row: dict) -> None:
+        for k in ("train_loss", "val_loss", "train_top1", "val_top1", "lr", "images_per_s"):
+            writer.add_scalar(k, row[k], row["epoch"])
+        writer.flush()
+        log(f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.2f}% | "
+            f"val top-1 {100 * row['val_top1']:.2f}% | {row['seconds']:.0f} s, {row['images_per_s']:.0f} img/s")
+
+    try:
+        state = fit(net, train_set, splits.val, info.num_classes, recipe, run_dir, device=dev, resume=resume,
+                    on_epoch=on_epoch)
+    except BaseException:
+        ws.finish_training_run(vid, "interrupted")
+        writer.close()
+        raise
+    writer.close()
+
+    net.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    net.to(memory_format=torch.contiguous_format)
+    test = evaluate(net, DataLoader(splits.test, batch_size=256), dev, info.num_classes)
+    per_class = test.per_class()
+    full_epochs = [h for h in state.history if "resumed_at_step" not in h]
+    metrics = dict(accuracy_top1=test.top1, accuracy_top5=test.top5, test_loss=test.loss,
+                   best_val_top1=state.best_val_top1, params=count_params(net), epochs=len(state.history),
+                   seconds_per_epoch=(sum(h["seconds"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
+                   train_seconds=sum(h["seconds"] for h in state.history), device=str(dev),
+                   threads=torch.get_num_threads(), torch_version=torch.__version__, test_images=len(splits.test))
+
+    def write(d: Path) -> dict:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, d / "model.pt")
+        plots.learning_curves(state.history, d / "learning_curves")
+        plots.confusion_matrix(test.confusion, list(info.classes), d / "confusion_matrix")
+        (d / "training.json").write_text(json.dumps(dict(
+            history=state.history, per_class=[dict(c, name=n) for c, n in zip(per_class, info.classes)],
+            confusion=test.confusion.tolist(), classes=list(info.classes)), indent=1))
+        shutil.copytree(run_dir / "tensorboard", d / "tensorboard")
+        return metrics
+
+    variant, created = ws.create_variant(model=model, dataset=dataset, stage="train", config=config, parent=None,
+                                         fmt="torch-state", write=write)
+    ws.finish_training_run(vid, "done", variant.id)
+    log(f"test top-1 {100 * test.top1:.2f}% top-5 {100 * test.top5:.2f}% -> variant {variant.id}")
+    return variant, created

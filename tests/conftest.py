@@ -1,0 +1,93 @@
+"""Tiny datasets written in the real on-disk formats, so the real torchvision loaders read them."""
+import pickle
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deploybench.data import dataset_info
+
+
+def _images(rng, labels, shape, num_classes):
+    """uint8 images whose brightness grows with the label (learnable), plus a little noise."""
+    base = (30 + 190 * np.asarray(labels) / max(1, num_classes - 1)).astype(np.int16)
+    noise = rng.randint(-20, 21, size=(len(labels), *shape))
+    return np.clip(base.reshape(-1, *[1] * len(shape)) + noise, 0, 255).astype(np.uint8)
+
+
+def _pickle(path, obj):
+    # The official files are Python 2 pickles; torchvision reads them with encoding="latin1", which turns
+    # their keys into `str`. A protocol-2 pickle with str keys reads back identically.
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar10(tmp_path_factory):
+    """data_dir with cifar-10-batches-py/: 5 train batches of 8 images, 20 test images, all 10 classes."""
+    root = tmp_path_factory.mktemp("cifar10")
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(1, 6):
+        labels = [(8 * (i - 1) + j) % 10 for j in range(8)]
+        data = _images(rng, labels, (3072,), 10)
+        _pickle(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "labels": labels,
+                                              "data": data, "filenames": [f"{i}_{j}.png" for j in range(8)]})
+    labels = [j % 10 for j in range(20)]
+    _pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": labels,
+                                    "data": _images(rng, labels, (3072,), 10), "filenames": []})
+    _pickle(folder / "batches.meta", {"label_names": list(dataset_info("cifar10").classes),
+                                      "num_cases_per_batch": 8, "num_vis": 3072})
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar100(tmp_path_factory):
+    """data_dir with cifar-100-python/: 200 train images (2 per class), 100 test images (1 per class)."""
+    root = tmp_path_factory.mktemp("cifar100")
+    folder = root / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 200), ("test", 100)):
+        fine = [j % 100 for j in range(n)]
+        _pickle(folder / split, {"batch_label": split, "fine_labels": fine, "coarse_labels": [f // 5 for f in fine],
+                                 "data": _images(rng, fine, (3072,), 100), "filenames": []})
+    _pickle(folder / "meta", {"fine_label_names": list(dataset_info("cifar100").classes),
+                              "coarse_label_names": [f"coarse_{i}" for i in range(20)]})
+    return root
+
+
+def _idx(path, array, magic):
+    # IDX: big-endian magic (2051 images, 2049 labels), big-endian dims, then raw uint8 data.
+    with open(path, "wb") as f:
+        f.write(struct.pack(">i", magic) + b"".join(struct.pack(">i", d) for d in array.shape) + array.tobytes())
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion_mnist(tmp_path_factory):
+    """data_dir with FashionMNIST/raw/: the four uncompressed IDX files, 60 train / 20 test images, 28x28."""
+    root = tmp_path_factory.mktemp("fmnist")
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for prefix, n in (("train", 60), ("t10k", 20)):
+        labels = np.arange(n, dtype=np.uint8) % 10
+        _idx(raw / f"{prefix}-images-idx3-ubyte", _images(rng, labels, (28, 28), 10), 2051)
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", labels, 2049)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_imagefolder(tmp_path_factory):
+    """PATH/{train,test}/<class>/*.png, 3 classes, 6 train / 2 test PNGs each, in odd sizes (resized to 32)."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for label, cls in enumerate(("circle", "square", "triangle")):
+            (root / split / cls).mkdir(parents=True)
+            for j in range(n):
+                pixels = _images(rng, [label], (36 + j, 40, 3), 3)[0]
+                Image.fromarray(pixels).save(root / split / cls / f"{j}.png")
+    return root
