@@ -91,3 +91,31 @@ def tiny_imagefolder(tmp_path_factory):
                 pixels = _images(rng, [label], (36 + j, 40, 3), 3)[0]
                 Image.fromarray(pixels).save(root / split / cls / f"{j}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def _trained_lenet_workspace(tmp_path_factory, tiny_fashion_mnist):
+    """A workspace holding lenet trained for 1 epoch on tiny Fashion-MNIST (trained once per session)."""
+    from deploybench.store import Workspace
+    from deploybench.train.recipes import default_recipe
+    from deploybench.train.run import train_model
+
+    root = tmp_path_factory.mktemp("trained") / "ws"
+    ws = Workspace(root)
+    recipe = default_recipe("lenet", epochs=1, batch_size=16)
+    variant, _ = train_model(ws, "lenet", "fashion-mnist", recipe, data_dir=tiny_fashion_mnist, log=lambda *_: None)
+    return root, variant.id
+
+
+@pytest.fixture
+def trained_workspace(_trained_lenet_workspace, tmp_path, tiny_fashion_mnist):
+    """(workspace, trained lenet variant, data_dir): a private copy per test, so tests cannot disturb each other."""
+    import shutil
+
+    from deploybench.store import Workspace
+
+    src, vid = _trained_lenet_workspace
+    dst = tmp_path / "ws"
+    shutil.copytree(src, dst)
+    ws = Workspace(dst)
+    return ws, ws.get_variant(vid), tiny_fashion_mnist

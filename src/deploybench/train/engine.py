@@ -96,7 +96,8 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
     total = max(1, recipe.epochs * steps_per_epoch)
     if recipe.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total, pct_start=0.25)
+        # OneCycle needs a warm-up phase of at least one step; tiny runs get a schedule they stop early in.
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=max(total, 8), pct_start=0.25)
     if recipe.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     if recipe.schedule == "step":

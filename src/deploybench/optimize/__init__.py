@@ -1,0 +1,1 @@
+"""Optimize stages (quantize, prune, export): variant in, new variant out."""
