@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_const", const=False)
     p.add_argument("--limit-train", type=int, help="train on N training images only (quick runs)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default 200)")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = default_recipe(args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                 optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
                                 label_smoothing=args.label_smoothing, cutout=args.cutout, augment=args.augment,
-                                limit_train=args.limit_train, seed=args.seed, amp=args.amp)
+                                limit_train=args.limit_train, seed=args.seed, amp=args.amp,
+                                checkpoint_every=args.checkpoint_every)
         variant, created = train_model(open_workspace(args), args.model, args.dataset, recipe,
                                        data_dir=args.data_dir, resume=args.resume, restart=args.restart,
                                        pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)

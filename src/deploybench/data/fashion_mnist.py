@@ -39,3 +39,4 @@ def prepare_fashion_mnist(data_dir, source_dir=None) -> bool:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return all((raw / name).is_file() for name in RAW_FILES)
+

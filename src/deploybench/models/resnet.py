@@ -20,7 +20,10 @@ def _load_imagenet_weights(model: nn.Module, path: str, in_channels: int) -> Non
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if in_channels != 3 and "conv1.weight" in state:
         state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        missing, unexpected = [str(exc).splitlines()[-1].strip()], []
     if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
         raise UserError(f"{path} is not a resnet18 ImageNet checkpoint (missing {sorted(missing)[:4]}, "
                         f"unexpected {sorted(unexpected)[:4]})")

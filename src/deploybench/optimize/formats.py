@@ -15,7 +15,9 @@ from deploybench.errors import UserError
 from deploybench.store import Variant
 
 _TORCH_LOADERS: dict[str, Callable[[Variant], nn.Module]] = {}
-ONNX_FORMATS = {"onnx"}
+ONNX_FORMATS = {"onnx", "onnx-int8"}
+# fp32 eager modules: the formats whose params and MACs can be counted directly and that can be exported/pruned.
+EAGER_FORMATS = {"torch-state", "torch-pruned"}
 
 
 class UnsupportedFormat(Exception):
@@ -59,3 +61,114 @@ def _load_torch_state(variant: Variant) -> nn.Module:
 
     model = build_model(variant.config)
     return load_weights(model, extract_state_dict(load_checkpoint(variant.path / "model.pt")), str(variant.path))
+
+
+# -- pruned models: plain tensors + the changed layer attributes, so no module is pickled -----------------------
+_SKIP_ATTRS = {"training", "dump_patches", "call_super_init"}
+
+
+def _primitive(v) -> bool:
+    if isinstance(v, (tuple, list)):
+        return all(_primitive(x) for x in v)
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def shaped_state(model: nn.Module) -> dict:
+    """What rebuilds a model whose layer shapes changed (pruning): its state dict and, per submodule, the
+    public attributes that are plain values (in_channels, num_heads, ...). Loads with `weights_only=True`."""
+    import torch
+
+    attrs = {}
+    for name, module in model.named_modules():
+        own = {}
+        for key, value in vars(module).items():
+            if not key.startswith("_") and key not in _SKIP_ATTRS and _primitive(value):
+                own[key] = value
+        attrs[name] = own
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    return {"state_dict": state, "attributes": attrs}
+
+
+def rebuild_shaped(config: dict, obj: dict) -> nn.Module:
+    """`build_model(config)` reshaped to `shaped_state`'s record, with its weights loaded."""
+    import torch
+
+    from deploybench.train.run import build_model
+
+    model = build_model(config)
+    modules = dict(model.named_modules())
+    for name, own in obj["attributes"].items():
+        if name in modules:
+            for key, value in own.items():
+                setattr(modules[name], key, tuple(value) if isinstance(value, list) else value)
+    for key, tensor in obj["state_dict"].items():
+        mod_name, _, attr = key.rpartition(".")
+        module = modules.get(mod_name)
+        if module is None:
+            raise UserError(f"pruned weights name {key!r}, which {config['arch']} does not have")
+        if attr in module._parameters and module._parameters[attr] is not None:
+            module._parameters[attr] = nn.Parameter(torch.empty_like(tensor), requires_grad=tensor.is_floating_point())
+        elif attr in module._buffers:
+            module._buffers[attr] = torch.empty_like(tensor)
+    model.load_state_dict(obj["state_dict"])
+    return model
+
+
+@register_format("torch-pruned")
+def _load_torch_pruned(variant: Variant) -> nn.Module:
+    from deploybench.models.checkpoint import load_checkpoint
+
+    return rebuild_shaped(variant.config, load_checkpoint(variant.path / "model.pt"))
+
+
+class CastInput(nn.Module):
+    """Runs a reduced-precision model on float32 inputs, returning float32 logits."""
+
+    def __init__(self, model: nn.Module, dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x):
+        return self.model(x.to(self.dtype)).float()
+
+
+@register_format("torch-bf16")
+@register_format("torch-fp16")
+def _load_half(variant: Variant) -> nn.Module:
+    import torch
+
+    from deploybench.models.checkpoint import load_checkpoint
+
+    dtype = torch.bfloat16 if variant.format == "torch-bf16" else torch.float16
+    model = rebuild_shaped(variant.config, load_checkpoint(variant.path / "model.pt"))
+    return CastInput(model.to(dtype), dtype)
+
+
+class ExportedModule(nn.Module):
+    """A loaded `torch.export` program. Its graph is fixed in inference mode, and the program refuses
+    `.eval()`/`.train()`, so this wrapper records the mode without passing it down."""
+
+    def __init__(self, program: nn.Module):
+        super().__init__()
+        self.program = program
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        return self.program(x)
+
+
+@register_format("torch-export")
+@register_format("torch-export-int8")
+def _load_torch_export(variant: Variant) -> nn.Module:
+    """A `torch.export` program (PT2E int8 and others); runs eagerly, fast after torch.compile with freezing."""
+    import torch
+    import torchao.quantization.pt2e  # noqa: F401  (registers the quantize/dequantize ops the program calls)
+
+    path = variant.path / "model.pt2"
+    if not path.is_file():
+        raise UserError(f"variant {variant.id}: {path} is missing")
+    return ExportedModule(torch.export.load(path).module())

@@ -197,7 +197,10 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int
     try:
         while state.epoch < recipe.epochs:
             sampler = EpochBatchSampler(len(train_set), recipe.batch_size, recipe.seed, state.epoch, state.step)
-            loader = DataLoader(train_set, batch_sampler=sampler, pin_memory=device.type == "cuda")
+            # The loader's own generator keeps it from drawing on the global RNG (dropout, augmentation),
+            # which a resumed run must find exactly where the checkpoint left it.
+            loader = DataLoader(train_set, batch_sampler=sampler, pin_memory=device.type == "cuda",
+                                generator=torch.Generator().manual_seed(recipe.seed + state.epoch))
             start = state.step
 
             def on_step(i: int) -> None:

@@ -1,10 +1,8 @@
 """`train_model`: data + model + engine, then test metrics, figures and the trained variant in the store."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,7 +13,7 @@ from deploybench.data import load_splits
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights
-from deploybench.store import Variant, Workspace, atomic_write_text, safe_component
+from deploybench.store import Variant, Workspace, safe_component
 from deploybench.train import plots
 from deploybench.train.engine import evaluate, fit
 from deploybench.train.recipes import Recipe
@@ -63,6 +61,7 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
                             f"pass --resume to continue it or --restart to discard it")
         shutil.rmtree(run_dir)
 
+    torch.manual_seed(recipe.seed)  # the initial weights are part of the recipe
     net = create_model(model, info.num_classes, config["in_channels"], config["image_size"], pretrained=pretrained)
     if checkpoint:
         load_weights(net, extract_state_dict(load_checkpoint(checkpoint)), checkpoint)

@@ -1,0 +1,41 @@
+# deploybench: `make demo` (the main job) and `make test` (the whole suite) work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DATA   := data
+WS     := workspace
+DEMO_MODELS ?= lenet,simple-cnn
+
+.PHONY: setup data demo test bench bench-baseline report clean
+
+setup: $(STAMP)
+
+# Reinstall whenever pyproject.toml changes; pip resolves the pinned CUDA torch + torchvision pair.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Real Fashion-MNIST ships as a Debian package; torchvision's loader needs it unzipped under data/.
+data: setup
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || \
+	      echo "apt-get could not install dataset-fashion-mnist; torchvision will try to download it"; \
+	  else \
+	    echo "Fashion-MNIST: run 'sudo apt-get install -y dataset-fashion-mnist' (Debian/Ubuntu), or let torchvision download it"; \
+	  fi; \
+	fi
+	$(PY) -c "import sys; from deploybench.data import prepare_fashion_mnist as p; \
+	  print('Fashion-MNIST ready in $(DATA)' if p('$(DATA)') else 'Fashion-MNIST not found locally; torchvision will try to download it')"
+
+demo: data
+	$(VENV)/bin/deploybench pipeline --dataset fashion-mnist --models $(DEMO_MODELS) --workspace $(WS) --data-dir $(DATA)
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(WS) .pytest_cache

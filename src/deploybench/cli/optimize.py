@@ -1,0 +1,101 @@
+"""`optimize`: quantize, prune or export a recorded variant, or run every chain (`optimize all`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from deploybench.cli.common import add_common, open_workspace, run
+
+QUANT_METHODS = ["int8-pt2e", "int8-ort", "dynamic", "qat", "fp16", "bf16"]
+IMPORTANCES = ["magnitude", "taylor", "bn-scale", "lamp"]
+
+
+def _target(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--model", required=True, help="zoo name (as trained)")
+    p.add_argument("--dataset", help="dataset it was trained on (default: the only one it was trained on)")
+    p.add_argument("--variant", help="input variant id or unique prefix (default: the trained variant)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="optimize", description="Quantize, prune and export recorded variants.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{quantize,prune,export,all}")
+
+    q = sub.add_parser("quantize", help="int8 / reduced-precision variant")
+    _target(q)
+    q.add_argument("--method", choices=QUANT_METHODS, default="int8-pt2e", help="default: int8-pt2e")
+    q.add_argument("--calib-size", type=int, help="training images to calibrate on (default 512)")
+    q.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], help="int8-ort (default minmax)")
+    q.add_argument("--qat-epochs", type=int, help="qat: training epochs (default 1)")
+
+    pr = sub.add_parser("prune", help="structured channel pruning + fine-tuning")
+    _target(pr)
+    pr.add_argument("--ratio", type=float, required=True, help="share of channels removed, e.g. 0.5")
+    pr.add_argument("--importance", choices=IMPORTANCES, help="default: magnitude (group L2)")
+    pr.add_argument("--global", dest="global_pruning", action="store_const", const=True,
+                    help="rank channels across all layers (default: the same ratio per layer)")
+    pr.add_argument("--iterative-steps", type=int, help="prune in K steps (default 1)")
+    pr.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 2)")
+    pr.add_argument("--distill", action="store_const", const=True,
+                    help="distill from the unpruned parent while fine-tuning (KL at T=4 + CE)")
+
+    e = sub.add_parser("export", help="ONNX export with parity check")
+    _target(e)
+    e.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+
+    a = sub.add_parser("all", help="every stage and chain; a summary table at the end")
+    _target(a)
+    a.add_argument("--ratio", type=float, default=0.5, help="pruning ratio of the prune chains (default 0.5)")
+    a.add_argument("--finetune-epochs", type=int, default=2)
+    a.add_argument("--calib-size", type=int, default=512)
+    a.add_argument("--qat", action="store_true", help="run QAT even when int8-pt2e loses <= 1 point")
+    return p
+
+
+def _describe(v) -> str:
+    m = v.metrics
+    parts = [f"variant {v.id} ({'→'.join(v.stages)}, {v.format})", f"top-1 {100 * m['accuracy_top1']:.2f}%",
+             f"agreement {100 * m['agreement_top1']:.2f}%", f"{v.size_bytes:,} bytes"]
+    if m.get("params") is not None:
+        parts.append(f"{m['params']:,} params")
+    if m.get("macs_before") and m.get("macs"):
+        parts.append(f"MACs {m['macs_before']:,} → {m['macs']:,}")
+    if "parity_max_abs_logit_error" in m:
+        parts.append(f"max |Δlogit| {m['parity_max_abs_logit_error']:.2e}")
+    line = ", ".join(parts)
+    return line + (f"\nnote: {m['note']}" if m.get("note") else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def go():
+        from deploybench.optimize.base import get_stage, resolve_parent
+
+        ws = open_workspace(args)
+        parent = resolve_parent(ws, args.model, args.dataset, args.variant)
+        if args.command == "all":
+            from deploybench.optimize.pipeline import optimize_all, summary_table
+
+            results = optimize_all(ws, parent, args.data_dir, ratio=args.ratio, finetune_epochs=args.finetune_epochs,
+                                   calib_size=args.calib_size, force_qat=args.qat,
+                                   log=lambda msg: print(msg, file=sys.stderr))
+            print(summary_table(parent, results))
+            return 1 if any(r.status == "failed" for r in results) else 0
+        if args.command == "quantize":
+            stage = get_stage("quantize")(method=args.method, calib_size=args.calib_size,
+                                          calib_method=args.calib_method, qat_epochs=args.qat_epochs)
+        elif args.command == "prune":
+            stage = get_stage("prune")(ratio=args.ratio, importance=args.importance,
+                                       global_pruning=args.global_pruning, iterative_steps=args.iterative_steps,
+                                       finetune_epochs=args.finetune_epochs, distill=args.distill)
+        else:
+            stage = get_stage("export")(opset=args.opset)
+        print(_describe(stage.run(ws, parent, args.data_dir)))
+        return 0
+
+    return run(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

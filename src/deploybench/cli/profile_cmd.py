@@ -1,0 +1,103 @@
+"""`profile run | compare | report`: measure variants into the workspace, compare them, build the report."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from deploybench.cli.common import add_common, comma_list, open_workspace, run
+from deploybench.errors import UserError
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="profile", description="Profile variants on every backend and compare them.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="measure variants (latency, memory, accuracy, % of peak) into the workspace")
+    add_common(r)
+    r.add_argument("--model", default="all", help="model name, or all (default)")
+    r.add_argument("--dataset", help="only variants of this dataset")
+    r.add_argument("--variant", action="append", help="only this variant id (repeatable; prefixes accepted)")
+    r.add_argument("--backends", type=comma_list, help="comma-separated backends (default: every available one)")
+    r.add_argument("--batch-sizes", type=_positive_ints, default=[1, 64], help="comma-separated (default 1,64)")
+    r.add_argument("--threads", type=int, help="CPU threads (default: all physical cores)")
+    r.add_argument("--quick", action="store_true", help="short protocol for tests (numbers are not honest)")
+    r.add_argument("--in-process", action="store_true",
+                   help="measure in this process instead of a child per combination (faster; memory not isolated)")
+    r.add_argument("--list-backends", action="store_true", help="list backends with availability and exit")
+    c = sub.add_parser("compare", help="side-by-side table (or JSON / CSV) of stored measurements")
+    add_common(c)
+    c.add_argument("--model", nargs="+", help="only these models")
+    c.add_argument("--dataset", help="only this dataset")
+    c.add_argument("--backend", help="only this backend")
+    c.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    rep = sub.add_parser("report", help="self-contained HTML report built from the store")
+    add_common(rep)
+    rep.add_argument("--out", default="reports/index.html")
+    return p
+
+
+def _run(args) -> int:
+    from deploybench.profile.backends import backend_names, get_backend
+    from deploybench.profile.runner import profile_variants
+
+    if args.list_backends:
+        for name in backend_names():
+            ok, why = get_backend(name).available()
+            print(f"{name:<20} {'available' if ok else 'unavailable: ' + why}")
+        return 0
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    for name in args.backends or []:
+        get_backend(name)  # unknown names fail before anything is measured
+    ws = open_workspace(args)
+    if args.variant:
+        variants = [ws.get_variant(v) for v in args.variant]
+    else:
+        variants = ws.variants(None if args.model == "all" else args.model, args.dataset)
+    if not variants:
+        what = "any model" if args.model == "all" else args.model
+        raise UserError(f"no variants of {what}{' on ' + args.dataset if args.dataset else ''} in {ws.root}; "
+                        f"run `train` first")
+    rows = profile_variants(ws, variants, args.backends, batch_sizes=args.batch_sizes, threads=args.threads,
+                            quick=args.quick, data_dir=args.data_dir,
+                            isolate=not args.in_process)
+    measured = sum("skipped" not in r["metrics"] for r in rows)
+    print(f"stored {len(rows)} measurement(s) ({measured} measured, {len(rows) - measured} skipped) in {ws.root}")
+    return 0
+
+
+def _compare(args) -> int:
+    from deploybench.profile.compare import compare_rows, render
+    from deploybench.store import Workspace, default_workspace
+
+    ws = Workspace(args.workspace or default_workspace(), create=False)
+    rows = compare_rows(ws, args.model, args.backend, args.dataset)
+    print(render(rows, args.format))
+    return 0
+
+
+def _report(args) -> int:
+    try:
+        from deploybench.report import build_report
+    except ImportError:
+        raise UserError("the HTML report is not available in this version (deploybench.report is missing)") from None
+    print(build_report(open_workspace(args), args.out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda: {"run": _run, "compare": _compare, "report": _report}[args.command](args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

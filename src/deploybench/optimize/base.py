@@ -1,0 +1,308 @@
+"""The Stage base class, the stage registry, and what every stage shares: data, evaluation, recorded metrics.
+
+A stage is variant in, new variant out. `Stage.make_variant` writes the files through the workspace's atomic
+`create_variant`, then reloads what was written (the same loader a fresh process uses) and records its
+accuracy on the full test split, its top-1 agreement with the parent, params, MACs and the library versions
+that produced it. A stage that raises leaves neither folder nor row behind.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from deploybench.errors import UserError, unknown_choice
+from deploybench.optimize.formats import EAGER_FORMATS, ONNX_FORMATS, load_module, onnx_path
+from deploybench.store import Variant, Workspace
+from deploybench.train.engine import evaluate
+
+# Keys of a trained variant's config that rebuild the architecture; every derived variant carries them.
+MODEL_KEYS = ("arch", "num_classes", "in_channels", "image_size", "transfer", "mean", "std", "dataset")
+_LIBRARIES = ("torch", "torchao", "torch-pruning", "onnx", "onnxruntime", "onnxscript", "fvcore")
+
+
+# -- registry ------------------------------------------------------------------------------------------------
+_STAGES: dict[str, type["Stage"]] = {}
+
+
+def register_stage(cls: type["Stage"]) -> type["Stage"]:
+    """Class decorator registering a Stage subclass under `cls.name`."""
+    if cls.name in _STAGES:
+        raise ValueError(f"stage {cls.name!r} registered twice")
+    _STAGES[cls.name] = cls
+    return cls
+
+
+def _ensure_loaded() -> None:
+    import importlib
+
+    for mod in ("export", "prune", "quantize"):  # importing a stage module registers it
+        try:
+            importlib.import_module(f"deploybench.optimize.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"deploybench.optimize.{mod}":
+                raise
+
+
+def list_stages() -> list[str]:
+    _ensure_loaded()
+    return sorted(_STAGES)
+
+
+def get_stage(name: str) -> type["Stage"]:
+    _ensure_loaded()
+    if name not in _STAGES:
+        raise unknown_choice("stage", name, _STAGES)
+    return _STAGES[name]
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+@dataclass
+class StageData:
+    """The splits a stage needs, loaded once per (dataset, data_dir): test loader, calibration and train sets."""
+
+    splits: object
+    test_loader: DataLoader
+
+    @property
+    def info(self):
+        return self.splits.info
+
+    def calibration(self, n: int, seed: int = 0):
+        from deploybench.data import calibration_subset
+
+        return calibration_subset(self.splits, n, seed)
+
+    def example(self, batch: int = 2) -> torch.Tensor:
+        x = torch.stack([self.splits.test[i][0] for i in range(min(batch, len(self.splits.test)))])
+        return x.repeat(max(1, batch // len(x)) + 1, 1, 1, 1)[:batch] if len(x) < batch else x
+
+
+@functools.lru_cache(maxsize=4)
+def _stage_data(dataset: str, data_dir: str, transfer: bool) -> StageData:
+    from deploybench.data import load_splits
+
+    splits = load_splits(dataset, data_dir, augment=False, transfer=transfer)
+    return StageData(splits, DataLoader(splits.test, batch_size=256))
+
+
+def stage_data(variant: Variant, data_dir) -> StageData:
+    return _stage_data(variant.dataset, str(data_dir), bool(variant.config.get("transfer", False)))
+
+
+# -- running any variant ---------------------------------------------------------------------------------------
+class OrtModule(nn.Module):
+    """An ONNX file run by ONNX Runtime (CPU) behind the nn.Module call interface, for evaluation."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})[0]
+        return torch.from_numpy(out)
+
+
+def runnable(variant: Variant) -> nn.Module:
+    """Any variant as something callable on a float32 batch: torch formats directly, ONNX through ORT."""
+    if variant.format in ONNX_FORMATS:
+        return OrtModule(onnx_path(variant))
+    return load_module(variant)
+
+
+class _Recorder(nn.Module):
+    """Keeps every output of the wrapped model, so one `evaluate` pass also yields the logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.outputs = model, []
+
+    def forward(self, x):
+        out = self.model(x).float()
+        self.outputs.append(out.detach().cpu())
+        return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: StageData):
+    """(EvalResult over the full test split, logits [N, classes]) through the train engine's `evaluate`."""
+    rec = _Recorder(model)
+    result = evaluate(rec, data.test_loader, torch.device("cpu"), data.info.num_classes)
+    return result, torch.cat(rec.outputs)
+
+
+_LOGITS: dict[tuple[str, str], torch.Tensor] = {}
+
+
+def variant_logits(variant: Variant, data: StageData, data_dir) -> torch.Tensor:
+    """Test-split logits of a stored variant (cached per process: parents are evaluated once)."""
+    key = (variant.id, str(data_dir))
+    if key not in _LOGITS:
+        _LOGITS[key] = predict(runnable(variant), data)[1]
+    return _LOGITS[key]
+
+
+# -- recorded facts --------------------------------------------------------------------------------------------
+def library_versions() -> dict:
+    out = {}
+    for lib in _LIBRARIES:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            out[lib] = None
+    out["torch"] = torch.__version__  # with its build tag (+cpu, +cu130): which wheel made the variant
+    return out
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int | None:
+    """MACs of one image through an eager fp32 module (fvcore counts one multiply-add as one flop)."""
+    try:
+        from fvcore.nn import FlopCountAnalysis
+    except ImportError:
+        return None
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    try:
+        fca = FlopCountAnalysis(model.eval(), (example[:1],))
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return int(fca.total())
+    except Exception:  # fvcore traces with torch.jit: some graphs (exported, quantized) it cannot count
+        return None
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_keys(parent: Variant) -> dict:
+    return {k: parent.config[k] for k in MODEL_KEYS if k in parent.config}
+
+
+# -- the Stage base class ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageConfig:
+    """Base of every stage's options; its fields (all JSON-able) go into the variant's config and id."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_options(cls, **options):
+        """Build from keyword options, ignoring those that are None (unset CLI flags keep the defaults)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(k for k, v in options.items() if v is not None and k not in names)
+        if unknown:
+            raise UserError(f"unknown option(s) for this stage: {', '.join(unknown)}")
+        return cls(**{k: v for k, v in options.items() if v is not None})
+
+
+class Stage:
+    """Variant in, new variant out. Subclasses set `name` and `Config` and implement `run`."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[StageConfig]] = StageConfig
+
+    def __init__(self, config: StageConfig | None = None, **options):
+        self.config = config if config is not None else self.Config.from_options(**options)
+
+    def run(self, ws: Workspace, parent: Variant, data_dir) -> Variant:
+        """Make (or find) the variant this stage produces from `parent`."""
+        raise NotImplementedError
+
+    def variant_config(self, parent: Variant, **extra) -> dict:
+        return dict(model_keys(parent), **self.config.to_dict(), **extra)
+
+    def make_variant(self, ws: Workspace, parent: Variant, data_dir, *, fmt: str,
+                     write: Callable[[Path], dict | None], config: dict | None = None,
+                     inherit: tuple[str, ...] = ("params", "macs")) -> Variant:
+        """Create the variant via `write(tmp_dir) -> extra metrics`, then evaluate what was written.
+
+        `inherit` names parent metrics copied when the written artifact cannot count them itself
+        (an ONNX file's MACs equal its parent's).
+        """
+        config = config if config is not None else self.variant_config(parent)
+        data = stage_data(parent, data_dir)
+
+        def write_and_measure(tmp: Path) -> dict:
+            t0 = time.perf_counter()
+            extra = write(tmp) or {}
+            seconds = time.perf_counter() - t0
+            made = Variant(id="(new)", parent_id=parent.id, model=parent.model, dataset=parent.dataset,
+                           stage=self.name, config=config, format=fmt, files=[], size_bytes=0, sha256="", path=tmp)
+            result, logits = predict(runnable(made), data)
+            parent_logits = variant_logits(parent, data, data_dir)
+            agree = float((logits.argmax(1) == parent_logits.argmax(1)).float().mean())
+            facts = parent_facts(parent, data)
+            metrics = {k: facts[k] for k in inherit if k in facts}
+            metrics.update(extra)
+            metrics.update(accuracy_top1=result.top1, accuracy_top5=result.top5, test_loss=result.loss,
+                           test_images=len(logits), agreement_top1=agree,
+                           parent_accuracy_top1=parent.metrics.get("accuracy_top1"),
+                           accuracy_delta=(result.top1 - parent.metrics["accuracy_top1"])
+                           if parent.metrics.get("accuracy_top1") is not None else None,
+                           max_abs_logit_error=float((logits - parent_logits).abs().max()) if len(logits) else 0.0,
+                           predictions_sha256=predictions_digest(logits), stage_seconds=seconds,
+                           produced_by=dict(library_versions(), stage=self.name, threads=torch.get_num_threads()))
+            return metrics
+
+        variant, _ = ws.create_variant(model=parent.model, dataset=parent.dataset, stage=self.name, config=config,
+                                       parent=parent, fmt=fmt, write=write_and_measure)
+        return variant
+
+
+def parent_facts(variant: Variant, data: StageData) -> dict:
+    """params and MACs of a variant: recorded ones, else counted on its eager module (fp32 torch formats)."""
+    facts = {k: variant.metrics.get(k) for k in ("params", "macs")}
+    if facts["macs"] is None and variant.format in EAGER_FORMATS:
+        module = load_module(variant)
+        facts = dict(params=count_params(module), macs=count_macs(module, data.example()))
+    return facts
+
+
+def predictions_digest(logits: torch.Tensor) -> str:
+    """A hash of the top-1 predictions over the test split (compared after a reload in a fresh process)."""
+    import hashlib
+
+    return hashlib.sha256(logits.argmax(1).to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+
+def require_torch_parent(parent: Variant, stage: str) -> None:
+    from deploybench.optimize.formats import torch_formats
+
+    if parent.format not in torch_formats():
+        raise UserError(f"{stage} needs a PyTorch variant; {parent.id} is {parent.format} "
+                        f"(choose a trained or pruned variant with --variant)")
+
+
+def resolve_parent(ws: Workspace, model: str, dataset: str | None, variant_id: str | None) -> Variant:
+    """The input variant of a command: `variant_id`, else the trained variant of (model, dataset).
+
+    Without `dataset`, the one dataset `model` was trained on is used; none or several is a UserError.
+    """
+    if variant_id:
+        v = ws.get_variant(variant_id)
+        if v.model != model or (dataset and v.dataset != dataset):
+            raise UserError(f"variant {v.id} is {v.model} on {v.dataset}, not {model}"
+                            + (f" on {dataset}" if dataset else ""))
+        return v
+    if dataset is None:
+        datasets = sorted({v.dataset for v in ws.variants(model) if v.stage == "train"})
+        if len(datasets) > 1:
+            raise UserError(f"{model} is trained on several datasets ({', '.join(datasets)}); choose one with --dataset")
+        dataset = datasets[0] if datasets else "fashion-mnist"
+    v = ws.trained_variant(model, dataset)
+    if v is None:
+        raise UserError(f"no trained {model} on {dataset} in {ws.root}; "
+                        f"train it first with: train --model {model} --dataset {dataset}")
+    return v

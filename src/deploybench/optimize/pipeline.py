@@ -1,0 +1,141 @@
+"""`optimize all`: every stage and the chains prune→fine-tune, each quantization method, export,
+prune→quantize, prune→export→int8-ort. A chain that fails is reported and the others go on; the store's
+atomic writes mean a failed stage leaves nothing behind. Chains share stages: the same (parent, stage,
+config) is made once and found the next time.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tqdm import tqdm
+
+from deploybench.errors import UserError
+from deploybench.optimize.base import Stage
+from deploybench.optimize.export import ExportStage
+from deploybench.optimize.prune import PruneStage
+from deploybench.optimize.quantize import METHODS, QuantizeStage
+from deploybench.store import Variant, Workspace
+
+QAT_TRIGGER = 0.01  # run QAT only when int8-pt2e loses more than 1 point of top-1
+
+
+@dataclass
+class Chain:
+    name: str
+    steps: list[Stage]
+    # Why this chain is skipped, given the variants made so far by chain name (None: run it).
+    skip: Callable[[dict[str, Variant]], str | None] = lambda done: None
+
+
+@dataclass
+class ChainResult:
+    name: str
+    status: str                     # ok | failed | skipped
+    variants: list[Variant] = field(default_factory=list)
+    message: str = ""
+
+
+def _qat_needed(done: dict[str, Variant]) -> str | None:
+    ptq = done.get("quantize:int8-pt2e")
+    if ptq is None:
+        return "int8-pt2e did not run, so its accuracy drop is unknown"
+    drop = -(ptq.metrics.get("accuracy_delta") or 0.0)
+    if drop <= QAT_TRIGGER:
+        return f"int8-pt2e loses {100 * drop:.2f} points (<= {100 * QAT_TRIGGER:.0f}): QAT not needed"
+    return None
+
+
+def default_chains(*, ratio: float = 0.5, finetune_epochs: int = 2, distill: bool = True, calib_size: int = 512,
+                   qat_epochs: int = 1, force_qat: bool = False) -> list[Chain]:
+    """The chains `optimize all` runs."""
+    export = ExportStage()
+    prune = PruneStage(ratio=ratio, finetune_epochs=finetune_epochs, distill=distill)
+
+    def quant(method: str) -> QuantizeStage:
+        return QuantizeStage(method=method, calib_size=calib_size, qat_epochs=qat_epochs)
+
+    chains = [Chain("export", [export])]
+    for method in ("int8-pt2e", "int8-ort", "dynamic", "bf16", "fp16"):
+        unavailable = METHODS[method].unavailable
+        chains.append(Chain(f"quantize:{method}", [quant(method)], skip=lambda done, u=unavailable: u()))
+    chains.append(Chain("quantize:qat", [quant("qat")], skip=(lambda done: None) if force_qat else _qat_needed))
+    chains += [Chain("prune", [prune]),
+               Chain("prune→int8-pt2e", [prune, quant("int8-pt2e")]),
+               Chain("prune→export", [prune, export]),
+               Chain("prune→export→int8-ort", [prune, export, quant("int8-ort")])]
+    return chains
+
+
+def run_chains(ws: Workspace, root: Variant, data_dir, chains: list[Chain], *, progress: bool = True,
+               log=print) -> list[ChainResult]:
+    """Run every chain from `root`; failures are caught, reported and do not stop the others."""
+    results, done = [], {}
+    bar = tqdm(chains, desc="optimize all", unit="chain", disable=not progress, dynamic_ncols=True)
+    for chain in bar:
+        bar.set_postfix_str(chain.name)
+        reason = chain.skip(done)
+        if reason:
+            results.append(ChainResult(chain.name, "skipped", message=reason))
+            continue
+        made, parent = [], root
+        try:
+            for stage in chain.steps:
+                parent = stage.run(ws, parent, data_dir)
+                made.append(parent)
+        except KeyboardInterrupt:
+            raise
+        except UserError as exc:
+            results.append(ChainResult(chain.name, "failed", made, str(exc)))
+            log(f"chain {chain.name} failed: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001  one broken chain must not stop the others
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            results.append(ChainResult(chain.name, "failed", made, f"{type(exc).__name__}: {first}"))
+            log(f"chain {chain.name} failed: {type(exc).__name__}: {first}\n"
+                + "".join(traceback.format_exception(exc)[-3:]).rstrip())
+            continue
+        done[chain.name] = parent
+        results.append(ChainResult(chain.name, "ok", made))
+    return results
+
+
+def optimize_all(ws: Workspace, root: Variant, data_dir, *, progress: bool = True, log=print,
+                 **options) -> list[ChainResult]:
+    """`optimize all`: the default chains from `root` (options: see `default_chains`)."""
+    return run_chains(ws, root, data_dir, default_chains(**options), progress=progress, log=log)
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "bytes":
+        return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
+    return f"{value:,}"
+
+
+def summary_table(root: Variant, results: list[ChainResult]) -> str:
+    """The closing table: one row per variant (root first), then failed and skipped chains."""
+    rows, seen = [root], {root.id}
+    for r in results:
+        for v in r.variants:
+            if v.id not in seen:
+                rows.append(v)
+                seen.add(v.id)
+    table = [("variant", "stages", "format", "params", "MACs", "size", "top-1", "agree", "note")]
+    for v in rows:
+        m = v.metrics
+        table.append((v.id, "→".join(v.stages) + (f"[{v.config['method']}]" if "method" in v.config else ""),
+                      v.format, _fmt(m.get("params"), "int"), _fmt(m.get("macs"), "int"),
+                      _fmt(v.size_bytes, "bytes"), _fmt(m.get("accuracy_top1"), "pct"),
+                      _fmt(m.get("agreement_top1"), "pct") if v.parent_id else "-", m.get("note") or ""))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for r in results:
+        if r.status != "ok":
+            lines.append(f"{r.status}: {r.name}: {r.message}")
+    return "\n".join(lines)

@@ -1,0 +1,266 @@
+"""`quantize`: one stage, a table of methods (int8-pt2e, int8-ort, dynamic, qat, fp16, bf16).
+
+Each method is a function `(stage, parent module or file, data, tmp_dir) -> extra metrics` plus the format it
+writes, the options it uses (only those enter the variant's config and id) and, where the machine cannot run
+it, the reason. Calibration always draws training images (`calibration_subset`), never test images.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from deploybench.errors import UserError, unknown_choice
+from deploybench.optimize.base import Stage, StageConfig, StageData, register_stage, stage_data
+from deploybench.optimize.formats import EAGER_FORMATS, load_module, onnx_path, shaped_state
+from deploybench.store import Variant, Workspace
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig(StageConfig):
+    method: str = "int8-pt2e"
+    calib_size: int = 512          # training images the int8 ranges are calibrated on
+    calib_method: str = "minmax"   # int8-ort: minmax | entropy | percentile
+    qat_epochs: int = 1            # qat: epochs of quantization-aware training from the parent's weights
+    qat_lr: float = 1e-3           # qat: SGD learning rate (cosine to zero)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Method:
+    fn: Callable
+    fmt: str
+    options: tuple[str, ...] = ()                 # QuantizeConfig fields this method uses
+    onnx_parent: bool = False                     # works on an ONNX file (the parent is exported first)
+    unavailable: Callable[[], str | None] = lambda: None  # why this machine cannot run it, or None
+
+
+METHODS: dict[str, Method] = {}
+
+
+def method(name: str, fmt: str, options=(), onnx_parent=False, unavailable=lambda: None):
+    def wrap(fn):
+        METHODS[name] = Method(fn, fmt, tuple(options), onnx_parent, unavailable)
+        return fn
+
+    return wrap
+
+
+def method_unavailable(name: str) -> str | None:
+    """Why `name` cannot run here (e.g. fp16 without CUDA), or None."""
+    if name not in METHODS:
+        raise unknown_choice("quantization method", name, METHODS)
+    return METHODS[name].unavailable()
+
+
+def _calibration_batches(data: StageData, cfg: QuantizeConfig, batch_size: int = 64):
+    loader = DataLoader(data.calibration(cfg.calib_size, cfg.seed), batch_size=batch_size)
+    return (x for x, _ in loader)
+
+
+def _batch_dim():
+    return ({0: torch.export.Dim("batch", min=1, max=65536)},)
+
+
+def _drop_unused_weights(graph_module: torch.fx.GraphModule) -> int:
+    """Remove parameters/buffers the graph no longer reads (convert_pt2e leaves the fp32 originals of the
+    weights it folded into int8 constants; exporting them again would store every weight twice)."""
+    graph_module.graph.eliminate_dead_code()
+    used = {n.target for n in graph_module.graph.nodes if n.op == "get_attr"}
+    dropped = 0
+    for name, _ in list(graph_module.named_parameters()) + list(graph_module.named_buffers()):
+        if name not in used:
+            prefix, _, attr = name.rpartition(".")
+            owner = graph_module.get_submodule(prefix) if prefix else graph_module
+            owner._parameters.pop(attr, None)
+            owner._buffers.pop(attr, None)
+            dropped += 1
+    graph_module.recompile()
+    return dropped
+
+
+def _save_program(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    program = torch.export.export(module, (example,), dynamic_shapes=_batch_dim())
+    torch.export.save(program, str(path))
+
+
+# -- PT2E static int8 (torchao) -------------------------------------------------------------------------------------
+def _x86_quantizer(is_qat: bool = False):
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+
+    quantizer = X86InductorQuantizer()
+    quantizer.set_global(get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    return quantizer
+
+
+@method("int8-pt2e", "torch-export-int8", options=("calib_size", "seed"))
+def _int8_pt2e(stage, model: nn.Module, data: StageData, d: Path) -> dict:
+    """Static int8 (per-channel weights, per-tensor activations) for the x86 Inductor backend."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    example = data.example(2)
+    graph = torch.export.export(model.eval(), (example,), dynamic_shapes=_batch_dim()).module()
+    prepared = prepare_pt2e(graph, _x86_quantizer())
+    images = 0
+    with torch.no_grad():
+        for x in _calibration_batches(data, stage.config):
+            prepared(x)
+            images += len(x)
+    converted = convert_pt2e(prepared)
+    _drop_unused_weights(converted)
+    _save_program(converted, example, d / "model.pt2")
+    return dict(calibration_images=images, quantizer="X86InductorQuantizer")
+
+
+@method("qat", "torch-export-int8", options=("qat_epochs", "qat_lr", "seed"))
+def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
+    """PT2E quantization-aware training from the parent's weights (fake-quant in the loop), then int8."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    cfg = stage.config
+    torch.manual_seed(cfg.seed)
+    example = data.example(2)
+    graph = torch.export.export(model.train(), (example,), dynamic_shapes=_batch_dim()).module()
+    prepared = prepare_qat_pt2e(graph, _x86_quantizer(is_qat=True))
+    train = data.splits.train  # the training images (eval transforms: no augmentation for a short QAT run)
+    loader = DataLoader(train, batch_size=64, shuffle=True, drop_last=len(train) > 64,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    opt = torch.optim.SGD(prepared.parameters(), lr=cfg.qat_lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.qat_epochs * len(loader)))
+    move_exported_model_to_train(prepared)
+    for _ in range(cfg.qat_epochs):
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(prepared(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    move_exported_model_to_eval(prepared)
+    converted = convert_pt2e(prepared)
+    _drop_unused_weights(converted)
+    _save_program(converted, example, d / "model.pt2")
+    return dict(qat_images=cfg.qat_epochs * len(loader.dataset))
+
+
+# -- ONNX Runtime static QDQ int8 -----------------------------------------------------------------------------------
+@method("int8-ort", "onnx-int8", options=("calib_size", "calib_method", "seed"), onnx_parent=True)
+def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
+    """S8S8 QDQ, per-channel weights, after `quant_pre_process` (shape inference + basic optimizations)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    import onnxruntime as ort
+
+    cfg = stage.config
+    input_name = ort.InferenceSession(str(parent_onnx), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = ({input_name: x.numpy().astype(np.float32)} for x in _calibration_batches(data, cfg))
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[cfg.calib_method]
+    with tempfile.TemporaryDirectory() as work:
+        pre = Path(work) / "pre.onnx"
+        quant_pre_process(str(parent_onnx), str(pre))
+        quantize_static(str(pre), str(d / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
+                        extra_options={"CalibTensorRangeSymmetric": False})
+    return dict(calibration_images=min(cfg.calib_size, len(data.splits.train)), calib_method=cfg.calib_method)
+
+
+# -- dynamic int8 of Linear layers (torchao) ------------------------------------------------------------------------
+@method("dynamic", "torch-export")
+def _dynamic(stage, model: nn.Module, data: StageData, d: Path) -> dict:
+    """int8 weights, activations quantized per token at run time, on every nn.Linear (torchao `quantize_`)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    total = sum(p.numel() for p in model.parameters())
+    linear_params = sum(p.numel() for m in linears for p in m.parameters())
+    if linears:
+        quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    _save_program(model.eval(), data.example(2), d / "model.pt2")
+    share = linear_params / max(total, 1)
+    note = None
+    if not linears:
+        note = "no Linear layers: dynamic quantization changed nothing"
+    elif share < 0.2:
+        note = f"Linear layers hold only {100 * share:.0f}% of the weights: expect no measurable change"
+    return dict(quantized_linear_layers=len(linears), linear_params_share=share, note=note)
+
+
+# -- half precision -------------------------------------------------------------------------------------------------
+def _no_cuda() -> str | None:
+    return None if torch.cuda.is_available() else "fp16 needs a GPU (CUDA); this machine has none (use bf16 on CPU)"
+
+
+def _half(dtype):
+    def fn(stage, model: nn.Module, data: StageData, d: Path) -> dict:
+        torch.save(shaped_state(model.to(dtype)), d / "model.pt")
+        cap = torch.backends.cpu.get_cpu_capability()
+        note = None
+        if dtype is torch.bfloat16 and not torch.cuda.is_available() and "AVX512" not in cap.upper():
+            note = f"this CPU ({cap}) has no native bf16: it is emulated, expect it slower than fp32"
+        return dict(dtype=str(dtype).removeprefix("torch."), cpu_capability=cap, note=note)
+
+    return fn
+
+
+method("bf16", "torch-bf16")(_half(torch.bfloat16))
+method("fp16", "torch-fp16", unavailable=_no_cuda)(_half(torch.float16))
+
+
+@register_stage
+class QuantizeStage(Stage):
+    """Quantization or reduced precision of a variant, by `method`."""
+
+    name = "quantize"
+    Config = QuantizeConfig
+
+    def __init__(self, config: QuantizeConfig | None = None, **options):
+        super().__init__(config, **options)
+        if self.config.method not in METHODS:
+            raise unknown_choice("quantization method", self.config.method, METHODS)
+        if self.config.calib_method not in CALIB_METHODS:
+            raise unknown_choice("calibration method", self.config.calib_method, CALIB_METHODS)
+        if self.config.calib_size < 1:
+            raise UserError("--calib-size must be at least 1")
+
+    def run(self, ws: Workspace, parent: Variant, data_dir) -> Variant:
+        m = METHODS[self.config.method]
+        reason = m.unavailable()
+        if reason:
+            raise UserError(reason)
+        if m.onnx_parent:
+            from deploybench.optimize.export import ensure_onnx
+
+            parent = ensure_onnx(ws, parent, data_dir)
+        elif parent.format not in EAGER_FORMATS:
+            raise UserError(f"quantize --method {self.config.method} needs an fp32 PyTorch variant (trained or "
+                            f"pruned); {parent.id} is {parent.format}")
+        data = stage_data(parent, data_dir)
+        cfg = self.config.to_dict()
+        config = dict(self.variant_config(parent), **{"method": cfg["method"]})
+        for key in ("calib_size", "calib_method", "qat_epochs", "qat_lr", "seed"):
+            if key not in m.options:
+                config.pop(key, None)
+
+        def write(d: Path) -> dict:
+            source = onnx_path(parent) if m.onnx_parent else load_module(parent)
+            return m.fn(self, source, data, d)
+
+        return self.make_variant(ws, parent, data_dir, fmt=m.fmt, write=write, config=config)

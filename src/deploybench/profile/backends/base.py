@@ -1,0 +1,104 @@
+"""The backend interface and registry: a backend loads a variant, runs a batch and synchronizes.
+
+The profiler knows nothing of runtimes beyond this interface. A backend answers `available()` (is the
+runtime/device here?) and `supports(variant)` (can it run this format?) with a reason, so a combination it
+cannot run becomes a recorded skip, never an error.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from deploybench.errors import unknown_choice
+from deploybench.store import Variant
+
+_BACKENDS: dict[str, type["Backend"]] = {}
+
+
+class BackendSkip(Exception):
+    """This backend cannot run this variant here (fallback provider, fixed batch size, ...): a recorded skip."""
+
+
+class Backend(ABC):
+    """One runtime on one device. Lifecycle: `load(variant, batch_size, threads)`, then `prepare` an input
+    once and call `run` on it repeatedly; `synchronize` waits for queued device work; `close` frees it."""
+
+    name: str = ""
+    device: str = "cpu"  # "cpu" or "cuda"
+
+    @classmethod
+    @abstractmethod
+    def available(cls) -> tuple[bool, str]:
+        """(True, "") when the runtime and device are present, else (False, why not)."""
+
+    @classmethod
+    @abstractmethod
+    def supports(cls, variant: Variant) -> tuple[bool, str]:
+        """(True, "") when this backend can run the variant's format, else (False, why not)."""
+
+    @abstractmethod
+    def load(self, variant: Variant, batch_size: int, threads: int) -> None:
+        """Load the variant for batches of `batch_size`, using `threads` CPU threads.
+        May raise `UnsupportedFormat` (recorded as a skip)."""
+
+    def prepare(self, batch: torch.Tensor):
+        """Turn a CPU float32 batch into this backend's input (on its device, in its dtype)."""
+        return batch
+
+    @abstractmethod
+    def run(self, inputs):
+        """Run one prepared batch; returns the backend's raw output (possibly still in flight on a device)."""
+
+    def logits(self, output) -> torch.Tensor:
+        """A raw output of `run` as a float32 CPU tensor of shape (batch, classes)."""
+        return output.detach().float().cpu()
+
+    def synchronize(self) -> None:
+        """Wait for all queued work (no-op on CPU)."""
+
+    def peak_memory_bytes(self) -> int | None:
+        """Device peak memory since load, when the device tracks it (GPU); None on CPU (RSS is used)."""
+        return None
+
+    def close(self) -> None:
+        """Drop the loaded model."""
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Class decorator adding a backend to the registry under `cls.name`."""
+    if cls.name in _BACKENDS:
+        raise ValueError(f"backend {cls.name!r} registered twice")
+    _BACKENDS[cls.name] = cls
+    return cls
+
+
+def _ensure_loaded() -> None:
+    # Importing the modules registers them (lazily, so base has no import cycle); the order is the listing's.
+    import deploybench.profile.backends.torch_eager  # noqa: F401
+    import deploybench.profile.backends.torch_compile  # noqa: F401
+    import deploybench.profile.backends.onnxruntime  # noqa: F401
+
+
+def backend_names() -> list[str]:
+    """Every registered backend, in registry order (eager, compile, ONNX Runtime; CPU before CUDA)."""
+    _ensure_loaded()
+    return list(_BACKENDS)
+
+
+def get_backend(name: str) -> type[Backend]:
+    _ensure_loaded()
+    if name not in _BACKENDS:
+        raise unknown_choice("backend", name, _BACKENDS)
+    return _BACKENDS[name]
+
+
+def available_backends() -> list[str]:
+    """Names of the backends whose runtime and device are present here."""
+    return [n for n in backend_names() if _BACKENDS[n].available()[0]]
+
+
+def cuda_available() -> tuple[bool, str]:
+    if not torch.cuda.is_available():
+        return False, "no CUDA device (torch.cuda.is_available() is False)"
+    return True, ""

@@ -1,0 +1,68 @@
+"""The environment a measurement was taken in: hardware, library versions, threads, commit (no hostname)."""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+_LIBRARIES = ("torch", "torchvision", "torchao", "onnx", "onnxruntime", "fvcore", "numpy")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def physical_cores() -> int:
+    """Physical cores (not hyper-threads) available to this process: the default thread count."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in allowed:
+        try:
+            topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            return max(1, len(allowed))
+    return max(1, len(cores))
+
+
+def git_commit() -> str | None:
+    """The commit of the repository this package runs from, or None (not a checkout, no git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _static_environment() -> dict:
+    return dict(cpu_model=cpu_model(), cpu_count=os.cpu_count(), physical_cores=physical_cores(),
+                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                cuda=torch.version.cuda if torch.cuda.is_available() else None,
+                python=platform.python_version(), platform=f"{platform.system()} {platform.machine()}",
+                libraries={n: _version(n) for n in _LIBRARIES}, commit=git_commit())
+
+
+def environment(threads: int) -> dict:
+    """The environment JSON stored with every measurement."""
+    return dict(_static_environment(), threads=threads)

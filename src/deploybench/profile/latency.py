@@ -1,0 +1,93 @@
+"""Latency: warm-up, then timed runs until both a minimum count and a minimum duration are reached.
+
+Statistics (`latency_stats`): p50/p90/p99 (numpy's linear interpolation), a 95% confidence interval of the
+median, throughput (samples/s at the median latency) and `stable`.
+
+The interval is the distribution-free order-statistic interval: with n sorted times, the ranks (j, k) around
+n/2 are chosen, narrowest and symmetric, so that P(Binomial(n, 1/2) in [j, k-1]) >= 0.95; the true median lies
+in [t_(j), t_(k)] with at least 95% confidence whatever the distribution of the times (timings are skewed and
+have outliers, so no normal approximation). Below 6 runs no interval reaches 95%; [min, max] is given and the
+measurement is not stable. `stable` is True when the interval's width is at most 5% of the median.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+STABLE_REL_WIDTH = 0.05
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How long to measure. The defaults give honest numbers; `quick()` is for tests."""
+
+    warmup: int = 10
+    min_runs: int = 50
+    min_seconds: float = 2.0
+
+    @classmethod
+    def quick(cls) -> "Protocol":
+        return cls(warmup=2, min_runs=5, min_seconds=0.05)
+
+
+def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int]:
+    """1-based ranks (j, k) of the order-statistic interval for the median of n samples."""
+    if n < 1:
+        raise ValueError("no samples")
+    log_half_n = n * math.log(0.5)
+    pmf = [math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n)
+           for i in range(n + 1)]
+    cdf = np.cumsum(pmf)
+    # Coverage of [t_(j), t_(n+1-j)] is P(j <= B <= n-j) = 1 - 2 * P(B <= j-1); take the largest such j.
+    best = 1
+    for j in range(1, n // 2 + 1):
+        if 1 - 2 * cdf[j - 1] >= confidence:
+            best = j
+        else:
+            break
+    return best, n + 1 - best
+
+
+def latency_stats(times_s, batch_size: int) -> dict:
+    """Statistics of per-batch times in seconds (see the module docstring). Latencies in milliseconds."""
+    t = np.sort(np.asarray(times_s, dtype=np.float64)) * 1e3
+    n = len(t)
+    p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
+    j, k = median_ci_ranks(n)
+    lo, hi = float(t[j - 1]), float(t[k - 1])
+    covered = n >= 6
+    rel_width = (hi - lo) / p50 if p50 > 0 else math.inf
+    return dict(latency_ms_p50=p50, latency_ms_p90=p90, latency_ms_p99=p99, latency_ms_mean=float(t.mean()),
+                latency_ms_min=float(t[0]), latency_ms_ci95=[lo, hi], ci95_rel_width=rel_width,
+                throughput_per_s=batch_size * 1e3 / p50 if p50 > 0 else None,
+                stable=bool(covered and rel_width <= STABLE_REL_WIDTH), runs=n,
+                timed_seconds=float(t.sum() / 1e3))
+
+
+def time_runs(step: Callable[[], object], synchronize: Callable[[], None], protocol: Protocol) -> list[float]:
+    """Call `step` `protocol.warmup` times, then time it until both `min_runs` and `min_seconds` are reached.
+
+    Each time is read with `perf_counter` after `synchronize()` (a no-op on CPU; on GPU it waits for the
+    queued kernels, so the clock sees the work and not just its launch). Returns seconds per call.
+    """
+    for _ in range(protocol.warmup):
+        step()
+    synchronize()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < protocol.min_runs or time.perf_counter() - start < protocol.min_seconds:
+        t0 = time.perf_counter()
+        step()
+        synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure_latency(backend, batch, batch_size: int, protocol: Protocol) -> dict:
+    """Time `backend.run` on one prepared input batch; returns `latency_stats`."""
+    inputs = backend.prepare(batch)
+    return latency_stats(time_runs(lambda: backend.run(inputs), backend.synchronize, protocol), batch_size)

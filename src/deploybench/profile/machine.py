@@ -1,0 +1,99 @@
+"""The machine's peak FLOP/s per dtype, from a large GEMM, measured once and stored in the workspace.
+
+`pct_of_peak` = achieved FLOP/s (2 x MACs x batch / p50 latency) / the peak of the dtype the variant computes
+in. The peak is the best of a few timed GEMMs (after a warm-up) with the profiling thread count; it is what
+this machine reaches through torch's BLAS, not the datasheet's number.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from deploybench.profile.env import cpu_model
+
+MAX_GEMM_N = 4096
+QUICK_GEMM_N = 256
+MIN_GEMM_SECONDS = 0.2  # grow the matrix until one GEMM takes this long (or reaches MAX_GEMM_N)
+
+
+def _sized_gemm_flops(dtype: str, device: str, quick: bool) -> tuple[float, int]:
+    """(FLOP/s, n): the GEMM grows from 256 while one call takes under MIN_GEMM_SECONDS, so dtypes without a
+    fast kernel here (bf16/int8 on a CPU lacking them) finish in about a second instead of minutes."""
+    n = QUICK_GEMM_N
+    while True:
+        flops = _gemm_flops(dtype, n, device, repeats=2 if quick else 5)
+        if quick or n >= MAX_GEMM_N or 2 * n**3 / flops >= MIN_GEMM_SECONDS:
+            return flops, n
+        n *= 2
+
+
+def _gemm_flops(dtype: str, n: int, device: str, repeats: int = 5) -> float:
+    if dtype == "int8":
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
+        op = lambda: torch._int_mm(a, b)  # noqa: E731  int8 x int8 -> int32, what int8 kernels run on
+    else:
+        a = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
+        b = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
+        op = lambda: a @ b  # noqa: E731
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    op()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        op()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def measure_peak(device: str, threads: int, quick: bool = False) -> dict:
+    """{dtype: FLOP/s} for float32, bfloat16, float16 (GPU) and int8 (where torch._int_mm runs), the matrix
+    side used per dtype under `gemm_n`, and why a dtype is missing under `unavailable`."""
+    torch.set_num_threads(threads)
+    dtypes = ["float32", "bfloat16", "int8"] + (["float16"] if device == "cuda" else [])
+    peaks: dict = {"unavailable": {}, "gemm_n": {}}
+    for dtype in dtypes:
+        try:
+            peaks[dtype], peaks["gemm_n"][dtype] = _sized_gemm_flops(dtype, device, quick)
+        except (RuntimeError, NotImplementedError) as exc:
+            peaks["unavailable"][dtype] = f"{type(exc).__name__}: {exc}"[:200]
+    return peaks
+
+
+def machine_peak(ws, device: str, threads: int, quick: bool = False) -> dict:
+    """The stored peak for (device, threads), measured now if missing or taken on another CPU/GPU.
+    Quick (tiny-GEMM) peaks are stored under their own key, so they never stand for the real one."""
+    hardware = torch.cuda.get_device_name(0) if device == "cuda" else cpu_model()
+    key = f"peak_flops/{device}/{threads}" + ("/quick" if quick else "")
+    stored = ws.get_machine(key)
+    if stored and stored.get("hardware") == hardware:
+        return stored
+    value = dict(measure_peak(device, threads, quick), hardware=hardware, threads=threads)
+    ws.set_machine(key, value)
+    return value
+
+
+def compute_dtype(variant) -> str:
+    """The dtype a variant's arithmetic runs in, read from its stages' configs: int8, float16, bfloat16 or
+    float32 (the default)."""
+    text = " ".join([variant.format, *variant.stages, str({k: v for k, v in variant.config.items()
+                                                           if k in ("method", "dtype", "quantized", "precision")})])
+    text = text.lower()
+    if "int8" in text or "qat" in text or "dynamic" in text:
+        return "int8"
+    if "bf16" in text or "bfloat16" in text:
+        return "bfloat16"
+    if "fp16" in text or "float16" in text:
+        return "float16"
+    return "float32"
+
+
+def pct_of_peak(macs: int | None, batch_size: int, latency_ms: float | None, peak: dict, dtype: str) -> float | None:
+    """Achieved FLOP/s as a percentage of the measured peak for `dtype` (None when something is missing)."""
+    flops = peak.get(dtype) or (peak.get("float32") if dtype == "float16" else None)
+    if not macs or not latency_ms or not flops:
+        return None
+    return 100.0 * (2 * macs * batch_size / (latency_ms / 1e3)) / flops

@@ -1,0 +1,173 @@
+"""`profile_variants`: every (variant, backend, batch size) measured and stored, one transaction per
+(variant, backend).
+
+A combination a backend cannot run is stored as a row whose metrics are `{"skipped": reason}` (and
+`"error": true` when it failed rather than being unsupported), so `profile compare` shows why it is missing.
+Backends that are not available on this machine (no GPU) are reported in the log and store nothing: that is
+a fact about the machine, not about the variant.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from deploybench.errors import UserError
+from deploybench.optimize.formats import UnsupportedFormat
+from deploybench.profile import machine
+from deploybench.profile.accuracy import backend_accuracy, test_split
+from deploybench.profile.backends import available_backends, get_backend
+from deploybench.profile.backends.base import BackendSkip
+from deploybench.profile.env import environment, physical_cores
+from deploybench.profile.latency import Protocol, measure_latency
+from deploybench.profile.memory import PeakRSS
+from deploybench.profile.static import input_shape, root_config, static_metrics
+from deploybench.store import Variant, Workspace
+
+DEFAULT_BATCH_SIZES = (1, 64)
+CHILD_TIMEOUT_S = 3600
+_STATIC_KEYS = ("params", "macs", "flops", "size_bytes", "files_bytes", "macs_source", "macs_unavailable",
+                "skipped_ops")
+
+
+def measure_combo(workspace: str, variant_id: str, backend: str, batch_size: int, threads: int, protocol: dict,
+                  data_dir: str, with_accuracy: bool) -> dict:
+    """Load one variant on one backend for one batch size; time it, take its memory peak and (optionally)
+    its test accuracy. Returns metrics; raises UnsupportedFormat / BackendSkip for a skip."""
+    ws = Workspace(workspace, create=False)
+    variant = ws.get_variant(variant_id)
+    config = root_config(ws, variant)
+    torch.manual_seed(0)
+    batch = torch.randn(batch_size, *input_shape(config))
+    impl = get_backend(backend)()
+    try:
+        with PeakRSS() as rss:
+            impl.load(variant, batch_size, threads)
+            metrics = measure_latency(impl, batch, batch_size, Protocol(**protocol))
+        gpu_peak = impl.peak_memory_bytes()
+        metrics.update(peak_mem_bytes=gpu_peak if gpu_peak is not None else rss.growth_bytes,
+                       peak_mem_kind="cuda_max_allocated" if gpu_peak is not None else "rss_growth")
+        if with_accuracy:
+            test = test_split(config.get("dataset", variant.dataset), data_dir, bool(config.get("transfer")))
+            metrics.update(backend_accuracy(impl, test, batch_size), accuracy_batch_size=batch_size)
+    finally:
+        impl.close()
+    return metrics
+
+
+def measure_combo_safe(**job) -> dict:
+    """`measure_combo` with skips turned into `{"skipped": reason}` (what the worker process returns)."""
+    try:
+        return dict(metrics=measure_combo(**job))
+    except (UnsupportedFormat, BackendSkip) as exc:
+        return dict(skipped=str(exc))
+
+
+def _in_child(job: dict) -> dict:
+    """Run `measure_combo_safe(**job)` in a fresh interpreter (memory isolation, crash containment)."""
+    with tempfile.TemporaryDirectory(prefix="deploybench-profile-") as tmp:
+        job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job_path.write_text(json.dumps(job))
+        env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]))
+        proc = subprocess.run([sys.executable, "-m", "deploybench.profile.worker", str(job_path), str(result_path)],
+                              env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+        if not result_path.is_file():
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
+            return dict(error=f"profiling process exited with status {proc.returncode}: {' | '.join(tail)}")
+        return json.loads(result_path.read_text())
+
+
+def _resolve_backends(names: Iterable[str] | None, log) -> list[str]:
+    if names is None:
+        return available_backends()
+    chosen = []
+    for name in names:
+        ok, why = get_backend(name).available()
+        if ok:
+            chosen.append(name)
+        else:
+            log(f"{name}: unavailable here ({why}); skipped")
+    return chosen
+
+
+def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[str] | None = None, *,
+                     batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES, threads: int | None = None,
+                     quick: bool = False, data_dir: str | os.PathLike = "data", isolate: bool = True,
+                     log: Callable[[str], None] = print) -> list[dict]:
+    """Measure every variant on every backend and batch size, and store the rows.
+
+    Args: backends: names (default: every available one); threads: CPU threads (default: physical cores);
+    quick: the short test protocol and a tiny peak GEMM; isolate: measure each combination in a child
+    process (memory isolation; False runs in this process, for tests); log: progress lines.
+    Returns the stored rows (dicts as given to `Workspace.add_measurements`).
+    """
+    threads = threads or physical_cores()
+    batch_sizes = sorted({int(b) for b in batch_sizes}, reverse=True)  # accuracy once, at the largest batch
+    if not batch_sizes or batch_sizes[-1] < 1:
+        raise UserError("batch sizes must be positive integers")
+    protocol = asdict(Protocol.quick() if quick else Protocol())
+    names = _resolve_backends(backends, log)
+    env = environment(threads)
+    peaks = {dev: machine.machine_peak(ws, dev, threads, quick)
+             for dev in sorted({get_backend(n).device for n in names})}
+    stored: list[dict] = []
+    for variant in variants:
+        static = static_metrics(ws, variant)
+        ws.update_metrics(variant.id, {"profile_static": static})
+        scalars = {k: static[k] for k in _STATIC_KEYS if k in static}
+        dtype = machine.compute_dtype(variant)
+        for name in names:
+            cls = get_backend(name)
+            ok, why = cls.supports(variant)
+            results = {b: dict(skipped=why) for b in batch_sizes} if not ok else {}
+            accuracy = None
+            for b in batch_sizes if ok else []:
+                job = dict(workspace=str(ws.root), variant_id=variant.id, backend=name, batch_size=b, threads=threads,
+                           protocol=protocol, data_dir=str(data_dir), with_accuracy=accuracy is None)
+                try:
+                    res = _in_child(job) if isolate else measure_combo_safe(**job)
+                except Exception as exc:  # a failure of one combination is recorded; the run goes on
+                    res = dict(error=f"{type(exc).__name__}: {exc}")
+                if "metrics" in res and res["metrics"].get("accuracy_top1") is not None:
+                    accuracy = {k: res["metrics"][k] for k in ("accuracy_top1", "accuracy_top5", "test_images",
+                                                                "accuracy_batch_size")}
+                results[b] = res
+            rows = [_row(variant, cls, b, threads, results[b], accuracy, scalars, dtype, peaks.get(cls.device), env,
+                         isolate) for b in sorted(results)]
+            ws.add_measurements(rows)
+            stored += rows
+            for r in rows:
+                log(_describe(variant, r))
+    return stored
+
+
+def _row(variant, cls, batch_size, threads, res, accuracy, scalars, dtype, peak, env, isolated) -> dict:
+    if "metrics" in res:
+        metrics = dict(res["metrics"], **(accuracy or {}), **scalars, compute_dtype=dtype, memory_isolated=isolated)
+        metrics["pct_of_peak"] = machine.pct_of_peak(metrics.get("macs"), batch_size, metrics["latency_ms_p50"],
+                                                     peak or {}, dtype)
+    elif "skipped" in res:
+        metrics = dict(skipped=res["skipped"])
+    else:
+        metrics = dict(skipped=f"failed: {res.get('error')}", error=True)
+    return dict(variant_id=variant.id, backend=cls.name, device=cls.device, batch_size=batch_size, threads=threads,
+                metrics=metrics, environment=env)
+
+
+def _describe(variant: Variant, row: dict) -> str:
+    head = f"{variant.model}/{variant.dataset} {'+'.join(variant.stages)} [{variant.id[:8]}] {row['backend']} " \
+           f"batch {row['batch_size']}"
+    m = row["metrics"]
+    if "skipped" in m:
+        return f"{head}: skipped ({m['skipped']})"
+    lo, hi = m["latency_ms_ci95"]
+    acc = f", top-1 {100 * m['accuracy_top1']:.2f}%" if m.get("accuracy_top1") is not None else ""
+    return f"{head}: p50 {m['latency_ms_p50']:.3f} ms [{lo:.3f}, {hi:.3f}]{'' if m['stable'] else ' (unstable)'}" \
+           f", {m['throughput_per_s']:.0f}/s{acc}"

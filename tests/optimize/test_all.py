@@ -1,0 +1,51 @@
+"""`optimize all` over every zoo architecture on tiny data (random-weight roots; the big ones are slow)."""
+import pytest
+
+from deploybench.models import list_models
+from deploybench.optimize.pipeline import default_chains, optimize_all, run_chains, summary_table
+
+BIG = {"vit-small", "resnet18", "resnet18-cifar", "resnet44v2", "mobilenetv2"}
+
+
+def test_all_covers_every_required_chain():
+    names = [c.name for c in default_chains()]
+    assert names == ["export", "quantize:int8-pt2e", "quantize:int8-ort", "quantize:dynamic", "quantize:bf16",
+                     "quantize:fp16", "quantize:qat", "prune", "prune→int8-pt2e", "prune→export",
+                     "prune→export→int8-ort"]
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in BIG else a
+                                  for a in list_models()])
+def test_every_architecture_goes_through_optimize_all(tmp_path, tiny_fashion_mnist, reload_fresh, random_root, arch):
+    from deploybench.store import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    root = random_root(ws, arch, tiny_fashion_mnist)
+    results = optimize_all(ws, root, tiny_fashion_mnist, progress=False, log=lambda *_: None, finetune_epochs=1,
+                           calib_size=16, force_qat=True)
+    status = {r.name: (r.status, r.message) for r in results}
+    failed = {k: v for k, v in status.items() if v[0] == "failed"}
+    assert not failed, failed
+    variants = {v.id: v for r in results for v in r.variants}
+    assert len(variants) == 10 - (status["quantize:fp16"][0] == "skipped") + 1  # + the export int8-ort made
+    table = summary_table(root, results)
+    assert all(v.id in table for v in variants.values())
+    pruned = next(v for v in variants.values() if v.stages == ["train", "prune"])
+    assert pruned.metrics["params"] < pruned.metrics["params_before"]
+    reload_fresh(ws, list(variants.values()), tiny_fashion_mnist)
+
+
+def test_a_failing_chain_does_not_stop_the_others(trained_workspace, monkeypatch):
+    ws, trained, data_dir = trained_workspace
+    import deploybench.optimize.export as export
+
+    monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)
+    chains = [c for c in default_chains(finetune_epochs=0, calib_size=8)
+              if c.name in ("export", "quantize:bf16", "prune→export")]
+    before = {v.id for v in ws.variants()}
+    results = run_chains(ws, trained, data_dir, chains, progress=False, log=lambda *_: None)
+    assert [(r.name, r.status) for r in results] == [("export", "failed"), ("quantize:bf16", "ok"),
+                                                     ("prune→export", "failed")]
+    made = {v.id for v in ws.variants()} - before
+    assert made == {results[1].variants[0].id, results[2].variants[0].id}  # bf16 and the prune step, nothing else
+    assert "failed: export: ONNX export" in summary_table(trained, results)

@@ -1,0 +1,163 @@
+"""Each stage on the tiny trained lenet: recorded variant, reuse, fresh-process reload, parity, atomic failure."""
+import json
+
+import pytest
+import torch
+
+from deploybench.errors import UserError
+from deploybench.optimize.base import get_stage, list_stages
+from deploybench.optimize.formats import load_module
+
+RECORDED = ("accuracy_top1", "accuracy_top5", "agreement_top1", "params", "macs", "predictions_sha256", "produced_by")
+
+
+@pytest.fixture(scope="module")
+def made(_trained_lenet_workspace, tiny_fashion_mnist, tmp_path_factory):
+    """(ws, trained, data_dir, {name: variant}): every stage run once on a private copy of the trained lenet."""
+    import shutil
+
+    from deploybench.store import Workspace
+
+    src, vid = _trained_lenet_workspace
+    root = tmp_path_factory.mktemp("optimize") / "ws"
+    shutil.copytree(src, root)
+    ws = Workspace(root)
+    trained = ws.get_variant(vid)
+    out = {"export": get_stage("export")().run(ws, trained, tiny_fashion_mnist)}
+    for method in ("int8-pt2e", "int8-ort", "dynamic", "bf16", "qat"):
+        out[method] = get_stage("quantize")(method=method, calib_size=16).run(ws, trained, tiny_fashion_mnist)
+    for importance in ("magnitude", "taylor", "lamp"):
+        out[f"prune-{importance}"] = get_stage("prune")(ratio=0.5, importance=importance, finetune_epochs=1,
+                                                        distill=True, iterative_steps=2).run(ws, trained,
+                                                                                             tiny_fashion_mnist)
+    out["prune-int8-ort"] = get_stage("quantize")(method="int8-ort", calib_size=8).run(ws, out["prune-magnitude"],
+                                                                                      tiny_fashion_mnist)
+    return ws, trained, tiny_fashion_mnist, out
+
+
+def test_every_variant_reloads_in_a_fresh_process(made, reload_fresh):
+    ws, _, data_dir, out = made
+    reload_fresh(ws, list(out.values()), data_dir)
+
+
+def _check_recorded(ws, v, parent, stage, fmt):
+    assert v.parent_id == parent.id and v.stage == stage and v.format == fmt
+    assert v.stages == parent.stages + [stage]
+    assert v.files and all((v.path / f).is_file() for f in v.files)
+    assert v.size_bytes == sum((v.path / f).stat().st_size for f in v.files)
+    assert len(v.sha256) == 64
+    for key in RECORDED:
+        assert v.metrics.get(key) is not None, key
+    assert v.metrics["test_images"] == 20  # the full (tiny) test split
+    assert v.metrics["produced_by"]["torch"] == torch.__version__
+    for key in ("arch", "num_classes", "in_channels", "image_size", "dataset"):
+        assert v.config[key] == parent.config[key]
+
+
+def test_registry():
+    assert list_stages() == ["export", "prune", "quantize"]
+    with pytest.raises(UserError, match="unknown stage 'nope'; choose one of: export, prune, quantize"):
+        get_stage("nope")
+    with pytest.raises(UserError, match="unknown quantization method"):
+        get_stage("quantize")(method="int4")
+
+
+def test_export_parity_and_reuse(made):
+    ws, trained, data_dir, out = made
+    v = out["export"]
+    _check_recorded(ws, v, trained, "export", "onnx")
+    assert v.files == ["model.onnx", "model.onnx.data"]  # weights outside the graph, both counted in the size
+    m = v.metrics
+    assert m["exporter"] == "dynamo" and m["opset"] == 18
+    assert m["parity_agreement_top1"] == 1.0 and m["parity_max_abs_logit_error"] < 1e-4
+    import onnx
+    onnx.checker.check_model(str(v.path / "model.onnx"), full_check=True)
+    import onnxruntime as ort  # the batch axis is dynamic
+    sess = ort.InferenceSession(str(v.path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 7):
+        assert sess.run(None, {sess.get_inputs()[0].name: torch.randn(n, 1, 28, 28).numpy()})[0].shape == (n, 10)
+    before = len(ws.variants())
+    again = get_stage("export")().run(ws, trained, data_dir)
+    assert again.id == v.id and again.created_at == v.created_at and len(ws.variants()) == before
+
+
+@pytest.mark.parametrize("method,fmt,stages", [
+    ("int8-pt2e", "torch-export-int8", ["train", "quantize"]),
+    ("int8-ort", "onnx-int8", ["train", "export", "quantize"]),
+    ("dynamic", "torch-export", ["train", "quantize"]),
+    ("bf16", "torch-bf16", ["train", "quantize"]),
+    ("qat", "torch-export-int8", ["train", "quantize"]),
+])
+def test_quantize_methods(made, method, fmt, stages):
+    ws, trained, data_dir, out = made
+    v = out[method]
+    parent = ws.get_variant(v.parent_id)
+    _check_recorded(ws, v, parent, "quantize", fmt)
+    assert v.stages == stages and v.config["method"] == method
+    assert v.metrics["agreement_top1"] >= 0.9  # lenet's logits are far apart: int8 keeps its predictions
+    if method in ("int8-pt2e", "int8-ort"):
+        assert v.metrics["calibration_images"] == 16 and v.config["calib_size"] == 16
+    if method == "bf16":
+        assert "calib_size" not in v.config  # options a method ignores do not split its variants
+    if fmt.startswith("torch"):
+        assert load_module(v)(torch.randn(1, 1, 28, 28)).shape == (1, 10)  # batch 1 runs too
+
+
+@pytest.mark.parametrize("method", ["int8-pt2e", "qat"])
+def test_int8_programs_hold_only_int8_weights(made, method):
+    v = made[3][method]
+    import torchao.quantization.pt2e  # noqa: F401
+    program = torch.export.load(str(v.path / "model.pt2"))
+    big = {k: t.dtype for k, t in program.state_dict.items() if t.dim() >= 2}
+    assert big and set(big.values()) == {torch.int8}, big
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_fp16_needs_gpu(trained_workspace):
+    ws, trained, data_dir = trained_workspace
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
+        get_stage("quantize")(method="fp16").run(ws, trained, data_dir)
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor", "lamp"])
+def test_prune_distill(made, importance):
+    ws, trained, data_dir, out = made
+    v = out[f"prune-{importance}"]
+    _check_recorded(ws, v, trained, "prune", "torch-pruned")
+    m = v.metrics
+    assert m["params_before"] == 61706 and m["params"] < m["params_before"] / 2
+    assert m["macs"] < m["macs_before"] / 2 and m["macs_reduction"] > 2
+    assert len(m["finetune_history"]) == 1
+    saved = torch.load(v.path / "model.pt", weights_only=True)  # no pickled module
+    assert set(saved) == {"state_dict", "attributes"}
+    if importance == "magnitude":  # prune -> export -> int8-ort chains on the pruned shapes
+        q = out["prune-int8-ort"]
+        assert q.stages == ["train", "prune", "export", "quantize"] and q.metrics["params"] == m["params"]
+
+
+def test_prune_bn_scale_on_a_model_without_bn_says_so(trained_workspace):
+    ws, trained, data_dir = trained_workspace
+    v = get_stage("prune")(ratio=0.5, importance="bn-scale", finetune_epochs=0).run(ws, trained, data_dir)
+    assert v.metrics["params"] == v.metrics["params_before"] and "found nothing to prune" in v.metrics["note"]
+
+
+def test_failing_stage_leaves_nothing(trained_workspace, monkeypatch):
+    ws, trained, data_dir = trained_workspace
+    import deploybench.optimize.export as export
+
+    monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)  # parity can never pass
+    before = {v.id for v in ws.variants()}
+    with pytest.raises(UserError, match="disagrees with PyTorch"):
+        get_stage("export")().run(ws, trained, data_dir)
+    assert {v.id for v in ws.variants()} == before
+    folder = ws.artifact_dir(trained.model, trained.dataset, "x").parent
+    assert sorted(p.name for p in folder.iterdir()) == [trained.id]  # no variant folder, no temp folder
+
+
+def test_stage_rejects_wrong_parent_format(made):
+    ws, trained, data_dir, out = made
+    onnx_v = out["export"]
+    with pytest.raises(UserError, match="needs an fp32 PyTorch variant"):
+        get_stage("prune")(ratio=0.5, finetune_epochs=0).run(ws, onnx_v, data_dir)
+    with pytest.raises(UserError, match="export needs a PyTorch variant"):
+        get_stage("export")().run(ws, onnx_v, data_dir)

@@ -1,0 +1,79 @@
+"""Each backend on the tiny trained lenet: it loads, runs, agrees with eager torch, and skips what it cannot run."""
+import pytest
+import torch
+
+from deploybench.optimize import formats
+from deploybench.profile.backends import available_backends, backend_names, get_backend
+from deploybench.profile.backends.base import BackendSkip
+from deploybench.profile.static import input_shape, root_config
+
+
+def _logits(backend_name, variant, ws, batch_size=4, threads=1):
+    backend = get_backend(backend_name)()
+    backend.load(variant, batch_size, threads)
+    torch.manual_seed(0)
+    x = torch.randn(batch_size, *input_shape(root_config(ws, variant)))
+    out = backend.logits(backend.run(backend.prepare(x)))
+    backend.synchronize()
+    backend.close()
+    return x, out
+
+
+def test_registry_lists_every_runtime_and_cpu_ones_are_available():
+    assert backend_names() == ["torch-cpu", "torch-cuda", "torch-compile-cpu", "torch-compile-cuda", "ort-cpu",
+                               "ort-cuda", "ort-tensorrt"]
+    assert {"torch-cpu", "torch-compile-cpu", "ort-cpu"} <= set(available_backends())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+@pytest.mark.parametrize("name", ["torch-cuda", "torch-compile-cuda", "ort-cuda", "ort-tensorrt"])
+def test_cuda_backends_report_unavailable_with_a_reason(name):
+    ok, why = get_backend(name).available()
+    assert not ok and why
+    assert name not in available_backends()
+
+
+def test_torch_cpu_matches_the_module(trained_workspace):
+    ws, trained, _ = trained_workspace
+    x, out = _logits("torch-cpu", trained, ws)
+    with torch.no_grad():
+        expected = formats.load_module(trained)(x)
+    assert out.shape == (4, 10)
+    torch.testing.assert_close(out, expected)
+
+
+def test_torch_compile_cpu_matches_eager(trained_workspace):
+    ws, trained, _ = trained_workspace
+    x, out = _logits("torch-compile-cpu", trained, ws, batch_size=2)
+    with torch.no_grad():
+        expected = formats.load_module(trained)(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_ort_cpu_matches_eager_and_runs_on_the_cpu_provider(onnx_workspace):
+    ws, trained, onnx_variant, _ = onnx_workspace
+    backend = get_backend("ort-cpu")()
+    backend.load(onnx_variant, 3, 1)
+    assert backend.session.get_providers()[0] == "CPUExecutionProvider"
+    assert backend.session.get_session_options().intra_op_num_threads == 1
+    x = torch.randn(3, 1, 28, 28)
+    out = backend.logits(backend.run(backend.prepare(x)))
+    with torch.no_grad():
+        expected = formats.load_module(trained)(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_formats_a_backend_cannot_run_are_refused_with_a_reason(onnx_workspace):
+    ws, trained, onnx_variant, _ = onnx_workspace
+    for name in ("torch-cpu", "torch-compile-cpu"):
+        ok, why = get_backend(name).supports(onnx_variant)
+        assert not ok and "onnx" in why
+    ok, why = get_backend("ort-cpu").supports(trained)
+    assert not ok and "torch-state" in why
+
+
+def test_fixed_batch_onnx_is_a_skip_at_other_batch_sizes(trained_workspace, make_onnx):
+    ws, trained, _ = trained_workspace
+    fixed = make_onnx(ws, trained, dynamic_batch=False, stage="export-fixed")
+    with pytest.raises(BackendSkip, match="fixed batch size of 2"):
+        get_backend("ort-cpu")().load(fixed, 1, 1)

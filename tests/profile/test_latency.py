@@ -1,0 +1,41 @@
+"""Latency statistics on synthetic timings (exact), and the timing loop's stopping rule."""
+import pytest
+
+from deploybench.profile.latency import Protocol, latency_stats, median_ci_ranks, time_runs
+
+
+@pytest.mark.parametrize("n,ranks", [(6, (1, 6)), (10, (2, 9)), (20, (6, 15)), (50, (18, 33)), (100, (40, 61))])
+def test_median_interval_ranks_match_the_binomial_tables(n, ranks):
+    assert median_ci_ranks(n) == ranks
+
+
+def test_stats_of_a_known_timing_list():
+    times_s = [i / 1000 for i in range(1, 101)]  # 1..100 ms, shuffled order must not matter
+    s = latency_stats(times_s[::-1], batch_size=4)
+    assert s["latency_ms_p50"] == pytest.approx(50.5)
+    assert s["latency_ms_p90"] == pytest.approx(90.1)
+    assert s["latency_ms_p99"] == pytest.approx(99.01)
+    assert s["latency_ms_ci95"] == pytest.approx([40.0, 61.0])
+    assert s["throughput_per_s"] == pytest.approx(4 / 0.0505)
+    assert s["runs"] == 100 and s["stable"] is False  # interval is 42% of the median
+
+
+def test_stable_means_the_interval_is_within_five_percent_of_the_median():
+    tight = [0.010 + 0.0001 * (i % 5) for i in range(60)]  # 10.0..10.4 ms
+    assert latency_stats(tight, 1)["stable"] is True
+    wide = [0.010 * (1 + (i % 2)) for i in range(60)]  # half 10 ms, half 20 ms
+    assert latency_stats(wide, 1)["stable"] is False
+
+
+def test_too_few_runs_are_never_stable():
+    s = latency_stats([0.01] * 5, 1)
+    assert s["latency_ms_ci95"] == [10.0, 10.0] and s["stable"] is False
+
+
+def test_timing_loop_reaches_both_the_count_and_the_duration():
+    calls = []
+    times = time_runs(lambda: calls.append(1), lambda: None, Protocol(warmup=3, min_runs=7, min_seconds=0.02))
+    assert len(times) >= 7 and sum(times) <= 0.02 + 1  # count reached...
+    assert len(calls) == 3 + len(times)  # ...after the warm-up calls
+    slow = time_runs(lambda: None, lambda: None, Protocol(warmup=0, min_runs=1, min_seconds=0.03))
+    assert len(slow) > 1  # the duration keeps it going past the minimum count

@@ -1,0 +1,113 @@
+"""Killed, interrupted and resumed training runs reach exactly the weights of an uninterrupted run (CPU)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deploybench.store import Workspace
+
+ARGS = ["--model", "simple-cnn", "--dataset", "fashion-mnist", "--epochs", "2", "--batch-size", "8",
+        "--checkpoint-every", "2"]
+
+# Runs the real `train` CLI in a child process after arming a fault: after `after` calls of `hook`,
+# the process kills itself (SIGKILL, or SIGTERM which the trainer handles), optionally mid-write.
+CHILD = r"""
+import os, signal, sys, torch
+from deploybench.cli.train import main
+mode, after = sys.argv[1], int(sys.argv[2])
+calls = [0]
+if mode == "kill-in-save":
+    real_save = torch.save
+    def save(obj, f, *a, **k):
+        calls[0] += 1
+        if calls[0] == after:
+            with open(f, "wb") as fh:
+                fh.write(b"PK\x03\x04 half a checkpoint")
+                fh.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *a, **k)
+    torch.save = save
+else:
+    sig = signal.SIGKILL if mode == "kill" else signal.SIGTERM
+    real_step = torch.optim.SGD.step
+    def step(self, *a, **k):
+        calls[0] += 1
+        if calls[0] == after:
+            os.kill(os.getpid(), sig)
+        return real_step(self, *a, **k)
+    torch.optim.SGD.step = step
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def train_cli(args, cwd, **kw):
+    return subprocess.run([sys.executable, "-m", "deploybench.cli.train", *args], cwd=cwd, capture_output=True,
+                          text=True, **kw)
+
+
+def faulty_run(mode, after, args, cwd):
+    return subprocess.run([sys.executable, "-c", CHILD, mode, str(after), *args], cwd=cwd, capture_output=True,
+                          text=True)
+
+
+def final_weights(ws_dir):
+    ws = Workspace(ws_dir)
+    (variant,) = ws.variants()
+    return torch.load(variant.path / "model.pt", weights_only=True), variant
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_fashion_mnist):
+    ws = tmp_path_factory.mktemp("ref") / "ws"
+    r = train_cli(ARGS + ["--workspace", str(ws), "--data-dir", str(tiny_fashion_mnist)], cwd=ws.parent)
+    assert r.returncode == 0, r.stderr
+    return final_weights(ws)
+
+
+@pytest.mark.parametrize("mode,after", [("kill", 9), ("kill-in-save", 4), ("term", 10)])
+def test_interrupted_run_resumes_to_identical_weights(mode, after, reference, tmp_path, tiny_fashion_mnist):
+    args = ARGS + ["--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
+    r = faulty_run(mode, after, args, tmp_path)
+    if mode == "term":
+        assert r.returncode == 143 and "continue with --resume" in r.stderr
+    else:
+        assert r.returncode == -signal.SIGKILL
+    assert "Traceback" not in r.stderr
+    assert Workspace(tmp_path / "ws").variants() == []  # nothing recorded from a dead run
+
+    refused = train_cli(args, cwd=tmp_path)  # neither --resume nor --restart: the run is kept, not overwritten
+    assert refused.returncode == 2 and "--resume" in refused.stderr and "Traceback" not in refused.stderr
+
+    resumed = train_cli(args + ["--resume"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    weights, variant = final_weights(tmp_path / "ws")
+    ref_weights, ref_variant = reference
+    assert variant.id == ref_variant.id
+    assert weights.keys() == ref_weights.keys()
+    for k in weights:
+        assert torch.equal(weights[k], ref_weights[k]), k
+    assert variant.metrics["accuracy_top1"] == ref_variant.metrics["accuracy_top1"]
+
+
+def test_rerun_reuses_and_resume_without_run_is_refused(reference, tmp_path, tiny_fashion_mnist):
+    args = ARGS + ["--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
+    assert train_cli(args + ["--resume"], cwd=tmp_path).returncode == 2
+    assert train_cli(args, cwd=tmp_path).returncode == 0
+    again = train_cli(args, cwd=tmp_path)
+    assert again.returncode == 0 and "already trained" in again.stdout
+
+
+def test_training_records_figures_and_metrics(trained_workspace):
+    ws, variant, _ = trained_workspace
+    for f in ["model.pt", "learning_curves.png", "confusion_matrix.png", "training.json"]:
+        assert (variant.path / f).is_file(), f
+    assert any(p.name.startswith("events.out.tfevents") for p in (variant.path / "tensorboard").iterdir())
+    report = json.loads((variant.path / "training.json").read_text())
+    assert len(report["per_class"]) == 10 and set(report["per_class"][0]) >= {"precision", "recall", "f1"}
+    assert sum(map(sum, report["confusion"])) == variant.metrics["test_images"] == 20
+    assert 0 <= variant.metrics["accuracy_top1"] <= 1 and variant.metrics["params"] == 61_706
+    assert ws.training_runs()[0]["status"] == "done"
