@@ -87,6 +87,24 @@ def _drop_unused_weights(graph_module: torch.fx.GraphModule) -> int:
     return dropped
 
 
+_DROPOUTS = {torch.ops.aten.dropout.default, torch.ops.aten.feature_dropout.default,
+             torch.ops.aten.alpha_dropout.default, torch.ops.aten.feature_alpha_dropout.default}
+
+
+def _strip_dropout(graph_module: torch.fx.GraphModule) -> int:
+    """Replace dropout nodes by their input. A QAT graph is exported in train mode and
+    `move_exported_model_to_eval` leaves `aten.dropout(x, p, train=True)` / `feature_dropout` in it, which
+    would make the int8 program random at inference."""
+    removed = 0
+    for node in list(graph_module.graph.nodes):
+        if node.op == "call_function" and node.target in _DROPOUTS:
+            node.replace_all_uses_with(node.args[0])
+            graph_module.graph.erase_node(node)
+            removed += 1
+    graph_module.recompile()
+    return removed
+
+
 def _save_program(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     program = torch.export.export(module, (example,), dynamic_shapes=_batch_dim())
     torch.export.save(program, str(path))
@@ -147,6 +165,7 @@ def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
             sched.step()
     move_exported_model_to_eval(prepared)
     converted = convert_pt2e(prepared)
+    _strip_dropout(converted)
     _drop_unused_weights(converted)
     _save_program(converted, example, d / "model.pt2")
     return dict(qat_images=cfg.qat_epochs * len(loader.dataset))

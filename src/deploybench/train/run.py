@@ -7,14 +7,12 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
-from torch.utils.tensorboard import SummaryWriter
 
 from deploybench.data import load_splits
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights
 from deploybench.store import Variant, Workspace, safe_component
-from deploybench.train import plots
 from deploybench.train.engine import evaluate, fit
 from deploybench.train.recipes import Recipe
 
@@ -72,6 +70,10 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     ws.start_training_run(vid, model, dataset, config)
     log(f"training {model} ({count_params(net):,} params) on {dataset}: {len(train_set)} train / "
         f"{len(splits.val)} val / {len(splits.test)} test images, {recipe.epochs} epochs, device {dev}")
+    from torch.utils.tensorboard import SummaryWriter  # heavy imports, needed only once training starts
+
+    from deploybench.train import plots
+
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def on_epoch(row: dict) -> None:

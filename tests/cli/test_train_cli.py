@@ -1,0 +1,52 @@
+"""The `train` and `deploybench` front ends: listing, one-line errors, non-zero exits."""
+import json
+
+import pytest
+
+from deploybench.cli import main as deploybench_main
+from deploybench.cli import train as train_cli
+
+
+def test_list_models_json_for_a_dataset(capsys):
+    assert train_cli.main(["--list-models", "--json", "--dataset", "fashion-mnist"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["custom"]["params"] == 1_740_746 and rows["custom"]["family"] == "cnn"
+    assert rows["lenet"]["params"] == 61_706 and rows["lenet"]["dataset"] == "fashion-mnist"
+
+
+def test_list_models_table_defaults_to_cifar10(capsys):
+    assert train_cli.main(["--list-models"]) == 0
+    out = capsys.readouterr().out
+    assert "2,659,402" in out and "11,181,642" in out and "62,006" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "nope", "--dataset", "cifar10"], "choose one of: custom"),
+    (["--model", "lenet", "--dataset", "mnist-3d"], "choose one of: cifar10, cifar100, fashion-mnist"),
+    (["--model", "lenet"], "needs --model and --dataset"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    assert train_cli.main(argv + ["--workspace", str(tmp_path / "ws"), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_external_checkpoint_is_validated(tmp_path, tiny_fashion_mnist, capsys):
+    import torch
+
+    from deploybench.models import create_model
+
+    torch.save(create_model("simple-cnn", 10, 1, 28).state_dict(), tmp_path / "other.pt")
+    argv = ["--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1", "--data-dir", str(tiny_fashion_mnist),
+            "--workspace", str(tmp_path / "ws"), "--checkpoint", str(tmp_path / "other.pt")]
+    assert train_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this model" in err and "missing" in err and err.count("\n") == 1
+
+
+def test_pipeline_trains_and_prints_accuracy(tmp_path, tiny_fashion_mnist, capsys):
+    argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--epochs", "1",
+            "--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
+    assert deploybench_main.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "lenet" in out and "61,706" in out and "%" in out
