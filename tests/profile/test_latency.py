@@ -39,3 +39,11 @@ def test_timing_loop_reaches_both_the_count_and_the_duration():
     assert len(calls) == 3 + len(times)  # ...after the warm-up calls
     slow = time_runs(lambda: None, lambda: None, Protocol(warmup=0, min_runs=1, min_seconds=0.03))
     assert len(slow) > 1  # the duration keeps it going past the minimum count
+
+
+def test_cross_check_runs_both_timers(trained_workspace):
+    from deploybench.profile.crosscheck import cross_check
+
+    ws, trained, _ = trained_workspace
+    r = cross_check(ws, trained, "torch-cpu", 2, 1, Protocol.quick())
+    assert r["ours_ms"] > 0 and r["reference_ms"] > 0 and r["reference"] == "torch.utils.benchmark.Timer"

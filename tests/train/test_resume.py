@@ -114,3 +114,15 @@ def test_training_records_figures_and_metrics(trained_workspace):
     assert sum(map(sum, report["confusion"])) == variant.metrics["test_images"] == 20
     assert 0 <= variant.metrics["accuracy_top1"] <= 1 and variant.metrics["params"] == 61_706
     assert ws.training_runs()[0]["status"] == "done"
+
+
+def test_trains_on_an_image_folder(tmp_path, tiny_imagefolder):
+    from deploybench.train.recipes import default_recipe
+    from deploybench.train.run import train_model
+
+    ws = Workspace(tmp_path / "ws")
+    dataset = f"imagefolder:{tiny_imagefolder}"
+    variant, created = train_model(ws, "simple-cnn", dataset, default_recipe("simple-cnn", epochs=1, batch_size=8),
+                                   log=lambda *_: None)
+    assert created and variant.dataset == dataset and variant.metrics["params"] > 0
+    assert variant.path.parent.name.startswith("imagefolder-") and variant.path.is_relative_to(ws.artifacts)

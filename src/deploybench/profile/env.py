@@ -63,6 +63,14 @@ def _static_environment() -> dict:
                 libraries={n: _version(n) for n in _LIBRARIES}, commit=git_commit())
 
 
+def load_average() -> float | None:
+    """1-minute load average: a busy machine (another job on the cores) makes latencies meaningless."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def environment(threads: int) -> dict:
-    """The environment JSON stored with every measurement."""
-    return dict(_static_environment(), threads=threads)
+    """The environment JSON stored with every measurement (the load average as profiling starts included)."""
+    return dict(_static_environment(), threads=threads, load_avg_1m=load_average())

@@ -115,6 +115,9 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     protocol = asdict(Protocol.quick() if quick else Protocol())
     names = _resolve_backends(backends, log)
     env = environment(threads)
+    if env["load_avg_1m"] is not None and env["load_avg_1m"] > 0.5 * (os.cpu_count() or 1):
+        log(f"warning: load average {env['load_avg_1m']} on {os.cpu_count()} CPUs: other work competes for the "
+            f"cores, latencies will be inflated (recorded in the environment)")
     peaks = {dev: machine.machine_peak(ws, dev, threads, quick)
              for dev in sorted({get_backend(n).device for n in names})}
     stored: list[dict] = []

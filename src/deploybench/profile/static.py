@@ -75,7 +75,9 @@ def _native_mha_macs(inputs, outputs) -> int:
 def count_macs(module: torch.nn.Module, shape: tuple[int, ...], batch_size: int = 1) -> dict:
     """fvcore MAC count of `module` on a zero batch of `shape`: total, per leaf module (with parameters),
     and the ops fvcore skipped (name -> occurrences)."""
-    from fvcore.nn import FlopCountAnalysis, parameter_count
+    with warnings.catch_warnings():  # fvcore scripts a helper at import time, which torch deprecates
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis, parameter_count
 
     module = module.eval()
     x = torch.zeros(batch_size, *shape)

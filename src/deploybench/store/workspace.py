@@ -50,6 +50,15 @@ def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def dataset_component(dataset: str) -> str:
+    """A folder name for a dataset; `imagefolder:PATH` becomes `imagefolder-<name>-<hash of the full path>`."""
+    if dataset.startswith("imagefolder:"):
+        path = os.path.abspath(dataset.split(":", 1)[1])
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in os.path.basename(path))[:40] or "root"
+        return f"imagefolder-{name.lstrip('.') or 'root'}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+    return safe_component(dataset)
+
+
 def default_workspace() -> Path:
     return Path(os.environ.get("DEPLOYBENCH_WORKSPACE", "workspace"))
 
@@ -139,7 +148,7 @@ class Workspace:
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def artifact_dir(self, model: str, dataset: str, variant_id: str) -> Path:
-        return self.artifacts / safe_component(model) / safe_component(dataset) / variant_id
+        return self.artifacts / safe_component(model) / dataset_component(dataset) / variant_id
 
     def _row_to_variant(self, row: sqlite3.Row) -> Variant:
         v = Variant(id=row["id"], parent_id=row["parent_id"], model=row["model"], dataset=row["dataset"],

@@ -12,7 +12,7 @@ from deploybench.data import load_splits
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights
-from deploybench.store import Variant, Workspace, safe_component
+from deploybench.store import Variant, Workspace, dataset_component, safe_component
 from deploybench.train.engine import evaluate, fit
 from deploybench.train.recipes import Recipe
 
@@ -49,7 +49,7 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     existing = ws.find_variant(vid)
     if existing is not None and existing.path.is_dir():
         return existing, False
-    run_dir = ws.root / "runs" / safe_component(model) / safe_component(dataset) / vid
+    run_dir = ws.root / "runs" / safe_component(model) / dataset_component(dataset) / vid
     last = run_dir / "last.pt"
     if resume and not last.exists():
         raise UserError(f"nothing to resume: no interrupted run of {model} on {dataset} with this recipe")
