@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sqlite3
 import sys
 from typing import Callable
@@ -17,8 +18,12 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="data", help="where datasets live (default: ./data)")
 
 
-def open_workspace(args) -> Workspace:
-    return Workspace(args.workspace or default_workspace())
+def open_workspace(args, record: bool = True) -> Workspace:
+    """The workspace named by --workspace; `record` logs this command line in it (the report's provenance)."""
+    ws = Workspace(args.workspace or default_workspace())
+    if record:
+        ws.log_command([os.path.basename(sys.argv[0])] + sys.argv[1:])
+    return ws
 
 
 def run(fn: Callable[[], int | None]) -> int:

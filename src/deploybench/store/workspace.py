@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS measurements (
     environment TEXT NOT NULL, created_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS measurements_variant ON measurements(variant_id);
 CREATE TABLE IF NOT EXISTS machine (key TEXT PRIMARY KEY, value TEXT NOT NULL, measured_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS commands (id INTEGER PRIMARY KEY AUTOINCREMENT, argv TEXT NOT NULL, cwd TEXT NOT NULL,
+    created_at REAL NOT NULL);
 """
 
 
@@ -117,7 +119,7 @@ class Workspace:
 
     @staticmethod
     def _schema_present(con: sqlite3.Connection) -> bool:
-        return con.execute("SELECT count(*) FROM sqlite_master WHERE name='machine'").fetchone()[0] > 0
+        return con.execute("SELECT count(*) FROM sqlite_master WHERE name='commands'").fetchone()[0] > 0
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -271,6 +273,16 @@ class Workspace:
             sql, args = sql + " WHERE variant_id = ?", (variant_id,)
         return [dict(r, metrics=json.loads(r["metrics"]), environment=json.loads(r["environment"]))
                 for r in self._query(sql + " ORDER BY id", args)]
+
+    # -- the commands that wrote to this workspace (provenance for the report) --------------------------
+    def log_command(self, argv: list[str]) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT INTO commands (argv, cwd, created_at) VALUES (?,?,?)",
+                        (json.dumps(argv), os.getcwd(), time.time()))
+
+    def commands(self) -> list[dict]:
+        return [dict(argv=json.loads(r["argv"]), cwd=r["cwd"], created_at=r["created_at"])
+                for r in self._query("SELECT * FROM commands ORDER BY id")]
 
     # -- machine facts (peak FLOP/s, ...) ---------------------------------------------------------------
     def get_machine(self, key: str) -> dict | None:

@@ -1,0 +1,137 @@
+"""`build_report`: one self-contained HTML file (inline SVG, CSS and JS) from the workspace store alone."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import jinja2
+
+from deploybench.profile.compare import compare_rows
+from deploybench.profile.pareto import ACCURACY, LATENCY, MACS, SIZE, mark_pareto
+from deploybench.report.plots import pareto_svg
+from deploybench.store import Variant, Workspace, atomic_write_text
+
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("deploybench.report", "templates"),
+                          autoescape=jinja2.select_autoescape(default=True, default_for_string=True))
+THRESHOLDS_POINTS = (0.5, 1.0, 2.0)
+
+
+def _label(row: dict) -> str:
+    return f"{row['model']}:{'+'.join(row['stages'][1:]) or 'fp32'}"
+
+
+def recommendations(rows: list[dict]) -> list[dict]:
+    """Per (dataset, backend, batch size): the fastest variant within 0.5, 1 and 2 points of the best accuracy."""
+    groups = defaultdict(list)
+    for r in rows:
+        if r.get("latency_ms_p50") is not None and r.get("accuracy_top1") is not None:
+            groups[(r["dataset"], r["backend"], r["batch_size"])].append(r)
+    out = []
+    for (dataset, backend, bs), rs in sorted(groups.items()):
+        best = max(r["accuracy_top1"] for r in rs)
+        picks = []
+        for pts in THRESHOLDS_POINTS:
+            ok = [r for r in rs if 100 * (best - r["accuracy_top1"]) <= pts]
+            pick = min(ok, key=lambda r: r["latency_ms_p50"])
+            picks.append(dict(points=pts, label=_label(pick), variant=pick["variant"],
+                              latency_ms_p50=pick["latency_ms_p50"], accuracy_top1=pick["accuracy_top1"]))
+        out.append(dict(dataset=dataset, backend=backend, batch_size=bs, best=best, picks=picks))
+    return out
+
+
+def _variant_points(ws: Workspace, rows: list[dict]) -> list[dict]:
+    """One point per variant (accuracy, size, MACs) for the backend-independent fronts."""
+    seen = {}
+    for r in rows:
+        if r.get("accuracy_top1") is not None and r["variant"] not in seen:
+            seen[r["variant"]] = dict(r, label=_label(r))
+    pts = list(seen.values())
+    mark_pareto(pts, (ACCURACY, SIZE), group_by=("dataset",), key="pareto_size")
+    mark_pareto(pts, (ACCURACY, MACS), group_by=("dataset",), key="pareto_macs")
+    return pts
+
+
+def _lineage_tree(variants: list[Variant]) -> list[dict]:
+    children = defaultdict(list)
+    for v in variants:
+        children[v.parent_id].append(v)
+
+    def node(v: Variant) -> dict:
+        m = v.metrics
+        return dict(id=v.id, stage=v.stage, format=v.format, size_bytes=v.size_bytes,
+                    accuracy=m.get("accuracy_top1"), agreement=m.get("agreement_top1"),
+                    config={k: val for k, val in v.config.items() if not k.startswith("_") and k != "recipe"},
+                    children=[node(c) for c in children[v.id]])
+
+    return [node(v) for v in children[None]]
+
+
+def _read(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    return text[text.index("<svg"):] if "<svg" in text else None
+
+
+def _model_sections(ws: Workspace) -> list[dict]:
+    sections = []
+    by_model = defaultdict(list)
+    for v in ws.variants():
+        by_model[(v.model, v.dataset)].append(v)
+    for (model, dataset), vs in sorted(by_model.items()):
+        trained = [v for v in vs if v.stage == "train"]
+        root = trained[-1] if trained else None
+        training = json.loads((root.path / "training.json").read_text()) if root and \
+            (root.path / "training.json").is_file() else {}
+        static = (root.metrics.get("profile_static") or {}) if root else {}
+        sections.append(dict(
+            model=model, dataset=dataset, root=root, lineage=_lineage_tree(vs),
+            curves=_read(root.path / "learning_curves.svg") if root else None,
+            confusion=_read(root.path / "confusion_matrix.svg") if root else None,
+            per_class=training.get("per_class", []), history=training.get("history", []),
+            layers=sorted(static.get("by_module", []), key=lambda r: -r["macs"])[:30],
+            skipped_ops=static.get("skipped_ops", {}),
+            optimized=[dict(id=v.id, stages="+".join(v.stages), accuracy=v.metrics.get("accuracy_top1"),
+                            agreement=v.metrics.get("agreement_top1"),
+                            parent_accuracy=(ws.find_variant(v.parent_id).metrics.get("accuracy_top1")
+                                             if v.parent_id and ws.find_variant(v.parent_id) else None))
+                       for v in vs if v.stage != "train"]))
+    return sections
+
+
+def _provenance(ws: Workspace, rows: list[dict]) -> dict:
+    envs = [m["environment"] for m in ws.measurements()[-1:]]
+    peaks = {}
+    for r in rows:
+        key = f"peak_flops/{r['device']}/{r['threads']}"
+        value = ws.get_machine(key) if key not in peaks else None
+        if value:
+            peaks[key] = {k: v for k, v in value.items() if k in ("float32", "bfloat16", "int8", "float16", "hardware")}
+    return dict(environment=envs[0] if envs else {}, peaks=peaks,
+                commands=[" ".join(c["argv"]) for c in ws.commands()],
+                generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def build_report(ws: Workspace, out: str | Path = "reports/index.html") -> Path:
+    """Write the report for everything in `ws` to `out` (atomically) and return its path."""
+    rows = [r for r in compare_rows(ws) if r.get("skipped") is None]
+    for r in rows:
+        r["label"] = _label(r)
+    latency_plots = []
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["backend"], r["batch_size"])].append(r)
+    for (dataset, backend, bs), rs in sorted(groups.items()):
+        latency_plots.append(dict(title=f"{dataset} · {backend} · batch {bs}", svg=pareto_svg(
+            rs, "latency_ms_p50", "latency p50 (ms), 95% CI", f"accuracy vs latency — {backend}, batch {bs}")))
+    pts = _variant_points(ws, rows)
+    static_plots = [dict(title="accuracy vs size", svg=pareto_svg(pts, "size_bytes", "size on disk (bytes)",
+                                                                  "accuracy vs size", "pareto_size")),
+                    dict(title="accuracy vs MACs", svg=pareto_svg(pts, "macs", "MACs per image",
+                                                                  "accuracy vs MACs", "pareto_macs"))]
+    html = _ENV.get_template("report.html.j2").render(
+        rows=rows, latency_plots=latency_plots, static_plots=static_plots, recommendations=recommendations(rows),
+        models=_model_sections(ws), provenance=_provenance(ws, rows), workspace=str(ws.root))
+    return atomic_write_text(out, html)

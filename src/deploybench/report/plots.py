@@ -1,0 +1,55 @@
+"""Pareto plots as inline SVG strings (matplotlib): front points highlighted and labelled, the rest greyed."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# User strings (model names, stages) are drawn as plain text, never parsed as mathtext; the SVG writer escapes them.
+plt.rcParams.update({"text.parse_math": False, "svg.fonttype": "none", "font.size": 9})
+
+
+def _span_is_wide(values: list[float]) -> bool:
+    values = [v for v in values if v and v > 0]
+    return bool(values) and max(values) / min(values) > 20
+
+
+def pareto_svg(points: list[dict], x_key: str, x_label: str, title: str, front_key: str = "pareto") -> str:
+    """Accuracy (%) against `x_key` for `points` (dicts with accuracy_top1, x_key, label, front_key and
+    optionally latency_ms_ci95 for horizontal error bars). Returns the SVG markup."""
+    pts = [p for p in points if p.get(x_key) is not None and p.get("accuracy_top1") is not None]
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for on_front in (False, True):
+        sel = [p for p in pts if bool(p.get(front_key)) == on_front]
+        if not sel:
+            continue
+        xs, ys = [p[x_key] for p in sel], [100 * p["accuracy_top1"] for p in sel]
+        color, z = ("#d9480f", 3) if on_front else ("#adb5bd", 2)
+        if x_key == "latency_ms_p50":
+            err = [[max(0.0, p[x_key] - p["latency_ms_ci95"][0]) if p.get("latency_ms_ci95") else 0 for p in sel],
+                   [max(0.0, p["latency_ms_ci95"][1] - p[x_key]) if p.get("latency_ms_ci95") else 0 for p in sel]]
+            ax.errorbar(xs, ys, xerr=err, fmt="none", ecolor=color, elinewidth=1, capsize=2, zorder=z)
+        ax.scatter(xs, ys, s=36 if on_front else 22, c=color, zorder=z + 1,
+                   label="Pareto front" if on_front else "dominated")
+        if on_front:
+            ordered = sorted(sel, key=lambda p: p[x_key])
+            ax.plot([p[x_key] for p in ordered], [100 * p["accuracy_top1"] for p in ordered], color=color, lw=1,
+                    alpha=0.6, zorder=z)
+            for p in ordered:
+                ax.annotate(p["label"], (p[x_key], 100 * p["accuracy_top1"]), xytext=(4, 4),
+                            textcoords="offset points", fontsize=7)
+    if _span_is_wide([p[x_key] for p in pts]):
+        ax.set_xscale("log")
+    ax.set(xlabel=x_label, ylabel="top-1 accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    if pts:
+        ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE: the SVG is inlined in HTML
