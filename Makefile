@@ -7,7 +7,7 @@ DATA   := data
 WS     := workspace
 DEMO_MODELS ?= lenet,simple-cnn
 
-.PHONY: setup data demo test bench bench-baseline report clean
+.PHONY: setup data browser demo test bench bench-baseline report clean
 
 setup: $(STAMP)
 
@@ -34,7 +34,16 @@ data: setup
 demo: data
 	$(VENV)/bin/deploybench pipeline --dataset fashion-mnist --models $(DEMO_MODELS) --workspace $(WS) --data-dir $(DATA)
 
-test: setup
+# The report's browser test drives Debian's Chromium through chromedriver (installed here when root).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null || \
+	      echo "could not install chromium + chromium-driver: the browser test will be skipped"; \
+	  else echo "install chromium + chromium-driver to run the browser test"; fi; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest -q
 
 clean:

@@ -8,8 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# User strings (model names, stages) are drawn as plain text, never parsed as mathtext; the SVG writer escapes them.
-plt.rcParams.update({"text.parse_math": False, "svg.fonttype": "none", "font.size": 9})
+plt.rcParams.update({"svg.fonttype": "none", "font.size": 9})
 
 
 def _span_is_wide(values: list[float]) -> bool:
@@ -39,11 +38,13 @@ def pareto_svg(points: list[dict], x_key: str, x_label: str, title: str, front_k
             ax.plot([p[x_key] for p in ordered], [100 * p["accuracy_top1"] for p in ordered], color=color, lw=1,
                     alpha=0.6, zorder=z)
             for p in ordered:
+                # User strings are drawn as plain text (never mathtext); the SVG writer escapes them.
                 ax.annotate(p["label"], (p[x_key], 100 * p["accuracy_top1"]), xytext=(4, 4),
-                            textcoords="offset points", fontsize=7)
+                            textcoords="offset points", fontsize=7, parse_math=False)
     if _span_is_wide([p[x_key] for p in pts]):
         ax.set_xscale("log")
-    ax.set(xlabel=x_label, ylabel="top-1 accuracy (%)", title=title)
+    ax.set(xlabel=x_label, ylabel="top-1 accuracy (%)")
+    ax.set_title(title, parse_math=False)
     ax.grid(alpha=0.3)
     if pts:
         ax.legend(loc="lower right", fontsize=7)

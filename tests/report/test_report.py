@@ -1,0 +1,26 @@
+"""The HTML report: self-contained, escaped, built from the store alone, with recommendations."""
+import re
+
+from deploybench.report import build_report
+from deploybench.report.html import recommendations
+
+
+def test_report_is_self_contained_and_escapes_user_strings(report_workspace, tmp_path):
+    out = build_report(report_workspace, tmp_path / "r" / "index.html")
+    html = out.read_text()
+    assert html.count("<script") == 1  # ours only: every user string is escaped
+    assert "&lt;script&gt;alert(" in html or "\\u003cscript\\u003e" in html
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing loaded from outside
+    assert html.count("<svg") >= 4  # latency fronts for 2 batch sizes + size + MACs, plus training figures
+    for needle in ["Recommendations", "Pareto front", "no real speed-up", "Lineage", "Per-class", "Provenance",
+                   "test cpu", "profile run --model"]:
+        assert needle in html, needle
+    assert oct(out.stat().st_mode & 0o777) == "0o644"
+
+
+def test_recommendations_pick_the_fastest_within_each_threshold():
+    rows = [dict(dataset="d", backend="b", batch_size=1, variant=v, model="m", stages=["train", s],
+                 latency_ms_p50=lat, accuracy_top1=acc)
+            for v, s, lat, acc in [("a", "fp32", 10.0, 0.90), ("b", "int8", 4.0, 0.896), ("c", "prune", 1.0, 0.885)]]
+    (rec,) = recommendations(rows)
+    assert [p["variant"] for p in rec["picks"]] == ["b", "b", "c"]  # within 0.5, 1 and 2 points of 90%
