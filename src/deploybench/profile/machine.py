@@ -76,13 +76,14 @@ def machine_peak(ws, device: str, threads: int, quick: bool = False) -> dict:
     return value
 
 
-def compute_dtype(variant) -> str:
-    """The dtype a variant's arithmetic runs in, read from its stages' configs: int8, float16, bfloat16 or
+def compute_dtype(variant, lineage=None) -> str:
+    """The dtype a variant's arithmetic runs in, read from its format and the configs of its stages (and of its
+    ancestors', when `lineage` is given: an export of an int8 model is int8): int8, float16, bfloat16 or
     float32 (the default)."""
-    text = " ".join([variant.format, *variant.stages, str({k: v for k, v in variant.config.items()
-                                                           if k in ("method", "dtype", "quantized", "precision")})])
-    text = text.lower()
-    if "int8" in text or "qat" in text or "dynamic" in text:
+    keys = ("method", "dtype", "quantized", "precision")
+    chain = lineage or [variant]
+    text = " ".join([variant.format, *(str({k: v for k, v in c.config.items() if k in keys}) for c in chain)]).lower()
+    if "int8" in text or "qat" in text or "'dynamic'" in text:
         return "int8"
     if "bf16" in text or "bfloat16" in text:
         return "bfloat16"
@@ -91,9 +92,26 @@ def compute_dtype(variant) -> str:
     return "float32"
 
 
+def peak_reference(peak: dict, dtype: str) -> tuple[float | None, str]:
+    """(FLOP/s, label) that a variant computing in `dtype` is measured against.
+
+    int8: torch._int_mm is the only int8 GEMM torch exposes, and on CPUs without VNNI it is slower than the fp32
+    GEMM while ONNX Runtime's and oneDNN's int8 kernels are not; the larger of the int8 and fp32 peaks is used,
+    so an int8 variant never shows more than 100% of a peak that is only torch's slow path. float16 without a
+    measured fp16 peak (CPU) uses fp32."""
+    if dtype == "int8":
+        options = [(peak.get("int8"), "int8"), (peak.get("float32"), "float32")]
+        options = [o for o in options if o[0]]
+        return max(options) if options else (None, dtype)
+    if dtype == "float16" and not peak.get("float16"):
+        return peak.get("float32"), "float32"
+    return peak.get(dtype), dtype
+
+
 def pct_of_peak(macs: int | None, batch_size: int, latency_ms: float | None, peak: dict, dtype: str) -> float | None:
-    """Achieved FLOP/s as a percentage of the measured peak for `dtype` (None when something is missing)."""
-    flops = peak.get(dtype) or (peak.get("float32") if dtype == "float16" else None)
+    """Achieved FLOP/s (2 x MACs x batch / latency) as a percentage of the reference peak for `dtype`
+    (see `peak_reference`); None when something is missing."""
+    flops, _ = peak_reference(peak, dtype)
     if not macs or not latency_ms or not flops:
         return None
     return 100.0 * (2 * macs * batch_size / (latency_ms / 1e3)) / flops

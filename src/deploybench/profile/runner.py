@@ -46,7 +46,9 @@ def measure_combo(workspace: str, variant_id: str, backend: str, batch_size: int
     config = root_config(ws, variant)
     torch.manual_seed(0)
     batch = torch.randn(batch_size, *input_shape(config))
-    impl = get_backend(backend)()
+    cls = get_backend(backend)
+    cls.preload()
+    impl = cls()
     try:
         with PeakRSS() as rss:
             impl.load(variant, batch_size, threads)
@@ -125,7 +127,7 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
         static = static_metrics(ws, variant)
         ws.update_metrics(variant.id, {"profile_static": static})
         scalars = {k: static[k] for k in _STATIC_KEYS if k in static}
-        dtype = machine.compute_dtype(variant)
+        dtype = machine.compute_dtype(variant, ws.lineage(variant))
         for name in names:
             cls = get_backend(name)
             ok, why = cls.supports(variant)
@@ -156,6 +158,7 @@ def _row(variant, cls, batch_size, threads, res, accuracy, scalars, dtype, peak,
         metrics = dict(res["metrics"], **(accuracy or {}), **scalars, compute_dtype=dtype, memory_isolated=isolated)
         metrics["pct_of_peak"] = machine.pct_of_peak(metrics.get("macs"), batch_size, metrics["latency_ms_p50"],
                                                      peak or {}, dtype)
+        metrics["peak_flops"], metrics["peak_dtype"] = machine.peak_reference(peak or {}, dtype)
     elif "skipped" in res:
         metrics = dict(skipped=res["skipped"])
     else:

@@ -6,7 +6,7 @@ skips ops it has no formula for (element-wise ops, pooling, and attention); we a
 the names of the ops still skipped.
 
 Variants that are not plain torch modules (ONNX files, quantized programs) take their parameters and MACs
-from the nearest `torch-state` ancestor when no shape-changing stage (prune) lies in between: quantizing or
+from the nearest plain fp32 module (`torch-state`, `torch-pruned`), itself or an ancestor, when no shape-changing stage (prune) lies in between: quantizing or
 exporting changes the arithmetic's precision, not its count. Otherwise they are counted on the variant
 itself when it loads as a torch module, or recorded as None with the reason.
 """
@@ -23,6 +23,7 @@ from deploybench.store import Variant, Workspace
 # Files that are a variant's record, not its model (plots, logs, metadata): not counted in `size_bytes`.
 _NOT_MODEL_SUFFIXES = (".png", ".svg", ".pdf", ".json", ".txt", ".md", ".html", ".csv", ".log", ".yaml")
 SHAPE_CHANGING_STAGES = ("prune",)
+COUNTABLE_FORMATS = ("torch-state", "torch-pruned")  # plain fp32 modules fvcore traces as built
 
 
 def root_config(ws: Workspace, variant: Variant) -> dict:
@@ -106,7 +107,7 @@ def count_macs(module: torch.nn.Module, shape: tuple[int, ...], batch_size: int 
 def _counting_source(ws: Workspace, variant: Variant) -> Variant:
     """The variant whose torch module stands for `variant`'s arithmetic (see the module docstring)."""
     for v in reversed(ws.lineage(variant)):
-        if v.format == "torch-state":
+        if v.format in COUNTABLE_FORMATS:
             return v
         if v.stage.startswith(SHAPE_CHANGING_STAGES):
             break

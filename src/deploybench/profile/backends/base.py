@@ -37,6 +37,11 @@ class Backend(ABC):
     def supports(cls, variant: Variant) -> tuple[bool, str]:
         """(True, "") when this backend can run the variant's format, else (False, why not)."""
 
+    @classmethod
+    def preload(cls) -> None:
+        """Import the runtime's libraries ahead of `load`, so memory measured from `load` on is the model's and
+        its buffers', not the one-time cost of importing code."""
+
     @abstractmethod
     def load(self, variant: Variant, batch_size: int, threads: int) -> None:
         """Load the variant for batches of `batch_size`, using `threads` CPU threads.

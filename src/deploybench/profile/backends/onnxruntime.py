@@ -51,6 +51,10 @@ class OrtBackend(Backend):
     def _providers(self) -> list:
         return [(self.provider, dict(self.provider_options))]
 
+    @classmethod
+    def preload(cls) -> None:
+        _ort()
+
     def load(self, variant: Variant, batch_size: int, threads: int) -> None:
         ort = _ort()
         opts = ort.SessionOptions()

@@ -14,6 +14,11 @@ class CompiledBackend(TorchBackend):
         super().__init__()
         self._compiled = False
 
+    @classmethod
+    def preload(cls) -> None:
+        super().preload()
+        import torch._inductor.compile_fx  # noqa: F401
+
     def wrap(self, module):
         self._compiled = False
         return torch.compile(module, dynamic=False)

@@ -29,6 +29,15 @@ class TorchBackend(Backend):
             return False, f"format {variant.format} has no torch loader"
         return True, ""
 
+    @classmethod
+    def preload(cls) -> None:
+        import deploybench.models.zoo  # noqa: F401
+        import deploybench.train.run  # noqa: F401
+        try:
+            import torchao.quantization.pt2e  # noqa: F401  (the ops int8 programs call)
+        except ImportError:
+            pass
+
     def load(self, variant: Variant, batch_size: int, threads: int) -> None:
         torch.set_num_threads(threads)
         module = formats.load_module(variant)
