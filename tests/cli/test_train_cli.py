@@ -3,7 +3,6 @@ import json
 
 import pytest
 
-from deploybench.cli import main as deploybench_main
 from deploybench.cli import train as train_cli
 
 
@@ -42,11 +41,3 @@ def test_external_checkpoint_is_validated(tmp_path, tiny_fashion_mnist, capsys):
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "does not fit this model" in err and "missing" in err and err.count("\n") == 1
-
-
-def test_pipeline_trains_and_prints_accuracy(tmp_path, tiny_fashion_mnist, capsys):
-    argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--epochs", "1",
-            "--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
-    assert deploybench_main.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "lenet" in out and "61,706" in out and "%" in out

@@ -11,24 +11,25 @@ COMMANDS = {"train": "deploybench.cli.train", "optimize": "deploybench.cli.optim
 
 
 def pipeline(args) -> int:
-    """Train each model on the dataset (reusing trained variants) and print its test accuracy."""
-    from deploybench.models import list_models
-    from deploybench.train.recipes import default_recipe
-    from deploybench.train.run import train_model
+    """Train -> optimize all -> profile -> report for every model; prints the compare table and the report path."""
+    from deploybench.models import get_model_info, list_models
+    from deploybench.pipeline import run_pipeline
+    from deploybench.profile.compare import compare_rows, render
 
     ws = open_workspace(args)
     models = list_models() if args.models == "all" else comma_list(args.models)
-    rows = []
-    for name in models:
-        variant, _ = train_model(ws, name, args.dataset, default_recipe(name, epochs=args.epochs),
-                                 data_dir=args.data_dir)
-        rows.append((name, variant))
-    print(f"\n{'model':<18} {'params':>11} {'test top-1':>10} {'s/epoch':>8}  variant")
-    for name, v in rows:
-        m = v.metrics
-        spe = f"{m['seconds_per_epoch']:.0f}" if m.get("seconds_per_epoch") else "-"
-        print(f"{name:<18} {m['params']:>11,} {100 * m['accuracy_top1']:>9.2f}% {spe:>8}  {v.id}")
-    print(f"workspace: {ws.root}")
+    for name in models:  # unknown names fail before any work starts
+        get_model_info(name)
+    summary = run_pipeline(ws, args.dataset, models, data_dir=args.data_dir, epochs=args.epochs,
+                           backends=comma_list(args.backends) if args.backends else None,
+                           batch_sizes=[int(b) for b in comma_list(args.batch_sizes)], quick=args.quick,
+                           report=args.out)
+    print(render(compare_rows(ws, models=models, dataset=args.dataset, include_skipped=False), "table"))
+    for line in summary["failed"]:
+        print(f"failed: {line}")
+    for name, seconds in summary["seconds"].items():
+        print(f"{name}: {seconds / 60:.1f} min")
+    print(f"report: {summary['report']}")
     return 0
 
 
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--dataset", required=True)
     pp.add_argument("--models", required=True, help="comma-separated model names, or 'all'")
     pp.add_argument("--epochs", type=int, help="override every model's default epochs")
+    pp.add_argument("--backends", help="comma-separated profile backends (default: every available one)")
+    pp.add_argument("--batch-sizes", default="1,64")
+    pp.add_argument("--quick", action="store_true", help="short latency protocol (tests)")
+    pp.add_argument("--out", default="reports/index.html", help="where to write the report")
     args = p.parse_args(argv)
     return run(lambda: pipeline(args))
 

@@ -1,0 +1,26 @@
+"""The main job end to end on tiny data: train → optimize all → profile → report."""
+from deploybench.cli import main as deploybench_main
+from deploybench.store import Workspace
+
+
+def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys):
+    out = tmp_path / "report" / "index.html"
+    argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--epochs", "1", "--quick",
+            "--backends", "torch-cpu,ort-cpu", "--batch-sizes", "4", "--out", str(out),
+            "--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
+    assert deploybench_main.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out}" in printed and out.is_file()
+    ws = Workspace(tmp_path / "ws")
+    stages = {"+".join(v.stages) for v in ws.variants()}
+    assert {"train", "train+export", "train+quantize", "train+prune"} <= stages
+    measured = {m["variant_id"] for m in ws.measurements() if "skipped" not in m["metrics"]}
+    assert measured == {v.id for v in ws.variants()}  # every variant ran on at least one backend
+    assert "lenet" in out.read_text()
+
+
+def test_pipeline_rejects_unknown_models_before_work(tmp_path, capsys):
+    argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet,nope", "--workspace", str(tmp_path / "ws")]
+    assert deploybench_main.main(argv) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert Workspace(tmp_path / "ws").variants() == []
