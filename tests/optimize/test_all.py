@@ -22,12 +22,15 @@ def test_every_architecture_goes_through_optimize_all(tmp_path, tiny_fashion_mni
     ws = Workspace(tmp_path / "ws")
     root = random_root(ws, arch, tiny_fashion_mnist)
     results = optimize_all(ws, root, tiny_fashion_mnist, progress=False, log=lambda *_: None, finetune_epochs=1,
-                           calib_size=16, force_qat=True)
+                           calib_size=16)  # QAT runs only when int8-pt2e loses > 1 point (tested on lenet)
     status = {r.name: (r.status, r.message) for r in results}
     failed = {k: v for k, v in status.items() if v[0] == "failed"}
     assert not failed, failed
+    skipped = {k for k, v in status.items() if v[0] == "skipped"}
+    assert skipped <= {"quantize:fp16", "quantize:qat"}
     variants = {v.id: v for r in results for v in r.variants}
-    assert len(variants) == 10 - (status["quantize:fp16"][0] == "skipped") + 1  # + the export int8-ort made
+    # export, int8-pt2e, export→int8-ort, dynamic, bf16, prune, prune→int8-pt2e, prune→export, prune→export→int8-ort
+    assert len(variants) == 9 + ("quantize:fp16" not in skipped) + ("quantize:qat" not in skipped)
     table = summary_table(root, results)
     assert all(v.id in table for v in variants.values())
     pruned = next(v for v in variants.values() if v.stages == ["train", "prune"])
