@@ -42,7 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="self-contained HTML report built from the store")
     add_common(rep)
     rep.add_argument("--out", default="reports/index.html")
+    chk = sub.add_parser("check", help="trust check: our p50 against torch.utils.benchmark.Timer / a plain ORT loop")
+    add_common(chk)
+    chk.add_argument("--variant", required=True, help="variant id or unique prefix")
+    chk.add_argument("--backend", required=True)
+    chk.add_argument("--batch-size", type=int, default=64)
+    chk.add_argument("--threads", type=int, help="CPU threads (default: all physical cores)")
     return p
+
+
+def _check(args) -> int:
+    from deploybench.profile.backends import get_backend
+    from deploybench.profile.crosscheck import cross_check
+    from deploybench.profile.env import physical_cores
+
+    get_backend(args.backend)
+    ws = open_workspace(args, record=False)
+    r = cross_check(ws, ws.get_variant(args.variant), args.backend, args.batch_size, args.threads or physical_cores())
+    print(f"ours p50 {r['ours_ms']:.3f} ms, {r['reference']} median {r['reference_ms']:.3f} ms, "
+          f"ratio {r['ratio']:.3f}")
+    return 0
 
 
 def _run(args) -> int:
@@ -96,7 +115,7 @@ def _report(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda: {"run": _run, "compare": _compare, "report": _report}[args.command](args))
+    return run(lambda: {"run": _run, "compare": _compare, "report": _report, "check": _check}[args.command](args))
 
 
 if __name__ == "__main__":
