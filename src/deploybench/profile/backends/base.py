@@ -28,9 +28,10 @@ class Backend(ABC):
     device: str = "cpu"  # "cpu" or "cuda"
 
     @classmethod
-    @abstractmethod
     def available(cls) -> tuple[bool, str]:
-        """(True, "") when the runtime and device are present, else (False, why not)."""
+        """(True, "") when the runtime and device are present, else (False, why not). Torch backends need
+        only their device; runtimes with providers of their own override this."""
+        return cuda_available() if cls.device == "cuda" else (True, "")
 
     @classmethod
     @abstractmethod

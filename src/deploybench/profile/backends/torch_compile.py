@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from deploybench.profile.backends.base import cuda_available, register_backend
+from deploybench.profile.backends.base import register_backend
 from deploybench.profile.backends.torch_eager import TorchBackend
 
 
@@ -39,15 +39,7 @@ class CompiledBackend(TorchBackend):
 class TorchCompileCPU(CompiledBackend):
     name, device = "torch-compile-cpu", "cpu"
 
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        return True, ""
-
 
 @register_backend
 class TorchCompileCUDA(CompiledBackend):
     name, device = "torch-compile-cuda", "cuda"
-
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        return cuda_available()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from deploybench.optimize import formats
-from deploybench.profile.backends.base import Backend, cuda_available, register_backend
+from deploybench.profile.backends.base import Backend, register_backend
 from deploybench.store import Variant
 
 
@@ -73,15 +73,7 @@ class TorchBackend(Backend):
 class TorchCPU(TorchBackend):
     name, device = "torch-cpu", "cpu"
 
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        return True, ""
-
 
 @register_backend
 class TorchCUDA(TorchBackend):
     name, device = "torch-cuda", "cuda"
-
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        return cuda_available()
