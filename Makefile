@@ -7,7 +7,7 @@ DATA   := data
 WS     := workspace
 DEMO_MODELS ?= lenet,simple-cnn
 
-.PHONY: setup data browser demo test bench bench-baseline report clean
+.PHONY: setup data browser demo test test-all clean
 
 setup: $(STAMP)
 
@@ -43,7 +43,11 @@ browser:
 	  else echo "install chromium + chromium-driver to run the browser test"; fi; \
 	fi
 
+# CI's suite: everything but the `slow` tests (optimize all over the five big architectures).
 test: setup browser
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: setup browser
 	$(PY) -m pytest -q
 
 clean:
