@@ -93,3 +93,26 @@ def test_killed_multi_row_write_leaves_all_or_nothing(tmp_path):
     con = sqlite3.connect(ws.db_path)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
+
+
+KILLED_DURING_WRITE = r"""
+import os, signal, sys
+from deploybench.store import Workspace
+ws = Workspace(sys.argv[1])
+def write(d):
+    (d / "model.pt").write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+ws.create_variant(model="lenet", dataset="cifar10", stage="train", config={}, parent=None, fmt="x", write=write)
+"""
+
+
+def test_folder_of_a_killed_writer_is_swept(tmp_path):
+    r = subprocess.run([sys.executable, "-c", KILLED_DURING_WRITE, str(tmp_path / "ws")])
+    assert r.returncode == -signal.SIGKILL
+    parent = tmp_path / "ws" / "artifacts" / "lenet" / "cifar10"
+    assert [p.name.endswith(".tmp") for p in parent.iterdir()] == [True]  # what SIGKILL leaves behind
+    ws = Workspace(tmp_path / "ws")
+    assert ws.variants() == []
+    v, created = ws.create_variant(model="lenet", dataset="cifar10", stage="train", config={"other": 1}, parent=None,
+                                   fmt="x", write=write_files)
+    assert created and [p.name for p in parent.iterdir()] == [v.id]

@@ -67,6 +67,27 @@ def atomic_save(path: str | os.PathLike):
     _fsync_dir(path.parent)
 
 
+def sweep_stale_dirs(parent: Path) -> list[Path]:
+    """Remove temporary folders left in `parent` by `atomic_dir` writers that died (SIGKILL, power loss)."""
+    removed = []
+    for tmp in parent.glob(".*.tmp") if parent.is_dir() else []:
+        parts = tmp.name.split(".")  # "", final name, pid, random, "tmp"
+        if len(parts) == 5 and parts[2].isdigit() and tmp.is_dir() and not _alive(int(parts[2])):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike):
     """Yield a temporary folder; on success it is renamed to `final` (which must not exist yet).
@@ -75,7 +96,7 @@ def atomic_dir(final: str | os.PathLike):
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from deploybench.errors import UserError
-from deploybench.store.atomic import atomic_dir, safe_component
+from deploybench.store.atomic import atomic_dir, safe_component, sweep_stale_dirs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS variants (
@@ -207,6 +207,7 @@ class Workspace:
         if existing is not None and existing.path.is_dir():
             return existing, False
         final = self.artifact_dir(model, dataset, vid)
+        sweep_stale_dirs(final.parent)
         if final.exists():  # complete folder of a process that died before its row was written
             shutil.rmtree(final)
         with atomic_dir(final) as tmp:
