@@ -41,13 +41,14 @@ def pareto_svg(points: list[dict], x_key: str, x_label: str, title: str, front_k
                 # User strings are drawn as plain text (never mathtext); the SVG writer escapes them.
                 ax.annotate(p["label"], (p[x_key], 100 * p["accuracy_top1"]), xytext=(4, 4),
                             textcoords="offset points", fontsize=7, parse_math=False)
+    ax.margins(x=0.12, y=0.15)  # keep edge points clear of the frame and the legend
     if _span_is_wide([p[x_key] for p in pts]):
         ax.set_xscale("log")
     ax.set(xlabel=x_label, ylabel="top-1 accuracy (%)")
     ax.set_title(title, parse_math=False)
     ax.grid(alpha=0.3)
     if pts:
-        ax.legend(loc="lower right", fontsize=7)
+        ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
