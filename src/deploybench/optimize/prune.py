@@ -100,34 +100,32 @@ def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Modul
 
 def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epochs: int, lr: float,
              seed: int) -> list[dict]:
-    """Fine-tune with the train engine's optimizer and a cosine schedule; distill from `teacher` if given."""
-    from deploybench.train.engine import EpochBatchSampler, make_optimizer, make_scheduler
+    """Fine-tune with the train engine (its optimizer, a cosine schedule); distill from `teacher` if given."""
+    from deploybench.train.engine import EpochBatchSampler, make_optimizer, make_scheduler, train_one_epoch
 
     recipe = replace(recipe, epochs=epochs, lr=lr, schedule="cosine")
+    device = next(model.parameters()).device
     torch.manual_seed(seed)
     opt = make_optimizer(model, recipe)
-    steps = -(-len(train_set) // recipe.batch_size)
-    sched = make_scheduler(opt, recipe, steps)
+    sched = make_scheduler(opt, recipe, -(-len(train_set) // recipe.batch_size))
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
+
+    def distill(logits, x, y):
+        loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        with torch.no_grad():
+            soft = F.log_softmax(teacher(x).float() / TEMPERATURE, 1)
+        kd = F.kl_div(F.log_softmax(logits.float() / TEMPERATURE, 1), soft, log_target=True,
+                      reduction="batchmean") * TEMPERATURE ** 2
+        return 0.5 * loss + 0.5 * kd
+
     history = []
     for epoch in range(epochs):
-        model.train()
-        loader = DataLoader(train_set, batch_sampler=EpochBatchSampler(len(train_set), recipe.batch_size, seed, epoch))
-        loss_sum, seen = 0.0, 0
-        for x, y in tqdm(loader, desc=f"fine-tune {epoch + 1}/{epochs}", leave=False, mininterval=1.0):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-            if teacher is not None:
-                with torch.no_grad():
-                    soft = F.log_softmax(teacher(x) / TEMPERATURE, 1)
-                kd = F.kl_div(F.log_softmax(logits / TEMPERATURE, 1), soft, log_target=True,
-                              reduction="batchmean") * TEMPERATURE ** 2
-                loss = 0.5 * loss + 0.5 * kd
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum, seen = loss_sum + loss.item() * len(y), seen + len(y)
-        history.append(dict(epoch=epoch + 1, loss=loss_sum / max(seen, 1)))
+        loader = DataLoader(train_set, batch_sampler=EpochBatchSampler(len(train_set), recipe.batch_size, seed, epoch),
+                            generator=torch.Generator().manual_seed(seed + epoch))
+        stats = train_one_epoch(model, loader, opt, sched, scaler, device, recipe,
+                                loss_fn=distill if teacher is not None else None,
+                                desc=f"fine-tune {epoch + 1}/{epochs}")
+        history.append(dict(epoch=epoch + 1, loss=stats["loss"], top1=stats["top1"], seconds=stats["seconds"]))
     return history
 
 

@@ -78,7 +78,9 @@ def _read(path: Path) -> str | None:
 def _model_sections(ws: Workspace) -> list[dict]:
     sections = []
     by_model = defaultdict(list)
-    for v in ws.variants():
+    every = ws.variants()
+    by_id = {v.id: v for v in every}
+    for v in every:
         by_model[(v.model, v.dataset)].append(v)
     for (model, dataset), vs in sorted(by_model.items()):
         trained = [v for v in vs if v.stage == "train"]
@@ -95,8 +97,8 @@ def _model_sections(ws: Workspace) -> list[dict]:
             skipped_ops=static.get("skipped_ops", {}),
             optimized=[dict(id=v.id, stages="+".join(v.stages), accuracy=v.metrics.get("accuracy_top1"),
                             agreement=v.metrics.get("agreement_top1"),
-                            parent_accuracy=(ws.find_variant(v.parent_id).metrics.get("accuracy_top1")
-                                             if v.parent_id and ws.find_variant(v.parent_id) else None))
+                            parent_accuracy=by_id[v.parent_id].metrics.get("accuracy_top1")
+                            if v.parent_id in by_id else None)
                        for v in vs if v.stage != "train"]))
     return sections
 

@@ -111,8 +111,9 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
 
 
 def train_one_epoch(model, loader, opt, sched, scaler, device, recipe: Recipe, *, on_step: Callable | None = None,
-                    desc: str = "train") -> dict:
-    """One pass over `loader`; returns mean loss, accuracy and images/s. `on_step(i)` runs after each step."""
+                    loss_fn: Callable | None = None, desc: str = "train") -> dict:
+    """One pass over `loader`; returns mean loss, accuracy and images/s. `on_step(i)` runs after each step;
+    `loss_fn(logits, x, y)` replaces the default cross-entropy (e.g. knowledge distillation)."""
     model.train()
     use_amp = recipe.amp and device.type == "cuda"
     loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
@@ -121,7 +122,8 @@ def train_one_epoch(model, loader, opt, sched, scaler, device, recipe: Recipe, *
         x, y = _to_device(x, device, recipe.channels_last), y.to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            loss = (loss_fn(logits, x, y) if loss_fn else
+                    F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing))
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
