@@ -5,9 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   := data
 WS     := workspace
-DEMO_MODELS ?= lenet,simple-cnn
+DEMO_MODELS ?= lenet
 
-.PHONY: setup data browser demo test test-all clean
+.PHONY: setup data browser demo test test-all bench bench-baseline clean
 
 setup: $(STAMP)
 
@@ -43,12 +43,32 @@ browser:
 	  else echo "install chromium + chromium-driver to run the browser test"; fi; \
 	fi
 
-# CI's suite: everything but the `slow` tests (optimize all over the five big architectures).
+# CI's suite: everything but the `slow` tests (optimize all over the five big architectures), then the
+# benchmarks with their gates and the comparison against the committed baseline.
 test: setup browser
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" tests
+	$(MAKE) --no-print-directory bench
 
 test-all: setup browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory bench
+
+# Benchmarks: hard gates on same-run ratios and deterministic facts; medians compared with the committed
+# baseline, failing only beyond BENCH_FAIL (wide: a shared 2-core machine's noise never reaches it).
+BENCH_BASELINE := benchmarks/baseline.json
+BENCH_FAIL     ?= median:200%
+BENCH_OPTS     := -q -p no:cacheprovider --benchmark-sort=fullname --benchmark-columns=min,median,max,rounds
+bench: setup
+	@mkdir -p reports/benchmarks
+	$(PY) -m pytest $(BENCH_OPTS) benchmarks --benchmark-json=reports/benchmarks/latest.json \
+	  $(if $(wildcard $(BENCH_BASELINE)),--benchmark-compare=$(BENCH_BASELINE) --benchmark-compare-fail=$(BENCH_FAIL))
+
+# The baseline keeps each benchmark's statistics, not its raw timings (what the comparison reads).
+bench-baseline: setup
+	$(PY) -m pytest $(BENCH_OPTS) benchmarks --benchmark-json=$(BENCH_BASELINE).tmp
+	$(PY) -c "import json, os; d = json.load(open('$(BENCH_BASELINE).tmp')); \
+	  [b['stats'].pop('data', None) for b in d['benchmarks']]; \
+	  json.dump(d, open('$(BENCH_BASELINE).tmp', 'w'), indent=1); os.replace('$(BENCH_BASELINE).tmp', '$(BENCH_BASELINE)')"
 
 clean:
 	rm -rf $(WS) .pytest_cache

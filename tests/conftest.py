@@ -1,19 +1,13 @@
 """Tiny datasets written in the real on-disk formats, so the real torchvision loaders read them."""
 import pickle
-import struct
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from deploybench.data import dataset_info
-
-
-def _images(rng, labels, shape, num_classes):
-    """uint8 images whose brightness grows with the label (learnable), plus a little noise."""
-    base = (30 + 190 * np.asarray(labels) / max(1, num_classes - 1)).astype(np.int16)
-    noise = rng.randint(-20, 21, size=(len(labels), *shape))
-    return np.clip(base.reshape(-1, *[1] * len(shape)) + noise, 0, 255).astype(np.uint8)
+from ondisk import images as _images, write_fashion_mnist
 
 
 def _pickle(path, obj):
@@ -59,24 +53,10 @@ def tiny_cifar100(tmp_path_factory):
     return root
 
 
-def _idx(path, array, magic):
-    # IDX: big-endian magic (2051 images, 2049 labels), big-endian dims, then raw uint8 data.
-    with open(path, "wb") as f:
-        f.write(struct.pack(">i", magic) + b"".join(struct.pack(">i", d) for d in array.shape) + array.tobytes())
-
-
 @pytest.fixture(scope="session")
 def tiny_fashion_mnist(tmp_path_factory):
     """data_dir with FashionMNIST/raw/: the four uncompressed IDX files, 60 train / 20 test images, 28x28."""
-    root = tmp_path_factory.mktemp("fmnist")
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.RandomState(0)
-    for prefix, n in (("train", 60), ("t10k", 20)):
-        labels = np.arange(n, dtype=np.uint8) % 10
-        _idx(raw / f"{prefix}-images-idx3-ubyte", _images(rng, labels, (28, 28), 10), 2051)
-        _idx(raw / f"{prefix}-labels-idx1-ubyte", labels, 2049)
-    return root
+    return write_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +99,35 @@ def trained_workspace(_trained_lenet_workspace, tmp_path, tiny_fashion_mnist):
     shutil.copytree(src, dst)
     ws = Workspace(dst)
     return ws, ws.get_variant(vid), tiny_fashion_mnist
+
+
+def make_onnx_variant(ws, parent, *, dynamic_batch=True, stage="export"):
+    """Export `parent` to ONNX (model.onnx) as a child variant of format "onnx"."""
+    from deploybench.optimize import formats
+    from deploybench.optimize.base import model_keys
+    from deploybench.profile.static import input_shape, root_config
+
+    module = formats.load_module(parent)
+    shape = input_shape(root_config(ws, parent))
+
+    def write(d):
+        kwargs = dict(dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}) if dynamic_batch else {}
+        torch.onnx.export(module, (torch.zeros(2, *shape),), str(d / "model.onnx"), dynamo=False,
+                          input_names=["input"], output_names=["logits"], opset_version=17, **kwargs)
+
+    variant, _ = ws.create_variant(model=parent.model, dataset=parent.dataset, stage=stage,
+                                   config=dict(model_keys(parent), opset=17, dynamic=dynamic_batch), parent=parent,
+                                   fmt="onnx", write=write)
+    return variant
+
+
+@pytest.fixture
+def onnx_workspace(trained_workspace):
+    """(ws, trained lenet, its ONNX export, data_dir)."""
+    ws, trained, data_dir = trained_workspace
+    return ws, trained, make_onnx_variant(ws, trained), data_dir
+
+
+@pytest.fixture
+def make_onnx():
+    return make_onnx_variant

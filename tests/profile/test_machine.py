@@ -32,3 +32,16 @@ def test_machine_peak_is_measured_once_and_stored(trained_workspace):
     assert first["float32"] > 0 and first["threads"] == 1
     assert ws.get_machine("peak_flops/cpu/1/quick") == first
     assert machine_peak(ws, "cpu", 1, quick=True) == first  # read back, not re-measured
+
+
+def test_cpu_peak_is_the_best_runtime_and_records_each(monkeypatch):
+    from deploybench.profile import machine
+
+    monkeypatch.setattr(machine, "_gemm_flops", lambda dtype, n, device, repeats: 1e9 if dtype == "float32" else 1e8)
+    peaks = machine.measure_peak("cpu", 1, quick=True)
+    # ONNX Runtime's real MLAS GEMM ran (no stub); the peak is the larger of it and the stubbed torch figure
+    ort32 = peaks["by_runtime"]["float32"]["onnxruntime"]
+    assert ort32 > 0 and peaks["by_runtime"]["float32"]["torch"] == 1e9
+    assert peaks["float32"] == max(1e9, ort32)
+    assert peaks["int8"] == max(1e8, peaks["by_runtime"]["int8"]["onnxruntime"])
+    assert peaks["method"] == machine.PEAK_METHOD

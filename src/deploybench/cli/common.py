@@ -18,16 +18,43 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="data", help="where datasets live (default: ./data)")
 
 
+# (workspace, row) of this command's line in each workspace it opened: `run` takes the line back out when the
+# command fails, so a refused command leaves the workspace's records exactly as they were.
+_LOGGED: list[tuple[Workspace, int]] = []
+
+
 def open_workspace(args, record: bool = True) -> Workspace:
-    """The workspace named by --workspace; `record` logs this command line in it (the report's provenance)."""
+    """The workspace named by --workspace; `record` logs this command line in it (the report's provenance,
+    which a report built by this very command includes); the line is removed again if the command fails."""
     ws = Workspace(args.workspace or default_workspace())
     if record:
-        ws.log_command([os.path.basename(sys.argv[0])] + sys.argv[1:])
+        _LOGGED.append((ws, ws.log_command([os.path.basename(sys.argv[0])] + sys.argv[1:])))
     return ws
 
 
+def _retract_commands() -> None:
+    while _LOGGED:
+        ws, row = _LOGGED.pop()
+        try:
+            ws.forget_command(row)
+        except (sqlite3.Error, OSError):  # the failure may be the workspace itself (read-only, full disk)
+            pass
+
+
 def run(fn: Callable[[], int | None]) -> int:
-    """Run a command: user errors, I/O failures and interrupts become one line on stderr and a non-zero exit."""
+    """Run a command: user errors, I/O failures and interrupts become one line on stderr and a non-zero exit,
+    and the command is not left in the workspace's log."""
+    _LOGGED.clear()
+    code = 1
+    try:
+        code = _run(fn)
+        return code
+    finally:
+        if code != 0:
+            _retract_commands()
+
+
+def _run(fn: Callable[[], int | None]) -> int:
     from deploybench.train.engine import TrainingInterrupted
 
     try:
@@ -49,6 +76,27 @@ def run(fn: Callable[[], int | None]) -> int:
             print(f"error: {exc.strerror}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
             return 1
         raise
+
+
+def add_checkpoint_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="start from external weights (a state dict of this architecture, loaded with "
+                             "weights_only=True; needs --dataset)")
+
+
+def checkpoint_variant(ws: Workspace, args):
+    """The root variant holding `args.checkpoint` for `args.model` on `args.dataset` (imported once, validated
+    before anything is written)."""
+    from deploybench.train.run import import_checkpoint
+
+    if getattr(args, "variant", None):
+        raise UserError("--checkpoint and --variant exclude each other")
+    if not args.dataset:
+        raise UserError("--checkpoint needs --dataset: the dataset whose input shape and classes the weights fit")
+    if args.model in (None, "all"):
+        raise UserError("--checkpoint needs --model: the architecture the weights belong to")
+    return import_checkpoint(ws, args.model, args.dataset, args.checkpoint, data_dir=args.data_dir,
+                             log=lambda msg: print(msg, file=sys.stderr))
 
 
 def comma_list(text: str) -> list[str]:

@@ -12,14 +12,16 @@ COMMANDS = {"train": "deploybench.cli.train", "optimize": "deploybench.cli.optim
 
 def pipeline(args) -> int:
     """Train -> optimize all -> profile -> report for every model; prints the compare table and the report path."""
+    from deploybench.data import dataset_info
     from deploybench.models import get_model_info, list_models
     from deploybench.pipeline import run_pipeline
     from deploybench.profile.compare import compare_rows, render
 
-    ws = open_workspace(args)
     models = list_models() if args.models == "all" else comma_list(args.models)
     for name in models:  # unknown names fail before any work starts
         get_model_info(name)
+    dataset_info(args.dataset, args.data_dir)
+    ws = open_workspace(args)
     summary = run_pipeline(ws, args.dataset, models, data_dir=args.data_dir, epochs=args.epochs,
                            backends=comma_list(args.backends) if args.backends else None,
                            batch_sizes=[int(b) for b in comma_list(args.batch_sizes)], quick=args.quick,

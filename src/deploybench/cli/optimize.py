@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deploybench.cli.common import add_common, open_workspace, run
+from deploybench.cli.common import add_checkpoint_option, add_common, checkpoint_variant, open_workspace, run
 
 QUANT_METHODS = ["int8-pt2e", "int8-ort", "dynamic", "qat", "fp16", "bf16"]
 IMPORTANCES = ["magnitude", "taylor", "bn-scale", "lamp"]
@@ -15,6 +15,7 @@ def _target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="zoo name (as trained)")
     p.add_argument("--dataset", help="dataset it was trained on (default: the only one it was trained on)")
     p.add_argument("--variant", help="input variant id or unique prefix (default: the trained variant)")
+    add_checkpoint_option(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", choices=QUANT_METHODS, default="int8-pt2e", help="default: int8-pt2e")
     q.add_argument("--calib-size", type=int, help="training images to calibrate on (default 512)")
     q.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], help="int8-ort (default minmax)")
+    q.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="int8-ort: 7-bit weights (default: on for CPUs without VNNI, where 8-bit saturates)")
     q.add_argument("--qat-epochs", type=int, help="qat: training epochs (default 1)")
 
     pr = sub.add_parser("prune", help="structured channel pruning + fine-tuning")
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         from deploybench.optimize.base import get_stage, resolve_parent
 
         ws = open_workspace(args)
-        parent = resolve_parent(ws, args.model, args.dataset, args.variant)
+        parent = (checkpoint_variant(ws, args) if args.checkpoint else
+                  resolve_parent(ws, args.model, args.dataset, args.variant))
         if args.command == "all":
             from deploybench.optimize.pipeline import optimize_all, summary_table
 
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if any(r.status == "failed" for r in results) else 0
         if args.command == "quantize":
             stage = get_stage("quantize")(method=args.method, calib_size=args.calib_size,
-                                          calib_method=args.calib_method, qat_epochs=args.qat_epochs)
+                                          calib_method=args.calib_method, reduce_range=args.reduce_range,
+                                          qat_epochs=args.qat_epochs)
         elif args.command == "prune":
             stage = get_stage("prune")(ratio=args.ratio, importance=args.importance,
                                        global_pruning=args.global_pruning, iterative_steps=args.iterative_steps,

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deploybench.cli.common import add_common, comma_list, open_workspace, run
+from deploybench.cli.common import (add_checkpoint_option, add_common, checkpoint_variant, comma_list, open_workspace,
+                                     run)
 from deploybench.errors import UserError
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default="all", help="model name, or all (default)")
     r.add_argument("--dataset", help="only variants of this dataset")
     r.add_argument("--variant", action="append", help="only this variant id (repeatable; prefixes accepted)")
+    add_checkpoint_option(r)
     r.add_argument("--backends", type=comma_list, help="comma-separated backends (default: every available one)")
     r.add_argument("--batch-sizes", type=_positive_ints, default=[1, 64], help="comma-separated (default 1,64)")
     r.add_argument("--threads", type=int, help="CPU threads (default: all physical cores)")
@@ -77,8 +79,14 @@ def _run(args) -> int:
         raise UserError("--threads must be at least 1")
     for name in args.backends or []:
         get_backend(name)  # unknown names fail before anything is measured
+    if args.model != "all":
+        from deploybench.models import get_model_info
+
+        get_model_info(args.model)
     ws = open_workspace(args)
-    if args.variant:
+    if args.checkpoint:
+        variants = [checkpoint_variant(ws, args)]
+    elif args.variant:
         variants = [ws.get_variant(v) for v in args.variant]
     else:
         variants = ws.variants(None if args.model == "all" else args.model, args.dataset)

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from deploybench.cli.common import add_common, open_workspace, run
+from deploybench.cli.common import add_checkpoint_option, add_common, open_workspace, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--restart", action="store_true", help="discard an interrupted run and start over")
     p.add_argument("--pretrained", help="resnet18 only: local ImageNet weights for the transfer recipe")
-    p.add_argument("--checkpoint", help="start from an external checkpoint (state dict) of this architecture")
+    add_checkpoint_option(p)
     return p
 
 

@@ -24,11 +24,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK" and not zipfile.is_zipfile(path):
+        raise UserError(f"checkpoint {path} is corrupt or truncated: its zip archive has no central directory")
+    if head[:1] not in (b"P", b"\x80"):  # neither torch.save's zip archive nor a (legacy) pickle
+        raise UserError(f"checkpoint {path} is not a checkpoint: neither a torch.save zip archive nor a pickle")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
-        raise UserError(f"checkpoint {path} refused: it is not a plain weights file ({first[:160]})") from None
+        # torch's message is a paragraph; the line naming what was refused (a GLOBAL, an opcode) is the news.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
+        raise UserError(f"checkpoint {path} refused: it is not a plain weights file that loads with "
+                        f"weights_only=True ({why[:160]})") from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError,
             TypeError, IndexError, UnicodeDecodeError) as exc:
         raise UserError(f"checkpoint {path} is corrupt or truncated: {str(exc).splitlines()[0][:160]}") from None

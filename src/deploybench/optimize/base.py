@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from deploybench.errors import UserError, unknown_choice
+from deploybench.errors import UserError, check_input_shape, unknown_choice
 from deploybench.optimize.formats import EAGER_FORMATS, ONNX_FORMATS, load_module, onnx_path
 from deploybench.store import Variant, Workspace
 from deploybench.train.engine import evaluate
@@ -108,9 +108,13 @@ class OrtModule(nn.Module):
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.path = inp.name, path
+        self.input_chw = tuple(inp.shape[1:]) if all(isinstance(d, int) for d in inp.shape[1:]) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_chw is not None and len(self.input_chw) == 3:
+            check_input_shape(x.shape, self.input_chw, f"ONNX session {self.path}")
         out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})[0]
         return torch.from_numpy(out)
 
@@ -290,6 +294,9 @@ def resolve_parent(ws: Workspace, model: str, dataset: str | None, variant_id: s
 
     Without `dataset`, the one dataset `model` was trained on is used; none or several is a UserError.
     """
+    from deploybench.models import get_model_info
+
+    get_model_info(model)  # an unknown name lists the valid ones
     if variant_id:
         v = ws.get_variant(variant_id)
         if v.model != model or (dataset and v.dataset != dataset):

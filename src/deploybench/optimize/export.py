@@ -28,7 +28,7 @@ class ExportConfig(StageConfig):
     opset: int = 18
 
 
-def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
     """Write `path` (+ external data); returns which exporter succeeded."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
@@ -80,7 +80,7 @@ class ExportStage(Stage):
             model = load_module(parent)
             with tempfile.TemporaryDirectory() as raw_dir:
                 raw = Path(raw_dir) / "raw.onnx"
-                exporter = _torch_export(model, data.example(2), raw, opset)
+                exporter = export_onnx(model, data.example(2), raw, opset)
                 onnx.checker.check_model(str(raw), full_check=True)
                 _ort_optimize(raw, d / "model.onnx")
             onnx.checker.check_model(str(d / "model.onnx"), full_check=True)

@@ -46,12 +46,58 @@ def load_module(variant: Variant) -> nn.Module:
 
 
 def onnx_path(variant: Variant) -> Path:
+    """The variant's model.onnx, checked by `check_onnx` before any runtime opens it."""
     if variant.format not in ONNX_FORMATS:
         raise UnsupportedFormat(f"format {variant.format} is not ONNX")
     path = variant.path / "model.onnx"
     if not path.is_file():
         raise UserError(f"variant {variant.id}: {path} is missing")
+    check_onnx(path)
     return path
+
+
+def _tensors(graph):
+    """Every TensorProto of `graph`: initializers, and tensors in node attributes and their subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for g in attr.graphs:
+                yield from _tensors(g)
+
+
+def check_onnx(path: Path) -> None:
+    """Refuse a malformed ONNX file, or one whose external data lies outside its folder (`../`, an absolute
+    path, a symlink), before anything outside the folder is opened; then run `onnx.checker` on it.
+
+    Only the protobuf itself is parsed first (`load_external_data=False`), and locations are judged from their
+    text and `lstat`/`realpath`, which never open the target."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    folder = path.parent.resolve()
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a valid ONNX model: {why}") from None
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        where = folder / location
+        if (not location or Path(location).is_absolute() or ".." in Path(location).parts or where.is_symlink()
+                or not where.resolve().is_relative_to(folder)):
+            raise UserError(f"{path} refused: tensor {tensor.name!r} keeps its data at {location!r}, "
+                            f"outside the model's folder")
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, ValueError, RuntimeError, OSError) as exc:
+        raise UserError(f"{path} is not a valid ONNX model: {str(exc).strip().splitlines()[0][:160]}") from None
 
 
 @register_format("torch-state")

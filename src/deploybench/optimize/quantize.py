@@ -7,7 +7,7 @@ it, the reason. Calibration always draws training images (`calibration_subset`),
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ class QuantizeConfig(StageConfig):
     method: str = "int8-pt2e"
     calib_size: int = 512          # training images the int8 ranges are calibrated on
     calib_method: str = "minmax"   # int8-ort: minmax | entropy | percentile
+    reduce_range: bool | None = None  # int8-ort: 7-bit weights; None = on where the CPU lacks VNNI (see _int8_ort)
     qat_epochs: int = 1            # qat: epochs of quantization-aware training from the parent's weights
     qat_lr: float = 1e-3           # qat: SGD learning rate (cosine to zero)
     seed: int = 0
@@ -172,9 +173,13 @@ def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
 
 
 # -- ONNX Runtime static QDQ int8 -----------------------------------------------------------------------------------
-@method("int8-ort", "onnx-int8", options=("calib_size", "calib_method", "seed"), onnx_parent=True)
+@method("int8-ort", "onnx-int8", options=("calib_size", "calib_method", "reduce_range", "seed"), onnx_parent=True)
 def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
-    """S8S8 QDQ, per-channel weights, after `quant_pre_process` (shape inference + basic optimizations)."""
+    """S8S8 QDQ, per-channel weights, after `quant_pre_process` (shape inference + basic optimizations).
+
+    On x86 CPUs without VNNI, ONNX Runtime runs int8 convolutions and GEMMs with VPMADDUBSW, which adds pairs of
+    8-bit products into 16 bits and saturates when weights use the full int8 range; `reduce_range` (7-bit
+    weights) avoids that, which is why it defaults to on exactly there (ONNX Runtime's own advice)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -197,8 +202,9 @@ def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
         quant_pre_process(str(parent_onnx), str(pre))
         quantize_static(str(pre), str(d / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
-                        extra_options={"CalibTensorRangeSymmetric": False})
-    return dict(calibration_images=min(cfg.calib_size, len(data.splits.train)), calib_method=cfg.calib_method)
+                        reduce_range=bool(cfg.reduce_range), extra_options={"CalibTensorRangeSymmetric": False})
+    return dict(calibration_images=min(cfg.calib_size, len(data.splits.train)), calib_method=cfg.calib_method,
+                reduce_range=bool(cfg.reduce_range))
 
 
 # -- dynamic int8 of Linear layers (torchao) ------------------------------------------------------------------------
@@ -271,10 +277,14 @@ class QuantizeStage(Stage):
         elif parent.format not in EAGER_FORMATS:
             raise UserError(f"quantize --method {self.config.method} needs an fp32 PyTorch variant (trained or "
                             f"pruned); {parent.id} is {parent.format}")
+        if "reduce_range" in m.options and self.config.reduce_range is None:  # resolved here, so it is in the id
+            from deploybench.profile.env import has_int8_dot_product
+
+            self.config = replace(self.config, reduce_range=not has_int8_dot_product())
         data = stage_data(parent, data_dir)
         cfg = self.config.to_dict()
         config = dict(self.variant_config(parent), **{"method": cfg["method"]})
-        for key in ("calib_size", "calib_method", "qat_epochs", "qat_lr", "seed"):
+        for key in ("calib_size", "calib_method", "reduce_range", "qat_epochs", "qat_lr", "seed"):
             if key not in m.options:
                 config.pop(key, None)
 

@@ -24,6 +24,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_int8_dot_product() -> bool:
+    """Whether the CPU has VNNI (AVX512-VNNI or AVX-VNNI): int8 dot products without 16-bit intermediates."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
+
+
 def physical_cores() -> int:
     """Physical cores (not hyper-threads) available to this process: the default thread count."""
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)

@@ -1,13 +1,17 @@
 """The machine's peak FLOP/s per dtype, from a large GEMM, measured once and stored in the workspace.
 
 `pct_of_peak` = achieved FLOP/s (2 x MACs x batch / p50 latency) / the peak of the dtype the variant computes
-in. The peak is the best of a few timed GEMMs (after a warm-up) with the profiling thread count; it is what
-this machine reaches through torch's BLAS, not the datasheet's number.
+in. The peak of a dtype is the best of a few timed GEMMs (after a warm-up) with the profiling thread count,
+through every runtime the profiler runs: torch's BLAS and, on CPU, ONNX Runtime's MLAS (MatMul for float32,
+MatMulInteger for int8). The larger one is the peak, so no backend can show more than 100% of it; both are
+stored under `by_runtime`. It is what this machine reaches, not the datasheet's number.
 """
 from __future__ import annotations
 
 import time
+from typing import Callable
 
+import numpy as np
 import torch
 
 from deploybench.profile.env import cpu_model
@@ -17,15 +21,55 @@ QUICK_GEMM_N = 256
 MIN_GEMM_SECONDS = 0.2  # grow the matrix until one GEMM takes this long (or reaches MAX_GEMM_N)
 
 
-def _sized_gemm_flops(dtype: str, device: str, quick: bool) -> tuple[float, int]:
-    """(FLOP/s, n): the GEMM grows from 256 while one call takes under MIN_GEMM_SECONDS, so dtypes without a
-    fast kernel here (bf16/int8 on a CPU lacking them) finish in about a second instead of minutes."""
+PEAK_METHOD = 2  # 1: torch GEMM only; 2: the best of torch and ONNX Runtime (stored peaks of 1 are re-measured)
+
+
+def _sized_gemm_flops(gemm: Callable[[int, int], float], quick: bool) -> tuple[float, int]:
+    """(FLOP/s, n) of `gemm(n, repeats)`: the GEMM grows from 256 while one call takes under MIN_GEMM_SECONDS,
+    so dtypes without a fast kernel here (bf16/int8 on a CPU lacking them) finish in about a second."""
     n = QUICK_GEMM_N
     while True:
-        flops = _gemm_flops(dtype, n, device, repeats=2 if quick else 5)
+        flops = gemm(n, 2 if quick else 5)
         if quick or n >= MAX_GEMM_N or 2 * n**3 / flops >= MIN_GEMM_SECONDS:
             return flops, n
         n *= 2
+
+
+def _best_time(op: Callable[[], object], sync: Callable[[], None], repeats: int) -> float:
+    op()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        op()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _ort_gemm_flops(dtype: str, n: int, threads: int, repeats: int = 5) -> float:
+    """FLOP/s of one n x n GEMM in ONNX Runtime's CPU provider: MatMul (float32) or MatMulInteger (uint8 x
+    int8 -> int32, the kernel its QDQ int8 models run on)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    a_type, b_type, y_type, op = ((TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT, "MatMul")
+                                  if dtype == "float32" else
+                                  (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32, "MatMulInteger"))
+    graph = helper.make_graph([helper.make_node(op, ["A", "B"], ["Y"])], "gemm",
+                              [helper.make_tensor_value_info("A", a_type, [n, n]),
+                               helper.make_tensor_value_info("B", b_type, [n, n])],
+                              [helper.make_tensor_value_info("Y", y_type, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    if dtype == "float32":
+        feeds = dict(A=rng.standard_normal((n, n), dtype=np.float32), B=rng.standard_normal((n, n), dtype=np.float32))
+    else:
+        feeds = dict(A=rng.integers(0, 255, (n, n), dtype=np.uint8), B=rng.integers(-128, 127, (n, n), dtype=np.int8))
+    return 2 * n**3 / _best_time(lambda: session.run(None, feeds), lambda: None, repeats)
 
 
 def _gemm_flops(dtype: str, n: int, device: str, repeats: int = 5) -> float:
@@ -38,28 +82,31 @@ def _gemm_flops(dtype: str, n: int, device: str, repeats: int = 5) -> float:
         b = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
         op = lambda: a @ b  # noqa: E731
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    op()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        op()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    return 2 * n**3 / _best_time(op, sync, repeats)
 
 
 def measure_peak(device: str, threads: int, quick: bool = False) -> dict:
-    """{dtype: FLOP/s} for float32, bfloat16, float16 (GPU) and int8 (where torch._int_mm runs), the matrix
-    side used per dtype under `gemm_n`, and why a dtype is missing under `unavailable`."""
+    """{dtype: FLOP/s} for float32, bfloat16, float16 (GPU) and int8, each the best runtime's; per runtime
+    under `by_runtime`, the matrix sides under `gemm_n`, and why a dtype or runtime is missing under
+    `unavailable`."""
     torch.set_num_threads(threads)
     dtypes = ["float32", "bfloat16", "int8"] + (["float16"] if device == "cuda" else [])
-    peaks: dict = {"unavailable": {}, "gemm_n": {}}
+    peaks: dict = {"unavailable": {}, "gemm_n": {}, "by_runtime": {}, "method": PEAK_METHOD}
     for dtype in dtypes:
-        try:
-            peaks[dtype], peaks["gemm_n"][dtype] = _sized_gemm_flops(dtype, device, quick)
-        except (RuntimeError, NotImplementedError) as exc:
-            peaks["unavailable"][dtype] = f"{type(exc).__name__}: {exc}"[:200]
+        gemms = {"torch": lambda n, r, d=dtype: _gemm_flops(d, n, device, r)}
+        if device == "cpu" and dtype in ("float32", "int8"):
+            gemms["onnxruntime"] = lambda n, r, d=dtype: _ort_gemm_flops(d, n, threads, r)
+        for runtime, gemm in gemms.items():
+            try:
+                flops, n = _sized_gemm_flops(gemm, quick)
+            except (RuntimeError, NotImplementedError) as exc:
+                peaks["unavailable"][f"{dtype}/{runtime}"] = f"{type(exc).__name__}: {exc}"[:200]
+                continue
+            peaks["by_runtime"].setdefault(dtype, {})[runtime] = flops
+            if flops > peaks.get(dtype, 0.0):
+                peaks[dtype], peaks["gemm_n"][dtype] = flops, n
+        if dtype not in peaks:
+            peaks["unavailable"][dtype] = "no runtime ran a GEMM of this dtype"
     return peaks
 
 
@@ -69,7 +116,7 @@ def machine_peak(ws, device: str, threads: int, quick: bool = False) -> dict:
     hardware = torch.cuda.get_device_name(0) if device == "cuda" else cpu_model()
     key = f"peak_flops/{device}/{threads}" + ("/quick" if quick else "")
     stored = ws.get_machine(key)
-    if stored and stored.get("hardware") == hardware:
+    if stored and stored.get("hardware") == hardware and stored.get("method") == PEAK_METHOD:
         return stored
     value = dict(measure_peak(device, threads, quick), hardware=hardware, threads=threads)
     ws.set_machine(key, value)
@@ -95,10 +142,10 @@ def compute_dtype(variant, lineage=None) -> str:
 def peak_reference(peak: dict, dtype: str) -> tuple[float | None, str]:
     """(FLOP/s, label) that a variant computing in `dtype` is measured against.
 
-    int8: torch._int_mm is the only int8 GEMM torch exposes, and on CPUs without VNNI it is slower than the fp32
-    GEMM while ONNX Runtime's and oneDNN's int8 kernels are not; the larger of the int8 and fp32 peaks is used,
-    so an int8 variant never shows more than 100% of a peak that is only torch's slow path. float16 without a
-    measured fp16 peak (CPU) uses fp32."""
+    int8: the int8 peak (best of torch._int_mm and ONNX Runtime's MatMulInteger) may still be below the fp32
+    one on CPUs without VNNI, while oneDNN's int8 convolutions are not; the larger of the int8 and fp32 peaks
+    is used, so an int8 variant is never measured against a slow path. float16 without a measured fp16 peak
+    (CPU) uses fp32."""
     if dtype == "int8":
         options = [(peak.get("int8"), "int8"), (peak.get("float32"), "float32")]
         options = [o for o in options if o[0]]

@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 import torch
 
 from deploybench.errors import UserError
+from deploybench.optimize import formats
 from deploybench.optimize.formats import UnsupportedFormat
 from deploybench.profile import machine
 from deploybench.profile.accuracy import backend_accuracy, test_split
@@ -65,11 +66,22 @@ def measure_combo(workspace: str, variant_id: str, backend: str, batch_size: int
 
 
 def measure_combo_safe(**job) -> dict:
-    """`measure_combo` with skips turned into `{"skipped": reason}` (what the worker process returns)."""
+    """`measure_combo` with skips turned into `{"skipped": reason}` and a refused artifact (a `UserError`)
+    into `{"user_error": message}` (what the worker process returns)."""
     try:
         return dict(metrics=measure_combo(**job))
     except (UnsupportedFormat, BackendSkip) as exc:
         return dict(skipped=str(exc))
+    except UserError as exc:
+        return dict(user_error=str(exc))
+
+
+def _preflight(variants: list[Variant]) -> None:
+    """Refuse a run over a spoiled artifact before anything is measured or stored: every ONNX file is checked
+    (malformed, external data outside its folder) by `formats.onnx_path`."""
+    for variant in variants:
+        if variant.format in formats.ONNX_FORMATS:
+            formats.onnx_path(variant)
 
 
 def _in_child(job: dict) -> dict:
@@ -114,6 +126,7 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     batch_sizes = sorted({int(b) for b in batch_sizes}, reverse=True)  # accuracy once, at the largest batch
     if not batch_sizes or batch_sizes[-1] < 1:
         raise UserError("batch sizes must be positive integers")
+    _preflight(variants)
     protocol = asdict(Protocol.quick() if quick else Protocol())
     names = _resolve_backends(backends, log)
     env = environment(threads)
@@ -140,6 +153,8 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
                     res = _in_child(job) if isolate else measure_combo_safe(**job)
                 except Exception as exc:  # a failure of one combination is recorded; the run goes on
                     res = dict(error=f"{type(exc).__name__}: {exc}")
+                if "user_error" in res:  # bad input, not a measurement: stop with its message
+                    raise UserError(res["user_error"])
                 if "metrics" in res and res["metrics"].get("accuracy_top1") is not None:
                     accuracy = {k: res["metrics"][k] for k in ("accuracy_top1", "accuracy_top5", "test_images",
                                                                 "accuracy_batch_size")}

@@ -110,7 +110,8 @@ def _provenance(ws: Workspace, rows: list[dict]) -> dict:
         key = f"peak_flops/{r['device']}/{r['threads']}"
         value = ws.get_machine(key) if key not in peaks else None
         if value:
-            peaks[key] = {k: v for k, v in value.items() if k in ("float32", "bfloat16", "int8", "float16", "hardware")}
+            peaks[key] = {k: v for k, v in value.items()
+                          if k in ("float32", "bfloat16", "int8", "float16", "by_runtime", "hardware")}
     return dict(environment=envs[0] if envs else {}, peaks=peaks,
                 commands=[" ".join(c["argv"]) for c in ws.commands()],
                 generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

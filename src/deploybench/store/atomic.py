@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -65,6 +66,21 @@ def atomic_save(path: str | os.PathLike):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+# Below this much free space, a failed write is taken to be the full disk's doing.
+DISK_FULL_BYTES = 1 << 20
+
+
+def raise_if_disk_full(path: str | os.PathLike, exc: BaseException) -> None:
+    """Re-raise `exc` (from a library that wraps I/O errors in its own exception type) as the OSError ENOSPC it
+    stands for, when the filesystem holding `path` is (nearly) full; otherwise return."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return
+    if free < DISK_FULL_BYTES:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
 
 
 def sweep_stale_dirs(parent: Path) -> list[Path]:

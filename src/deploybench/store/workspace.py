@@ -7,6 +7,7 @@ processes can share one workspace; multi-row writes are one transaction (all row
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from deploybench.errors import UserError
-from deploybench.store.atomic import atomic_dir, safe_component, sweep_stale_dirs
+from deploybench.store.atomic import atomic_dir, raise_if_disk_full, safe_component, sweep_stale_dirs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS variants (
@@ -89,6 +90,10 @@ class Variant:
         return self.config.get("_lineage", [self.stage])
 
 
+def _read_only_fs(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
 class Workspace:
     """A folder holding the SQLite store and the artifacts of every variant."""
 
@@ -103,9 +108,15 @@ class Workspace:
                 raise UserError(f"cannot create workspace {self.root}: {exc.strerror}") from None
         self.db_path = self.root / "deploybench.db"
         self.artifacts = self.root / "artifacts"
-        with self._connect() as con:
-            if not self._schema_present(con):
-                con.executescript(SCHEMA)
+        try:
+            with self._connect() as con:
+                if not self._schema_present(con):
+                    con.executescript(SCHEMA)
+        except sqlite3.OperationalError:
+            if not os.access(self.root, os.W_OK):  # say why SQLite could not open it
+                code = errno.EROFS if _read_only_fs(self.root) else errno.EACCES
+                raise OSError(code, f"workspace is not writable: {os.strerror(code)}", str(self.root)) from None
+            raise
 
     # -- connections -------------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -211,7 +222,13 @@ class Workspace:
         if final.exists():  # complete folder of a process that died before its row was written
             shutil.rmtree(final)
         with atomic_dir(final) as tmp:
-            metrics = write(tmp) or {}
+            try:
+                metrics = write(tmp) or {}
+            except OSError:
+                raise
+            except Exception as exc:  # runtimes (ONNX Runtime, ...) report a full disk in their own exceptions
+                raise_if_disk_full(tmp, exc)
+                raise
         try:
             files = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file())
             hashes = {f: file_sha256(final / f) for f in files}
@@ -276,10 +293,23 @@ class Workspace:
                 for r in self._query(sql + " ORDER BY id", args)]
 
     # -- the commands that wrote to this workspace (provenance for the report) --------------------------
-    def log_command(self, argv: list[str]) -> None:
+    def log_command(self, argv: list[str]) -> int:
+        """Record a command line; returns its row id (for `forget_command`)."""
         with self.transaction() as con:
-            con.execute("INSERT INTO commands (argv, cwd, created_at) VALUES (?,?,?)",
-                        (json.dumps(argv), os.getcwd(), time.time()))
+            cur = con.execute("INSERT INTO commands (argv, cwd, created_at) VALUES (?,?,?)",
+                              (json.dumps(argv), os.getcwd(), time.time()))
+            return int(cur.lastrowid)
+
+    def forget_command(self, row: int) -> None:
+        """Remove a command line logged by a command that then failed."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM commands WHERE id = ?", (row,))
+            # AUTOINCREMENT's counter goes back too: to the highest id another process may have logged since,
+            # or away when this was the first command ever logged.
+            if con.execute("SELECT COUNT(*) FROM commands").fetchone()[0]:
+                con.execute("UPDATE sqlite_sequence SET seq = (SELECT MAX(id) FROM commands) WHERE name = 'commands'")
+            else:
+                con.execute("DELETE FROM sqlite_sequence WHERE name = 'commands'")
 
     def commands(self) -> list[dict]:
         return [dict(argv=json.loads(r["argv"]), cwd=r["cwd"], created_at=r["created_at"])

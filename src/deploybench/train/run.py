@@ -14,7 +14,7 @@ from deploybench.models import count_params, create_model
 from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights
 from deploybench.store import Variant, Workspace, dataset_component, safe_component
 from deploybench.train.engine import evaluate, fit
-from deploybench.train.recipes import Recipe
+from deploybench.train.recipes import Recipe, default_recipe
 
 
 def model_config(model: str, info, transfer: bool = False) -> dict:
@@ -118,3 +118,35 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     ws.finish_training_run(vid, "done", variant.id)
     log(f"test top-1 {100 * test.top1:.2f}% top-5 {100 * test.top5:.2f}% -> variant {variant.id}")
     return variant, created
+
+
+def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, *, data_dir: str | Path = "data",
+                      log=print) -> Variant:
+    """Record external weights of `model` as a root variant (stage "import") of `dataset`, so every command that
+    takes a model can start from them. The file is read with `weights_only=True`, must fit the architecture
+    and class count exactly (mismatched keys and shapes are listed), and is evaluated on the test split.
+    The same file imported twice gives the same variant (its config holds the file's sha256)."""
+    import hashlib
+
+    state = extract_state_dict(load_checkpoint(checkpoint))
+    splits = load_splits(dataset, data_dir, augment=False)
+    info = splits.info
+    net = create_model(model, info.num_classes, info.in_channels, info.image_size)
+    load_weights(net, state, checkpoint)
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    # The recipe is the architecture's default: fine-tuning stages (prune, qat) train with it.
+    config = dict(model_config(model, info), dataset=dataset, recipe=default_recipe(model).to_dict(),
+                  checkpoint=Path(checkpoint).name, checkpoint_sha256=digest)
+    net.eval()
+    test = evaluate(net, DataLoader(splits.test, batch_size=256), torch.device("cpu"), info.num_classes)
+
+    def write(d: Path) -> dict:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, d / "model.pt")
+        return dict(accuracy_top1=test.top1, accuracy_top5=test.top5, test_loss=test.loss, params=count_params(net),
+                    test_images=len(splits.test), source_checkpoint=str(checkpoint))
+
+    variant, created = ws.create_variant(model=model, dataset=dataset, stage="import", config=config, parent=None,
+                                         fmt="torch-state", write=write)
+    log(f"{'imported' if created else 'already imported'} {checkpoint} as variant {variant.id}: "
+        f"test top-1 {100 * test.top1:.2f}%")
+    return variant

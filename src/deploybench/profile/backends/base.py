@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from deploybench.errors import unknown_choice
+from deploybench.errors import check_input_shape, unknown_choice
 from deploybench.store import Variant
 
 _BACKENDS: dict[str, type["Backend"]] = {}
@@ -26,6 +26,7 @@ class Backend(ABC):
 
     name: str = ""
     device: str = "cpu"  # "cpu" or "cuda"
+    input_chw: tuple[int, int, int] | None = None  # set by `expect_inputs_of` in `load`
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -49,8 +50,21 @@ class Backend(ABC):
         May raise `UnsupportedFormat` (recorded as a skip)."""
 
     def prepare(self, batch: torch.Tensor):
-        """Turn a CPU float32 batch into this backend's input (on its device, in its dtype)."""
+        """Turn a CPU float32 batch into this backend's input (on its device, in its dtype). Implementations
+        start with `self.check_input(batch)`."""
+        self.check_input(batch)
         return batch
+
+    def expect_inputs_of(self, variant: Variant) -> None:
+        """Remember the (C, H, W) the variant's model was built for (every variant's config records it)."""
+        if "in_channels" in variant.config and "image_size" in variant.config:
+            size = int(variant.config["image_size"])
+            self.input_chw = (int(variant.config["in_channels"]), size, size)
+
+    def check_input(self, batch: torch.Tensor) -> None:
+        """A clear "expected ... got ..." error for a batch of the wrong shape or channel count."""
+        if self.input_chw is not None:
+            check_input_shape(batch.shape, self.input_chw, f"{self.name}")
 
     @abstractmethod
     def run(self, inputs):

@@ -75,9 +75,11 @@ class OrtBackend(Backend):
             raise BackendSkip(f"ONNX input type {inp.type} is not a float tensor")
         self.input_name, self.input_type = inp.name, _NUMPY_TYPES[inp.type]
         self.output_name = self.session.get_outputs()[0].name
+        self.expect_inputs_of(variant)
         torch.set_num_threads(threads)  # the data pipeline around it
 
     def prepare(self, batch: torch.Tensor):
+        self.check_input(batch)
         array = np.ascontiguousarray(batch.numpy().astype(self.input_type, copy=False))
         if self.device == "cpu":
             return {self.input_name: array}

@@ -41,6 +41,7 @@ class TorchBackend(Backend):
     def load(self, variant: Variant, batch_size: int, threads: int) -> None:
         torch.set_num_threads(threads)
         module = formats.load_module(variant)
+        self.expect_inputs_of(variant)
         self.dtype = module_dtype(module)
         self.module = self.wrap(module.to(self.device))
         if self.device == "cuda":
@@ -50,6 +51,7 @@ class TorchBackend(Backend):
         return module
 
     def prepare(self, batch: torch.Tensor):
+        self.check_input(batch)
         return batch.to(self.device, self.dtype).contiguous()
 
     def run(self, inputs):

@@ -1,0 +1,41 @@
+"""Hard gates on speed-ups measured in the same run: int8 against fp32, pruned against its parent.
+
+The two calls are timed in alternation (slow, fast, slow, fast, ...) and the gate is on the median of the
+per-pair ratios: a load spike on a shared machine slows both calls of a pair alike, so the ratio holds still
+where absolute times jump. The thresholds sit well below what this machine measures (see the README), so
+they fail on a real regression (an int8 graph falling back to fp32 kernels, inductor freezing lost, pruning
+that no longer removes channels), not on noise. pytest-benchmark also times the fast call for the baseline.
+"""
+import statistics
+import time
+
+import pytest
+
+from benchzoo import GATES
+
+
+def paired_speedup(slow, fast, pairs: int = 21, warmup: int = 3) -> float:
+    """Median over `pairs` alternated runs of time(slow) / time(fast)."""
+    for _ in range(warmup):
+        slow()
+        fast()
+    ratios = []
+    for _ in range(pairs):
+        t0 = time.perf_counter()
+        slow()
+        t1 = time.perf_counter()
+        fast()
+        t2 = time.perf_counter()
+        ratios.append((t1 - t0) / (t2 - t1))
+    return statistics.median(ratios)
+
+
+@pytest.mark.parametrize("gate", GATES, ids=lambda g: g.id)
+def test_speedup(benchmark, zoo, loaded, gate):
+    slow, slow_in = loaded(zoo.for_backend(gate.model, gate.slow[0], gate.slow[1]), gate.slow[1], gate.batch_size)
+    fast, fast_in = loaded(zoo.for_backend(gate.model, gate.fast[0], gate.fast[1]), gate.fast[1], gate.batch_size)
+    speedup = paired_speedup(lambda: slow.run(slow_in), lambda: fast.run(fast_in))
+    benchmark(fast.run, fast_in)
+    benchmark.extra_info.update(speedup=speedup, gate=gate.min_speedup)
+    assert speedup >= gate.min_speedup, (
+        f"{gate.id}: {gate.fast} is {speedup:.2f}x faster than {gate.slow}, below the gate {gate.min_speedup}x")

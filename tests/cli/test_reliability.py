@@ -1,0 +1,285 @@
+"""Reliability and security from the command line: every bad input gets a one-line error and a non-zero exit,
+and leaves the workspace exactly as it was (every file byte for byte, every table row for row).
+
+Cases: external checkpoints (code-executing pickle, truncated, random bytes, another architecture, another
+class count) through every command that takes a model; ONNX files that are malformed or whose external data
+points outside their folder; wrong input shapes; unknown names; a full disk and a read-only workspace.
+"""
+import hashlib
+import os
+import pickle
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deploybench.cli import main as main_cli
+from deploybench.cli import optimize as optimize_cli
+from deploybench.cli import profile_cmd as profile_cli
+from deploybench.cli import train as train_cli
+from deploybench.models import create_model
+
+
+def snapshot(root: Path) -> dict:
+    """Every file's sha256 (the database aside) and every row of every table, in order."""
+    files = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith("deploybench.db")}
+    con = sqlite3.connect(root / "deploybench.db")
+    tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    rows = {t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+    con.close()
+    return dict(files=files, rows=rows)
+
+
+def refused(call, capsys, *expected: str, code: int = 2) -> str:
+    """Run a CLI main; assert it exits with `code` and one stderr line holding every `expected` text."""
+    assert call() == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+# -- external checkpoints, through every command that takes a model ---------------------------------------------
+class Boom:
+    """Unpickling this runs `touch MARKER`: a checkpoint that executes code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _bad_checkpoint(kind: str, tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
+    """(path, texts the error must hold) for each kind of bad checkpoint."""
+    path = tmp_path / f"{kind}.pt"
+    good = create_model("lenet", 10, 1, 28).state_dict()
+    if kind == "executes-code":
+        with open(path, "wb") as f:
+            pickle.dump({"model": Boom(tmp_path / "executed")}, f)
+        return path, ("refused", "not a plain weights file")
+    if kind == "code-in-torch-zip":
+        torch.save({"model": good, "extra": Boom(tmp_path / "executed")}, path)
+        return path, ("refused", "not a plain weights file", "GLOBAL posix.system")
+    if kind == "truncated":
+        torch.save(good, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return path, ("corrupt or truncated",)
+    if kind == "random-bytes":
+        path.write_bytes(b"\x13" + np.random.RandomState(0).bytes(4095))
+        return path, ("is not a checkpoint",)
+    if kind == "other-architecture":
+        torch.save(create_model("simple-cnn", 10, 1, 28).state_dict(), path)
+        return path, ("does not fit this model", "missing", "unexpected")
+    if kind == "other-class-count":
+        torch.save(create_model("lenet", 100, 1, 28).state_dict(), path)
+        return path, ("does not fit this model", "shape mismatch", "(100, 84) vs (10, 84)")
+    if kind == "missing-file":
+        return tmp_path / "nowhere.pt", ("does not exist",)
+    raise AssertionError(kind)
+
+
+CHECKPOINT_KINDS = ["executes-code", "code-in-torch-zip", "truncated", "random-bytes", "other-architecture",
+                    "other-class-count", "missing-file"]
+COMMANDS = {
+    "train": (train_cli.main, ["--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1"]),
+    "optimize-quantize": (optimize_cli.main, ["quantize", "--model", "lenet", "--dataset", "fashion-mnist"]),
+    "optimize-prune": (optimize_cli.main, ["prune", "--model", "lenet", "--dataset", "fashion-mnist",
+                                           "--ratio", "0.5"]),
+    "optimize-export": (optimize_cli.main, ["export", "--model", "lenet", "--dataset", "fashion-mnist"]),
+    "optimize-all": (optimize_cli.main, ["all", "--model", "lenet", "--dataset", "fashion-mnist"]),
+    "profile-run": (profile_cli.main, ["run", "--model", "lenet", "--dataset", "fashion-mnist", "--quick"]),
+}
+
+
+@pytest.mark.parametrize("kind", CHECKPOINT_KINDS)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_bad_checkpoint_is_refused_everywhere(command, kind, trained_workspace, tmp_path, capsys):
+    ws, _, data_dir = trained_workspace
+    path, expected = _bad_checkpoint(kind, tmp_path)
+    before = snapshot(ws.root)
+    main, argv = COMMANDS[command]
+    refused(lambda: main(argv + ["--checkpoint", str(path), "--workspace", str(ws.root), "--data-dir", str(data_dir)]),
+            capsys, *expected)
+    assert not (tmp_path / "executed").exists(), "the pickle's code ran"
+    assert snapshot(ws.root) == before
+
+
+def test_a_good_checkpoint_is_imported_once_and_used(trained_workspace, tmp_path, capsys):
+    """The same weights through optimize and profile: one imported root variant, validated and evaluated."""
+    ws, trained, data_dir = trained_workspace
+    torch.save(torch.load(trained.path / "model.pt", weights_only=True), tmp_path / "weights.pt")
+    common = ["--checkpoint", str(tmp_path / "weights.pt"), "--workspace", str(ws.root), "--data-dir", str(data_dir)]
+    assert optimize_cli.main(["export", "--model", "lenet", "--dataset", "fashion-mnist"] + common) == 0
+    assert profile_cli.main(["run", "--model", "lenet", "--dataset", "fashion-mnist", "--quick", "--backends",
+                             "torch-cpu", "--batch-sizes", "4", "--in-process"] + common) == 0
+    imported = [v for v in ws.variants("lenet") if v.stage == "import"]
+    assert len(imported) == 1 and imported[0].metrics["accuracy_top1"] == trained.metrics["accuracy_top1"]
+    export = [v for v in ws.variants("lenet") if v.parent_id == imported[0].id]
+    assert [v.stage for v in export] == ["export"]
+    capsys.readouterr()
+    refused(lambda: optimize_cli.main(["export", "--model", "lenet"] + common), capsys, "needs --dataset")
+
+
+# -- ONNX files: malformed, or with external data outside their folder --------------------------------------------
+def _escaping_onnx(folder: Path, how: str, outside: Path) -> None:
+    """Rewrite folder/model.onnx so that its weights are external data at a location that escapes `folder`."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    model = onnx.load(str(folder / "model.onnx"))
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save_model(model, str(folder / "model.onnx"))  # writes folder/weights.bin
+    if how == "symlink":
+        (folder / "weights.bin").unlink()
+        (folder / "weights.bin").symlink_to(outside)
+        return
+    location = {"dotdot": f"../{outside.name}", "absolute": str(outside)}[how]
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    (folder / "model.onnx").write_bytes(model.SerializeToString())
+
+
+ONNX_SPOILS = ["malformed", "truncated", "dotdot", "absolute", "symlink"]
+
+
+@pytest.fixture
+def spoiled_onnx(onnx_workspace, tmp_path):
+    """spoiled_onnx(how) -> (ws, variant, data_dir, fifo): the export's files spoiled in place. The 'outside'
+    target is a FIFO: anything that opened it to read would hang the test (pytest-timeout fails it)."""
+    ws, _, onnx_variant, data_dir = onnx_workspace
+
+    def spoil(how: str):
+        folder = onnx_variant.path
+        fifo = folder.parent / f"outside-{how}.bin"
+        os.mkfifo(fifo)
+        if how == "malformed":
+            (folder / "model.onnx").write_bytes(b"\x08\x07this is not a protobuf" + os.urandom(64))
+        elif how == "truncated":
+            data = (folder / "model.onnx").read_bytes()
+            (folder / "model.onnx").write_bytes(data[: len(data) // 3])
+        else:
+            _escaping_onnx(folder, how, fifo)
+        return ws, onnx_variant, data_dir, fifo
+
+    return spoil
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ONNX_SPOILS)
+@pytest.mark.parametrize("command", ["profile-run", "optimize-int8-ort"])
+def test_spoiled_onnx_is_refused_before_reading_outside(spoiled_onnx, how, command, capsys):
+    ws, variant, data_dir, fifo = spoiled_onnx(how)
+    before = snapshot(ws.root)
+    common = ["--workspace", str(ws.root), "--data-dir", str(data_dir)]
+    if command == "profile-run":
+        argv = ["run", "--model", "lenet", "--variant", variant.id, "--quick", "--backends", "ort-cpu",
+                "--batch-sizes", "4", "--in-process"]
+        main = profile_cli.main
+    else:
+        argv = ["quantize", "--model", "lenet", "--method", "int8-ort", "--variant", variant.id, "--calib-size", "8"]
+        main = optimize_cli.main
+    expected = ("outside the model's folder",) if how in ("dotdot", "absolute", "symlink") else ("not a valid ONNX",)
+    refused(lambda: main(argv + common), capsys, *expected)
+    assert snapshot(ws.root) == before
+
+
+# -- wrong input shapes ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["torch-cpu", "ort-cpu"])
+@pytest.mark.parametrize("shape,detail", [((4, 3, 28, 28), "3 channels, the model takes 1"),
+                                          ((4, 1, 32, 32), "got (4, 1, 32, 32)"), ((1, 28, 28), "got (1, 28, 28)")])
+def test_wrong_input_shape_names_both_shapes(onnx_workspace, backend, shape, detail):
+    from deploybench.errors import UserError
+    from deploybench.profile.backends import get_backend
+
+    ws, trained, onnx_variant, _ = onnx_workspace
+    impl = get_backend(backend)()
+    impl.load(onnx_variant if backend.startswith("ort") else trained, 4, 1)
+    with pytest.raises(UserError, match=r"expected an input of shape \(batch, 1, 28, 28\)") as err:
+        impl.prepare(torch.zeros(shape))
+    assert detail in str(err.value)
+
+
+def test_wrong_input_shape_for_an_onnx_session(onnx_workspace):
+    from deploybench.errors import UserError
+    from deploybench.optimize.base import runnable
+
+    _, _, onnx_variant, _ = onnx_workspace
+    with pytest.raises(UserError, match=r"expected an input of shape \(batch, 1, 28, 28\), got \(2, 3, 28, 28\)"):
+        runnable(onnx_variant)(torch.zeros(2, 3, 28, 28))
+
+
+# -- unknown names list the valid choices ----------------------------------------------------------------------------
+@pytest.mark.parametrize("main,argv,listed", [
+    (optimize_cli.main, ["export", "--model", "resnet99"], "unknown model 'resnet99'; choose one of:"),
+    (profile_cli.main, ["run", "--model", "resnet99"], "unknown model 'resnet99'; choose one of:"),
+    (profile_cli.main, ["run", "--backends", "tensorflow"], "unknown backend 'tensorflow'; choose one of:"),
+    (main_cli.main, ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet,nope"], "unknown model 'nope'"),
+    (main_cli.main, ["pipeline", "--dataset", "mnist-9", "--models", "lenet"], "unknown dataset 'mnist-9'"),
+])
+def test_unknown_names_list_the_choices(main, argv, listed, trained_workspace, capsys):
+    ws, _, data_dir = trained_workspace
+    before = snapshot(ws.root)
+    err = refused(lambda: main(argv + ["--workspace", str(ws.root), "--data-dir", str(data_dir)]), capsys, listed)
+    assert "choose one of" in err or "unknown" in err
+    assert snapshot(ws.root) == before
+
+
+# -- a full disk and a read-only workspace ---------------------------------------------------------------------------
+def _mount_tmpfs(where: Path, size: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small or read-only filesystem needs root")
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    if proc.returncode:
+        pytest.skip(f"cannot mount tmpfs here: {proc.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def small_disk(trained_workspace, tmp_path):
+    """(ws root on a 4 MiB tmpfs holding a copy of the trained workspace, data_dir, mount point)."""
+    import shutil
+
+    ws, _, data_dir = trained_workspace
+    mnt = tmp_path / "mnt"
+    _mount_tmpfs(mnt, "4m")
+    try:
+        shutil.copytree(ws.root, mnt / "ws")
+        yield mnt / "ws", data_dir, mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_clear_error_and_earlier_artifacts_untouched(small_disk, capsys):
+    root, data_dir, mnt = small_disk
+    before = snapshot(root)
+    filler = mnt / "filler"
+    with open(filler, "wb") as f:  # leave ~100 KiB: enough for the database, not for an ONNX export
+        free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+        f.write(b"\0" * max(0, free - 100 * 1024))
+    refused(lambda: optimize_cli.main(["export", "--model", "lenet", "--dataset", "fashion-mnist",
+                                       "--workspace", str(root), "--data-dir", str(data_dir)]),
+            capsys, "No space left on device", code=1)
+    filler.unlink()
+    assert snapshot(root) == before
+
+
+def test_read_only_workspace_clear_error(small_disk, capsys):
+    root, data_dir, mnt = small_disk
+    before = snapshot(root)
+    proc = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True)
+    if proc.returncode:
+        pytest.skip(f"cannot remount read-only: {proc.stderr.decode().strip()}")
+    refused(lambda: optimize_cli.main(["export", "--model", "lenet", "--dataset", "fashion-mnist",
+                                       "--workspace", str(root), "--data-dir", str(data_dir)]),
+            capsys, "workspace is not writable: Read-only file system", code=1)
+    subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)  # SQLite reads a WAL database read-write
+    assert snapshot(root) == before
