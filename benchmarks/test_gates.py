@@ -6,28 +6,10 @@ where absolute times jump. The thresholds sit well below what this machine measu
 they fail on a real regression (an int8 graph falling back to fp32 kernels, inductor freezing lost, pruning
 that no longer removes channels), not on noise. pytest-benchmark also times the fast call for the baseline.
 """
-import statistics
-import time
-
 import pytest
 
 from benchzoo import GATES
-
-
-def paired_speedup(slow, fast, pairs: int = 21, warmup: int = 3) -> float:
-    """Median over `pairs` alternated runs of time(slow) / time(fast)."""
-    for _ in range(warmup):
-        slow()
-        fast()
-    ratios = []
-    for _ in range(pairs):
-        t0 = time.perf_counter()
-        slow()
-        t1 = time.perf_counter()
-        fast()
-        t2 = time.perf_counter()
-        ratios.append((t1 - t0) / (t2 - t1))
-    return statistics.median(ratios)
+from deploybench.profile.latency import paired_speedup
 
 
 @pytest.mark.parametrize("gate", GATES, ids=lambda g: g.id)

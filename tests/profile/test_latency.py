@@ -45,5 +45,27 @@ def test_cross_check_runs_both_timers(trained_workspace):
     from deploybench.profile.crosscheck import cross_check
 
     ws, trained, _ = trained_workspace
-    r = cross_check(ws, trained, "torch-cpu", 2, 1, Protocol.quick())
+    r = cross_check(ws, trained, "torch-cpu", 2, 1, Protocol.quick(), rounds=2)
     assert r["ours_ms"] > 0 and r["reference_ms"] > 0 and r["reference"] == "torch.utils.benchmark.Timer"
+
+
+def test_paired_speedup_sees_a_known_ratio():
+    import time
+
+    from deploybench.profile.latency import paired_speedup
+
+    def sleeper(seconds):
+        return lambda: time.sleep(seconds)
+
+    assert paired_speedup(sleeper(0.004), sleeper(0.001), pairs=9) == pytest.approx(4.0, rel=0.35)
+
+
+def test_profile_check_against_prints_a_paired_speedup(onnx_workspace, capsys):
+    from deploybench.cli import profile_cmd
+
+    ws, trained, onnx_variant, _ = onnx_workspace
+    assert profile_cmd.main(["check", "--variant", onnx_variant.id, "--backend", "ort-cpu", "--batch-size", "4",
+                             "--threads", "1", "--against", f"{trained.id}:torch-cpu",
+                             "--workspace", str(ws.root)]) == 0
+    out = capsys.readouterr().out
+    assert "ratio" in out and f"speed-up over {trained.id} on torch-cpu:" in out

@@ -12,6 +12,10 @@ def test_pct_of_peak_is_achieved_flops_over_the_dtype_peak():
     assert peak_reference(peak, "int8") == (1e11, "float32")  # torch's int8 GEMM slower than fp32 here
     assert peak_reference({"float32": 1e11, "int8": 4e11}, "int8") == (4e11, "int8")
     assert pct_of_peak(None, 1, 1.0, peak, "float32") is None
+    # bf16 emulated (slower than fp32) is measured against fp32; a native bf16 peak above fp32 is its own
+    assert peak_reference({"float32": 1e11, "bfloat16": 2e10}, "bfloat16") == (1e11, "float32")
+    assert peak_reference({"float32": 1e11, "bfloat16": 3e11}, "bfloat16") == (3e11, "bfloat16")
+    assert peak_reference({"float32": 1e11}, "float16") == (1e11, "float32")
 
 
 def test_compute_dtype_from_the_variant_record():

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--backend", required=True)
     chk.add_argument("--batch-size", type=int, default=64)
     chk.add_argument("--threads", type=int, help="CPU threads (default: all physical cores)")
+    chk.add_argument("--against", metavar="ID:BACKEND",
+                     help="also the speed-up over this variant on this backend, timed in alternation with it")
     return p
 
 
@@ -62,7 +64,17 @@ def _check(args) -> int:
     ws = open_workspace(args, record=False)
     r = cross_check(ws, ws.get_variant(args.variant), args.backend, args.batch_size, args.threads or physical_cores())
     print(f"ours p50 {r['ours_ms']:.3f} ms, {r['reference']} median {r['reference_ms']:.3f} ms, "
-          f"ratio {r['ratio']:.3f}")
+          f"ratio {r['ratio']:.3f} (medians of {r['rounds']} alternated rounds)")
+    if args.against:
+        from deploybench.profile.crosscheck import paired_against
+
+        base_id, _, base_backend = args.against.partition(":")
+        if not base_backend:
+            raise UserError("--against takes VARIANT:BACKEND, e.g. c1be73da:torch-cpu")
+        get_backend(base_backend)
+        speedup = paired_against(ws, ws.get_variant(args.variant), args.backend, ws.get_variant(base_id),
+                                 base_backend, args.batch_size, args.threads or physical_cores())
+        print(f"speed-up over {base_id} on {base_backend}: {speedup:.2f}x (median of 21 alternated pairs)")
     return 0
 
 

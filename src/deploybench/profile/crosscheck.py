@@ -1,7 +1,10 @@
 """Trust check of the latency protocol: our p50 against an independent timer, in the same process.
 
 torch backends are compared with `torch.utils.benchmark.Timer` (same threads, `blocked_autorange`), ONNX
-Runtime with a plain `session.run` loop. Use it on a quiet machine; the lead's figures come from it.
+Runtime with a plain `session.run` loop. The two alternate over `rounds` rounds (ours, reference, ours, ...)
+and the medians of the per-round figures are compared: on a shared VM the speed of the same call drifts by
+tens of percent within a minute (measured here: the same eager batch at 130 ms, then at 199 ms), and timing
+one after the other would compare two moments, not two timers. Use it on a quiet machine.
 """
 from __future__ import annotations
 
@@ -11,34 +14,66 @@ import time
 import torch
 
 from deploybench.profile.backends import get_backend
-from deploybench.profile.latency import Protocol, measure_latency
+from deploybench.profile.latency import Protocol, measure_latency, paired_speedup
 from deploybench.profile.static import input_shape, root_config
 
 
-def cross_check(ws, variant, backend: str, batch_size: int, threads: int, protocol: Protocol | None = None) -> dict:
-    """{ours_ms, reference_ms, ratio, reference}: our p50 and the independent timer's median (ms)."""
+def cross_check(ws, variant, backend: str, batch_size: int, threads: int, protocol: Protocol | None = None,
+                rounds: int = 5) -> dict:
+    """{ours_ms, reference_ms, ratio, reference, rounds}: medians over alternated rounds of our p50 and the
+    independent timer's median (ms)."""
+    protocol = protocol or Protocol(warmup=3, min_runs=10, min_seconds=1.0)
     impl = get_backend(backend)()
     impl.load(variant, batch_size, threads)
     batch = torch.randn(batch_size, *input_shape(root_config(ws, variant)))
-    ours = measure_latency(impl, batch, batch_size, protocol or Protocol())["latency_ms_p50"]
     inputs = impl.prepare(batch)
     if backend.startswith("ort-cpu"):
         session, name, out = impl.session, impl.input_name, impl.output_name
-        times = []
-        for i in range(10 + 200):
-            t0 = time.perf_counter()
-            session.run([out], inputs)
-            if i >= 10:
+        what = "plain onnxruntime loop"
+
+        def reference() -> float:
+            times = []
+            start = time.perf_counter()
+            while len(times) < protocol.min_runs or time.perf_counter() - start < protocol.min_seconds:
+                t0 = time.perf_counter()
+                session.run([out], inputs)
                 times.append(time.perf_counter() - t0)
-        reference, what = statistics.median(times) * 1e3, "plain onnxruntime loop"
+            return statistics.median(times) * 1e3
     else:
         from torch.utils.benchmark import Timer
+
+        what = "torch.utils.benchmark.Timer"
 
         def step():
             impl.run(inputs)
             impl.synchronize()
 
-        m = Timer("step()", globals=dict(step=step), num_threads=threads).blocked_autorange(min_run_time=2.0)
-        reference, what = m.median * 1e3, "torch.utils.benchmark.Timer"
+        def reference() -> float:
+            timer = Timer("step()", globals=dict(step=step), num_threads=threads)
+            return timer.blocked_autorange(min_run_time=protocol.min_seconds).median * 1e3
+
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(measure_latency(impl, batch, batch_size, protocol)["latency_ms_p50"])
+        theirs.append(reference())
     impl.close()
-    return dict(ours_ms=ours, reference_ms=reference, ratio=ours / reference, reference=what)
+    ours_ms, reference_ms = statistics.median(ours), statistics.median(theirs)
+    return dict(ours_ms=ours_ms, reference_ms=reference_ms, ratio=ours_ms / reference_ms, reference=what,
+                rounds=rounds)
+
+
+def paired_against(ws, variant, backend: str, base, base_backend: str, batch_size: int, threads: int) -> float:
+    """Speed-up of `variant` on `backend` over `base` on `base_backend`, the two timed in alternation
+    (`paired_speedup`): the figure that survives a shared machine's drift."""
+    calls = []
+    for v, name in ((base, base_backend), (variant, backend)):
+        impl = get_backend(name)()
+        impl.load(v, batch_size, threads)
+        inputs = impl.prepare(torch.randn(batch_size, *input_shape(root_config(ws, v))))
+        impl.run(inputs)
+        calls.append((impl, inputs))
+    (slow, slow_in), (fast, fast_in) = calls
+    speedup = paired_speedup(lambda: slow.run(slow_in), lambda: fast.run(fast_in))
+    slow.close()
+    fast.close()
+    return speedup
