@@ -264,6 +264,11 @@ class QuantizeStage(Stage):
             raise unknown_choice("calibration method", self.config.calib_method, CALIB_METHODS)
         if self.config.calib_size < 1:
             raise UserError("--calib-size must be at least 1")
+        if "reduce_range" in METHODS[self.config.method].options and self.config.reduce_range is None:
+            # The default depends on the CPU; resolved here, it is part of the variant's config and id.
+            from deploybench.profile.env import has_int8_dot_product
+
+            self.config = replace(self.config, reduce_range=not has_int8_dot_product())
 
     def run(self, ws: Workspace, parent: Variant, data_dir) -> Variant:
         m = METHODS[self.config.method]
@@ -277,10 +282,6 @@ class QuantizeStage(Stage):
         elif parent.format not in EAGER_FORMATS:
             raise UserError(f"quantize --method {self.config.method} needs an fp32 PyTorch variant (trained or "
                             f"pruned); {parent.id} is {parent.format}")
-        if "reduce_range" in m.options and self.config.reduce_range is None:  # resolved here, so it is in the id
-            from deploybench.profile.env import has_int8_dot_product
-
-            self.config = replace(self.config, reduce_range=not has_int8_dot_product())
         data = stage_data(parent, data_dir)
         cfg = self.config.to_dict()
         config = dict(self.variant_config(parent), **{"method": cfg["method"]})
