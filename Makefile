@@ -54,10 +54,11 @@ test-all: setup browser
 	$(MAKE) --no-print-directory bench
 
 # Benchmarks: hard gates on same-run ratios and deterministic facts; medians compared with the committed
-# baseline, failing only beyond BENCH_FAIL (wide: a shared 2-core machine's noise never reaches it).
+# baseline, failing only beyond BENCH_FAIL (5x: this VM's whole-machine drift reached 3.1x, see the README).
 BENCH_BASELINE := benchmarks/baseline.json
-BENCH_FAIL     ?= median:200%
-BENCH_OPTS     := -q -p no:cacheprovider --benchmark-sort=fullname --benchmark-columns=min,median,max,rounds
+BENCH_FAIL     ?= median:400%
+BENCH_OPTS     := -q -p no:cacheprovider --benchmark-sort=fullname --benchmark-columns=min,median,max,rounds \
+                  --benchmark-max-time=0.3
 bench: setup
 	@mkdir -p reports/benchmarks
 	$(PY) -m pytest $(BENCH_OPTS) benchmarks --benchmark-json=reports/benchmarks/latest.json \
