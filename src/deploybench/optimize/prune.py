@@ -2,9 +2,11 @@
 distilled from the unpruned parent).
 
 The classifier keeps all its outputs. `vit-small`'s attention is pruned the way torch-pruning supports for
-nn.MultiheadAttention: whole heads are removed (`prune_num_heads`), the embedding width shrinks with the
-residual stream, and `VisionTransformer.hidden_dim` is updated. The result is saved as plain tensors plus
-the changed layer attributes (`formats.shaped_state`): it reloads with `weights_only=True`.
+a fused `qkv` projection (its timm ViT recipe): `ratio` of the heads of every block are removed whole
+(`prune_num_heads`, ranked by their mean importance; the head width stays), and the residual stream and the
+MLPs are narrowed by `ratio` like any other channels. The result is saved as plain tensors plus the changed
+layer attributes (`formats.shaped_state`, which carries each attention's `num_heads`): it reloads with
+`weights_only=True`.
 
 Fine-tuning defaults to 2 epochs: the smallest count that recovers most of the loss at ratio 0.5 on
 Fashion-MNIST; `--finetune-epochs 0` keeps the raw pruned weights. Distillation (`--distill`) adds
@@ -70,31 +72,50 @@ def _taylor_gradients(model: nn.Module, data: StageData, cfg: PruneConfig) -> No
         F.cross_entropy(model(x), y).backward()
 
 
+def _follow_head_schedule(pruner, attentions: list, ratio: float, steps: int) -> None:
+    """Make local head pruning end at `ratio` of the heads after `steps` steps.
+
+    torch-pruning 1.6.1 removes ceil(r_k x the heads still there) at step k, with r_k the cumulative target
+    (r_k = ratio * k / steps), so iterative runs overshoot: 8 -> 6 -> 3 heads at ratio 0.5 in 2 steps (channels
+    are counted from the initial widths and do not). Each qkv layer gets the per-step share of its remaining
+    heads that follows the linear schedule instead: 8 -> 6 -> 4."""
+    import math
+
+    for m in attentions:
+        kept = [m.num_heads - math.ceil(ratio * k / steps * m.num_heads) for k in range(steps + 1)]
+        # ceil((n - 0.5) / left * left) == n exactly, where n / left * left could round up to n + 1
+        pruner.head_pruning_ratio_dict[m.qkv] = [0.0] + [
+            (kept[k - 1] - kept[k] - 0.5) / kept[k - 1] if kept[k - 1] > kept[k] else 0.0
+            for k in range(1, steps + 1)]
+
+
 def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Module:
     """Prune `model` in place with torch-pruning's BasePruner; returns it."""
     import torch_pruning as tp
-    from torchvision.models import VisionTransformer
+
+    from deploybench.models.vit import Attention, VisionTransformer
 
     example = data.example(2)
-    heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
     extra = {}
-    if heads:
-        extra = dict(num_heads=heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=cfg.ratio)
+    if attentions:
+        extra = dict(num_heads={m.qkv: m.num_heads for m in attentions}, prune_num_heads=True,
+                     prune_head_dims=False, head_pruning_ratio=cfg.ratio)
     if isinstance(model, VisionTransformer):
-        extra["unwrapped_parameters"] = [(model.class_token, 2), (model.encoder.pos_embedding, 2)]
+        extra["unwrapped_parameters"] = model.unwrapped_parameters()
     pruner = tp.pruner.BasePruner(model, example, importance=_importance(cfg.importance), pruning_ratio=cfg.ratio,
                                   ignored_layers=[_classifier(model)], global_pruning=cfg.global_pruning,
                                   iterative_steps=cfg.iterative_steps, **extra)
+    if attentions and not cfg.global_pruning:
+        _follow_head_schedule(pruner, attentions, cfg.ratio, cfg.iterative_steps)
     model.eval()
     for _ in range(cfg.iterative_steps):
         if cfg.importance == "taylor":
             _taylor_gradients(model, data, cfg)
         pruner.step()
+        for m in attentions:  # torch-pruning counts the heads it removed; the forward reshapes with num_heads
+            m.num_heads = pruner.num_heads[m.qkv]
     model.zero_grad(set_to_none=True)
-    if isinstance(model, VisionTransformer):
-        model.hidden_dim = model.conv_proj.out_channels  # its forward reshapes with hidden_dim
-    for m in heads:  # torch-pruning updates embed_dim/num_heads; keep the derived head_dim consistent
-        m.head_dim = m.embed_dim // m.num_heads
     return model
 
 
