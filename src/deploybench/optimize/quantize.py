@@ -112,6 +112,55 @@ def _save_program(module: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 
 # -- PT2E static int8 (torchao) -------------------------------------------------------------------------------------
+def _one_partition_per_call(graph_module: torch.fx.GraphModule) -> int:
+    """Give each call of a module its own source partition; returns how many nodes were relabelled.
+
+    X86InductorQuantizer finds its fusion patterns (conv + add + ReLU, ...) in partitions keyed by the module
+    that made the nodes (`source_fn_stack`, or the innermost `nn_module_stack` entry, which is all a non-strict
+    export records) and refuses a partition with two outputs ("Input partition has more than one output
+    node"). torchvision's ResNet blocks call one `self.relu` twice, so both ReLUs of a block share a partition
+    and resnet18 could not be quantized. The nodes of one call are connected to each other and those of
+    separate calls are not: every connected set after the first gets a name of its own."""
+    def key(node):
+        if node.meta.get("source_fn_stack"):
+            return "source_fn_stack", node.meta["source_fn_stack"][-1][0]
+        if node.op == "call_function" and node.meta.get("nn_module_stack"):
+            return "nn_module_stack", next(reversed(node.meta["nn_module_stack"].values()))[0]
+        return None
+
+    def rename(node, field, suffix):
+        if field == "source_fn_stack":
+            *outer, (name, source) = node.meta[field]
+            node.meta[field] = [*outer, (name + suffix, source)]
+        else:
+            stack = node.meta[field] = dict(node.meta[field])
+            last = next(reversed(stack))
+            stack[last] = (stack[last][0] + suffix, stack[last][1])
+
+    groups: dict = {}
+    for node in graph_module.graph.nodes:
+        if (k := key(node)) is not None:
+            groups.setdefault(k, []).append(node)
+    relabelled = 0
+    for (field, _), nodes in groups.items():
+        members, calls = set(nodes), []
+        for node in nodes:  # graph order: a call's own inputs come before it
+            linked = [c for c in calls if any(a in c for a in node.all_input_nodes if a in members)]
+            calls = [c for c in calls if c not in linked] + [set().union({node}, *linked)]
+        calls.sort(key=lambda c: min(nodes.index(n) for n in c))
+        for i, call in enumerate(calls[1:], start=1):
+            for node in call:
+                rename(node, field, f"__call{i}")
+                relabelled += 1
+    return relabelled
+
+
+def _export_for_pt2e(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    graph = torch.export.export(model, (example,), dynamic_shapes=_batch_dim()).module()
+    _one_partition_per_call(graph)
+    return graph
+
+
 def _x86_quantizer(is_qat: bool = False):
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
@@ -127,7 +176,7 @@ def _int8_pt2e(stage, model: nn.Module, data: StageData, d: Path) -> dict:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     example = data.example(2)
-    graph = torch.export.export(model.eval(), (example,), dynamic_shapes=_batch_dim()).module()
+    graph = _export_for_pt2e(model.eval(), example)
     prepared = prepare_pt2e(graph, _x86_quantizer())
     images = 0
     with torch.no_grad():
@@ -149,7 +198,7 @@ def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
     cfg = stage.config
     torch.manual_seed(cfg.seed)
     example = data.example(2)
-    graph = torch.export.export(model.train(), (example,), dynamic_shapes=_batch_dim()).module()
+    graph = _export_for_pt2e(model.train(), example)
     prepared = prepare_qat_pt2e(graph, _x86_quantizer(is_qat=True))
     train = data.splits.train  # the training images (eval transforms: no augmentation for a short QAT run)
     loader = DataLoader(train, batch_size=64, shuffle=True, drop_last=len(train) > 64,
