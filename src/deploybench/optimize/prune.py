@@ -14,6 +14,7 @@ KL(teacher ‖ student) on logits softened at T=4 (scaled by T²) to the cross-e
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -79,8 +80,6 @@ def _follow_head_schedule(pruner, attentions: list, ratio: float, steps: int) ->
     (r_k = ratio * k / steps), so iterative runs overshoot: 8 -> 6 -> 3 heads at ratio 0.5 in 2 steps (channels
     are counted from the initial widths and do not). Each qkv layer gets the per-step share of its remaining
     heads that follows the linear schedule instead: 8 -> 6 -> 4."""
-    import math
-
     for m in attentions:
         kept = [m.num_heads - math.ceil(ratio * k / steps * m.num_heads) for k in range(steps + 1)]
         # ceil((n - 0.5) / left * left) == n exactly, where n / left * left could round up to n + 1
