@@ -19,6 +19,23 @@ def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys):
     assert "lenet" in out.read_text()
 
 
+def test_a_failing_model_is_reported_and_the_others_go_on(tmp_path, tiny_fashion_mnist, capsys):
+    # Two models that fail in training (cheap): the second is still tried after the first fails, both are
+    # reported on one line each, and the report is written for what there is.
+    out = tmp_path / "index.html"
+    argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "tests_user_arch:broken,tests_user_arch:broken",
+            "--epochs", "1", "--quick", "--backends", "torch-cpu", "--batch-sizes", "4", "--out", str(out),
+            "--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
+    assert deploybench_main.main(argv) == 1  # something failed: like `optimize all`, exit 1
+    captured = capsys.readouterr()
+    failed = [line for line in captured.out.splitlines() if line.startswith("failed: ")]
+    assert failed == ["failed: tests_user_arch:broken: train: RuntimeError: this architecture is broken"] * 2
+    assert "Traceback" not in captured.out
+    assert (captured.out + captured.err).count("tests_user_arch:broken finished in") == 2
+    assert Workspace(tmp_path / "ws").variants() == []  # nothing of a failed training stays
+    assert out.is_file()
+
+
 def test_pipeline_rejects_unknown_models_before_work(tmp_path, capsys):
     argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet,nope", "--workspace", str(tmp_path / "ws")]
     assert deploybench_main.main(argv) == 2

@@ -1,4 +1,5 @@
 """A user architecture module for the `package.module:factory` tests."""
+import torch
 import torch.nn as nn
 
 
@@ -8,3 +9,18 @@ def tiny(num_classes, in_channels):
 
 def not_a_module(num_classes, in_channels):
     return "nope"
+
+
+class _Broken(nn.Module):
+    """Builds like any model and fails on its first forward, as a user architecture with a bug would."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(1, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this architecture is broken")
+
+
+def broken(num_classes, in_channels):
+    return _Broken(num_classes)

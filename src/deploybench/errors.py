@@ -1,5 +1,11 @@
 """User-facing errors: the CLI prints them as one line and exits non-zero, never with a traceback."""
 
+import errno
+import traceback
+
+# OS errors that concern the workspace as a whole (full, read-only or forbidden disk): they stop any command.
+WORKSPACE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
+
 
 class UserError(Exception):
     """Bad input from the user (unknown name, missing file, mismatched checkpoint, ...)."""
@@ -18,3 +24,18 @@ def check_input_shape(got, expected_chw, what: str) -> None:
         return
     detail = f" ({got[1]} channels, the model takes {c})" if len(got) == 4 and got[1] != c else ""
     raise UserError(f"{what}: expected an input of shape (batch, {c}, {h}, {w}), got {got}{detail}")
+
+
+def failure_line(exc: BaseException) -> str:
+    """A failure that is reported and contained, as one line: a UserError's own message, otherwise the
+    exception's type and the first line of its message."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {first}"
+
+
+def traceback_tail(exc: BaseException) -> str:
+    """For the log of a contained failure: the last frames of an unexpected error's traceback, on new lines
+    (empty for a UserError, whose message says it all)."""
+    return "" if isinstance(exc, UserError) else "\n" + "".join(traceback.format_exception(exc)[-3:]).rstrip()

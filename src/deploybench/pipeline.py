@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from deploybench.errors import WORKSPACE_ERRNOS, failure_line, traceback_tail
 from deploybench.store import Workspace
 
 
@@ -14,11 +15,14 @@ def run_pipeline(ws: Workspace, dataset: str, models: list[str], *, data_dir: st
                  quick: bool = False, report: str | Path = "reports/index.html", log=print) -> dict:
     """Run every phase for every model under one progress bar; returns a summary with the report's path.
 
-    A phase that fails for one model is reported and the others go on; the report covers what succeeded.
+    A model whose training, chains or profiling fail is reported in `summary["failed"]` and the other models
+    go on; the report covers what succeeded. A SIGTERM during training (checkpointed; the next pipeline
+    resumes it) and a full or read-only workspace stop the run.
     """
     from deploybench.optimize.pipeline import optimize_all
     from deploybench.profile.runner import profile_variants
     from deploybench.report import build_report
+    from deploybench.train.engine import TrainingInterrupted
     from deploybench.train.recipes import default_recipe
     from deploybench.train.run import train_model
 
@@ -26,23 +30,35 @@ def run_pipeline(ws: Workspace, dataset: str, models: list[str], *, data_dir: st
     bar = tqdm(total=len(models) * len(phases) + 1, desc="pipeline", unit="step", dynamic_ncols=True)
     summary = dict(models={}, failed=[], seconds={})
     say = bar.write if log is print else log
-    for model in models:
-        start = time.perf_counter()
-        bar.set_postfix_str(f"{model}: train")
-        root, _ = train_model(ws, model, dataset, default_recipe(model, epochs=epochs), data_dir=data_dir, log=say)
-        bar.update()
-        bar.set_postfix_str(f"{model}: optimize all")
-        results = optimize_all(ws, root, data_dir, progress=False, log=say)
-        summary["failed"] += [f"{model}: {r.name}: {r.message}" for r in results if r.status == "failed"]
-        bar.update()
-        bar.set_postfix_str(f"{model}: profile")
-        profile_variants(ws, ws.variants(model, dataset), backends, batch_sizes=batch_sizes, quick=quick,
-                         data_dir=data_dir, log=say)
-        bar.update()
-        summary["models"][model] = root.metrics.get("accuracy_top1")
+    for n, model in enumerate(models):
+        start, phase = time.perf_counter(), "train"
+        try:
+            bar.set_postfix_str(f"{model}: train")
+            root, _ = train_model(ws, model, dataset, default_recipe(model, epochs=epochs), data_dir=data_dir,
+                                  resume=None, log=say)  # an interrupted run of an earlier pipeline goes on
+            summary["models"][model] = root.metrics.get("accuracy_top1")
+            bar.update()
+            phase = "optimize"
+            bar.set_postfix_str(f"{model}: optimize all")
+            results = optimize_all(ws, root, data_dir, progress=False, log=say)
+            summary["failed"] += [f"{model}: {r.name}: {r.message}" for r in results if r.status == "failed"]
+            bar.update()
+            phase = "profile"
+            bar.set_postfix_str(f"{model}: profile")
+            profile_variants(ws, ws.variants(model, dataset), backends, batch_sizes=batch_sizes, quick=quick,
+                             data_dir=data_dir, log=say)
+            bar.update()
+        except Exception as exc:  # noqa: BLE001  one model that fails must not stop the others
+            if isinstance(exc, TrainingInterrupted) or getattr(exc, "errno", None) in WORKSPACE_ERRNOS:
+                raise  # SIGTERM (checkpointed, resumable) or a full/read-only disk: stop the whole run
+            summary["failed"].append(f"{model}: {phase}: {failure_line(exc)}")
+            say(f"{model}: {phase} failed: {failure_line(exc)}" + traceback_tail(exc))
+            bar.update(len(phases) - phases.index(phase))  # the phases it will not run
         summary["seconds"][model] = time.perf_counter() - start
+        say(f"{model} finished in {summary['seconds'][model] / 60:.1f} min ({n + 1} of {len(models)} models)")
     bar.set_postfix_str("report")
     summary["report"] = build_report(ws, report)
     bar.update()
     bar.close()
     return summary
+

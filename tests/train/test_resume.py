@@ -94,6 +94,25 @@ def test_interrupted_run_resumes_to_identical_weights(mode, after, reference, tm
     assert variant.metrics["accuracy_top1"] == ref_variant.metrics["accuracy_top1"]
 
 
+def test_the_main_job_continues_an_interrupted_run(reference, tmp_path, tiny_fashion_mnist):
+    # `deploybench pipeline` trains with resume=None: after a SIGTERM it picks the run up where it stopped
+    # (neither refusing nor starting over) and reaches the uninterrupted run's weights.
+    from deploybench.train.recipes import default_recipe
+    from deploybench.train.run import train_model
+
+    args = ARGS + ["--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
+    assert faulty_run("term", 10, args, tmp_path).returncode == 143
+    recipe = default_recipe("simple-cnn", epochs=2, batch_size=8, checkpoint_every=2)
+    logged = []
+    variant, created = train_model(Workspace(tmp_path / "ws"), "simple-cnn", "fashion-mnist", recipe,
+                                   data_dir=tiny_fashion_mnist, resume=None, log=logged.append)
+    assert created and variant.id == reference[1].id
+    weights, _ = final_weights(tmp_path / "ws")
+    assert all(torch.equal(weights[k], reference[0][k]) for k in reference[0])
+    history = json.loads((variant.path / "training.json").read_text())["history"]
+    assert any("resumed_at_step" in row for row in history)  # it went on from the checkpoint
+
+
 def test_rerun_reuses_and_resume_without_run_is_refused(reference, tmp_path, tiny_fashion_mnist):
     ref_ws = reference[1].path.parents[3]
     args = ARGS + ["--workspace", str(ref_ws), "--data-dir", str(tiny_fashion_mnist)]

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sqlite3
 import sys
 from typing import Callable
 
-from deploybench.errors import UserError
+from deploybench.errors import WORKSPACE_ERRNOS, UserError
 from deploybench.store import Workspace, default_workspace
 
 
@@ -72,7 +71,7 @@ def _run(fn: Callable[[], int | None]) -> int:
         print(f"error: workspace database: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+        if exc.errno in WORKSPACE_ERRNOS:
             print(f"error: {exc.strerror}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
             return 1
         raise

@@ -32,7 +32,7 @@ def pipeline(args) -> int:
     for name, seconds in summary["seconds"].items():
         print(f"{name}: {seconds / 60:.1f} min")
     print(f"report: {summary['report']}")
-    return 0
+    return 1 if summary["failed"] else 0  # like `optimize all`: the report covers what succeeded
 
 
 def main(argv: list[str] | None = None) -> int:

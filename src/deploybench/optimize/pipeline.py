@@ -5,13 +5,12 @@ config) is made once and found the next time.
 """
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
 from tqdm import tqdm
 
-from deploybench.errors import UserError
+from deploybench.errors import failure_line, traceback_tail
 from deploybench.optimize.base import Stage
 from deploybench.optimize.export import ExportStage
 from deploybench.optimize.prune import PruneStage
@@ -86,15 +85,9 @@ def run_chains(ws: Workspace, root: Variant, data_dir, chains: list[Chain], *, p
                 made.append(parent)
         except KeyboardInterrupt:
             raise
-        except UserError as exc:
-            results.append(ChainResult(chain.name, "failed", made, str(exc)))
-            log(f"chain {chain.name} failed: {exc}")
-            continue
         except Exception as exc:  # noqa: BLE001  one broken chain must not stop the others
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            results.append(ChainResult(chain.name, "failed", made, f"{type(exc).__name__}: {first}"))
-            log(f"chain {chain.name} failed: {type(exc).__name__}: {first}\n"
-                + "".join(traceback.format_exception(exc)[-3:]).rstrip())
+            results.append(ChainResult(chain.name, "failed", made, failure_line(exc)))
+            log(f"chain {chain.name} failed: {failure_line(exc)}" + traceback_tail(exc))
             continue
         done[chain.name] = parent
         results.append(ChainResult(chain.name, "ok", made))

@@ -29,12 +29,13 @@ def build_model(config: dict) -> torch.nn.Module:
 
 
 def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data_dir: str | Path = "data",
-                resume: bool = False, restart: bool = False, pretrained: str | None = None,
+                resume: bool | None = False, restart: bool = False, pretrained: str | None = None,
                 checkpoint: str | None = None, device: str | None = None, log=print) -> tuple[Variant, bool]:
     """Train `model` on `dataset` and record it as the trained variant. Returns (variant, newly_trained).
 
     The same (model, dataset, recipe) already trained returns the stored variant. A run that was interrupted
     must be continued with `resume=True` or discarded with `restart=True`; it is never overwritten silently.
+    `resume=None` (the main job) continues an interrupted run when there is one and starts one otherwise.
     `checkpoint` starts from external weights (validated against the architecture).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -51,6 +52,8 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
         return existing, False
     run_dir = ws.root / "runs" / safe_component(model) / dataset_component(dataset) / vid
     last = run_dir / "last.pt"
+    if resume is None:
+        resume = last.exists() and not restart
     if resume and not last.exists():
         raise UserError(f"nothing to resume: no interrupted run of {model} on {dataset} with this recipe")
     if last.exists() and not resume:
