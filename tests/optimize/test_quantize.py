@@ -1,4 +1,8 @@
-"""PT2E int8 on architectures whose modules are called more than once per forward (torchvision's ResNets)."""
+"""PT2E int8: architectures whose modules are called more than once per forward (torchvision's ResNets), and
+the compiled int8 kernels a profiling process really runs."""
+import subprocess
+import sys
+
 import pytest
 import torch
 from torchvision.models.resnet import BasicBlock, ResNet
@@ -35,3 +39,36 @@ def test_each_call_gets_its_own_partition_and_the_resnet_quantizes():
     ref, out = model(x), converted(x)
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
     torch.testing.assert_close(out, ref, rtol=0, atol=0.1 * ref.abs().max().item())
+
+
+# A fresh interpreter, like the child `profile run` measures in: load the int8 variant through the
+# torch-compile-cpu backend, run it once, and print which kernels inductor generated.
+_COMPILED_KERNELS = """
+import sys, torch
+from torch._inductor.utils import run_and_get_code
+from deploybench.profile.backends import get_backend
+from deploybench.store import Workspace
+variant = Workspace(sys.argv[1], create=False).get_variant(sys.argv[2])
+backend = get_backend("torch-compile-cpu")()
+backend.load(variant, 4, 1)
+_, code = run_and_get_code(backend.run, backend.prepare(torch.randn(4, 1, 28, 28)))
+code = "".join(code)
+print("qconv" if "onednn.qconv" in code else "-", "qlinear" if "onednn.qlinear" in code else "-",
+      "fp32-conv" if "convolution" in code else "-")
+"""
+
+
+def test_a_profiling_process_compiles_int8_programs_to_onednn_int8_kernels(tmp_path, tiny_fashion_mnist,
+                                                                           random_root):
+    # Without torchao's x86 inductor passes (registered by importing its quantizer, which a process that
+    # only loads the program never does), every int8 layer compiled to dequantize -> fp32 conv -> quantize.
+    from deploybench.optimize.quantize import QuantizeStage
+    from deploybench.store import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    int8 = QuantizeStage(method="int8-pt2e").run(ws, random_root(ws, "simple-cnn", tiny_fashion_mnist),
+                                                 tiny_fashion_mnist)
+    proc = subprocess.run([sys.executable, "-c", _COMPILED_KERNELS, str(ws.root), int8.id], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["qconv", "qlinear", "-"]
