@@ -30,10 +30,11 @@ def test_every_architecture_goes_through_optimize_all(tmp_path, tiny_fashion_mni
     failed = {k: v for k, v in status.items() if v[0] == "failed"}
     assert not failed, failed
     skipped = {k for k, v in status.items() if v[0] == "skipped"}
-    assert skipped <= {"quantize:fp16", "quantize:qat"}
+    assert skipped <= {"quantize:fp16", "quantize:qat", "quantize:bf16"}
     variants = {v.id: v for r in results for v in r.variants}
-    # export, int8-pt2e, export→int8-ort, dynamic, bf16, prune, prune→int8-pt2e, prune→export, prune→export→int8-ort
-    assert len(variants) == 9 + ("quantize:fp16" not in skipped) + ("quantize:qat" not in skipped)
+    # export, int8-pt2e, export→int8-ort, dynamic, prune, prune→int8-pt2e, prune→export, prune→export→int8-ort
+    # (+ bf16, fp16 and QAT where they run)
+    assert len(variants) == 8 + sum(f"quantize:{m}" not in skipped for m in ("bf16", "fp16", "qat"))
     table = summary_table(root, results)
     assert all(v.id in table for v in variants.values())
     pruned = next(v for v in variants.values() if v.stages == ["train", "prune"])
@@ -58,11 +59,25 @@ def test_a_failing_chain_does_not_stop_the_others(trained_workspace, monkeypatch
 
     monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)
     chains = [c for c in default_chains(finetune_epochs=0, calib_size=8)
-              if c.name in ("export", "quantize:bf16", "prune→export")]
+              if c.name in ("export", "quantize:dynamic", "prune→export")]
     before = {v.id for v in ws.variants()}
     results = run_chains(ws, trained, data_dir, chains, progress=False, log=lambda *_: None)
-    assert [(r.name, r.status) for r in results] == [("export", "failed"), ("quantize:bf16", "ok"),
+    assert [(r.name, r.status) for r in results] == [("export", "failed"), ("quantize:dynamic", "ok"),
                                                      ("prune→export", "failed")]
     made = {v.id for v in ws.variants()} - before
-    assert made == {results[1].variants[0].id, results[2].variants[0].id}  # bf16 and the prune step, nothing else
+    assert made == {results[1].variants[0].id, results[2].variants[0].id}  # dynamic and the prune step, nothing else
     assert "failed: export: ONNX export" in summary_table(trained, results)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_all_leaves_emulated_bf16_out(monkeypatch, native):
+    import deploybench.profile.env as env
+
+    monkeypatch.setattr(env, "cpu_flags", lambda: frozenset({"avx2"} | ({"avx512_bf16"} if native else set())))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    (bf16,) = [c for c in default_chains() if c.name == "quantize:bf16"]
+    reason = bf16.skip({})
+    if native:
+        assert reason is None
+    else:
+        assert "no native bf16" in reason and "--method bf16" in reason
