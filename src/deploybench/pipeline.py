@@ -61,4 +61,3 @@ def run_pipeline(ws: Workspace, dataset: str, models: list[str], *, data_dir: st
     bar.update()
     bar.close()
     return summary
-

@@ -7,6 +7,7 @@ import torch
 from deploybench.errors import UserError
 from deploybench.optimize.base import get_stage, list_stages
 from deploybench.optimize.formats import load_module
+from deploybench.optimize.quantize import METHODS
 
 RECORDED = ("accuracy_top1", "accuracy_top5", "agreement_top1", "params", "macs", "predictions_sha256", "produced_by")
 
@@ -99,6 +100,7 @@ def test_quantize_methods(made, method, fmt, stages):
         assert v.metrics["calibration_images"] == 16 and v.config["calib_size"] == 16
     if method == "bf16":
         assert "calib_size" not in v.config  # options a method ignores do not split its variants
+        assert v.metrics["note"] == METHODS["bf16"].not_worth_it()  # says so where bf16 is emulated
     if fmt.startswith("torch"):
         assert load_module(v)(torch.randn(1, 1, 28, 28)).shape == (1, 10)  # batch 1 runs too
 

@@ -46,20 +46,6 @@ def _qat_needed(done: dict[str, Variant]) -> str | None:
     return None
 
 
-def _bf16_not_native() -> str | None:
-    """Why `optimize all` leaves bf16 out here: without a GPU or native bf16 (AVX512-BF16, AMX) torch emulates
-    it, slower than fp32 (`custom`'s bf16 stage alone took 12 minutes on an AVX2 CPU). An explicit
-    `optimize quantize --method bf16` still makes it, to measure."""
-    import torch
-
-    from deploybench.profile.env import has_native_bf16
-
-    if torch.cuda.is_available() or has_native_bf16():
-        return None
-    return ("this CPU has no native bf16 (AVX512-BF16 or AMX) and no GPU: emulated bf16 is slower than fp32 "
-            "(optimize quantize --method bf16 makes it anyway)")
-
-
 def default_chains(*, ratio: float = 0.5, finetune_epochs: int = 2, distill: bool = True, calib_size: int = 512,
                    qat_epochs: int = 1, force_qat: bool = False) -> list[Chain]:
     """The chains `optimize all` runs."""
@@ -71,8 +57,8 @@ def default_chains(*, ratio: float = 0.5, finetune_epochs: int = 2, distill: boo
 
     chains = [Chain("export", [export])]
     for method in ("int8-pt2e", "int8-ort", "dynamic", "bf16", "fp16"):
-        unavailable = _bf16_not_native if method == "bf16" else METHODS[method].unavailable
-        chains.append(Chain(f"quantize:{method}", [quant(method)], skip=lambda done, u=unavailable: u()))
+        chains.append(Chain(f"quantize:{method}", [quant(method)],
+                            skip=lambda done, m=METHODS[method]: m.left_out_of_all()))
     chains.append(Chain("quantize:qat", [quant("qat")], skip=(lambda done: None) if force_qat else _qat_needed))
     chains += [Chain("prune", [prune]),
                Chain("prune→int8-pt2e", [prune, quant("int8-pt2e")]),

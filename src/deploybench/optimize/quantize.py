@@ -42,14 +42,21 @@ class Method:
     options: tuple[str, ...] = ()                 # QuantizeConfig fields this method uses
     onnx_parent: bool = False                     # works on an ONNX file (the parent is exported first)
     unavailable: Callable[[], str | None] = lambda: None  # why this machine cannot run it, or None
+    # Why `optimize all` leaves it out on this machine although it can run (it would only be slower), or None.
+    not_worth_it: Callable[[], str | None] = lambda: None
+
+    def left_out_of_all(self) -> str | None:
+        """Why `optimize all` skips this method here, or None."""
+        return self.unavailable() or self.not_worth_it()
 
 
 METHODS: dict[str, Method] = {}
 
 
-def method(name: str, fmt: str, options=(), onnx_parent=False, unavailable=lambda: None):
+def method(name: str, fmt: str, options=(), onnx_parent=False, unavailable=lambda: None,
+           not_worth_it=lambda: None):
     def wrap(fn):
-        METHODS[name] = Method(fn, fmt, tuple(options), onnx_parent, unavailable)
+        METHODS[name] = Method(fn, fmt, tuple(options), onnx_parent, unavailable, not_worth_it)
         return fn
 
     return wrap
@@ -282,19 +289,28 @@ def _no_cuda() -> str | None:
     return None if torch.cuda.is_available() else "fp16 needs a GPU (CUDA); this machine has none (use bf16 on CPU)"
 
 
+def _bf16_emulated() -> str | None:
+    """Why bf16 is not worth making here: without a GPU or native bf16 (AVX512-BF16, AMX) torch emulates it,
+    slower than fp32 (`custom`'s bf16 stage alone took 736 s on an AVX2 CPU)."""
+    from deploybench.profile.env import has_native_bf16
+
+    if torch.cuda.is_available() or has_native_bf16():
+        return None
+    return ("this CPU has no native bf16 (AVX512-BF16 or AMX) and there is no GPU: bf16 is emulated, slower "
+            "than fp32 (optimize quantize --method bf16 makes it anyway)")
+
+
 def _half(dtype):
     def fn(stage, model: nn.Module, data: StageData, d: Path) -> dict:
         torch.save(shaped_state(model.to(dtype)), d / "model.pt")
-        cap = torch.backends.cpu.get_cpu_capability()
-        note = None
-        if dtype is torch.bfloat16 and not torch.cuda.is_available() and "AVX512" not in cap.upper():
-            note = f"this CPU ({cap}) has no native bf16: it is emulated, expect it slower than fp32"
-        return dict(dtype=str(dtype).removeprefix("torch."), cpu_capability=cap, note=note)
+        note = _bf16_emulated() if dtype is torch.bfloat16 else None
+        return dict(dtype=str(dtype).removeprefix("torch."), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                    note=note)
 
     return fn
 
 
-method("bf16", "torch-bf16")(_half(torch.bfloat16))
+method("bf16", "torch-bf16", not_worth_it=_bf16_emulated)(_half(torch.bfloat16))
 method("fp16", "torch-fp16", unavailable=_no_cuda)(_half(torch.float16))
 
 
