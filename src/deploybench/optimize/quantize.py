@@ -291,7 +291,7 @@ def _no_cuda() -> str | None:
 
 def _bf16_emulated() -> str | None:
     """Why bf16 is not worth making here: without a GPU or native bf16 (AVX512-BF16, AMX) torch emulates it,
-    slower than fp32 (`custom`'s bf16 stage alone took 736 s on an AVX2 CPU)."""
+    slower than fp32 (`custom`'s bf16 stage ran 553 s on an AVX2 CPU, int8-pt2e's 56 s)."""
     from deploybench.profile.env import has_native_bf16
 
     if torch.cuda.is_available() or has_native_bf16():
