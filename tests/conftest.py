@@ -17,6 +17,16 @@ def _pickle(path, obj):
         pickle.dump(obj, f, protocol=2)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run where CUDA is and skip, saying why, everywhere else (CI has no GPU)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar10(tmp_path_factory):
     """data_dir with cifar-10-batches-py/: 5 train batches of 8 images, 20 test images, all 10 classes."""

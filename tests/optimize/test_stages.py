@@ -134,6 +134,19 @@ def test_fp16_needs_gpu(trained_workspace):
         get_stage("quantize")(method="fp16").run(ws, trained, data_dir)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("method, dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_half_precision_on_a_gpu_keeps_the_predictions(trained_workspace, method, dtype):
+    ws, trained, data_dir = trained_workspace
+    assert METHODS[method].left_out_of_all() is None  # on a GPU `optimize all` makes both
+    v = get_stage("quantize")(method=method).run(ws, trained, data_dir)
+    assert v.format == f"torch-{method}" and v.metrics["dtype"] == str(dtype).removeprefix("torch.")
+    weights = torch.load(v.path / "model.pt", weights_only=True)["state_dict"]
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {dtype}
+    assert v.metrics["note"] is None  # on a GPU bf16 is native: no "emulated" warning
+    assert abs(v.metrics["accuracy_top1"] - trained.metrics["accuracy_top1"]) <= 0.051  # 1 of 20 images
+
+
 @pytest.mark.parametrize("importance", ["magnitude", "taylor", "lamp"])
 def test_prune_distill(made, importance):
     ws, trained, data_dir, out = made

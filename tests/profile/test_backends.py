@@ -77,3 +77,46 @@ def test_fixed_batch_onnx_is_a_skip_at_other_batch_sizes(trained_workspace, make
     fixed = make_onnx(ws, trained, dynamic_batch=False, stage="export-fixed")
     with pytest.raises(BackendSkip, match="fixed batch size of 2"):
         get_backend("ort-cpu")().load(fixed, 1, 1)
+
+
+# -- on a GPU (skipped without CUDA; run on a lent GPU machine, see the README) ----------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["torch-cuda", "torch-compile-cuda"])
+def test_cuda_torch_backends_run_on_the_gpu_and_match_eager_cpu(trained_workspace, name):
+    ws, trained, _ = trained_workspace
+    backend = get_backend(name)()
+    backend.load(trained, 4, 1)
+    assert next(backend.module.parameters()).is_cuda
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 28, 28)
+    inputs = backend.prepare(x)
+    assert inputs.is_cuda
+    out = backend.logits(backend.run(inputs))
+    backend.synchronize()
+    assert backend.peak_memory_bytes() > 0
+    backend.close()
+    with torch.no_grad():
+        expected = formats.load_module(trained)(x)
+    # cuDNN may run fp32 convolutions in TF32 (10-bit mantissa): close, not bit-identical, to the CPU.
+    torch.testing.assert_close(out.cpu().float(), expected, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["ort-cuda", "ort-tensorrt"])
+def test_ort_gpu_providers_really_run_or_skip_with_the_reason(onnx_workspace, name):
+    ws, trained, onnx_variant, _ = onnx_workspace
+    cls = get_backend(name)
+    ok, why = cls.available()
+    if not ok:  # e.g. the CPU-only onnxruntime wheel: the backend says so instead of falling back silently
+        assert cls.provider in why
+        pytest.skip(why)
+    backend = cls()
+    backend.load(onnx_variant, 3, 1)
+    assert backend.session.get_providers()[0] == cls.provider
+    x = torch.randn(3, 1, 28, 28)
+    out = backend.logits(backend.run(backend.prepare(x)))
+    backend.synchronize()
+    backend.close()
+    with torch.no_grad():
+        expected = formats.load_module(trained)(x)
+    torch.testing.assert_close(out.cpu().float(), expected, rtol=1e-2, atol=1e-2)

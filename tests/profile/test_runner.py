@@ -50,3 +50,16 @@ def test_unavailable_backends_are_left_out_with_a_message(trained_workspace, mon
     rows = profile_variants(ws, [trained], ["torch-cuda"], batch_sizes=(1,), threads=1, quick=True,
                             data_dir=data_dir, isolate=False, log=lines.append)
     assert rows == [] and "torch-cuda: unavailable here" in lines[0]
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_rows_record_device_memory_and_the_gpu(trained_workspace):
+    ws, trained, data_dir = trained_workspace
+    (row,) = profile_variants(ws, [trained], ["torch-cuda"], batch_sizes=(2,), threads=1, quick=True,
+                              data_dir=data_dir, isolate=True, log=lambda _: None)
+    m = row["metrics"]
+    assert "skipped" not in m, m.get("skipped")
+    assert m["peak_mem_kind"] == "cuda_max_allocated" and m["peak_mem_bytes"] > 0
+    assert m["accuracy_top1"] == pytest.approx(trained.metrics["accuracy_top1"], abs=0.051)  # 1 of 20 images
+    env = ws.measurements(trained.id)[0]["environment"]
+    assert env["gpu"] and env["cuda"]

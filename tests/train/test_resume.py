@@ -132,6 +132,7 @@ def test_training_records_figures_and_metrics(trained_workspace):
     assert len(report["per_class"]) == 10 and set(report["per_class"][0]) >= {"precision", "recall", "f1"}
     assert sum(map(sum, report["confusion"])) == variant.metrics["test_images"] == 20
     assert 0 <= variant.metrics["accuracy_top1"] <= 1 and variant.metrics["params"] == 61_706
+    assert "device" not in variant.config or torch.cuda.is_available()  # CPU runs keep their earlier ids
     assert ws.training_runs()[0]["status"] == "done"
 
 
@@ -145,3 +146,24 @@ def test_trains_on_an_image_folder(tmp_path, tiny_imagefolder):
                                    log=lambda *_: None)
     assert created and variant.dataset == dataset and variant.metrics["params"] > 0
     assert variant.path.parent.name.startswith("imagefolder-") and variant.path.is_relative_to(ws.artifacts)
+
+
+@pytest.mark.gpu
+def test_trains_on_a_gpu_with_mixed_precision_and_stores_cpu_weights(tmp_path, tiny_fashion_mnist):
+    from deploybench.train.recipes import default_recipe
+    from deploybench.train.run import train_model
+
+    recipe = default_recipe("simple-cnn", epochs=2, batch_size=8, checkpoint_every=2)
+    assert recipe.amp
+    ws = Workspace(tmp_path / "ws")
+    variant, created = train_model(ws, "simple-cnn", "fashion-mnist", recipe, data_dir=tiny_fashion_mnist,
+                                   device="cuda", log=lambda *_: None)
+    assert created and variant.metrics["device"].startswith("cuda") and variant.metrics["epochs"] == 2
+    on_cpu, _ = train_model(ws, "simple-cnn", "fashion-mnist", recipe, data_dir=tiny_fashion_mnist, device="cpu",
+                            log=lambda *_: None)
+    assert variant.config["device"] == "cuda" and "device" not in on_cpu.config and on_cpu.id != variant.id
+    weights = torch.load(variant.path / "model.pt", weights_only=True)
+    assert {t.device.type for t in weights.values()} == {"cpu"}
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    ckpt = torch.load(next((ws.root / "runs").rglob("last.pt")), weights_only=True)
+    assert ckpt["scaler"]["scale"] > 0  # the AMP loss scaler ran and is checkpointed for a resume

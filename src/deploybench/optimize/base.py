@@ -139,11 +139,20 @@ class _Recorder(nn.Module):
         return out
 
 
+def eval_device(model: nn.Module) -> torch.device:
+    """Where a stage evaluates `model`: fp16/bf16 modules on the GPU when there is one (fp16 is a GPU method; on
+    a CPU without native bf16 or fp16 both run emulated, many times slower than fp32), everything else on the CPU,
+    the device int8 programs are built for."""
+    half = any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters())
+    return torch.device("cuda" if half and torch.cuda.is_available() else "cpu")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, data: StageData):
     """(EvalResult over the full test split, logits [N, classes]) through the train engine's `evaluate`."""
-    rec = _Recorder(model)
-    result = evaluate(rec, data.test_loader, torch.device("cpu"), data.info.num_classes)
+    device = eval_device(model)
+    rec = _Recorder(model.to(device) if device.type != "cpu" else model)
+    result = evaluate(rec, data.test_loader, device, data.info.num_classes)
     return result, torch.cat(rec.outputs)
 
 

@@ -46,6 +46,10 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     config = dict(model_config(model, info, transfer), recipe=recipe.to_dict(), dataset=dataset,
                   pretrained=Path(pretrained).name if pretrained else None,
                   init_checkpoint=Path(checkpoint).name if checkpoint else None)
+    # The device is part of what made the weights (GPU kernels and mixed precision give other weights than the
+    # CPU's), so a GPU run is a variant of its own. CPU runs, the default, keep the ids they always had.
+    if dev.type != "cpu":
+        config["device"] = dev.type
     vid = ws.variant_id(model, dataset, None, "train", config)
     existing = ws.find_variant(vid)
     if existing is not None and existing.path.is_dir():
