@@ -17,6 +17,12 @@ def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys):
     measured = {m["variant_id"] for m in ws.measurements() if "skipped" not in m["metrics"]}
     assert measured == {v.id for v in ws.variants()}  # every variant ran on at least one backend
     assert "lenet" in out.read_text()
+    # Run again, it redoes nothing: same variants, no new measurement, and says what it kept.
+    rows = len(ws.measurements())
+    assert deploybench_main.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert len(ws.measurements()) == rows and len(ws.variants()) == len(measured)
+    assert printed.count("already measured here with this code, kept") == len(measured) * 2  # 2 backends
 
 
 def test_a_failing_model_is_reported_and_the_others_go_on(tmp_path, tiny_fashion_mnist, capsys):
@@ -31,7 +37,7 @@ def test_a_failing_model_is_reported_and_the_others_go_on(tmp_path, tiny_fashion
     failed = [line for line in captured.out.splitlines() if line.startswith("failed: ")]
     assert failed == ["failed: tests_user_arch:broken: train: RuntimeError: this architecture is broken"] * 2
     assert "Traceback" not in captured.out
-    assert (captured.out + captured.err).count("tests_user_arch:broken finished in") == 2
+    assert (captured.out + captured.err).count("tests_user_arch:broken stopped at train after") == 2
     assert Workspace(tmp_path / "ws").variants() == []  # nothing of a failed training stays
     assert out.is_file()
 

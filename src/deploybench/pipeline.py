@@ -1,4 +1,8 @@
-"""The main job: train (reusing trained variants) → optimize all → profile run → profile report."""
+"""The main job: train (reusing trained variants) → optimize all → profile run → profile report.
+
+Run again on the same workspace, it redoes nothing that is done: trained and optimized variants are found by
+their content-addressed ids, and measurements taken with the same code, libraries, hardware, threads and
+protocol are kept, so an interrupted `--models all` goes on where it stopped."""
 from __future__ import annotations
 
 import time
@@ -31,7 +35,7 @@ def run_pipeline(ws: Workspace, dataset: str, models: list[str], *, data_dir: st
     summary = dict(models={}, failed=[], seconds={})
     say = bar.write if log is print else log
     for n, model in enumerate(models):
-        start, phase = time.perf_counter(), "train"
+        start, phase, stopped = time.perf_counter(), "train", False
         try:
             bar.set_postfix_str(f"{model}: train")
             root, _ = train_model(ws, model, dataset, default_recipe(model, epochs=epochs), data_dir=data_dir,
@@ -46,16 +50,18 @@ def run_pipeline(ws: Workspace, dataset: str, models: list[str], *, data_dir: st
             phase = "profile"
             bar.set_postfix_str(f"{model}: profile")
             profile_variants(ws, ws.variants(model, dataset), backends, batch_sizes=batch_sizes, quick=quick,
-                             data_dir=data_dir, log=say)
+                             data_dir=data_dir, reuse=True, log=say)  # a rerun measures only what is new
             bar.update()
         except Exception as exc:  # noqa: BLE001  one model that fails must not stop the others
             if isinstance(exc, TrainingInterrupted) or getattr(exc, "errno", None) in WORKSPACE_ERRNOS:
                 raise  # SIGTERM (checkpointed, resumable) or a full/read-only disk: stop the whole run
             summary["failed"].append(f"{model}: {phase}: {failure_line(exc)}")
+            stopped = True
             say(f"{model}: {phase} failed: {failure_line(exc)}" + traceback_tail(exc))
             bar.update(len(phases) - phases.index(phase))  # the phases it will not run
         summary["seconds"][model] = time.perf_counter() - start
-        say(f"{model} finished in {summary['seconds'][model] / 60:.1f} min ({n + 1} of {len(models)} models)")
+        ended = f"stopped at {phase} after" if stopped else "finished in"
+        say(f"{model} {ended} {summary['seconds'][model] / 60:.1f} min ({n + 1} of {len(models)} models)")
     bar.set_postfix_str("report")
     summary["report"] = build_report(ws, report)
     bar.update()

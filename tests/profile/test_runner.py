@@ -27,6 +27,7 @@ def test_every_combination_is_measured_or_skipped_with_a_reason(onnx_workspace):
     stored = ws.measurements(trained.id)[0]
     assert stored["threads"] == 1 and stored["environment"]["threads"] == 1
     assert {"cpu_model", "libraries", "commit", "python"} <= set(stored["environment"])
+    assert stored["environment"]["cuda_tf32"] is None or __import__("torch").cuda.is_available()
     assert "hostname" not in str(stored["environment"]).lower()
     assert ws.get_variant(trained.id).metrics["profile_static"]["by_module"][0]["module"] == "0"
     assert ws.get_machine("peak_flops/cpu/1/quick")["float32"] > 0
@@ -62,4 +63,24 @@ def test_on_a_gpu_rows_record_device_memory_and_the_gpu(trained_workspace):
     assert m["peak_mem_kind"] == "cuda_max_allocated" and m["peak_mem_bytes"] > 0
     assert m["accuracy_top1"] == pytest.approx(trained.metrics["accuracy_top1"], abs=0.051)  # 1 of 20 images
     env = ws.measurements(trained.id)[0]["environment"]
-    assert env["gpu"] and env["cuda"]
+    assert env["gpu"] and env["cuda"] and set(env["cuda_tf32"]) == {"conv", "matmul"}
+
+
+def test_reuse_keeps_rows_of_the_same_code_and_protocol_and_remeasures_otherwise(trained_workspace, monkeypatch):
+    ws, trained, data_dir = trained_workspace
+    run = dict(batch_sizes=(1, 2), threads=1, quick=True, data_dir=data_dir, isolate=False)
+    first = profile_variants(ws, [trained], ["torch-cpu"], log=lambda _: None, **run)
+    assert all(r["metrics"]["protocol"]["min_runs"] == 5 for r in first)  # quick protocol, recorded
+    lines = []
+    again = profile_variants(ws, [trained], ["torch-cpu"], reuse=True, log=lines.append, **run)
+    assert len(ws.measurements()) == 2 and "already measured here with this code, kept" in lines[-1]
+    assert [r["metrics"]["latency_ms_p50"] for r in again] == [r["metrics"]["latency_ms_p50"] for r in first]
+    # another batch size, another protocol or another commit: measured again
+    profile_variants(ws, [trained], ["torch-cpu"], reuse=True, log=lambda _: None, **dict(run, batch_sizes=(1, 4)))
+    assert len(ws.measurements()) == 4
+    import deploybench.profile.runner as runner
+
+    real = runner.environment
+    monkeypatch.setattr(runner, "environment", lambda threads: dict(real(threads), commit="another"))
+    profile_variants(ws, [trained], ["torch-cpu"], reuse=True, log=lambda _: None, **dict(run, batch_sizes=(1, 4)))
+    assert len(ws.measurements()) == 6

@@ -37,6 +37,7 @@ class QuantizeConfig(StageConfig):
 
 @dataclass(frozen=True)
 class Method:
+    name: str
     fn: Callable
     fmt: str
     options: tuple[str, ...] = ()                 # QuantizeConfig fields this method uses
@@ -47,7 +48,11 @@ class Method:
 
     def left_out_of_all(self) -> str | None:
         """Why `optimize all` skips this method here, or None."""
-        return self.unavailable() or self.not_worth_it()
+        if why := self.unavailable():
+            return why
+        if why := self.not_worth_it():
+            return f"{why} (optimize quantize --method {self.name} makes it anyway)"
+        return None
 
 
 METHODS: dict[str, Method] = {}
@@ -56,7 +61,7 @@ METHODS: dict[str, Method] = {}
 def method(name: str, fmt: str, options=(), onnx_parent=False, unavailable=lambda: None,
            not_worth_it=lambda: None):
     def wrap(fn):
-        METHODS[name] = Method(fn, fmt, tuple(options), onnx_parent, unavailable, not_worth_it)
+        METHODS[name] = Method(name, fn, fmt, tuple(options), onnx_parent, unavailable, not_worth_it)
         return fn
 
     return wrap
@@ -297,7 +302,7 @@ def _bf16_emulated() -> str | None:
     if torch.cuda.is_available() or has_native_bf16():
         return None
     return ("this CPU has no native bf16 (AVX512-BF16 or AMX) and there is no GPU: bf16 is emulated, slower "
-            "than fp32 (optimize quantize --method bf16 makes it anyway)")
+            "than fp32")
 
 
 def _half(dtype):

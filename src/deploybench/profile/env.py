@@ -82,6 +82,9 @@ def _static_environment() -> dict:
     return dict(cpu_model=cpu_model(), cpu_count=os.cpu_count(), physical_cores=physical_cores(),
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 cuda=torch.version.cuda if torch.cuda.is_available() else None,
+                # Whether fp32 convolutions / matmuls may run in TF32 on the GPU (fewer mantissa bits, faster).
+                cuda_tf32=dict(conv=torch.backends.cudnn.allow_tf32, matmul=torch.backends.cuda.matmul.allow_tf32)
+                if torch.cuda.is_available() else None,
                 python=platform.python_version(), platform=f"{platform.system()} {platform.machine()}",
                 libraries={n: _version(n) for n in _LIBRARIES}, commit=git_commit())
 

@@ -114,13 +114,15 @@ def _resolve_backends(names: Iterable[str] | None, log) -> list[str]:
 def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[str] | None = None, *,
                      batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES, threads: int | None = None,
                      quick: bool = False, data_dir: str | os.PathLike = "data", isolate: bool = True,
-                     log: Callable[[str], None] = print) -> list[dict]:
+                     reuse: bool = False, log: Callable[[str], None] = print) -> list[dict]:
     """Measure every variant on every backend and batch size, and store the rows.
 
     Args: backends: names (default: every available one); threads: CPU threads (default: physical cores);
     quick: the short test protocol and a tiny peak GEMM; isolate: measure each combination in a child
-    process (memory isolation; False runs in this process, for tests); log: progress lines.
-    Returns the stored rows (dicts as given to `Workspace.add_measurements`).
+    process (memory isolation; False runs in this process, for tests); reuse: leave a (variant, backend) whose
+    batch sizes all have rows from the same protocol, threads and static environment (commit, libraries,
+    hardware) as they are (the main job, so that a long run picks up where it stopped); log: progress lines.
+    Returns the rows of this run, stored now or reused.
     """
     threads = threads or physical_cores()
     batch_sizes = sorted({int(b) for b in batch_sizes}, reverse=True)  # accuracy once, at the largest batch
@@ -143,6 +145,12 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
         dtype = machine.compute_dtype(variant, ws.lineage(variant))
         for name in names:
             cls = get_backend(name)
+            earlier = _reusable(ws, variant, name, batch_sizes, threads, protocol, env) if reuse else None
+            if earlier:
+                log(f"{variant.model}/{variant.dataset} {'+'.join(variant.stages)} [{variant.id[:8]}] {name}: "
+                    f"already measured here with this code, kept")
+                stored += earlier
+                continue
             ok, why = cls.supports(variant)
             results = {b: dict(skipped=why) for b in batch_sizes} if not ok else {}
             accuracy = None
@@ -160,7 +168,7 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
                                                                 "accuracy_batch_size")}
                 results[b] = res
             rows = [_row(variant, cls, b, threads, results[b], accuracy, scalars, dtype, peaks.get(cls.device), env,
-                         isolate) for b in sorted(results)]
+                         isolate, protocol) for b in sorted(results)]
             ws.add_measurements(rows)
             stored += rows
             for r in rows:
@@ -168,9 +176,34 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     return stored
 
 
-def _row(variant, cls, batch_size, threads, res, accuracy, scalars, dtype, peak, env, isolated) -> dict:
+def _static(env: dict) -> dict:
+    """An environment without what changes from minute to minute (the load average), as stored (JSON)."""
+    return {k: v for k, v in json.loads(json.dumps(env)).items() if k != "load_avg_1m"}
+
+
+def _reusable(ws: Workspace, variant: Variant, backend: str, batch_sizes: list[int], threads: int,
+              protocol: dict, env: dict) -> list[dict] | None:
+    """The latest stored rows of (variant, backend), one per batch size, when every one was measured with
+    `protocol` and `threads` in the same static environment (or skipped as unsupported); else None."""
+    latest = {}
+    for row in ws.measurements(variant.id):  # in insertion order: the last row of a batch size wins
+        if row["backend"] == backend and row["threads"] == threads:
+            latest[row["batch_size"]] = row
+    rows = [latest.get(b) for b in sorted(batch_sizes)]
+    here = _static(env)
+
+    def same(row) -> bool:
+        m = row["metrics"]
+        unsupported = "skipped" in m and not m.get("error")
+        return _static(row["environment"]) == here and (unsupported or m.get("protocol") == protocol)
+
+    return rows if all(r is not None and same(r) for r in rows) else None
+
+
+def _row(variant, cls, batch_size, threads, res, accuracy, scalars, dtype, peak, env, isolated, protocol) -> dict:
     if "metrics" in res:
         metrics = dict(res["metrics"], **(accuracy or {}), **scalars, compute_dtype=dtype, memory_isolated=isolated)
+        metrics["protocol"] = protocol
         metrics["pct_of_peak"] = machine.pct_of_peak(metrics.get("macs"), batch_size, metrics["latency_ms_p50"],
                                                      peak or {}, dtype)
         metrics["peak_flops"], metrics["peak_dtype"] = machine.peak_reference(peak or {}, dtype)
