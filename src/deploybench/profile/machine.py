@@ -3,8 +3,9 @@
 `pct_of_peak` = achieved FLOP/s (2 x MACs x batch / p50 latency) / the peak of the dtype the variant computes
 in. The peak of a dtype is the best of a few timed GEMMs (after a warm-up) with the profiling thread count,
 through every runtime the profiler runs: torch's BLAS and, on CPU, ONNX Runtime's MLAS (MatMul for float32,
-MatMulInteger for int8). The larger one is the peak, so no backend can show more than 100% of it; both are
-stored under `by_runtime`. It is what this machine reaches, not the datasheet's number.
+MatMulInteger for int8) and, for int8, oneDNN's `qlinear` (the kernel compiled int8-pt2e programs call; torch's
+own `_int_mm` has no fast CPU kernel). The largest is the peak; each is stored under `by_runtime`. It is what
+this machine reaches, not the datasheet's number.
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ QUICK_GEMM_N = 256
 MIN_GEMM_SECONDS = 0.2  # grow the matrix until one GEMM takes this long (or reaches MAX_GEMM_N)
 
 
-# 1: torch GEMM at the largest size; 2: + ONNX Runtime; 3: the best over every size tried (stored peaks of an
-# older method are re-measured).
-PEAK_METHOD = 3
+# 1: torch GEMM at the largest size; 2: + ONNX Runtime; 3: the best over every size tried; 4: + oneDNN's int8
+# qlinear on CPU (stored peaks of an older method are re-measured).
+PEAK_METHOD = 4
 
 
 def _sized_gemm_flops(gemm: Callable[[int, int], float], quick: bool) -> tuple[float, int]:
@@ -77,6 +78,21 @@ def _ort_gemm_flops(dtype: str, n: int, threads: int, repeats: int = 5) -> float
     return 2 * n**3 / _best_time(lambda: session.run(None, feeds), lambda: None, repeats)
 
 
+def _onednn_int8_flops(n: int, threads: int, repeats: int = 5) -> float:
+    """FLOP/s of one n x n int8 GEMM through oneDNN's `qlinear_pointwise` (uint8 activations x prepacked int8
+    weights, per-channel scales, fp32 out): the op inductor lowers int8-pt2e Linear layers to. On AVX2 without
+    VNNI it ran 235-325 GOP/s here, against 216 for ONNX Runtime's MatMulInteger."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 255, (n, n), dtype=torch.uint8, generator=g)
+    packed = torch.ops.onednn.qlinear_prepack(torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=g), [n, n])
+    x_scale, x_zp = torch.tensor(0.03), torch.tensor(128, dtype=torch.int32)
+    w_scale, w_zp = torch.full((n,), 0.01), torch.zeros(n, dtype=torch.int32)
+    op = lambda: torch.ops.onednn.qlinear_pointwise.tensor(  # noqa: E731
+        x, x_scale, x_zp, packed, w_scale, w_zp, None, 1.0, 0, torch.float32, "none", [None], "")
+    return 2 * n**3 / _best_time(op, lambda: None, repeats)
+
+
 def _gemm_flops(dtype: str, n: int, device: str, repeats: int = 5) -> float:
     if dtype == "int8":
         a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
@@ -101,10 +117,12 @@ def measure_peak(device: str, threads: int, quick: bool = False) -> dict:
         gemms = {"torch": lambda n, r, d=dtype: _gemm_flops(d, n, device, r)}
         if device == "cpu" and dtype in ("float32", "int8"):
             gemms["onnxruntime"] = lambda n, r, d=dtype: _ort_gemm_flops(d, n, threads, r)
+        if device == "cpu" and dtype == "int8":
+            gemms["onednn"] = lambda n, r: _onednn_int8_flops(n, threads, r)
         for runtime, gemm in gemms.items():
             try:
                 flops, n = _sized_gemm_flops(gemm, quick)
-            except (RuntimeError, NotImplementedError) as exc:
+            except (RuntimeError, NotImplementedError, AttributeError) as exc:  # AttributeError: op not built in
                 peaks["unavailable"][f"{dtype}/{runtime}"] = f"{type(exc).__name__}: {exc}"[:200]
                 continue
             peaks["by_runtime"].setdefault(dtype, {})[runtime] = flops
