@@ -3,7 +3,11 @@ from deploybench.cli import main as deploybench_main
 from deploybench.store import Workspace
 
 
-def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys):
+def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys, monkeypatch):
+    import deploybench.profile.runner as runner
+
+    real = runner.environment  # a committed, clean code state, whatever the checkout running the tests
+    monkeypatch.setattr(runner, "environment", lambda threads: dict(real(threads), commit="0123abc"))
     out = tmp_path / "report" / "index.html"
     argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--epochs", "1", "--quick",
             "--backends", "torch-cpu,ort-cpu", "--batch-sizes", "4", "--out", str(out),
@@ -22,7 +26,7 @@ def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys):
     assert deploybench_main.main(argv) == 0
     printed = capsys.readouterr().out
     assert len(ws.measurements()) == rows and len(ws.variants()) == len(measured)
-    assert printed.count("already measured here with this code, kept") == len(measured) * 2  # 2 backends
+    assert printed.count("kept from an earlier run of this code") == len(measured) * 2  # 2 backends
 
 
 def test_a_failing_model_is_reported_and_the_others_go_on(tmp_path, tiny_fashion_mnist, capsys):

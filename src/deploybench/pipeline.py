@@ -1,8 +1,8 @@
 """The main job: train (reusing trained variants) → optimize all → profile run → profile report.
 
 Run again on the same workspace, it redoes nothing that is done: trained and optimized variants are found by
-their content-addressed ids, and measurements taken with the same code, libraries, hardware, threads and
-protocol are kept, so an interrupted `--models all` goes on where it stopped."""
+their content-addressed ids, and measurements taken by the same committed code with the same libraries,
+hardware, threads and protocol are kept, so an interrupted `--models all` goes on where it stopped."""
 from __future__ import annotations
 
 import time

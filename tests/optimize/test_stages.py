@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deploybench.errors import UserError
-from deploybench.optimize.base import get_stage, list_stages
+from deploybench.optimize.base import eval_device, get_stage, list_stages
 from deploybench.optimize.formats import load_module
 from deploybench.optimize.quantize import METHODS
 
@@ -135,12 +135,23 @@ def test_fp16_needs_gpu(trained_workspace):
         get_stage("quantize")(method="fp16").run(ws, trained, data_dir)
 
 
+def test_only_half_precision_modules_are_evaluated_on_a_gpu(monkeypatch):
+    half = torch.nn.Linear(2, 2).half()
+    assert eval_device(torch.nn.ReLU()).type == "cpu"  # nothing to look at
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert eval_device(half).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert eval_device(half).type == "cuda" and eval_device(torch.nn.Linear(2, 2).bfloat16()).type == "cuda"
+    assert eval_device(torch.nn.Linear(2, 2)).type == "cpu"  # fp32 and int8 stay where they were measured
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("method, dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
 def test_half_precision_on_a_gpu_keeps_the_predictions(trained_workspace, method, dtype):
     ws, trained, data_dir = trained_workspace
     assert METHODS[method].left_out_of_all() is None  # on a GPU `optimize all` makes both
     v = get_stage("quantize")(method=method).run(ws, trained, data_dir)
+    assert eval_device(load_module(v)).type == "cuda"  # the stage evaluated it there, not emulated on the CPU
     assert v.format == f"torch-{method}" and v.metrics["dtype"] == str(dtype).removeprefix("torch.")
     weights = torch.load(v.path / "model.pt", weights_only=True)["state_dict"]
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {dtype}

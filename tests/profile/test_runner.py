@@ -1,6 +1,7 @@
 """profile_variants end to end on tiny lenet: rows, skips with reasons, accuracy through the backend, memory in
 a child process, and the store's environment."""
 import pytest
+import torch
 
 from deploybench.profile.runner import profile_variants
 
@@ -27,7 +28,7 @@ def test_every_combination_is_measured_or_skipped_with_a_reason(onnx_workspace):
     stored = ws.measurements(trained.id)[0]
     assert stored["threads"] == 1 and stored["environment"]["threads"] == 1
     assert {"cpu_model", "libraries", "commit", "python"} <= set(stored["environment"])
-    assert stored["environment"]["cuda_tf32"] is None or __import__("torch").cuda.is_available()
+    assert stored["environment"]["cuda_tf32"] is None or torch.cuda.is_available()
     assert "hostname" not in str(stored["environment"]).lower()
     assert ws.get_variant(trained.id).metrics["profile_static"]["by_module"][0]["module"] == "0"
     assert ws.get_machine("peak_flops/cpu/1/quick")["float32"] > 0
@@ -66,21 +67,39 @@ def test_on_a_gpu_rows_record_device_memory_and_the_gpu(trained_workspace):
     assert env["gpu"] and env["cuda"] and set(env["cuda_tf32"]) == {"conv", "matmul"}
 
 
-def test_reuse_keeps_rows_of_the_same_code_and_protocol_and_remeasures_otherwise(trained_workspace, monkeypatch):
-    ws, trained, data_dir = trained_workspace
-    run = dict(batch_sizes=(1, 2), threads=1, quick=True, data_dir=data_dir, isolate=False)
-    first = profile_variants(ws, [trained], ["torch-cpu"], log=lambda _: None, **run)
-    assert all(r["metrics"]["protocol"]["min_runs"] == 5 for r in first)  # quick protocol, recorded
-    lines = []
-    again = profile_variants(ws, [trained], ["torch-cpu"], reuse=True, log=lines.append, **run)
-    assert len(ws.measurements()) == 2 and "already measured here with this code, kept" in lines[-1]
-    assert [r["metrics"]["latency_ms_p50"] for r in again] == [r["metrics"]["latency_ms_p50"] for r in first]
-    # another batch size, another protocol or another commit: measured again
-    profile_variants(ws, [trained], ["torch-cpu"], reuse=True, log=lambda _: None, **dict(run, batch_sizes=(1, 4)))
-    assert len(ws.measurements()) == 4
+def test_reuse_keeps_rows_of_the_same_code_and_protocol_and_remeasures_otherwise(onnx_workspace, monkeypatch):
     import deploybench.profile.runner as runner
 
+    ws, trained, onnx_variant, data_dir = onnx_workspace
     real = runner.environment
-    monkeypatch.setattr(runner, "environment", lambda threads: dict(real(threads), commit="another"))
-    profile_variants(ws, [trained], ["torch-cpu"], reuse=True, log=lambda _: None, **dict(run, batch_sizes=(1, 4)))
-    assert len(ws.measurements()) == 6
+    commit = ["0123abc"]
+    monkeypatch.setattr(runner, "environment", lambda threads: dict(real(threads), commit=commit[0]))
+
+    def rows_after(**kw):
+        run = dict(dict(batch_sizes=(1, 2), threads=1, quick=True, isolate=False), **kw)
+        got = profile_variants(ws, [trained], ["torch-cpu", "ort-cpu"], data_dir=data_dir, reuse=True,
+                               log=lines.append, **run)
+        return got, len(ws.measurements())
+
+    lines = []
+    first, n = rows_after()
+    assert n == 4 and all(r["metrics"]["protocol"]["min_runs"] == 5 for r in first[:2])  # quick, recorded
+    again, n = rows_after()
+    assert n == 4 and lines[-2:] == [f"lenet/fashion-mnist train [{trained.id[:8]}] {b}: kept from an earlier run "
+                                     f"of this code" for b in ("torch-cpu", "ort-cpu")]
+    assert [r["metrics"].get("latency_ms_p50") for r in again] == [r["metrics"].get("latency_ms_p50") for r in first]
+    # Measured again: a new batch size, other threads, isolated vs in-process; the ONNX backend's "not ONNX"
+    # skips do not depend on any of that beyond the threads, so they are kept when only isolation changes.
+    for kw, added in ((dict(batch_sizes=(1, 4)), 4), (dict(batch_sizes=(1, 4), threads=2), 4),
+                      (dict(batch_sizes=(1, 4), threads=2, isolate=True), 2)):
+        assert rows_after(**kw)[1] == n + added, kw
+        n += added
+    for c in ("4567def", "4567def-dirty", "4567def-dirty", None):  # another, uncommitted or unknown code state
+        commit[0] = c
+        assert rows_after()[1] == n + 4, c
+        n += 4
+    commit[0] = "4567def"
+    n = rows_after()[1]
+    failed = [m for m in ws.measurements() if m["backend"] == "torch-cpu"][-1]
+    ws.add_measurements([dict(failed, metrics=dict(skipped="failed: boom", error=True))])
+    assert rows_after()[1] == n + 1 + 2  # the failed row, then torch-cpu measured again; ort-cpu's skips kept

@@ -165,5 +165,6 @@ def test_trains_on_a_gpu_with_mixed_precision_and_stores_cpu_weights(tmp_path, t
     weights = torch.load(variant.path / "model.pt", weights_only=True)
     assert {t.device.type for t in weights.values()} == {"cpu"}
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
-    ckpt = torch.load(next((ws.root / "runs").rglob("last.pt")), weights_only=True)
+    ckpt = torch.load(next(p for p in (ws.root / "runs").rglob("last.pt") if p.parent.name == variant.id),
+                      weights_only=True)
     assert ckpt["scaler"]["scale"] > 0  # the AMP loss scaler ran and is checkpointed for a resume

@@ -8,7 +8,6 @@ that produced it. A stage that raises leaves neither folder nor row behind.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import logging
 import time
 from dataclasses import asdict, dataclass, fields
@@ -169,12 +168,9 @@ def variant_logits(variant: Variant, data: StageData, data_dir) -> torch.Tensor:
 
 # -- recorded facts --------------------------------------------------------------------------------------------
 def library_versions() -> dict:
-    out = {}
-    for lib in _LIBRARIES:
-        try:
-            out[lib] = importlib.metadata.version(lib)
-        except importlib.metadata.PackageNotFoundError:
-            out[lib] = None
+    from deploybench.profile.env import package_version
+
+    out = {lib: package_version(lib) for lib in _LIBRARIES}
     out["torch"] = torch.__version__  # with its build tag (+cpu, +cu130): which wheel made the variant
     return out
 

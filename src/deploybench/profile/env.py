@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -61,20 +62,32 @@ def physical_cores() -> int:
 
 
 def git_commit() -> str | None:
-    """The commit of the repository this package runs from, or None (not a checkout, no git)."""
+    """The commit of the repository this package runs from, with "-dirty" when tracked files differ from it, or
+    None (not a checkout, no git)."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                 capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() + ("-dirty" if changed.returncode != 0 or changed.stdout.strip() else "")
 
 
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+# Distributions that install the same module under another name (the GPU build of ONNX Runtime).
+_ALIASES = {"onnxruntime": ("onnxruntime-gpu",)}
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of distribution `name` (or of its alias, e.g. onnxruntime-gpu), or None."""
+    for dist in (name, *_ALIASES.get(name, ())):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,7 +99,7 @@ def _static_environment() -> dict:
                 cuda_tf32=dict(conv=torch.backends.cudnn.allow_tf32, matmul=torch.backends.cuda.matmul.allow_tf32)
                 if torch.cuda.is_available() else None,
                 python=platform.python_version(), platform=f"{platform.system()} {platform.machine()}",
-                libraries={n: _version(n) for n in _LIBRARIES}, commit=git_commit())
+                libraries={n: package_version(n) for n in _LIBRARIES}, commit=git_commit())
 
 
 def load_average() -> float | None:
@@ -100,3 +113,13 @@ def load_average() -> float | None:
 def environment(threads: int) -> dict:
     """The environment JSON stored with every measurement (the load average as profiling starts included)."""
     return dict(_static_environment(), threads=threads, load_avg_1m=load_average())
+
+
+def same_setup(a: dict, b: dict) -> bool:
+    """Whether two stored environments describe the same code on the same machine and threads: equal in
+    everything but the load average, with a known commit and no uncommitted changes."""
+    def fixed(env):
+        return {k: v for k, v in json.loads(json.dumps(env)).items() if k != "load_avg_1m"}
+
+    commit = a.get("commit")
+    return bool(commit) and not commit.endswith("-dirty") and fixed(a) == fixed(b)

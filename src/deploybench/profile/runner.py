@@ -26,7 +26,7 @@ from deploybench.profile import machine
 from deploybench.profile.accuracy import backend_accuracy, test_split
 from deploybench.profile.backends import available_backends, get_backend
 from deploybench.profile.backends.base import BackendSkip
-from deploybench.profile.env import environment, physical_cores
+from deploybench.profile.env import environment, physical_cores, same_setup
 from deploybench.profile.latency import Protocol, measure_latency
 from deploybench.profile.memory import PeakRSS
 from deploybench.profile.static import input_shape, root_config, static_metrics
@@ -122,7 +122,8 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     process (memory isolation; False runs in this process, for tests); reuse: leave a (variant, backend) whose
     batch sizes all have rows from the same protocol, threads and static environment (commit, libraries,
     hardware) as they are (the main job, so that a long run picks up where it stopped); log: progress lines.
-    Returns the rows of this run, stored now or reused.
+    Returns the rows of this run: those stored now (as given to `Workspace.add_measurements`) and those kept
+    (as read from the store, with their `id` and `created_at`).
     """
     threads = threads or physical_cores()
     batch_sizes = sorted({int(b) for b in batch_sizes}, reverse=True)  # accuracy once, at the largest batch
@@ -145,10 +146,10 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
         dtype = machine.compute_dtype(variant, ws.lineage(variant))
         for name in names:
             cls = get_backend(name)
-            earlier = _reusable(ws, variant, name, batch_sizes, threads, protocol, env) if reuse else None
+            earlier = _reusable(ws, variant, cls, batch_sizes, threads, protocol, env, isolate) if reuse else None
             if earlier:
                 log(f"{variant.model}/{variant.dataset} {'+'.join(variant.stages)} [{variant.id[:8]}] {name}: "
-                    f"already measured here with this code, kept")
+                    f"kept from an earlier run of this code")
                 stored += earlier
                 continue
             ok, why = cls.supports(variant)
@@ -176,28 +177,26 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     return stored
 
 
-def _static(env: dict) -> dict:
-    """An environment without what changes from minute to minute (the load average), as stored (JSON)."""
-    return {k: v for k, v in json.loads(json.dumps(env)).items() if k != "load_avg_1m"}
+def _reusable(ws: Workspace, variant: Variant, cls, batch_sizes: list[int], threads: int, protocol: dict,
+              env: dict, isolated: bool) -> list[dict] | None:
+    """The rows `profile compare` shows for (variant, backend), one per batch size, when every one can stand for
+    a new measurement: taken with `threads`, `protocol` and memory isolation as now, by the same committed code
+    on the same machine (`same_setup`), or a skip because the backend cannot run this variant's format. Else
+    None."""
+    from deploybench.profile.compare import latest_measurements
 
-
-def _reusable(ws: Workspace, variant: Variant, backend: str, batch_sizes: list[int], threads: int,
-              protocol: dict, env: dict) -> list[dict] | None:
-    """The latest stored rows of (variant, backend), one per batch size, when every one was measured with
-    `protocol` and `threads` in the same static environment (or skipped as unsupported); else None."""
-    latest = {}
-    for row in ws.measurements(variant.id):  # in insertion order: the last row of a batch size wins
-        if row["backend"] == backend and row["threads"] == threads:
-            latest[row["batch_size"]] = row
-    rows = [latest.get(b) for b in sorted(batch_sizes)]
-    here = _static(env)
-
-    def same(row) -> bool:
-        m = row["metrics"]
-        unsupported = "skipped" in m and not m.get("error")
-        return _static(row["environment"]) == here and (unsupported or m.get("protocol") == protocol)
-
-    return rows if all(r is not None and same(r) for r in rows) else None
+    latest = latest_measurements(ws)
+    rows = [latest.get((variant.id, cls.name, b)) for b in sorted(batch_sizes)]
+    if any(r is None or r["threads"] != threads or not same_setup(r["environment"], env) for r in rows):
+        return None
+    unsupported = not cls.supports(variant)[0]
+    for r in rows:
+        m = r["metrics"]
+        if "skipped" in m and not (unsupported and not m.get("error")):
+            return None  # a failure, or a skip that depends on the moment (a provider that fell back)
+        if "skipped" not in m and (m.get("protocol") != protocol or m.get("memory_isolated") != isolated):
+            return None
+    return rows
 
 
 def _row(variant, cls, batch_size, threads, res, accuracy, scalars, dtype, peak, env, isolated, protocol) -> dict:
