@@ -26,6 +26,7 @@ from deploybench.profile import machine
 from deploybench.profile.accuracy import backend_accuracy, test_split
 from deploybench.profile.backends import available_backends, get_backend
 from deploybench.profile.backends.base import BackendSkip
+from deploybench.profile.compare import latest_measurements
 from deploybench.profile.env import environment, physical_cores, same_setup
 from deploybench.profile.latency import Protocol, measure_latency
 from deploybench.profile.memory import PeakRSS
@@ -138,6 +139,7 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
             f"cores, latencies will be inflated (recorded in the environment)")
     peaks = {dev: machine.machine_peak(ws, dev, threads, quick)
              for dev in sorted({get_backend(n).device for n in names})}
+    latest = latest_measurements(ws) if reuse else {}  # read once: this run only adds rows for other pairs
     stored: list[dict] = []
     for variant in variants:
         static = static_metrics(ws, variant)
@@ -146,7 +148,7 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
         dtype = machine.compute_dtype(variant, ws.lineage(variant))
         for name in names:
             cls = get_backend(name)
-            earlier = _reusable(ws, variant, cls, batch_sizes, threads, protocol, env, isolate) if reuse else None
+            earlier = _reusable(latest, variant, cls, batch_sizes, threads, protocol, env, isolate) if reuse else None
             if earlier:
                 log(f"{variant.model}/{variant.dataset} {'+'.join(variant.stages)} [{variant.id[:8]}] {name}: "
                     f"kept from an earlier run of this code")
@@ -177,15 +179,12 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     return stored
 
 
-def _reusable(ws: Workspace, variant: Variant, cls, batch_sizes: list[int], threads: int, protocol: dict,
+def _reusable(latest: dict, variant: Variant, cls, batch_sizes: list[int], threads: int, protocol: dict,
               env: dict, isolated: bool) -> list[dict] | None:
-    """The rows `profile compare` shows for (variant, backend), one per batch size, when every one can stand for
-    a new measurement: taken with `threads`, `protocol` and memory isolation as now, by the same committed code
-    on the same machine (`same_setup`), or a skip because the backend cannot run this variant's format. Else
-    None."""
-    from deploybench.profile.compare import latest_measurements
-
-    latest = latest_measurements(ws)
+    """The rows `profile compare` shows for (variant, backend) (`latest`: its `latest_measurements`), one per
+    batch size, when every one can stand for a new measurement: taken with `threads`, `protocol` and memory
+    isolation as now, by the same committed code on the same machine (`same_setup`), or a skip because the
+    backend cannot run this variant's format. Else None."""
     rows = [latest.get((variant.id, cls.name, b)) for b in sorted(batch_sizes)]
     if any(r is None or r["threads"] != threads or not same_setup(r["environment"], env) for r in rows):
         return None
