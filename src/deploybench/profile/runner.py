@@ -120,9 +120,9 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
 
     Args: backends: names (default: every available one); threads: CPU threads (default: physical cores);
     quick: the short test protocol and a tiny peak GEMM; isolate: measure each combination in a child
-    process (memory isolation; False runs in this process, for tests); reuse: leave a (variant, backend) whose
-    batch sizes all have rows from the same protocol, threads and static environment (commit, libraries,
-    hardware) as they are (the main job, so that a long run picks up where it stopped); log: progress lines.
+    process (memory isolation; False runs in this process, for tests); reuse: keep a (variant, backend) whose
+    rows can stand for a new measurement (see `_reusable`) instead of measuring it again (the main job, so that
+    a long run picks up where it stopped); log: progress lines.
     Returns the rows of this run: those stored now (as given to `Workspace.add_measurements`) and those kept
     (as read from the store, with their `id` and `created_at`).
     """
@@ -142,18 +142,22 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     latest = latest_measurements(ws) if reuse else {}  # read once: this run only adds rows for other pairs
     stored: list[dict] = []
     for variant in variants:
+        kept = {name: _reusable(latest, variant, get_backend(name), batch_sizes, threads, protocol, env, isolate)
+                for name in names} if reuse else {}
+        for name, rows in kept.items():
+            if rows:
+                log(f"{variant.model}/{variant.dataset} {'+'.join(variant.stages)} [{variant.id[:8]}] {name}: "
+                    f"kept from an earlier run of this code")
+                stored += rows
+        to_measure = [name for name in names if not kept.get(name)]
+        if not to_measure:
+            continue  # nothing to measure: no model loaded, no MAC count, no write to the store
         static = static_metrics(ws, variant)
         ws.update_metrics(variant.id, {"profile_static": static})
         scalars = {k: static[k] for k in _STATIC_KEYS if k in static}
         dtype = machine.compute_dtype(variant, ws.lineage(variant))
-        for name in names:
+        for name in to_measure:
             cls = get_backend(name)
-            earlier = _reusable(latest, variant, cls, batch_sizes, threads, protocol, env, isolate) if reuse else None
-            if earlier:
-                log(f"{variant.model}/{variant.dataset} {'+'.join(variant.stages)} [{variant.id[:8]}] {name}: "
-                    f"kept from an earlier run of this code")
-                stored += earlier
-                continue
             ok, why = cls.supports(variant)
             results = {b: dict(skipped=why) for b in batch_sizes} if not ok else {}
             accuracy = None
