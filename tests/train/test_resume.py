@@ -92,6 +92,9 @@ def test_interrupted_run_resumes_to_identical_weights(mode, after, reference, tm
     for k in weights:
         assert torch.equal(weights[k], ref_weights[k]), k
     assert variant.metrics["accuracy_top1"] == ref_variant.metrics["accuracy_top1"]
+    # The stored weights are the best epoch's; the last epoch's validation loss shows its weights match too.
+    history = [json.loads((v.path / "training.json").read_text())["history"] for v in (variant, ref_variant)]
+    assert history[0][-1]["val_loss"] == history[1][-1]["val_loss"]
 
 
 def test_the_main_job_continues_an_interrupted_run(reference, tmp_path, tiny_fashion_mnist):
@@ -146,6 +149,35 @@ def test_trains_on_an_image_folder(tmp_path, tiny_imagefolder):
                                    log=lambda *_: None)
     assert created and variant.dataset == dataset and variant.metrics["params"] > 0
     assert variant.path.parent.name.startswith("imagefolder-") and variant.path.is_relative_to(ws.artifacts)
+
+
+def test_loader_workers_are_recorded_and_a_resumed_run_reaches_the_same_weights(reference, tmp_path,
+                                                                                 tiny_fashion_mnist):
+    # With data-loading workers the augmentation comes from the workers' own random streams: another variant
+    # than the same recipe without them, reproducible, and a SIGTERM mid-epoch resumes to the same weights.
+    def args(ws):
+        return ARGS + ["--workspace", str(tmp_path / ws), "--data-dir", str(tiny_fashion_mnist), "--workers", "2"]
+
+    whole = train_cli(args("whole"), cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    weights, variant = final_weights(tmp_path / "whole")
+    assert variant.config["loader_workers"] == 2 and variant.metrics["loader_workers"] == 2
+    assert "loader_workers" not in reference[1].config and variant.id != reference[1].id
+    assert any(not torch.equal(weights[k], reference[0][k]) for k in weights)  # other augmentation, other weights
+
+    assert faulty_run("term", 10, args("cut"), tmp_path).returncode == 143  # in epoch 2, at step 3 of 7
+    resumed = train_cli(args("cut") + ["--resume"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    again, cut = final_weights(tmp_path / "cut")
+    assert cut.id == variant.id and all(torch.equal(again[k], weights[k]) for k in weights)
+    # The stored weights are the best epoch's; the last epoch's validation loss shows its weights match too.
+    history = [json.loads((v.path / "training.json").read_text())["history"] for v in (variant, cut)]
+    assert "resumed_at_step" in history[1][-1] and history[1][-1]["val_loss"] == history[0][-1]["val_loss"]
+
+    bad = train_cli(ARGS + ["--workspace", str(tmp_path / "bad"), "--data-dir", str(tiny_fashion_mnist),
+                            "--workers", "-1"], cwd=tmp_path)
+    assert bad.returncode == 2 and "--workers" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad" / "runs").exists()
 
 
 @pytest.mark.gpu

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default 200)")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--workers", type=int,
+                   help="data-loading processes for training (default: 4 on a GPU, 0 on the CPU)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--restart", action="store_true", help="discard an interrupted run and start over")
     p.add_argument("--pretrained", help="resnet18 only: local ImageNet weights for the transfer recipe")
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                                 checkpoint_every=args.checkpoint_every)
         variant, created = train_model(open_workspace(args), args.model, args.dataset, recipe,
                                        data_dir=args.data_dir, resume=args.resume, restart=args.restart,
-                                       pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
+                                       pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device,
+                                       workers=args.workers)
         m = variant.metrics
         verb = "trained" if created else "already trained (same recipe)"
         print(f"{args.model} on {args.dataset}: {verb}, test top-1 {100 * m['accuracy_top1']:.2f}%, "

@@ -6,6 +6,7 @@ same batches with the same augmentation and dropout as an uninterrupted one.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import signal
@@ -111,13 +112,15 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
 
 
 def train_one_epoch(model, loader, opt, sched, scaler, device, recipe: Recipe, *, on_step: Callable | None = None,
-                    loss_fn: Callable | None = None, desc: str = "train") -> dict:
-    """One pass over `loader`; returns mean loss, accuracy and images/s. `on_step(i)` runs after each step;
-    `loss_fn(logits, x, y)` replaces the default cross-entropy (e.g. knowledge distillation)."""
+                    loss_fn: Callable | None = None, desc: str = "train", skip: int = 0) -> dict:
+    """One pass over `loader`, less its first `skip` batches; returns mean loss, accuracy and images/s.
+    `on_step(i)` runs after each step; `loss_fn(logits, x, y)` replaces the default cross-entropy (e.g.
+    knowledge distillation)."""
     model.train()
     use_amp = recipe.amp and device.type == "cuda"
     loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(itertools.islice(loader, skip, None), total=len(loader) - skip, desc=desc, leave=False,
+               dynamic_ncols=True, mininterval=1.0)
     for i, (x, y) in enumerate(bar):
         x, y = _to_device(x, device, recipe.channels_last), y.to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -161,7 +164,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
 
 
 def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int, recipe: Recipe, run_dir: Path,
-        *, device: torch.device, resume: bool = False, on_epoch: Callable[[dict], None] | None = None) -> TrainState:
+        *, device: torch.device, resume: bool = False, workers: int = 0,
+        on_epoch: Callable[[dict], None] | None = None) -> TrainState:
     """Train `model` following `recipe`, validating every epoch.
 
     Writes `run_dir/last.pt` (everything needed to resume) at every epoch end, every `checkpoint_every`
@@ -198,12 +202,17 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int
     val_loader = DataLoader(val_set, batch_size=256)
     try:
         while state.epoch < recipe.epochs:
-            sampler = EpochBatchSampler(len(train_set), recipe.batch_size, recipe.seed, state.epoch, state.step)
+            start = state.step
+            # With `workers`, each worker process draws its augmentation from a stream seeded by the loader's
+            # generator, for the batches dealt to it in turn: a run is reproducible for a given number of workers
+            # (which the config records). A resumed epoch therefore deals its batches from the first one again and
+            # skips the done ones, so each worker sees what it saw before the interruption.
+            skip = start if workers else 0
+            sampler = EpochBatchSampler(len(train_set), recipe.batch_size, recipe.seed, state.epoch, start - skip)
             # The loader's own generator keeps it from drawing on the global RNG (dropout, augmentation),
             # which a resumed run must find exactly where the checkpoint left it.
             loader = DataLoader(train_set, batch_sampler=sampler, pin_memory=device.type == "cuda",
-                                generator=torch.Generator().manual_seed(recipe.seed + state.epoch))
-            start = state.step
+                                num_workers=workers, generator=torch.Generator().manual_seed(recipe.seed + state.epoch))
 
             def on_step(i: int) -> None:
                 state.step = start + i + 1
@@ -215,7 +224,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int
                     checkpoint()
 
             stats = train_one_epoch(model, loader, opt, sched, scaler, device, recipe, on_step=on_step,
-                                    desc=f"epoch {state.epoch + 1}/{recipe.epochs}")
+                                    desc=f"epoch {state.epoch + 1}/{recipe.epochs}", skip=skip)
             val = evaluate(model, val_loader, device, num_classes, recipe.channels_last)
             state.epoch, state.step = state.epoch + 1, 0
             row = dict(epoch=state.epoch, train_loss=stats["loss"], train_top1=stats["top1"], val_loss=val.loss,

@@ -16,6 +16,9 @@ from deploybench.store import Variant, Workspace, dataset_component, safe_compon
 from deploybench.train.engine import evaluate, fit
 from deploybench.train.recipes import Recipe, default_recipe
 
+# Training on a GPU is bound by per-image augmentation in the main process without data-loading workers.
+CUDA_LOADER_WORKERS = 4
+
 
 def model_config(model: str, info, transfer: bool = False) -> dict:
     """What `build_model` needs to rebuild an architecture for a dataset (recorded in every variant)."""
@@ -30,15 +33,21 @@ def build_model(config: dict) -> torch.nn.Module:
 
 def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data_dir: str | Path = "data",
                 resume: bool | None = False, restart: bool = False, pretrained: str | None = None,
-                checkpoint: str | None = None, device: str | None = None, log=print) -> tuple[Variant, bool]:
+                checkpoint: str | None = None, device: str | None = None, workers: int | None = None,
+                log=print) -> tuple[Variant, bool]:
     """Train `model` on `dataset` and record it as the trained variant. Returns (variant, newly_trained).
 
     The same (model, dataset, recipe) already trained returns the stored variant. A run that was interrupted
     must be continued with `resume=True` or discarded with `restart=True`; it is never overwritten silently.
     `resume=None` (the main job) continues an interrupted run when there is one and starts one otherwise.
     `checkpoint` starts from external weights (validated against the architecture).
+    `workers`: data-loading processes for training (default: CUDA_LOADER_WORKERS on a GPU, none on the CPU).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if workers is None:
+        workers = CUDA_LOADER_WORKERS if dev.type == "cuda" else 0
+    if workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {workers}")
     transfer = bool(pretrained)
     splits = load_splits(dataset, data_dir, seed=recipe.seed, augment=recipe.augment, cutout=recipe.cutout,
                          transfer=transfer)
@@ -50,6 +59,9 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     # CPU's), so a GPU run is a variant of its own. CPU runs, the default, keep the ids they always had.
     if dev.type != "cpu":
         config["device"] = dev.type
+    # Augmentation drawn in worker processes follows other random streams than in the main process.
+    if workers:
+        config["loader_workers"] = workers
     vid = ws.variant_id(model, dataset, None, "train", config)
     existing = ws.find_variant(vid)
     if existing is not None and existing.path.is_dir():
@@ -92,7 +104,7 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
 
     try:
         state = fit(net, train_set, splits.val, info.num_classes, recipe, run_dir, device=dev, resume=resume,
-                    on_epoch=on_epoch)
+                    workers=workers, on_epoch=on_epoch)
     except BaseException:
         ws.finish_training_run(vid, "interrupted")
         writer.close()
@@ -108,7 +120,8 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
                    best_val_top1=state.best_val_top1, params=count_params(net), epochs=len(state.history),
                    seconds_per_epoch=(sum(h["seconds"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
                    train_seconds=sum(h["seconds"] for h in state.history), device=str(dev),
-                   threads=torch.get_num_threads(), torch_version=torch.__version__, test_images=len(splits.test))
+                   threads=torch.get_num_threads(), loader_workers=workers, torch_version=torch.__version__,
+                   test_images=len(splits.test))
 
     def write(d: Path) -> dict:
         torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, d / "model.pt")
