@@ -159,6 +159,19 @@ def test_half_precision_on_a_gpu_keeps_the_predictions(trained_workspace, method
     assert abs(v.metrics["accuracy_top1"] - trained.metrics["accuracy_top1"]) <= 0.051  # 1 of 20 images
 
 
+@pytest.mark.gpu
+def test_prune_fine_tunes_on_the_gpu_as_a_variant_of_its_own(trained_workspace, monkeypatch):
+    ws, trained, data_dir = trained_workspace
+    v = get_stage("prune")(ratio=0.5, finetune_epochs=1, distill=True).run(ws, trained, data_dir)
+    assert v.metrics["finetune_device"] == "cuda" and v.config["device"] == "cuda"
+    saved = torch.load(v.path / "model.pt", weights_only=True)["state_dict"]
+    assert {t.device.type for t in saved.values()} == {"cpu"}
+    assert v.metrics["params"] < v.metrics["params_before"] / 2 and v.metrics["agreement_top1"] > 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    on_cpu = get_stage("prune")(ratio=0.5, finetune_epochs=1, distill=True).run(ws, trained, data_dir)
+    assert on_cpu.metrics["finetune_device"] == "cpu" and "device" not in on_cpu.config and on_cpu.id != v.id
+
+
 @pytest.mark.parametrize("importance", ["magnitude", "taylor", "lamp"])
 def test_prune_distill(made, importance):
     ws, trained, data_dir, out = made
@@ -168,6 +181,8 @@ def test_prune_distill(made, importance):
     assert m["params_before"] == 61706 and m["params"] < m["params_before"] / 2
     assert m["macs"] < m["macs_before"] / 2 and m["macs_reduction"] > 2
     assert len(m["finetune_history"]) == 1
+    on_gpu = torch.cuda.is_available()  # fine-tuning follows training onto the GPU, and the id says so
+    assert m["finetune_device"] == ("cuda" if on_gpu else "cpu") and ("device" in v.config) == on_gpu
     saved = torch.load(v.path / "model.pt", weights_only=True)  # no pickled module
     assert set(saved) == {"state_dict", "attributes"}
     if importance == "magnitude":  # prune -> export -> int8-ort chains on the pruned shapes

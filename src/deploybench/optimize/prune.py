@@ -120,8 +120,10 @@ def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Modul
 
 def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epochs: int, lr: float,
              seed: int) -> list[dict]:
-    """Fine-tune with the train engine (its optimizer, a cosine schedule); distill from `teacher` if given."""
-    from deploybench.train.engine import EpochBatchSampler, make_optimizer, make_scheduler, train_one_epoch
+    """Fine-tune with the train engine (its optimizer, a cosine schedule) on the device `model` is on, with
+    that device's data-loading workers; distill from `teacher` (on the same device) if given."""
+    from deploybench.train.engine import (EpochBatchSampler, default_workers, make_optimizer, make_scheduler,
+                                          train_one_epoch)
 
     recipe = replace(recipe, epochs=epochs, lr=lr, schedule="cosine")
     device = next(model.parameters()).device
@@ -141,6 +143,7 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epo
     history = []
     for epoch in range(epochs):
         loader = DataLoader(train_set, batch_sampler=EpochBatchSampler(len(train_set), recipe.batch_size, seed, epoch),
+                            num_workers=default_workers(device), pin_memory=device.type == "cuda",
                             generator=torch.Generator().manual_seed(seed + epoch))
         stats = train_one_epoch(model, loader, opt, sched, scaler, device, recipe,
                                 loss_fn=distill if teacher is not None else None,
@@ -177,6 +180,10 @@ class PruneStage(Stage):
         root = ws.lineage(parent)[0]
         recipe = Recipe(**root.config["recipe"]) if "recipe" in root.config else default_recipe(parent.config["arch"])
         lr = cfg.finetune_lr if cfg.finetune_lr is not None else recipe.lr / 10
+        # Fine-tuning runs on the GPU when there is one, as training does. GPU kernels, mixed precision and the
+        # loader's workers give other weights than the CPU's, so such a variant is one of its own.
+        device = torch.device("cuda" if cfg.finetune_epochs and torch.cuda.is_available() else "cpu")
+        config = self.variant_config(parent, **({"device": device.type} if device.type != "cpu" else {}))
 
         def write(d) -> dict:
             teacher = load_module(parent)
@@ -189,15 +196,15 @@ class PruneStage(Stage):
             if cfg.finetune_epochs:
                 train = load_splits(parent.dataset, data_dir, augment=recipe.augment, cutout=recipe.cutout,
                                     transfer=bool(parent.config.get("transfer"))).train
-                history = finetune(model, teacher.eval() if cfg.distill else None, train, recipe,
-                                   cfg.finetune_epochs, lr, cfg.seed)
-            torch.save(shaped_state(model.eval()), d / "model.pt")
+                history = finetune(model.to(device), teacher.to(device).eval() if cfg.distill else None, train,
+                                   recipe, cfg.finetune_epochs, lr, cfg.seed)
+            torch.save(shaped_state(model.cpu().eval()), d / "model.pt")
             ratio = (before["macs"] / after["macs"]) if before["macs"] and after["macs"] else None
             return dict(params=after["params"], macs=after["macs"], params_before=before["params"],
                         macs_before=before["macs"], macs_reduction=ratio,
                         params_reduction=before["params"] / max(after["params"], 1), finetune_lr=lr,
-                        finetune_history=history,
+                        finetune_history=history, finetune_device=device.type if cfg.finetune_epochs else None,
                         note=None if after["params"] < before["params"] else
                         f"importance {cfg.importance} found nothing to prune in this model")
 
-        return self.make_variant(ws, parent, data_dir, fmt="torch-pruned", write=write)
+        return self.make_variant(ws, parent, data_dir, fmt="torch-pruned", write=write, config=config)

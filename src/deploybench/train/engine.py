@@ -30,6 +30,18 @@ class TrainingInterrupted(Exception):
     """SIGTERM arrived: the state was checkpointed and the run can be resumed."""
 
 
+# Measured on an H200 (16 CPU cores), `custom` on Fashion-MNIST, one epoch at batch 128: 3,358 img/s with the
+# augmentation in the main process, 7,168 with 2 workers, 7,188 with 4, 11,563 with 8. A fixed number, not one
+# read from the machine, because the workers' random streams shape the weights.
+CUDA_LOADER_WORKERS = 4
+
+
+def default_workers(device: torch.device) -> int:
+    """Data-loading processes for training on `device`: CUDA_LOADER_WORKERS on a GPU, none on the CPU (whose
+    cores the training itself needs)."""
+    return CUDA_LOADER_WORKERS if device.type == "cuda" else 0
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of a permutation seeded by (seed, epoch), starting at batch `start`: replayable after a resume."""
 

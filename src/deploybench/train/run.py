@@ -13,11 +13,8 @@ from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights
 from deploybench.store import Variant, Workspace, dataset_component, safe_component
-from deploybench.train.engine import evaluate, fit
+from deploybench.train.engine import default_workers, evaluate, fit
 from deploybench.train.recipes import Recipe, default_recipe
-
-# Training on a GPU is bound by per-image augmentation in the main process without data-loading workers.
-CUDA_LOADER_WORKERS = 4
 
 
 def model_config(model: str, info, transfer: bool = False) -> dict:
@@ -41,11 +38,11 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     must be continued with `resume=True` or discarded with `restart=True`; it is never overwritten silently.
     `resume=None` (the main job) continues an interrupted run when there is one and starts one otherwise.
     `checkpoint` starts from external weights (validated against the architecture).
-    `workers`: data-loading processes for training (default: CUDA_LOADER_WORKERS on a GPU, none on the CPU).
+    `workers`: data-loading processes for training (default: `default_workers(device)`).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if workers is None:
-        workers = CUDA_LOADER_WORKERS if dev.type == "cuda" else 0
+        workers = default_workers(dev)
     if workers < 0:
         raise UserError(f"--workers must be 0 or more, got {workers}")
     transfer = bool(pretrained)
