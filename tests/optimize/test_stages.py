@@ -41,6 +41,26 @@ def test_every_variant_reloads_in_a_fresh_process(made, reload_fresh):
     reload_fresh(ws, list(out.values()), data_dir)
 
 
+def test_a_stage_found_in_the_store_evaluates_nothing(made, monkeypatch):
+    # `optimize all` and the main job run every chain again; what is already made must come back without a
+    # pass over the test split (the export stage once evaluated its parent first: a minute per model here).
+    from deploybench.optimize import base, export
+
+    ws, trained, data_dir, out = made
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a stored variant was evaluated again")
+
+    monkeypatch.setattr(base, "_LOGITS", {})
+    for module in (base, export):
+        monkeypatch.setattr(module, "predict", refuse)
+    assert get_stage("export")().run(ws, trained, data_dir).id == out["export"].id
+    assert get_stage("quantize")(method="int8-ort", calib_size=8).run(ws, out["prune-magnitude"], data_dir).id \
+        == out["prune-int8-ort"].id  # through ensure_onnx's export of the pruned parent
+    assert get_stage("prune")(ratio=0.5, importance="lamp", finetune_epochs=1, distill=True,
+                              iterative_steps=2).run(ws, trained, data_dir).id == out["prune-lamp"].id
+
+
 def _check_recorded(ws, v, parent, stage, fmt):
     assert v.parent_id == parent.id and v.stage == stage and v.format == fmt
     assert v.stages == parent.stages + [stage]

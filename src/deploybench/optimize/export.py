@@ -73,10 +73,10 @@ class ExportStage(Stage):
 
         require_torch_parent(parent, "export")
         data = stage_data(parent, data_dir)
-        parent_logits = variant_logits(parent, data, data_dir)
         opset = self.config.opset
 
-        def write(d: Path) -> dict:
+        def write(d: Path) -> dict:  # runs only when the export is not in the store yet
+            parent_logits = variant_logits(parent, data, data_dir)
             model = load_module(parent)
             with tempfile.TemporaryDirectory() as raw_dir:
                 raw = Path(raw_dir) / "raw.onnx"
