@@ -37,7 +37,11 @@ else:
     def step(self, *a, **k):
         calls[0] += 1
         if calls[0] == after:
-            os.kill(os.getpid(), sig)
+            if mode == "term-group":  # as `timeout` or a job scheduler do: the workers get it too, from outside
+                import subprocess
+                subprocess.run([sys.executable, "-c", f"import os, signal; os.killpg({os.getpgrp()}, signal.SIGTERM)"])
+            else:
+                os.kill(os.getpid(), sig)
         return real_step(self, *a, **k)
     torch.optim.SGD.step = step
 sys.exit(main(sys.argv[3:]))
@@ -51,7 +55,7 @@ def train_cli(args, cwd, **kw):
 
 def faulty_run(mode, after, args, cwd):
     return subprocess.run([sys.executable, "-c", CHILD, mode, str(after), *args], cwd=cwd, capture_output=True,
-                          text=True)
+                          text=True, start_new_session=True)  # its own process group, for "term-group"
 
 
 def final_weights(ws_dir):
@@ -165,7 +169,8 @@ def test_loader_workers_are_recorded_and_a_resumed_run_reaches_the_same_weights(
     assert "loader_workers" not in reference[1].config and variant.id != reference[1].id
     assert any(not torch.equal(weights[k], reference[0][k]) for k in weights)  # other augmentation, other weights
 
-    assert faulty_run("term", 10, args("cut"), tmp_path).returncode == 143  # in epoch 2, at step 3 of 7
+    cut_run = faulty_run("term-group", 10, args("cut"), tmp_path)  # in epoch 2, at step 3 of 7
+    assert cut_run.returncode == 143 and "continue with --resume" in cut_run.stderr, cut_run.stderr
     resumed = train_cli(args("cut") + ["--resume"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     again, cut = final_weights(tmp_path / "cut")

@@ -42,6 +42,13 @@ def default_workers(device: torch.device) -> int:
     return CUDA_LOADER_WORKERS if device.type == "cuda" else 0
 
 
+def _leave_sigterm_to_the_trainer(_worker_id: int) -> None:
+    """worker_init_fn: a SIGTERM sent to the whole process group (`timeout`, a job scheduler, `kill -- -PGID`)
+    must reach the trainer alone, which checkpoints, stops and then shuts its workers down. A worker killed by it
+    makes the trainer fail wherever it is ("DataLoader worker ... is killed by signal: Terminated")."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of a permutation seeded by (seed, epoch), starting at batch `start`: replayable after a resume."""
 
@@ -224,7 +231,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int
             # The loader's own generator keeps it from drawing on the global RNG (dropout, augmentation),
             # which a resumed run must find exactly where the checkpoint left it.
             loader = DataLoader(train_set, batch_sampler=sampler, pin_memory=device.type == "cuda",
-                                num_workers=workers, generator=torch.Generator().manual_seed(recipe.seed + state.epoch))
+                                num_workers=workers, worker_init_fn=_leave_sigterm_to_the_trainer if workers else None,
+                                generator=torch.Generator().manual_seed(recipe.seed + state.epoch))
 
             def on_step(i: int) -> None:
                 state.step = start + i + 1
