@@ -8,6 +8,7 @@ from deploybench.errors import UserError
 from deploybench.optimize.base import eval_device, get_stage, list_stages
 from deploybench.optimize.formats import load_module
 from deploybench.optimize.quantize import METHODS
+from deploybench.train.engine import CUDA_LOADER_WORKERS
 
 RECORDED = ("accuracy_top1", "accuracy_top5", "agreement_top1", "params", "macs", "predictions_sha256", "produced_by")
 
@@ -184,6 +185,7 @@ def test_prune_fine_tunes_on_the_gpu_as_a_variant_of_its_own(trained_workspace, 
     ws, trained, data_dir = trained_workspace
     v = get_stage("prune")(ratio=0.5, finetune_epochs=1, distill=True).run(ws, trained, data_dir)
     assert v.metrics["finetune_device"] == "cuda" and v.config["device"] == "cuda"
+    assert v.config["loader_workers"] == CUDA_LOADER_WORKERS
     saved = torch.load(v.path / "model.pt", weights_only=True)["state_dict"]
     assert {t.device.type for t in saved.values()} == {"cpu"}
     assert v.metrics["params"] < v.metrics["params_before"] / 2 and v.metrics["agreement_top1"] > 0
@@ -214,6 +216,23 @@ def test_prune_bn_scale_on_a_model_without_bn_says_so(trained_workspace):
     ws, trained, data_dir = trained_workspace
     v = get_stage("prune")(ratio=0.5, importance="bn-scale", finetune_epochs=0).run(ws, trained, data_dir)
     assert v.metrics["params"] == v.metrics["params_before"] and "found nothing to prune" in v.metrics["note"]
+    assert v.metrics["finetune_device"] is None and v.metrics["finetune_history"] == []  # nothing was fine-tuned
+
+
+def test_prune_fine_tunes_with_loader_workers_as_a_variant_of_its_own(trained_workspace, monkeypatch):
+    # The GPU default (workers) exercised on the CPU: the fine-tuning loader runs worker processes, and the
+    # variant records them, since their random streams shape the weights.
+    import deploybench.optimize.prune as prune
+
+    ws, trained, data_dir = trained_workspace
+    stage = get_stage("prune")(ratio=0.5, finetune_epochs=1, distill=True)
+    plain = stage.run(ws, trained, data_dir)
+    monkeypatch.setattr(prune, "default_workers", lambda device: 2)
+    with_workers = stage.run(ws, trained, data_dir)
+    assert with_workers.config["loader_workers"] == 2 and "loader_workers" not in plain.config
+    assert with_workers.id != plain.id and with_workers.metrics["finetune_device"] == "cpu"
+    a, b = (torch.load(v.path / "model.pt", weights_only=True)["state_dict"] for v in (plain, with_workers))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # other augmentation draws, other weights
 
 
 def test_failing_stage_leaves_nothing(trained_workspace, monkeypatch):

@@ -171,6 +171,7 @@ def test_loader_workers_are_recorded_and_a_resumed_run_reaches_the_same_weights(
 
     cut_run = faulty_run("term-group", 10, args("cut"), tmp_path)  # in epoch 2, at step 3 of 7
     assert cut_run.returncode == 143 and "continue with --resume" in cut_run.stderr, cut_run.stderr
+    assert "Traceback" not in cut_run.stderr  # no "DataLoader worker ... is killed by signal" either
     resumed = train_cli(args("cut") + ["--resume"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     again, cut = final_weights(tmp_path / "cut")

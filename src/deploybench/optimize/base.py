@@ -244,13 +244,13 @@ class Stage:
         data = stage_data(parent, data_dir)
 
         def write_and_measure(tmp: Path) -> dict:
+            parent_logits = variant_logits(parent, data, data_dir)  # cached: outside the stage's own time
             t0 = time.perf_counter()
             extra = write(tmp) or {}
             seconds = time.perf_counter() - t0
             made = Variant(id="(new)", parent_id=parent.id, model=parent.model, dataset=parent.dataset,
                            stage=self.name, config=config, format=fmt, files=[], size_bytes=0, sha256="", path=tmp)
             result, logits = predict(runnable(made), data)
-            parent_logits = variant_logits(parent, data, data_dir)
             agree = float((logits.argmax(1) == parent_logits.argmax(1)).float().mean())
             facts = parent_facts(parent, data)
             metrics = {k: facts[k] for k in inherit if k in facts}

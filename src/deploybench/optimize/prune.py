@@ -9,7 +9,10 @@ layer attributes (`formats.shaped_state`, which carries each attention's `num_he
 `weights_only=True`.
 
 Fine-tuning defaults to 2 epochs: the smallest count that recovers most of the loss at ratio 0.5 on
-Fashion-MNIST; `--finetune-epochs 0` keeps the raw pruned weights. Distillation (`--distill`) adds
+Fashion-MNIST; `--finetune-epochs 0` keeps the raw pruned weights. Fine-tuning runs on the GPU when there is
+one, with the training loader's workers, as `train` does; the variant's config then records `device` and
+`loader_workers` (so its id differs from a CPU-made one) and its metrics `finetune_device`. Ranking and removing
+channels run on the CPU. Distillation (`--distill`) adds
 KL(teacher ‖ student) on logits softened at T=4 (scaled by T²) to the cross-entropy, weighted equally.
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ from deploybench.optimize.base import (Stage, StageConfig, StageData, count_macs
                                        stage_data)
 from deploybench.optimize.formats import EAGER_FORMATS, load_module, shaped_state
 from deploybench.store import Variant, Workspace
+from deploybench.train.engine import default_workers, device_keys
 
 IMPORTANCES = ("magnitude", "taylor", "bn-scale", "lamp")
 TEMPERATURE = 4.0
@@ -119,14 +123,12 @@ def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Modul
 
 
 def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epochs: int, lr: float,
-             seed: int) -> list[dict]:
-    """Fine-tune with the train engine (its optimizer, a cosine schedule) on the device `model` is on, with
-    that device's data-loading workers; distill from `teacher` (on the same device) if given."""
-    from deploybench.train.engine import (EpochBatchSampler, default_workers, make_optimizer, make_scheduler,
-                                          train_one_epoch)
+             seed: int, *, device: torch.device, workers: int) -> list[dict]:
+    """Fine-tune on `device` with the train engine (its optimizer, a cosine schedule, its training loader with
+    `workers` processes); distill from `teacher` if given. Both models must already be on `device`."""
+    from deploybench.train.engine import EpochBatchSampler, make_optimizer, make_scheduler, train_loader, train_one_epoch
 
     recipe = replace(recipe, epochs=epochs, lr=lr, schedule="cosine")
-    device = next(model.parameters()).device
     torch.manual_seed(seed)
     opt = make_optimizer(model, recipe)
     sched = make_scheduler(opt, recipe, -(-len(train_set) // recipe.batch_size))
@@ -142,9 +144,8 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epo
 
     history = []
     for epoch in range(epochs):
-        loader = DataLoader(train_set, batch_sampler=EpochBatchSampler(len(train_set), recipe.batch_size, seed, epoch),
-                            num_workers=default_workers(device), pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(seed + epoch))
+        loader = train_loader(train_set, EpochBatchSampler(len(train_set), recipe.batch_size, seed, epoch), device,
+                              workers, seed + epoch)
         stats = train_one_epoch(model, loader, opt, sched, scaler, device, recipe,
                                 loss_fn=distill if teacher is not None else None,
                                 desc=f"fine-tune {epoch + 1}/{epochs}")
@@ -180,10 +181,11 @@ class PruneStage(Stage):
         root = ws.lineage(parent)[0]
         recipe = Recipe(**root.config["recipe"]) if "recipe" in root.config else default_recipe(parent.config["arch"])
         lr = cfg.finetune_lr if cfg.finetune_lr is not None else recipe.lr / 10
-        # Fine-tuning runs on the GPU when there is one, as training does. GPU kernels, mixed precision and the
-        # loader's workers give other weights than the CPU's, so such a variant is one of its own.
+        # Fine-tuning runs on the GPU when there is one, with its loader workers, as training does; both give other
+        # weights than the CPU's, so the config (and id) records them.
         device = torch.device("cuda" if cfg.finetune_epochs and torch.cuda.is_available() else "cpu")
-        config = self.variant_config(parent, **({"device": device.type} if device.type != "cpu" else {}))
+        workers = default_workers(device) if cfg.finetune_epochs else 0
+        config = self.variant_config(parent, **device_keys(device, workers))
 
         def write(d) -> dict:
             teacher = load_module(parent)
@@ -197,7 +199,7 @@ class PruneStage(Stage):
                 train = load_splits(parent.dataset, data_dir, augment=recipe.augment, cutout=recipe.cutout,
                                     transfer=bool(parent.config.get("transfer"))).train
                 history = finetune(model.to(device), teacher.to(device).eval() if cfg.distill else None, train,
-                                   recipe, cfg.finetune_epochs, lr, cfg.seed)
+                                   recipe, cfg.finetune_epochs, lr, cfg.seed, device=device, workers=workers)
             torch.save(shaped_state(model.cpu().eval()), d / "model.pt")
             ratio = (before["macs"] / after["macs"]) if before["macs"] and after["macs"] else None
             return dict(params=after["params"], macs=after["macs"], params_before=before["params"],

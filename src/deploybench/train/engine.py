@@ -2,12 +2,15 @@
 
 Resuming is exact on CPU: the shuffling order of each epoch comes from a generator seeded by (seed, epoch),
 the checkpoint stores the step reached inside the epoch and every RNG state, so a resumed run replays the
-same batches with the same augmentation and dropout as an uninterrupted one.
+same batches with the same augmentation and dropout as an uninterrupted one. With data-loading workers the
+augmentation comes from per-worker streams seeded per epoch instead, and a resumed epoch deals the same batches
+to the same workers.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import os
 import random
 import signal
 import time
@@ -42,11 +45,35 @@ def default_workers(device: torch.device) -> int:
     return CUDA_LOADER_WORKERS if device.type == "cuda" else 0
 
 
-def _leave_sigterm_to_the_trainer(_worker_id: int) -> None:
-    """worker_init_fn: a SIGTERM sent to the whole process group (`timeout`, a job scheduler, `kill -- -PGID`)
-    must reach the trainer alone, which checkpoints, stops and then shuts its workers down. A worker killed by it
-    makes the trainer fail wherever it is ("DataLoader worker ... is killed by signal: Terminated")."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def device_keys(device: torch.device, workers: int) -> dict:
+    """What shapes trained weights besides the recipe, for a variant's config (and so its id): the device when it
+    is not the CPU (GPU kernels, mixed precision) and the number of loader workers when there are any (each draws
+    the augmentation of its batches from its own seeded stream). Empty on the CPU without workers: CPU ids stay
+    what they always were."""
+    keys: dict = {}
+    if device.type != "cpu":
+        keys["device"] = device.type
+    if workers:
+        keys["loader_workers"] = workers
+    return keys
+
+
+def _own_process_group(_worker_id: int) -> None:
+    """worker_init_fn: leave the trainer's process group. A signal for the whole group (SIGTERM from `timeout`, a
+    job scheduler or `kill -- -PGID`; Ctrl-C's SIGINT) then reaches the trainer alone, which checkpoints, stops and
+    shuts its workers down; a worker killed by it made the trainer fail wherever it was ("DataLoader worker ... is
+    killed by signal: Terminated"). torch's own shutdown still stops the workers."""
+    os.setpgid(0, 0)
+
+
+def train_loader(train_set: Dataset, sampler: Sampler, device: torch.device, workers: int, seed: int) -> DataLoader:
+    """The training DataLoader (of `fit` and of pruning's fine-tuning): batches from `sampler`, augmented in
+    `workers` processes (0: in this one), pinned for a GPU. Its own generator, seeded with `seed`, keeps it from
+    drawing on the global RNG (dropout, augmentation without workers), which a resumed run must find exactly
+    where the checkpoint left it; with workers it seeds each worker's stream."""
+    return DataLoader(train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=_own_process_group if workers else None,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -185,7 +212,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
 def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int, recipe: Recipe, run_dir: Path,
         *, device: torch.device, resume: bool = False, workers: int = 0,
         on_epoch: Callable[[dict], None] | None = None) -> TrainState:
-    """Train `model` following `recipe`, validating every epoch.
+    """Train `model` following `recipe` on `device`, with `workers` data-loading processes (the caller's choice:
+    `default_workers(device)` is the default of `train_model`), validating every epoch.
 
     Writes `run_dir/last.pt` (everything needed to resume) at every epoch end, every `checkpoint_every`
     steps and on SIGTERM, and `run_dir/best.pt` (weights with the best validation top-1). Returns the state.
@@ -222,17 +250,14 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int
     try:
         while state.epoch < recipe.epochs:
             start = state.step
-            # With `workers`, each worker process draws its augmentation from a stream seeded by the loader's
-            # generator, for the batches dealt to it in turn: a run is reproducible for a given number of workers
-            # (which the config records). A resumed epoch therefore deals its batches from the first one again and
-            # skips the done ones, so each worker sees what it saw before the interruption.
+            # Without workers the augmentation draws on the main process's RNG, restored from the checkpoint: the
+            # sampler starts at the batch reached. With workers, each worker draws the augmentation of the batches
+            # dealt to it in turn from its own stream, seeded by the loader's generator: a resumed epoch deals its
+            # batches from the first one again (loading up to an epoch of data for nothing) and skips the done
+            # ones, so each worker sees what it saw before the interruption.
             skip = start if workers else 0
             sampler = EpochBatchSampler(len(train_set), recipe.batch_size, recipe.seed, state.epoch, start - skip)
-            # The loader's own generator keeps it from drawing on the global RNG (dropout, augmentation),
-            # which a resumed run must find exactly where the checkpoint left it.
-            loader = DataLoader(train_set, batch_sampler=sampler, pin_memory=device.type == "cuda",
-                                num_workers=workers, worker_init_fn=_leave_sigterm_to_the_trainer if workers else None,
-                                generator=torch.Generator().manual_seed(recipe.seed + state.epoch))
+            loader = train_loader(train_set, sampler, device, workers, recipe.seed + state.epoch)
 
             def on_step(i: int) -> None:
                 state.step = start + i + 1

@@ -13,7 +13,7 @@ from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights
 from deploybench.store import Variant, Workspace, dataset_component, safe_component
-from deploybench.train.engine import default_workers, evaluate, fit
+from deploybench.train.engine import default_workers, device_keys, evaluate, fit
 from deploybench.train.recipes import Recipe, default_recipe
 
 
@@ -52,13 +52,7 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     config = dict(model_config(model, info, transfer), recipe=recipe.to_dict(), dataset=dataset,
                   pretrained=Path(pretrained).name if pretrained else None,
                   init_checkpoint=Path(checkpoint).name if checkpoint else None)
-    # The device is part of what made the weights (GPU kernels and mixed precision give other weights than the
-    # CPU's), so a GPU run is a variant of its own. CPU runs, the default, keep the ids they always had.
-    if dev.type != "cpu":
-        config["device"] = dev.type
-    # Augmentation drawn in worker processes follows other random streams than in the main process.
-    if workers:
-        config["loader_workers"] = workers
+    config.update(device_keys(dev, workers))  # a GPU or loader workers give other weights: a variant of its own
     vid = ws.variant_id(model, dataset, None, "train", config)
     existing = ws.find_variant(vid)
     if existing is not None and existing.path.is_dir():
