@@ -111,19 +111,27 @@ def test_bad_checkpoint_is_refused_everywhere(command, kind, trained_workspace, 
     assert snapshot(ws.root) == before
 
 
-def test_a_good_checkpoint_is_imported_once_and_used(trained_workspace, tmp_path, capsys):
-    """The same weights through optimize and profile: one imported root variant, validated and evaluated."""
+def test_a_good_checkpoint_is_imported_once_and_used(trained_workspace, tmp_path, capsys, monkeypatch):
+    """The same weights through optimize and profile: one imported root variant, validated and evaluated once."""
+    import deploybench.train.run as run
+
     ws, trained, data_dir = trained_workspace
     torch.save(torch.load(trained.path / "model.pt", weights_only=True), tmp_path / "weights.pt")
     common = ["--checkpoint", str(tmp_path / "weights.pt"), "--workspace", str(ws.root), "--data-dir", str(data_dir)]
     assert optimize_cli.main(["export", "--model", "lenet", "--dataset", "fashion-mnist"] + common) == 0
+    assert "imported" in capsys.readouterr().err
+
+    def no_second_evaluation(*_a, **_k):
+        raise AssertionError("an imported checkpoint was evaluated again")
+
+    monkeypatch.setattr(run, "evaluate", no_second_evaluation)
     assert profile_cli.main(["run", "--model", "lenet", "--dataset", "fashion-mnist", "--quick", "--backends",
                              "torch-cpu", "--batch-sizes", "4", "--in-process"] + common) == 0
     imported = [v for v in ws.variants("lenet") if v.stage == "import"]
     assert len(imported) == 1 and imported[0].metrics["accuracy_top1"] == trained.metrics["accuracy_top1"]
     export = [v for v in ws.variants("lenet") if v.parent_id == imported[0].id]
     assert [v.stage for v in export] == ["export"]
-    capsys.readouterr()
+    assert "already imported" in capsys.readouterr().err
     refused(lambda: optimize_cli.main(["export", "--model", "lenet"] + common), capsys, "needs --dataset")
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from deploybench.data import load_splits
+from deploybench.data import dataset_info, load_splits
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights
-from deploybench.store import Variant, Workspace, dataset_component, safe_component
+from deploybench.store import Variant, Workspace, dataset_component, file_sha256, safe_component
 from deploybench.train.engine import default_workers, device_keys, evaluate, fit
 from deploybench.train.recipes import Recipe, default_recipe
 
@@ -135,19 +135,22 @@ def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, 
                       log=print) -> Variant:
     """Record external weights of `model` as a root variant (stage "import") of `dataset`, so every command that
     takes a model can start from them. The file is read with `weights_only=True`, must fit the architecture
-    and class count exactly (mismatched keys and shapes are listed), and is evaluated on the test split.
-    The same file imported twice gives the same variant (its config holds the file's sha256)."""
-    import hashlib
-
+    and class count exactly (mismatched keys and shapes are listed), and is evaluated on the test split once.
+    The same file imported again gives the same variant (its config holds the file's sha256), found before any
+    evaluation."""
     state = extract_state_dict(load_checkpoint(checkpoint))
-    splits = load_splits(dataset, data_dir, augment=False)
-    info = splits.info
+    info = dataset_info(dataset, data_dir)
     net = create_model(model, info.num_classes, info.in_channels, info.image_size)
     load_weights(net, state, checkpoint)
-    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     # The recipe is the architecture's default: fine-tuning stages (prune, qat) train with it.
     config = dict(model_config(model, info), dataset=dataset, recipe=default_recipe(model).to_dict(),
-                  checkpoint=Path(checkpoint).name, checkpoint_sha256=digest)
+                  checkpoint=Path(checkpoint).name, checkpoint_sha256=file_sha256(Path(checkpoint)))
+    existing = ws.find_variant(ws.variant_id(model, dataset, None, "import", config))
+    if existing is not None and existing.path.is_dir():  # validated above; evaluated when it was imported
+        log(f"already imported {checkpoint} as variant {existing.id}: test top-1 "
+            f"{100 * existing.metrics['accuracy_top1']:.2f}%")
+        return existing
+    splits = load_splits(dataset, data_dir, augment=False)
     net.eval()
     test = evaluate(net, DataLoader(splits.test, batch_size=256), torch.device("cpu"), info.num_classes)
 
@@ -159,5 +162,5 @@ def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, 
     variant, created = ws.create_variant(model=model, dataset=dataset, stage="import", config=config, parent=None,
                                          fmt="torch-state", write=write)
     log(f"{'imported' if created else 'already imported'} {checkpoint} as variant {variant.id}: "
-        f"test top-1 {100 * test.top1:.2f}%")
+        f"test top-1 {100 * variant.metrics['accuracy_top1']:.2f}%")
     return variant
