@@ -31,7 +31,8 @@ from deploybench.optimize.base import (Stage, StageConfig, StageData, count_macs
                                        stage_data)
 from deploybench.optimize.formats import EAGER_FORMATS, load_module, shaped_state
 from deploybench.store import Variant, Workspace
-from deploybench.train.engine import default_workers, device_keys
+from deploybench.train.engine import (EpochBatchSampler, default_workers, device_keys, make_optimizer, make_scheduler,
+                                      train_loader, train_one_epoch)
 
 IMPORTANCES = ("magnitude", "taylor", "bn-scale", "lamp")
 TEMPERATURE = 4.0
@@ -126,8 +127,6 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epo
              seed: int, *, device: torch.device, workers: int) -> list[dict]:
     """Fine-tune on `device` with the train engine (its optimizer, a cosine schedule, its training loader with
     `workers` processes); distill from `teacher` if given. Both models must already be on `device`."""
-    from deploybench.train.engine import EpochBatchSampler, make_optimizer, make_scheduler, train_loader, train_one_epoch
-
     recipe = replace(recipe, epochs=epochs, lr=lr, schedule="cosine")
     torch.manual_seed(seed)
     opt = make_optimizer(model, recipe)

@@ -184,6 +184,12 @@ class Workspace:
         rows = self._query("SELECT * FROM variants WHERE id = ?", (variant_id,))
         return self._row_to_variant(rows[0]) if rows else None
 
+    def stored_variant(self, variant_id: str) -> Variant | None:
+        """The variant with this id when it is complete (recorded and its folder there): what a command about to
+        make it finds instead, before doing any work."""
+        variant = self.find_variant(variant_id)
+        return variant if variant is not None and variant.path.is_dir() else None
+
     def variants(self, model: str | None = None, dataset: str | None = None) -> list[Variant]:
         sql, args = "SELECT * FROM variants WHERE 1=1", []
         if model:
@@ -214,8 +220,8 @@ class Workspace:
         """
         parent_id = parent.id if parent else None
         vid = self.variant_id(model, dataset, parent_id, stage, config)
-        existing = self.find_variant(vid)
-        if existing is not None and existing.path.is_dir():
+        existing = self.stored_variant(vid)
+        if existing is not None:
             return existing, False
         final = self.artifact_dir(model, dataset, vid)
         sweep_stale_dirs(final.parent)

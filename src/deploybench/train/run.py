@@ -54,8 +54,8 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
                   init_checkpoint=Path(checkpoint).name if checkpoint else None)
     config.update(device_keys(dev, workers))  # a GPU or loader workers give other weights: a variant of its own
     vid = ws.variant_id(model, dataset, None, "train", config)
-    existing = ws.find_variant(vid)
-    if existing is not None and existing.path.is_dir():
+    existing = ws.stored_variant(vid)
+    if existing is not None:
         return existing, False
     run_dir = ws.root / "runs" / safe_component(model) / dataset_component(dataset) / vid
     last = run_dir / "last.pt"
@@ -145,8 +145,8 @@ def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, 
     # The recipe is the architecture's default: fine-tuning stages (prune, qat) train with it.
     config = dict(model_config(model, info), dataset=dataset, recipe=default_recipe(model).to_dict(),
                   checkpoint=Path(checkpoint).name, checkpoint_sha256=file_sha256(Path(checkpoint)))
-    existing = ws.find_variant(ws.variant_id(model, dataset, None, "import", config))
-    if existing is not None and existing.path.is_dir():  # validated above; evaluated when it was imported
+    existing = ws.stored_variant(ws.variant_id(model, dataset, None, "import", config))
+    if existing is not None:  # validated above; evaluated when it was imported
         log(f"already imported {checkpoint} as variant {existing.id}: test top-1 "
             f"{100 * existing.metrics['accuracy_top1']:.2f}%")
         return existing
