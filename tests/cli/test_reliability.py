@@ -111,6 +111,39 @@ def test_bad_checkpoint_is_refused_everywhere(command, kind, trained_workspace, 
     assert snapshot(ws.root) == before
 
 
+@pytest.mark.parametrize("kind", ["executes-code", "code-in-torch-zip", "truncated", "random-bytes", "missing-file"])
+def test_bad_pretrained_weights_are_refused(kind, trained_workspace, tmp_path, capsys):
+    """`train --pretrained` reads its file as safely as `--checkpoint`: one line, no code run, nothing written."""
+    ws, _, data_dir = trained_workspace
+    path, expected = _bad_checkpoint(kind, tmp_path)
+    before = snapshot(ws.root)
+    refused(lambda: train_cli.main(["--model", "resnet18", "--dataset", "fashion-mnist", "--epochs", "1",
+                                    "--pretrained", str(path), "--workspace", str(ws.root),
+                                    "--data-dir", str(data_dir)]), capsys, *expected)
+    assert not (tmp_path / "executed").exists(), "the pickle's code ran"
+    assert snapshot(ws.root) == before
+
+
+def test_starting_weights_are_known_by_their_bytes_not_their_name(trained_workspace, tmp_path, capsys):
+    """Two different files that share a name start two different runs; the same file again finds its run."""
+    ws, _, data_dir = trained_workspace
+    trained = {}
+    for seed in (0, 1, 0):
+        torch.manual_seed(seed)
+        (tmp_path / str(seed)).mkdir(exist_ok=True)
+        torch.save(create_model("lenet", 10, 1, 28).state_dict(), tmp_path / str(seed) / "start.pt")
+        assert train_cli.main(["--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "16",
+                               "--checkpoint", str(tmp_path / str(seed) / "start.pt"), "--workspace", str(ws.root),
+                               "--data-dir", str(data_dir)]) == 0
+        out = capsys.readouterr()
+        started = [v for v in ws.variants("lenet") if v.stage == "train" and v.config["init_checkpoint"]]
+        trained.setdefault(seed, []).append((len(started), "already trained" in out.out + out.err))
+    assert trained[0] == [(1, False), (2, True)] and trained[1] == [(2, False)]
+    runs = [v for v in ws.variants("lenet") if v.stage == "train" and v.config["init_checkpoint"]]
+    assert len({v.config["init_checkpoint_sha256"] for v in runs}) == 2
+    assert not torch.equal(*(torch.load(v.path / "model.pt", weights_only=True)["0.weight"] for v in runs))
+
+
 def test_a_good_checkpoint_is_imported_once_and_used(trained_workspace, tmp_path, capsys, monkeypatch):
     """The same weights through optimize and profile: one imported root variant, validated and evaluated once."""
     import deploybench.train.run as run

@@ -41,3 +41,16 @@ def test_external_checkpoint_is_validated(tmp_path, tiny_fashion_mnist, capsys):
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "does not fit this model" in err and "missing" in err and err.count("\n") == 1
+
+
+def test_pretrained_weights_for_a_model_without_a_loader_is_one_line(tmp_path, tiny_fashion_mnist, capsys):
+    import torch
+
+    from deploybench.models import create_model
+
+    torch.save(create_model("resnet18", 1000, 3, 224).state_dict(), tmp_path / "imagenet.pt")
+    argv = ["--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1", "--data-dir", str(tiny_fashion_mnist),
+            "--workspace", str(tmp_path / "ws"), "--pretrained", str(tmp_path / "imagenet.pt")]
+    assert train_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model 'lenet' takes no pretrained" in err and err.count("\n") == 1

@@ -70,15 +70,15 @@ def test_unknown_and_broken_user_architectures_are_user_errors():
         create_model("tests_user_arch:not_a_module", 10, 3, 32)
 
 
-def test_pretrained_resnet18_transfer_recipe(tmp_path):
+def test_pretrained_resnet18_transfer_recipe():
     source = create_model("resnet18", 1000, 3, 224)
-    torch.save(source.state_dict(), tmp_path / "imagenet.pt")
-    model = create_model("resnet18", 10, 1, 224, pretrained=str(tmp_path / "imagenet.pt"))
+    model = create_model("resnet18", 10, 1, 224, pretrained=source.state_dict())
     # A grey image is an RGB image with equal channels, so the summed RGB filter gives the same response.
     assert torch.allclose(model.conv1.weight, source.conv1.weight.sum(1, keepdim=True))
     assert torch.equal(model.layer4[0].conv1.weight, source.layer4[0].conv1.weight)
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"layer4", "fc"}
-    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(UserError, match="not a resnet18 ImageNet checkpoint"):
-        create_model("resnet18", 10, 3, 224, pretrained=str(tmp_path / "other.pt"))
+    with pytest.raises(UserError, match="not a resnet18 ImageNet state dict"):
+        create_model("resnet18", 10, 3, 224, pretrained={"conv1.weight": torch.zeros(3)})
+    with pytest.raises(UserError, match="model 'lenet' takes no pretrained"):
+        create_model("lenet", 10, 3, 32, pretrained=source.state_dict())

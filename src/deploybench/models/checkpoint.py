@@ -1,6 +1,8 @@
 """Safe checkpoint I/O: `torch.load(weights_only=True)` only, with one-line errors for every bad file."""
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import zipfile
@@ -21,17 +23,22 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint without executing code: pickles that reference code are refused."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
+    """`load_checkpoint`, and the sha256 of the bytes it loaded: the file is read once, so the digest that names
+    a run or an import is the digest of the weights it used."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head == b"PK" and not zipfile.is_zipfile(path):
+    data = path.read_bytes()
+    if data[:2] == b"PK" and not zipfile.is_zipfile(io.BytesIO(data)):
         raise UserError(f"checkpoint {path} is corrupt or truncated: its zip archive has no central directory")
-    if head[:1] not in (b"P", b"\x80"):  # neither torch.save's zip archive nor a (legacy) pickle
+    if data[:1] not in (b"P", b"\x80"):  # neither torch.save's zip archive nor a (legacy) pickle
         raise UserError(f"checkpoint {path} is not a checkpoint: neither a torch.save zip archive nor a pickle")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message is a paragraph; the line naming what was refused (a GLOBAL, an opcode) is the news.
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -43,7 +50,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise UserError(f"checkpoint {path} is corrupt or truncated: {str(exc).splitlines()[0][:160]}") from None
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
-    return obj
+    return obj, hashlib.sha256(data).hexdigest()
 
 
 def extract_state_dict(obj: dict) -> dict:

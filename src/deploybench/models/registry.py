@@ -79,7 +79,12 @@ def create_model(name: str, num_classes: int, in_channels: int, image_size: int,
     info = get_model_info(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     params = inspect.signature(info.factory).parameters
-    if "image_size" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = sorted(k for k in kwargs if k not in params and not takes_any)
+    if unknown:
+        raise UserError(f"model {name!r} takes no {', '.join(unknown)} (its options: "
+                        f"{', '.join(k for k in params if k not in ('num_classes', 'in_channels')) or 'none'})")
+    if "image_size" in params or takes_any:
         kwargs["image_size"] = image_size
     model = info.factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
     if not isinstance(model, nn.Module):

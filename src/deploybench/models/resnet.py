@@ -11,12 +11,8 @@ from deploybench.models.registry import register_model
 _RECIPE = dict(epochs=1, lr=0.1, batch_size=128, optimizer="sgd", schedule="onecycle", label_smoothing=0.1)
 
 
-def _load_imagenet_weights(model: nn.Module, path: str, in_channels: int) -> None:
-    """Load ImageNet weights from a local file: conv1 summed over RGB for 1-channel inputs, fc left new."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise UserError(f"cannot load pretrained weights {path}: {str(exc).splitlines()[0]}") from None
+def _load_imagenet_weights(model: nn.Module, state: dict, in_channels: int) -> None:
+    """Load an ImageNet state dict: conv1 summed over RGB for 1-channel inputs, fc left new."""
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if in_channels != 3 and "conv1.weight" in state:
         state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
@@ -25,20 +21,21 @@ def _load_imagenet_weights(model: nn.Module, path: str, in_channels: int) -> Non
     except RuntimeError as exc:  # shape mismatches
         missing, unexpected = [str(exc).splitlines()[-1].strip()], []
     if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
-        raise UserError(f"{path} is not a resnet18 ImageNet checkpoint (missing {sorted(missing)[:4]}, "
-                        f"unexpected {sorted(unexpected)[:4]})")
+        raise UserError(f"the pretrained weights are not a resnet18 ImageNet state dict "
+                        f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})")
     # Transfer recipe: only layer4 and the new classifier learn.
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith(("layer4.", "fc."))
 
 
 @register_model("resnet18", family="resnet", recipe=dict(_RECIPE, epochs=2))
-def resnet18(num_classes: int = 10, in_channels: int = 3, pretrained: str | None = None) -> nn.Module:
-    """torchvision's resnet18 (7x7 stem + max-pool); `pretrained` is a local ImageNet state-dict file."""
+def resnet18(num_classes: int = 10, in_channels: int = 3, pretrained: dict | None = None) -> nn.Module:
+    """torchvision's resnet18 (7x7 stem + max-pool); `pretrained` is an ImageNet state dict (the caller reads the
+    file, with `load_checkpoint`)."""
     model = torchvision.models.resnet18(num_classes=num_classes)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-    if pretrained:
+    if pretrained is not None:
         _load_imagenet_weights(model, pretrained, in_channels)
     return model
 

@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, Subset
 from deploybench.data import dataset_info, load_splits
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
-from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights
-from deploybench.store import Variant, Workspace, dataset_component, file_sha256, safe_component
+from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights, read_checkpoint
+from deploybench.store import Variant, Workspace, dataset_component, safe_component
 from deploybench.train.engine import default_workers, device_keys, evaluate, fit
 from deploybench.train.recipes import Recipe, default_recipe
 
@@ -52,6 +52,15 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     config = dict(model_config(model, info, transfer), recipe=recipe.to_dict(), dataset=dataset,
                   pretrained=Path(pretrained).name if pretrained else None,
                   init_checkpoint=Path(checkpoint).name if checkpoint else None)
+    # Starting weights are known by their bytes: two files of one name start two runs. Each file is read once,
+    # here, and refused with one line when bad, before the store is asked for the run.
+    imagenet_state = init_state = None
+    if pretrained:
+        imagenet_obj, config["pretrained_sha256"] = read_checkpoint(pretrained)
+        imagenet_state = extract_state_dict(imagenet_obj)
+    if checkpoint:
+        init_obj, config["init_checkpoint_sha256"] = read_checkpoint(checkpoint)
+        init_state = extract_state_dict(init_obj)
     config.update(device_keys(dev, workers))  # a GPU or loader workers give other weights: a variant of its own
     vid = ws.variant_id(model, dataset, None, "train", config)
     existing = ws.stored_variant(vid)
@@ -70,9 +79,10 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
         shutil.rmtree(run_dir)
 
     torch.manual_seed(recipe.seed)  # the initial weights are part of the recipe
-    net = create_model(model, info.num_classes, config["in_channels"], config["image_size"], pretrained=pretrained)
-    if checkpoint:
-        load_weights(net, extract_state_dict(load_checkpoint(checkpoint)), checkpoint)
+    net = create_model(model, info.num_classes, config["in_channels"], config["image_size"],
+                       pretrained=imagenet_state)
+    if init_state is not None:
+        load_weights(net, init_state, checkpoint)
     train_set = splits.train
     if recipe.limit_train and recipe.limit_train < len(train_set):
         keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(recipe.seed))
@@ -138,13 +148,14 @@ def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, 
     and class count exactly (mismatched keys and shapes are listed), and is evaluated on the test split once.
     The same file imported again gives the same variant (its config holds the file's sha256), found before any
     evaluation."""
-    state = extract_state_dict(load_checkpoint(checkpoint))
+    obj, digest = read_checkpoint(checkpoint)
+    state = extract_state_dict(obj)
     info = dataset_info(dataset, data_dir)
     net = create_model(model, info.num_classes, info.in_channels, info.image_size)
     load_weights(net, state, checkpoint)
     # The recipe is the architecture's default: fine-tuning stages (prune, qat) train with it.
     config = dict(model_config(model, info), dataset=dataset, recipe=default_recipe(model).to_dict(),
-                  checkpoint=Path(checkpoint).name, checkpoint_sha256=file_sha256(Path(checkpoint)))
+                  checkpoint=Path(checkpoint).name, checkpoint_sha256=digest)
     existing = ws.stored_variant(ws.variant_id(model, dataset, None, "import", config))
     if existing is not None:  # validated above; evaluated when it was imported
         log(f"already imported {checkpoint} as variant {existing.id}: test top-1 "
