@@ -122,6 +122,10 @@ def test_single_image_folder_is_split_80_20(tiny_imagefolder):
     s = load_splits(f"imagefolder:{tiny_imagefolder / 'train'}", None, val_fraction=0.2)
     assert len(s.test) == 3 and len(s.train) + len(s.val) == 15
     assert not set(s.test.indices) & (set(s.train.indices) | set(s.val.indices))
+    # The held-out test images are the dataset's, not the recipe's: a run with another seed is tested (and its
+    # optimized variants and profile rows, which load with the default seed, are measured) on the same images.
+    other = load_splits(f"imagefolder:{tiny_imagefolder / 'train'}", None, val_fraction=0.2, seed=1)
+    assert other.test.indices == s.test.indices and other.val.indices != s.val.indices
 
 
 def test_prepare_fashion_mnist_unzips_atomically(tiny_fashion_mnist, tmp_path):

@@ -173,13 +173,18 @@ def _image_folder(root: Path, skipped: list) -> tvd.ImageFolder:
     return ds
 
 
-def _load_imagefolder(name, seed):
+# The 80/20 split of a single-folder dataset is part of the dataset, not of a recipe: every run, optimized
+# variant and profile row of it is tested on the same held-out images, whatever seed trained it.
+POOL_TEST_SEED = 0
+
+
+def _load_imagefolder(name):
     train_root, test_root = _folder_roots(name)
     skipped: list[str] = []
     train = _image_folder(train_root, skipped)
     if test_root is None:
         # One pool: a seeded 80/20 split, the 20% held out as the test split.
-        order = np.random.default_rng(seed).permutation(len(train))
+        order = np.random.default_rng(POOL_TEST_SEED).permutation(len(train))
         n_test = max(1, len(train) // 5)
         return train, train, skipped, sorted(order[n_test:].tolist()), sorted(order[:n_test].tolist())
     test = _image_folder(test_root, skipped)
@@ -205,7 +210,7 @@ def load_splits(name: str, data_dir, *, val_fraction=0.1, seed=0, augment=True, 
     augment / cutout / transfer: see `presets.train_transform`; download: try torchvision's download when
     files are missing (Fashion-MNIST is first unpacked from the Debian package if installed).
     `imagefolder:PATH` reads `PATH/train/<class>/*` and `PATH/test/<class>/*`, or, without those two
-    folders, `PATH/<class>/*` split 80/20 (seeded) into train pool / test. Images are resized to 32x32 RGB.
+    folders, `PATH/<class>/*` split 80/20 into train pool / test (always with `POOL_TEST_SEED`). Images are resized to 32x32 RGB.
     Corrupt images are skipped (each file is opened and verified with PIL at scan time), counted in
     `Splits.skipped_files` and reported with one warning, so one bad file does not stop a run.
     Returns: Splits. Raises UserError on unknown names, missing or corrupt files.
@@ -218,7 +223,7 @@ def load_splits(name: str, data_dir, *, val_fraction=0.1, seed=0, augment=True, 
     elif name == "fashion-mnist":
         train_ds, test_ds = _load_fashion_mnist(data_dir, download)
     else:
-        train_ds, test_ds, skipped, pool_idx, test_idx = _load_imagefolder(name, seed)
+        train_ds, test_ds, skipped, pool_idx, test_idx = _load_imagefolder(name)
     if skipped:
         warnings.warn(f"{name}: skipped {len(skipped)} corrupt image(s), e.g. {skipped[0]}", stacklevel=2)
     pool_idx = list(range(len(train_ds))) if pool_idx is None else pool_idx
