@@ -274,6 +274,73 @@ def test_unknown_names_list_the_choices(main, argv, listed, trained_workspace, c
     assert snapshot(ws.root) == before
 
 
+# -- options out of range, and targets that cannot be written ----------------------------------------------------
+TRAIN = ["--model", "lenet", "--dataset", "fashion-mnist"]
+OUT_OF_RANGE = {
+    "batch-size-0": (train_cli.main, TRAIN + ["--batch-size", "0"], "--batch-size must be 1 or more, got 0"),
+    "batch-size-negative": (train_cli.main, TRAIN + ["--batch-size", "-3"], "--batch-size must be 1 or more"),
+    "epochs-0": (train_cli.main, TRAIN + ["--epochs", "0"], "--epochs must be 1 or more, got 0"),
+    "lr-negative": (train_cli.main, TRAIN + ["--lr", "-0.1"], "--lr must be above 0"),
+    "weight-decay-negative": (train_cli.main, TRAIN + ["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+    "label-smoothing-1.5": (train_cli.main, TRAIN + ["--label-smoothing", "1.5"], "--label-smoothing must be in"),
+    "seed-negative": (train_cli.main, TRAIN + ["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    "limit-train-negative": (train_cli.main, TRAIN + ["--limit-train", "-5"], "--limit-train must be 0 or more"),
+    "device-bogus": (train_cli.main, TRAIN + ["--device", "bogus"], "--device must be cpu or cuda"),
+    "device-tpu": (train_cli.main, TRAIN + ["--device", "meta"], "--device must be cpu or cuda"),
+    "device-cuda-9": (train_cli.main, TRAIN + ["--device", "cuda:9"], "no such CUDA device here"),
+    "qat-epochs-0": (optimize_cli.main, ["quantize", "--model", "lenet", "--method", "qat", "--qat-epochs", "0"],
+                     "qat needs --qat-epochs of 1 or more"),
+    "opset-99": (optimize_cli.main, ["export", "--model", "lenet", "--opset", "99"], "--opset must be between 7"),
+    "check-batch-0": (profile_cli.main, ["check", "--variant", "VID", "--backend", "torch-cpu", "--batch-size", "0"],
+                      "--batch-size and --threads must be at least 1"),
+    "check-unsupported-format": (profile_cli.main, ["check", "--variant", "VID", "--backend", "ort-cpu"],
+                                 "ort-cpu cannot run", "is not ONNX"),
+    "report-out-folder": (profile_cli.main, ["report", "--out", "TMP"], "is a folder; name the file"),
+    "report-out-under-a-file": (profile_cli.main, ["report", "--out", "TMP/file.txt/index.html"],
+                                "file.txt is a file, not a folder"),
+    "pipeline-out-folder": (main_cli.main, ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--out",
+                                            "TMP"], "is a folder; name the file"),
+    "pipeline-backend": (main_cli.main, ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet",
+                                         "--backends", "torch-cpu,nope"], "unknown backend 'nope'"),
+}
+
+
+@pytest.mark.parametrize("case", OUT_OF_RANGE)
+def test_options_out_of_range_are_one_line_before_any_work(case, trained_workspace, tmp_path, capsys, monkeypatch):
+    """Each used to end in a traceback (or, for `pipeline --out`, in an error after the whole run)."""
+    ws, trained, data_dir = trained_workspace
+    main, argv, *expected = OUT_OF_RANGE[case]
+    if case == "device-cuda-9" and torch.cuda.device_count() > 9:
+        pytest.skip("this machine has a tenth GPU")
+    (tmp_path / "file.txt").write_text("not a folder")
+    argv = [a.replace("VID", trained.id).replace("TMP", str(tmp_path)) for a in argv]
+    if main is main_cli.main:  # the pipeline must refuse before it trains: training here is the failure
+        import deploybench.pipeline as pipeline
+
+        monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: pytest.fail("the pipeline ran"))
+    before = snapshot(ws.root)
+    refused(lambda: main(argv + ["--workspace", str(ws.root), "--data-dir", str(data_dir)]), capsys, *expected)
+    assert snapshot(ws.root) == before
+    assert {p.name for p in tmp_path.iterdir()} >= {"file.txt"} and not (tmp_path / "index.html").exists()
+
+
+def test_prune_fine_tuning_rate_must_be_positive():
+    from deploybench.errors import UserError
+    from deploybench.optimize.prune import PruneStage
+
+    with pytest.raises(UserError, match="--finetune-lr must be above 0, got 0.0"):
+        PruneStage(ratio=0.5, finetune_lr=0.0)
+
+
+def test_pipeline_batch_sizes_are_checked_by_the_parser(trained_workspace):
+    ws, _, data_dir = trained_workspace
+    for bad in ("1,x", "0", ","):
+        with pytest.raises(SystemExit) as exc:
+            main_cli.main(["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--batch-sizes", bad,
+                           "--workspace", str(ws.root), "--data-dir", str(data_dir)])
+        assert exc.value.code == 2
+
+
 # -- a full disk and a read-only workspace ---------------------------------------------------------------------------
 def _mount_tmpfs(where: Path, size: str) -> None:
     if os.geteuid() != 0:

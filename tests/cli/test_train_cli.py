@@ -54,3 +54,22 @@ def test_pretrained_weights_for_a_model_without_a_loader_is_one_line(tmp_path, t
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "model 'lenet' takes no pretrained" in err and err.count("\n") == 1
+
+
+def test_an_image_folder_is_one_dataset_from_any_directory(tmp_path, tiny_imagefolder, capsys, monkeypatch):
+    """A relative `imagefolder:PATH` is made absolute: from another directory, the same folder finds its run
+    (before, the id held the relative text while the artifact folder held the absolute path)."""
+    ws = tmp_path / "ws"
+    argv = ["--model", "lenet", "--epochs", "1", "--batch-size", "8", "--workspace", str(ws)]
+    monkeypatch.chdir(tiny_imagefolder)
+    assert train_cli.main(argv + ["--dataset", "imagefolder:train"]) == 0
+    assert ": trained," in capsys.readouterr().out
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert train_cli.main(argv + ["--dataset", f"imagefolder:{tiny_imagefolder / 'train'}"]) == 0
+    assert "already trained" in capsys.readouterr().out
+
+    from deploybench.store import Workspace
+
+    [v] = Workspace(ws).variants("lenet")
+    assert v.dataset == f"imagefolder:{tiny_imagefolder / 'train'}"

@@ -255,3 +255,21 @@ def test_stage_rejects_wrong_parent_format(made):
         get_stage("prune")(ratio=0.5, finetune_epochs=0).run(ws, onnx_v, data_dir)
     with pytest.raises(UserError, match="export needs a PyTorch variant"):
         get_stage("export")().run(ws, onnx_v, data_dir)
+
+
+def test_export_records_the_opset_its_file_holds(trained_workspace, monkeypatch):
+    """The dynamo exporter builds at opset 18 and converts down; a conversion that fails keeps 18. An export
+    whose file does not hold the asked opset is refused rather than recorded under the asked one."""
+    import onnx
+
+    import deploybench.optimize.export as export
+
+    ws, trained, data_dir = trained_workspace
+    v = get_stage("export")(opset=17).run(ws, trained, data_dir)
+    held = {i.domain: i.version for i in onnx.load(str(v.path / "model.onnx"), load_external_data=False).opset_import}
+    assert v.config["opset"] == v.metrics["opset"] == held[""] == 17
+    real = export.export_onnx
+    monkeypatch.setattr(export, "export_onnx", lambda model, example, path, opset: real(model, example, path, 18))
+    with pytest.raises(UserError, match="asked for ONNX opset 16, the dynamo exporter wrote opset 18"):
+        get_stage("export")(opset=16).run(ws, trained, data_dir)
+    assert [x.config["opset"] for x in ws.variants("lenet") if x.stage == "export"] == [17]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deploybench.cli.common import add_common, comma_list, open_workspace, run
+from deploybench.cli.common import add_common, comma_list, dataset_arg, open_workspace, positive_ints, run
 
 COMMANDS = {"train": "deploybench.cli.train", "optimize": "deploybench.cli.optimize",
             "profile": "deploybench.cli.profile_cmd"}
@@ -15,16 +15,21 @@ def pipeline(args) -> int:
     from deploybench.data import dataset_info
     from deploybench.models import get_model_info, list_models
     from deploybench.pipeline import run_pipeline
+    from deploybench.profile.backends import get_backend
+    from deploybench.store.atomic import check_file_target
     from deploybench.profile.compare import compare_rows, render
 
     models = list_models() if args.models == "all" else comma_list(args.models)
-    for name in models:  # unknown names fail before any work starts
+    for name in models:  # unknown names and bad options fail before any work starts
         get_model_info(name)
     dataset_info(args.dataset, args.data_dir)
+    for name in comma_list(args.backends or ""):
+        get_backend(name)
+    check_file_target(args.out)
     ws = open_workspace(args)
     summary = run_pipeline(ws, args.dataset, models, data_dir=args.data_dir, epochs=args.epochs,
                            backends=comma_list(args.backends) if args.backends else None,
-                           batch_sizes=[int(b) for b in comma_list(args.batch_sizes)], quick=args.quick,
+                           batch_sizes=args.batch_sizes, quick=args.quick,
                            report=args.out)
     print(render(compare_rows(ws, models=models, dataset=args.dataset, include_skipped=False), "table"))
     for line in summary["failed"]:
@@ -46,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     pp = sub.add_parser("pipeline", help="train -> optimize all -> profile -> report")
     add_common(pp)
-    pp.add_argument("--dataset", required=True)
+    pp.add_argument("--dataset", type=dataset_arg, required=True)
     pp.add_argument("--models", required=True, help="comma-separated model names, or 'all'")
     pp.add_argument("--epochs", type=int, help="override every model's default epochs")
     pp.add_argument("--backends", help="comma-separated profile backends (default: every available one)")
-    pp.add_argument("--batch-sizes", default="1,64")
+    pp.add_argument("--batch-sizes", type=positive_ints, default=[1, 64], help="comma-separated (default 1,64)")
     pp.add_argument("--quick", action="store_true", help="short latency protocol (tests)")
     pp.add_argument("--out", default="reports/index.html", help="where to write the report")
     args = p.parse_args(argv)

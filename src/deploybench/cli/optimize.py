@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deploybench.cli.common import add_checkpoint_option, add_common, checkpoint_variant, open_workspace, run
+from deploybench.cli.common import (add_checkpoint_option, add_common, checkpoint_variant, dataset_arg,
+                                     open_workspace, run)
 
 QUANT_METHODS = ["int8-pt2e", "int8-ort", "dynamic", "qat", "fp16", "bf16"]
 IMPORTANCES = ["magnitude", "taylor", "bn-scale", "lamp"]
@@ -13,7 +14,8 @@ IMPORTANCES = ["magnitude", "taylor", "bn-scale", "lamp"]
 def _target(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--model", required=True, help="zoo name (as trained)")
-    p.add_argument("--dataset", help="dataset it was trained on (default: the only one it was trained on)")
+    p.add_argument("--dataset", type=dataset_arg,
+                   help="dataset it was trained on (default: the only one it was trained on)")
     p.add_argument("--variant", help="input variant id or unique prefix (default: the trained variant)")
     add_checkpoint_option(p)
 

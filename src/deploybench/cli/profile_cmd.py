@@ -4,19 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deploybench.cli.common import (add_checkpoint_option, add_common, checkpoint_variant, comma_list, open_workspace,
-                                     run)
+from deploybench.cli.common import (add_checkpoint_option, add_common, checkpoint_variant, comma_list, dataset_arg,
+                                     open_workspace, positive_ints, run)
 from deploybench.errors import UserError
-
-
-def _positive_ints(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in comma_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text!r}")
-    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,11 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="measure variants (latency, memory, accuracy, % of peak) into the workspace")
     add_common(r)
     r.add_argument("--model", default="all", help="model name, or all (default)")
-    r.add_argument("--dataset", help="only variants of this dataset")
+    r.add_argument("--dataset", type=dataset_arg, help="only variants of this dataset")
     r.add_argument("--variant", action="append", help="only this variant id (repeatable; prefixes accepted)")
     add_checkpoint_option(r)
     r.add_argument("--backends", type=comma_list, help="comma-separated backends (default: every available one)")
-    r.add_argument("--batch-sizes", type=_positive_ints, default=[1, 64], help="comma-separated (default 1,64)")
+    r.add_argument("--batch-sizes", type=positive_ints, default=[1, 64], help="comma-separated (default 1,64)")
     r.add_argument("--threads", type=int, help="CPU threads (default: all physical cores)")
     r.add_argument("--quick", action="store_true", help="short protocol for tests (numbers are not honest)")
     r.add_argument("--in-process", action="store_true",
@@ -38,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="side-by-side table (or JSON / CSV) of stored measurements")
     add_common(c)
     c.add_argument("--model", nargs="+", help="only these models")
-    c.add_argument("--dataset", help="only this dataset")
+    c.add_argument("--dataset", type=dataset_arg, help="only this dataset")
     c.add_argument("--backend", help="only this backend")
     c.add_argument("--format", choices=["table", "json", "csv"], default="table")
     rep = sub.add_parser("report", help="self-contained HTML report built from the store")
@@ -61,6 +51,8 @@ def _check(args) -> int:
     from deploybench.profile.env import physical_cores
 
     get_backend(args.backend)
+    if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+        raise UserError(f"--batch-size and --threads must be at least 1, got {args.batch_size} and {args.threads}")
     ws = open_workspace(args, record=False)
     r = cross_check(ws, ws.get_variant(args.variant), args.backend, args.batch_size, args.threads or physical_cores())
     print(f"ours p50 {r['ours_ms']:.3f} ms, {r['reference']} median {r['reference_ms']:.3f} ms, "

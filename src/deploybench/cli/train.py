@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from deploybench.cli.common import add_checkpoint_option, add_common, open_workspace, run
+from deploybench.cli.common import add_checkpoint_option, add_common, dataset_arg, open_workspace, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-models", action="store_true", help="list the zoo (name, family, params) and exit")
     p.add_argument("--json", action="store_true", help="with --list-models: print JSON")
     p.add_argument("--model", help="zoo name or package.module:factory")
-    p.add_argument("--dataset", default=None, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
+    p.add_argument("--dataset", type=dataset_arg, default=None, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

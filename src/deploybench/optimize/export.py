@@ -68,6 +68,14 @@ class ExportStage(Stage):
     name = "export"
     Config = ExportConfig
 
+    def __init__(self, config: ExportConfig | None = None, **options):
+        super().__init__(config, **options)
+        import onnx
+
+        newest = onnx.defs.onnx_opset_version()
+        if not 7 <= self.config.opset <= newest:
+            raise UserError(f"--opset must be between 7 and {newest} (this onnx's newest), got {self.config.opset}")
+
     def run(self, ws: Workspace, parent: Variant, data_dir) -> Variant:
         import onnx
 
@@ -82,6 +90,12 @@ class ExportStage(Stage):
                 raw = Path(raw_dir) / "raw.onnx"
                 exporter = export_onnx(model, data.example(2), raw, opset)
                 onnx.checker.check_model(str(raw), full_check=True)
+                # The dynamo exporter builds at its own opset and converts; a conversion that fails keeps its own.
+                written = next(i.version for i in onnx.load(str(raw), load_external_data=False).opset_import
+                               if i.domain in ("", "ai.onnx"))
+                if written != opset:
+                    raise UserError(f"asked for ONNX opset {opset}, the {exporter} exporter wrote opset {written}; "
+                                    f"refusing it (its config would name the wrong opset)")
                 _ort_optimize(raw, d / "model.onnx")
             onnx.checker.check_model(str(d / "model.onnx"), full_check=True)
             logits = predict(OrtModule(d / "model.onnx"), data)[1]

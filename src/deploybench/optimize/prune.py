@@ -168,6 +168,8 @@ class PruneStage(Stage):
             raise unknown_choice("importance", c.importance, IMPORTANCES)
         if c.iterative_steps < 1 or c.finetune_epochs < 0:
             raise UserError("--iterative-steps must be >= 1 and --finetune-epochs >= 0")
+        if c.finetune_lr is not None and not c.finetune_lr > 0:
+            raise UserError(f"--finetune-lr must be above 0, got {c.finetune_lr}")
 
     def run(self, ws: Workspace, parent: Variant, data_dir) -> Variant:
         from deploybench.data import load_splits

@@ -334,6 +334,9 @@ class QuantizeStage(Stage):
             raise unknown_choice("calibration method", self.config.calib_method, CALIB_METHODS)
         if self.config.calib_size < 1:
             raise UserError("--calib-size must be at least 1")
+        if self.config.method == "qat" and (self.config.qat_epochs < 1 or not self.config.qat_lr > 0):
+            raise UserError(f"qat needs --qat-epochs of 1 or more and a learning rate above 0, got "
+                            f"{self.config.qat_epochs} and {self.config.qat_lr}")
         if "reduce_range" in METHODS[self.config.method].options and self.config.reduce_range is None:
             # The default depends on the CPU; resolved here, it is part of the variant's config and id.
             from deploybench.profile.env import has_int8_dot_product

@@ -13,9 +13,26 @@ import time
 
 import torch
 
+from deploybench.errors import UserError
 from deploybench.profile.backends import get_backend
+from deploybench.profile.backends.base import BackendSkip
 from deploybench.profile.latency import Protocol, measure_latency, paired_speedup
 from deploybench.profile.static import input_shape, root_config
+
+
+def _loaded(backend: str, variant, batch_size: int, threads: int):
+    """`backend` loaded with `variant`; a backend that is not here, or cannot run the variant, is a one-line
+    error (`profile run` records these as skips; a check that names them has nothing to measure)."""
+    cls = get_backend(backend)
+    for ok, why in (cls.available(), cls.supports(variant)):
+        if not ok:
+            raise UserError(f"{backend} cannot run {variant.id} here: {why}")
+    impl = cls()
+    try:
+        impl.load(variant, batch_size, threads)
+    except BackendSkip as exc:
+        raise UserError(f"{backend} cannot run {variant.id} here: {exc}") from None
+    return impl
 
 
 def cross_check(ws, variant, backend: str, batch_size: int, threads: int, protocol: Protocol | None = None,
@@ -23,8 +40,7 @@ def cross_check(ws, variant, backend: str, batch_size: int, threads: int, protoc
     """{ours_ms, reference_ms, ratio, reference, rounds}: medians over alternated rounds of our p50 and the
     independent timer's median (ms)."""
     protocol = protocol or Protocol(warmup=3, min_runs=10, min_seconds=1.0)
-    impl = get_backend(backend)()
-    impl.load(variant, batch_size, threads)
+    impl = _loaded(backend, variant, batch_size, threads)
     batch = torch.randn(batch_size, *input_shape(root_config(ws, variant)))
     inputs = impl.prepare(batch)
     if backend.startswith("ort-cpu"):
@@ -67,8 +83,7 @@ def paired_against(ws, variant, backend: str, base, base_backend: str, batch_siz
     (`paired_speedup`): the figure that survives a shared machine's drift."""
     calls = []
     for v, name in ((base, base_backend), (variant, backend)):
-        impl = get_backend(name)()
-        impl.load(v, batch_size, threads)
+        impl = _loaded(name, v, batch_size, threads)
         inputs = impl.prepare(torch.randn(batch_size, *input_shape(root_config(ws, v))))
         impl.run(inputs)
         calls.append((impl, inputs))

@@ -48,10 +48,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def check_file_target(path: str | os.PathLike) -> Path:
+    """`path` as a file to (over)write: a folder there, or a file where a folder of its path must be, is a
+    one-line error. Commands that write at their end (a report) call it at their start."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; name the file to write (e.g. {path / 'index.html'})")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 @contextlib.contextmanager
 def atomic_save(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
-    path = Path(path)
+    path = check_file_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, FILE_MODE)

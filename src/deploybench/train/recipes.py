@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from deploybench.errors import UserError
 from deploybench.models import get_model_info
 
 
@@ -22,6 +23,24 @@ class Recipe:
     augment: bool = True
     limit_train: int = 0          # train on the first N shuffled training images (0 = all); for quick runs
     checkpoint_every: int = 200   # also checkpoint every N steps, so a killed run loses little
+
+    def __post_init__(self):
+        """Refuse values no run can use, with the CLI option's name, before anything is loaded or recorded."""
+        def bad(field: str, rule: str):
+            raise UserError(f"--{field.replace('_', '-')} must be {rule}, got {getattr(self, field)}")
+
+        for field in ("epochs", "batch_size", "checkpoint_every"):
+            if getattr(self, field) < 1:
+                bad(field, "1 or more")
+        for field in ("weight_decay", "cutout", "limit_train"):
+            if getattr(self, field) < 0:
+                bad(field, "0 or more")
+        if not self.lr > 0:
+            bad("lr", "above 0")
+        if not 0 <= self.label_smoothing < 1:
+            bad("label_smoothing", "in [0, 1)")
+        if not 0 <= self.seed < 2 ** 32:
+            bad("seed", "in [0, 2**32)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -28,6 +28,23 @@ def build_model(config: dict) -> torch.nn.Module:
     return create_model(config["arch"], config["num_classes"], config["in_channels"], config["image_size"])
 
 
+def training_device(name: str | None) -> torch.device:
+    """`--device`: cpu or cuda[:N] (default cuda when present); anything else, or a GPU that is not here, is a
+    one-line error before any work."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device must be cpu or cuda (or cuda:N), got {name!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda (or cuda:N), got {name!r}")
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    return dev
+
+
 def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data_dir: str | Path = "data",
                 resume: bool | None = False, restart: bool = False, pretrained: str | None = None,
                 checkpoint: str | None = None, device: str | None = None, workers: int | None = None,
@@ -40,7 +57,7 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     `checkpoint` starts from external weights (validated against the architecture).
     `workers`: data-loading processes for training (default: `default_workers(device)`).
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = training_device(device)
     if workers is None:
         workers = default_workers(dev)
     if workers < 0:
