@@ -144,6 +144,34 @@ def test_starting_weights_are_known_by_their_bytes_not_their_name(trained_worksp
     assert not torch.equal(*(torch.load(v.path / "model.pt", weights_only=True)["0.weight"] for v in runs))
 
 
+def test_what_is_made_is_known_by_its_data_files(trained_workspace, tmp_path, capsys):
+    """The same command on other data files (an edited copy here; tests/fixtures against the real data in
+    practice) trains and exports again instead of handing back what the first files gave (profile rows:
+    tests/profile/test_runner.py)."""
+    import shutil
+
+    ws, trained, data_dir = trained_workspace
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    labels = other / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    raw = bytearray(labels.read_bytes())
+    raw[8] = (raw[8] + 1) % 10  # one test label
+    labels.write_bytes(bytes(raw))
+    common = ["--model", "lenet", "--dataset", "fashion-mnist", "--workspace", str(ws.root)]
+    train = common + ["--epochs", "1", "--batch-size", "16"]
+    assert train_cli.main(train + ["--data-dir", str(data_dir)]) == 0
+    assert "already trained" in capsys.readouterr().out
+    assert train_cli.main(train + ["--data-dir", str(other)]) == 0
+    assert ": trained," in capsys.readouterr().out
+    runs = [v for v in ws.variants("lenet") if v.stage == "train"]
+    assert len(runs) == 2 and len({v.config["data_sha256"] for v in runs}) == 2
+    # One parent, exported with each data folder: two exports, each evaluated on its own files.
+    for d in (data_dir, other):
+        assert optimize_cli.main(["export", "--variant", trained.id] + common + ["--data-dir", str(d)]) == 0
+    exports = [v for v in ws.variants("lenet") if v.stage == "export"]
+    assert len(exports) == 2 and len({v.config["data_sha256"] for v in exports}) == 2
+
+
 def test_a_good_checkpoint_is_imported_once_and_used(trained_workspace, tmp_path, capsys, monkeypatch):
     """The same weights through optimize and profile: one imported root variant, validated and evaluated once."""
     import deploybench.train.run as run

@@ -73,3 +73,31 @@ def test_an_image_folder_is_one_dataset_from_any_directory(tmp_path, tiny_imagef
 
     [v] = Workspace(ws).variants("lenet")
     assert v.dataset == f"imagefolder:{tiny_imagefolder / 'train'}"
+
+
+def test_a_user_architecture_is_known_by_its_code(tmp_path, tiny_fashion_mnist, capsys, monkeypatch):
+    """Edited code trains again, and a variant of the earlier code is never loaded into the edited one, even
+    when its weights would fit (here only the activation changes)."""
+    import sys
+
+    from deploybench.cli import optimize as optimize_cli
+    from deploybench.store import Workspace
+
+    code = ("import torch.nn as nn\n\n\ndef net(num_classes, in_channels):\n    return nn.Sequential(nn.Conv2d("
+            "in_channels, 4, 3), nn.{act}(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))\n")
+    (tmp_path / "my_arch.py").write_text(code.format(act="ReLU"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ["--model", "my_arch:net", "--dataset", "fashion-mnist", "--workspace", str(tmp_path / "ws"),
+              "--data-dir", str(tiny_fashion_mnist)]
+    train = common + ["--epochs", "1", "--batch-size", "16"]
+    assert train_cli.main(train) == 0 and ": trained," in capsys.readouterr().out
+    assert train_cli.main(train) == 0 and "already trained" in capsys.readouterr().out
+    [first] = Workspace(tmp_path / "ws").variants("my_arch:net")
+
+    (tmp_path / "my_arch.py").write_text(code.format(act="Tanh"))
+    monkeypatch.delitem(sys.modules, "my_arch")  # as a new command (a new process) would import it
+    assert train_cli.main(train) == 0 and ": trained," in capsys.readouterr().out
+    assert len({v.config["arch_sha256"] for v in Workspace(tmp_path / "ws").variants("my_arch:net")}) == 2
+    assert optimize_cli.main(["export", "--variant", first.id[:8]] + common) == 2
+    err = capsys.readouterr().err
+    assert "code of user architecture 'my_arch:net' changed" in err and err.count("\n") == 1

@@ -4,8 +4,8 @@ import shutil
 import pytest
 import torch
 
-from deploybench.data import (DATASET_NAMES, calibration_subset, dataset_info, eval_transform, load_splits,
-                              prepare_fashion_mnist, train_transform)
+from deploybench.data import (DATASET_NAMES, calibration_subset, data_digest, dataset_info, eval_transform,
+                              load_splits, prepare_fashion_mnist, train_transform)
 from deploybench.data import fashion_mnist
 from deploybench.errors import UserError
 
@@ -145,3 +145,29 @@ def test_prepare_fashion_mnist_unzips_atomically(tiny_fashion_mnist, tmp_path):
 def test_imagefolder_info_is_cheap_and_sorted(tiny_imagefolder):
     info = dataset_info(f"imagefolder:{tiny_imagefolder}")
     assert info.classes == ("circle", "square", "triangle") and info.mean == (0.485, 0.456, 0.406)
+
+
+@pytest.mark.parametrize("key", CASES)
+def test_data_digest_names_the_files_read_unless_they_are_the_published_ones(request, key, tmp_path, monkeypatch):
+    import hashlib
+
+    from deploybench.data import datasets
+
+    name, path, _ = _load(request, key, augment=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    copy_name = f"imagefolder:{copy}" if key == "imagefolder" else name
+    digest = data_digest(name, path)
+    assert len(digest) == 64 and data_digest(copy_name, copy) == digest  # where the files lie does not matter
+    files = datasets._data_files(copy_name, copy)
+    edited = files[-1][1]
+    edited.write_bytes(edited.read_bytes()[:-1] + bytes([edited.read_bytes()[-1] ^ 1]))
+    assert data_digest(copy_name, copy) not in (None, digest)
+    if key == "imagefolder":  # no published files: always a digest
+        return
+    # The published files, known by their md5 pins, give no digest: ids made from them stay as they were.
+    real = datasets._data_files
+    pins = {rel: hashlib.md5(p.read_bytes()).hexdigest() for rel, p, _ in real(name, path)}
+    monkeypatch.setattr(datasets, "_data_files", lambda n, d: [(rel, p, pins[rel]) for rel, p, _ in real(n, d)])
+    assert data_digest(name, path) is None
+    assert data_digest(copy_name, copy) is not None  # the edited copy is not the published data

@@ -105,3 +105,23 @@ def test_reuse_keeps_rows_of_the_same_code_and_protocol_and_remeasures_otherwise
     failed = [m for m in ws.measurements() if m["backend"] == "torch-cpu"][-1]
     ws.add_measurements([dict(failed, metrics=dict(skipped="failed: boom", error=True))])
     assert rows_after()[1] == n + 1 + 2  # the failed row, then torch-cpu measured again; ort-cpu's skips kept
+
+
+def test_rows_are_kept_only_for_the_data_files_they_were_measured_on(trained_workspace, tmp_path, monkeypatch):
+    import shutil
+
+    import deploybench.profile.runner as runner
+
+    ws, trained, data_dir = trained_workspace
+    real = runner.environment
+    monkeypatch.setattr(runner, "environment", lambda threads: dict(real(threads), commit="0123abc"))
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    labels = other / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:8] + bytes(10 - 1 - b for b in labels.read_bytes()[8:]))
+    for d, kept in ((data_dir, False), (data_dir, True), (other, False), (other, True)):
+        (row,) = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
+                                  data_dir=d, isolate=False, reuse=True, log=lambda _: None)
+        assert ("id" in row) is kept, (d, kept)  # rows read back from the store carry their id
+    accuracy = {r["metrics"]["data_sha256"]: r["metrics"]["accuracy_top1"] for r in ws.measurements(trained.id)}
+    assert len(accuracy) == 2  # each data folder's own accuracy, both stored

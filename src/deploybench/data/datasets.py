@@ -4,6 +4,8 @@ The validation split is carved (seeded) from the training files and uses the eva
 split is only ever used for the final accuracy, never for model selection.
 """
 import copy
+import functools
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +195,58 @@ def _load_imagefolder(name):
     return train, test, skipped, list(range(len(train))), None
 
 
+def _data_files(name: str, data_dir) -> list[tuple[str, Path, str | None]]:
+    """(path relative to the dataset's folder, path, md5 of the published file or None) of every file
+    `load_splits` reads for `name`, sorted."""
+    if name in _CIFAR:
+        real = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+        folder = Path(data_dir) / real.base_folder
+        pins = dict(real.train_list + real.test_list) | {real.meta["filename"]: real.meta["md5"]}
+        return [(f, folder / f, md5) for f, md5 in sorted(pins.items())]
+    if name == "fashion-mnist":
+        raw = fashion_mnist.raw_dir(data_dir)
+        return [(f, raw / f, fashion_mnist.RAW_MD5[f]) for f in sorted(fashion_mnist.RAW_FILES)]
+    base = Path(name[len(IMAGEFOLDER):]).expanduser()
+    files = [p for root in _folder_roots(name) if root is not None for p in root.rglob("*")
+             if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS)]
+    return [(p.relative_to(base).as_posix(), p, None) for p in sorted(files)]
+
+
+def data_digest(name: str, data_dir) -> str | None:
+    """None when the files `load_splits` reads for `name` are the published ones (by their md5 pins); else the
+    sha256 of their relative paths and bytes. Whatever is trained, optimized or measured on other files (a
+    fixture, an edited copy, an image folder, which has no published files) is then a variant of its own: the
+    digest enters its config and id. Cached per file list, sizes and modification times."""
+    files = _data_files(name, data_dir)
+    try:
+        stamp = tuple((rel, str(p), md5, p.stat().st_size, p.stat().st_mtime_ns) for rel, p, md5 in files)
+    except OSError as e:
+        raise UserError(f"{name} data cannot be read: {e.filename}: {e.strerror}") from None
+    return _digest(stamp)
+
+
+def data_keys(name: str, data_dir) -> dict:
+    """Config keys of the data a variant is made or measured with: `data_sha256` when the files are not the
+    published ones (`data_digest`), else none, so that ids made from the published data stay as they were."""
+    digest = data_digest(name, data_dir)
+    return {} if digest is None else dict(data_sha256=digest)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(stamp: tuple) -> str | None:
+    total, published = hashlib.sha256(), True
+    for rel, path, md5, _, _ in stamp:
+        own = hashlib.md5(usedforsecurity=False)
+        total.update(rel.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                own.update(chunk)
+                total.update(chunk)
+        total.update(b"\0")
+        published = published and md5 is not None and own.hexdigest() == md5
+    return None if published else total.hexdigest()
+
+
 def _with_transform(ds, transform):
     """A second dataset object over the same files (shares the arrays/file list) with its own transform."""
     ds = copy.copy(ds)
@@ -210,7 +264,8 @@ def load_splits(name: str, data_dir, *, val_fraction=0.1, seed=0, augment=True, 
     augment / cutout / transfer: see `presets.train_transform`; download: try torchvision's download when
     files are missing (Fashion-MNIST is first unpacked from the Debian package if installed).
     `imagefolder:PATH` reads `PATH/train/<class>/*` and `PATH/test/<class>/*`, or, without those two
-    folders, `PATH/<class>/*` split 80/20 into train pool / test (always with `POOL_TEST_SEED`). Images are resized to 32x32 RGB.
+    folders, `PATH/<class>/*` split 80/20 into train pool / test (always with `POOL_TEST_SEED`). Images are
+    resized to 32x32 RGB.
     Corrupt images are skipped (each file is opened and verified with PIL at scan time), counted in
     `Splits.skipped_files` and reported with one warning, so one bad file does not stop a run.
     Returns: Splits. Raises UserError on unknown names, missing or corrupt files.

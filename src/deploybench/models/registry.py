@@ -6,9 +6,11 @@ architecture builds for 1x28x28 Fashion-MNIST and 3x32x32 CIFAR alike.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch.nn as nn
@@ -69,6 +71,27 @@ def get_model_info(name: str) -> ModelInfo:
             raise UserError(f"user architecture {name!r} is not callable")
         return ModelInfo(name, "user", factory, "user architecture")
     raise unknown_choice("model", name, list(_REGISTRY) + ["package.module:factory"])
+
+
+def user_code_digest(name: str) -> str | None:
+    """sha256 of the source file that defines user architecture `name` (`package.module:factory`); None for the
+    zoo, whose code is deploybench's own. A variant made from a user architecture records it, so that edited
+    code trains again and never has older weights loaded into it."""
+    if name in _REGISTRY or ":" not in name:
+        return None
+    factory = get_model_info(name).factory
+    for where in (factory, type(factory), importlib.import_module(name.partition(":")[0])):
+        try:
+            source = inspect.getsourcefile(where)
+        except TypeError:  # a built-in, or a callable instance of one
+            continue
+        if source:
+            try:
+                return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+            except OSError as exc:
+                raise UserError(f"cannot read {source}, the source of user architecture {name!r}: "
+                                f"{exc.strerror}") from None
+    raise UserError(f"user architecture {name!r} has no source file to record (define it in a .py module)")
 
 
 def create_model(name: str, num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:

@@ -25,7 +25,7 @@ from deploybench.store import Variant, Workspace
 from deploybench.train.engine import evaluate
 
 # Keys of a trained variant's config that rebuild the architecture; every derived variant carries them.
-MODEL_KEYS = ("arch", "num_classes", "in_channels", "image_size", "transfer", "mean", "std", "dataset")
+MODEL_KEYS = ("arch", "arch_sha256", "num_classes", "in_channels", "image_size", "transfer", "mean", "std", "dataset")
 _LIBRARIES = ("torch", "torchao", "torch-pruning", "onnx", "onnxruntime", "onnxscript", "fvcore")
 
 
@@ -229,8 +229,12 @@ class Stage:
         """Make (or find) the variant this stage produces from `parent`."""
         raise NotImplementedError
 
-    def variant_config(self, parent: Variant, **extra) -> dict:
-        return dict(model_keys(parent), **self.config.to_dict(), **extra)
+    def variant_config(self, parent: Variant, data_dir, **extra) -> dict:
+        """The child's config: the parent's model keys, this stage's options, the data it is made and evaluated
+        with (`data_keys`) and `extra`."""
+        from deploybench.data import data_keys
+
+        return dict(model_keys(parent), **self.config.to_dict(), **data_keys(parent.dataset, data_dir), **extra)
 
     def make_variant(self, ws: Workspace, parent: Variant, data_dir, *, fmt: str,
                      write: Callable[[Path], dict | None], config: dict | None = None,
@@ -240,8 +244,8 @@ class Stage:
         `inherit` names parent metrics copied when the written artifact cannot count them itself
         (an ONNX file's MACs equal its parent's).
         """
-        config = config if config is not None else self.variant_config(parent)
-        data = stage_data(parent, data_dir)
+        data = stage_data(parent, data_dir)  # missing or unreadable data: one line, before the digest
+        config = config if config is not None else self.variant_config(parent, data_dir)
 
         def write_and_measure(tmp: Path) -> dict:
             parent_logits = variant_logits(parent, data, data_dir)  # cached: outside the stage's own time

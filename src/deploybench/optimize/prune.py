@@ -186,7 +186,7 @@ class PruneStage(Stage):
         # weights than the CPU's, so the config (and id) records them.
         device = torch.device("cuda" if cfg.finetune_epochs and torch.cuda.is_available() else "cpu")
         workers = default_workers(device) if cfg.finetune_epochs else 0
-        config = self.variant_config(parent, **device_keys(device, workers))
+        config = self.variant_config(parent, data_dir, **device_keys(device, workers))
 
         def write(d) -> dict:
             teacher = load_module(parent)

@@ -357,7 +357,7 @@ class QuantizeStage(Stage):
                             f"pruned); {parent.id} is {parent.format}")
         data = stage_data(parent, data_dir)
         cfg = self.config.to_dict()
-        config = dict(self.variant_config(parent), **{"method": cfg["method"]})
+        config = dict(self.variant_config(parent, data_dir), **{"method": cfg["method"]})
         for key in ("calib_size", "calib_method", "reduce_range", "qat_epochs", "qat_lr", "seed"):
             if key not in m.options:
                 config.pop(key, None)

@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from deploybench.data import data_keys
 from deploybench.errors import UserError
 from deploybench.optimize import formats
 from deploybench.optimize.formats import UnsupportedFormat
@@ -142,8 +143,9 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     latest = latest_measurements(ws) if reuse else {}  # read once: this run only adds rows for other pairs
     stored: list[dict] = []
     for variant in variants:
-        kept = {name: _reusable(latest, variant, get_backend(name), batch_sizes, threads, protocol, env, isolate)
-                for name in names} if reuse else {}
+        data = data_keys(variant.dataset, data_dir)  # accuracy is measured on these files
+        kept = {name: _reusable(latest, variant, get_backend(name), batch_sizes, threads, protocol, env, isolate,
+                                data) for name in names} if reuse else {}
         for name, rows in kept.items():
             if rows:
                 log(f"{variant.model}/{variant.dataset} {'+'.join(variant.stages)} [{variant.id[:8]}] {name}: "
@@ -174,8 +176,8 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
                     accuracy = {k: res["metrics"][k] for k in ("accuracy_top1", "accuracy_top5", "test_images",
                                                                 "accuracy_batch_size")}
                 results[b] = res
-            rows = [_row(variant, cls, b, threads, results[b], accuracy, scalars, dtype, peaks.get(cls.device), env,
-                         isolate, protocol) for b in sorted(results)]
+            rows = [_row(variant, cls, b, threads, results[b], accuracy, dict(scalars, **data), dtype,
+                         peaks.get(cls.device), env, isolate, protocol) for b in sorted(results)]
             ws.add_measurements(rows)
             stored += rows
             for r in rows:
@@ -184,11 +186,11 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
 
 
 def _reusable(latest: dict, variant: Variant, cls, batch_sizes: list[int], threads: int, protocol: dict,
-              env: dict, isolated: bool) -> list[dict] | None:
+              env: dict, isolated: bool, data: dict) -> list[dict] | None:
     """The rows `profile compare` shows for (variant, backend) (`latest`: its `latest_measurements`), one per
-    batch size, when every one can stand for a new measurement: taken with `threads`, `protocol` and memory
-    isolation as now, by the same committed code on the same machine (`same_setup`), or a skip because the
-    backend cannot run this variant's format. Else None."""
+    batch size, when every one can stand for a new measurement: taken with `threads`, `protocol`, memory
+    isolation and data files (`data`: `data_keys`) as now, by the same committed code on the same machine
+    (`same_setup`), or a skip because the backend cannot run this variant's format. Else None."""
     rows = [latest.get((variant.id, cls.name, b)) for b in sorted(batch_sizes)]
     if any(r is None or r["threads"] != threads or not same_setup(r["environment"], env) for r in rows):
         return None
@@ -197,7 +199,8 @@ def _reusable(latest: dict, variant: Variant, cls, batch_sizes: list[int], threa
         m = r["metrics"]
         if "skipped" in m and not (unsupported and not m.get("error")):
             return None  # a failure, or a skip that depends on the moment (a provider that fell back)
-        if "skipped" not in m and (m.get("protocol") != protocol or m.get("memory_isolated") != isolated):
+        if "skipped" not in m and (m.get("protocol") != protocol or m.get("memory_isolated") != isolated
+                                   or m.get("data_sha256") != data.get("data_sha256")):
             return None
     return rows
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from deploybench.data import dataset_info, load_splits
+from deploybench.data import data_keys, dataset_info, load_splits
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
+from deploybench.models.registry import user_code_digest
 from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights, read_checkpoint
 from deploybench.store import Variant, Workspace, dataset_component, safe_component
 from deploybench.train.engine import default_workers, device_keys, evaluate, fit
@@ -18,13 +19,22 @@ from deploybench.train.recipes import Recipe, default_recipe
 
 
 def model_config(model: str, info, transfer: bool = False) -> dict:
-    """What `build_model` needs to rebuild an architecture for a dataset (recorded in every variant)."""
-    return dict(arch=model, num_classes=info.num_classes, in_channels=3 if transfer else info.in_channels,
-                image_size=224 if transfer else info.image_size, transfer=transfer, mean=list(info.mean),
-                std=list(info.std))
+    """What `build_model` needs to rebuild an architecture for a dataset (recorded in every variant); a user
+    architecture adds the digest of its source (`user_code_digest`)."""
+    config = dict(arch=model, num_classes=info.num_classes, in_channels=3 if transfer else info.in_channels,
+                  image_size=224 if transfer else info.image_size, transfer=transfer, mean=list(info.mean),
+                  std=list(info.std))
+    code = user_code_digest(model)
+    return config if code is None else dict(config, arch_sha256=code)
 
 
 def build_model(config: dict) -> torch.nn.Module:
+    """The architecture `config` records, refused when it is a user architecture whose code has changed since:
+    weights whose names and shapes still fit would load into other code."""
+    recorded = config.get("arch_sha256")
+    if recorded is not None and user_code_digest(config["arch"]) != recorded:
+        raise UserError(f"the code of user architecture {config['arch']!r} changed since this variant was made; "
+                        f"its weights belong to the earlier code (train it again)")
     return create_model(config["arch"], config["num_classes"], config["in_channels"], config["image_size"])
 
 
@@ -79,6 +89,7 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
         init_obj, config["init_checkpoint_sha256"] = read_checkpoint(checkpoint)
         init_state = extract_state_dict(init_obj)
     config.update(device_keys(dev, workers))  # a GPU or loader workers give other weights: a variant of its own
+    config.update(data_keys(dataset, data_dir))  # so do other data files than the published ones
     vid = ws.variant_id(model, dataset, None, "train", config)
     existing = ws.stored_variant(vid)
     if existing is not None:
@@ -170,15 +181,15 @@ def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, 
     info = dataset_info(dataset, data_dir)
     net = create_model(model, info.num_classes, info.in_channels, info.image_size)
     load_weights(net, state, checkpoint)
+    splits = load_splits(dataset, data_dir, augment=False)  # missing or unreadable data: one line, before the digest
     # The recipe is the architecture's default: fine-tuning stages (prune, qat) train with it.
     config = dict(model_config(model, info), dataset=dataset, recipe=default_recipe(model).to_dict(),
-                  checkpoint=Path(checkpoint).name, checkpoint_sha256=digest)
+                  checkpoint=Path(checkpoint).name, checkpoint_sha256=digest, **data_keys(dataset, data_dir))
     existing = ws.stored_variant(ws.variant_id(model, dataset, None, "import", config))
     if existing is not None:  # validated above; evaluated when it was imported
         log(f"already imported {checkpoint} as variant {existing.id}: test top-1 "
             f"{100 * existing.metrics['accuracy_top1']:.2f}%")
         return existing
-    splits = load_splits(dataset, data_dir, augment=False)
     net.eval()
     test = evaluate(net, DataLoader(splits.test, batch_size=256), torch.device("cpu"), info.num_classes)
 
