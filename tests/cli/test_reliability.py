@@ -165,10 +165,20 @@ def test_what_is_made_is_known_by_its_data_files(trained_workspace, tmp_path, ca
     assert ": trained," in capsys.readouterr().out
     runs = [v for v in ws.variants("lenet") if v.stage == "train"]
     assert len(runs) == 2 and len({v.config["data_sha256"] for v in runs}) == 2
+    # Without --variant, optimize takes the run made from the files in --data-dir.
+    other_run = next(v for v in runs if v.id != trained.id)
+    for d, parent in ((data_dir, trained), (other, other_run)):
+        assert optimize_cli.main(["export"] + common + ["--data-dir", str(d)]) == 0
+        assert [v.parent_id for v in ws.variants("lenet") if v.stage == "export"][-1] == parent.id
+    empty = tmp_path / "third"
+    shutil.copytree(other, empty)
+    (empty / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(bytes(raw[:8]) + bytes(len(raw) - 8))
+    refused(lambda: optimize_cli.main(["export"] + common + ["--data-dir", str(empty)]), capsys,
+            "no trained lenet on fashion-mnist made from the data files in")
     # One parent, exported with each data folder: two exports, each evaluated on its own files.
     for d in (data_dir, other):
         assert optimize_cli.main(["export", "--variant", trained.id] + common + ["--data-dir", str(d)]) == 0
-    exports = [v for v in ws.variants("lenet") if v.stage == "export"]
+    exports = [v for v in ws.variants("lenet") if v.stage == "export" and v.parent_id == trained.id]
     assert len(exports) == 2 and len({v.config["data_sha256"] for v in exports}) == 2
 
 
@@ -314,13 +324,15 @@ OUT_OF_RANGE = {
     "seed-negative": (train_cli.main, TRAIN + ["--seed", "-1"], "--seed must be in [0, 2**32)"),
     "limit-train-negative": (train_cli.main, TRAIN + ["--limit-train", "-5"], "--limit-train must be 0 or more"),
     "device-bogus": (train_cli.main, TRAIN + ["--device", "bogus"], "--device must be cpu or cuda"),
-    "device-tpu": (train_cli.main, TRAIN + ["--device", "meta"], "--device must be cpu or cuda"),
+    "device-meta": (train_cli.main, TRAIN + ["--device", "meta"], "--device must be cpu or cuda"),
     "device-cuda-9": (train_cli.main, TRAIN + ["--device", "cuda:9"], "no such CUDA device here"),
     "qat-epochs-0": (optimize_cli.main, ["quantize", "--model", "lenet", "--method", "qat", "--qat-epochs", "0"],
                      "qat needs --qat-epochs of 1 or more"),
     "opset-99": (optimize_cli.main, ["export", "--model", "lenet", "--opset", "99"], "--opset must be between 7"),
     "check-batch-0": (profile_cli.main, ["check", "--variant", "VID", "--backend", "torch-cpu", "--batch-size", "0"],
-                      "--batch-size and --threads must be at least 1"),
+                      "--batch-size must be at least 1, got 0"),
+    "check-threads-0": (profile_cli.main, ["check", "--variant", "VID", "--backend", "torch-cpu", "--threads", "0"],
+                        "--threads must be at least 1, got 0"),
     "check-unsupported-format": (profile_cli.main, ["check", "--variant", "VID", "--backend", "ort-cpu"],
                                  "ort-cpu cannot run", "is not ONNX"),
     "report-out-folder": (profile_cli.main, ["report", "--out", "TMP"], "is a folder; name the file"),
@@ -349,7 +361,7 @@ def test_options_out_of_range_are_one_line_before_any_work(case, trained_workspa
     before = snapshot(ws.root)
     refused(lambda: main(argv + ["--workspace", str(ws.root), "--data-dir", str(data_dir)]), capsys, *expected)
     assert snapshot(ws.root) == before
-    assert {p.name for p in tmp_path.iterdir()} >= {"file.txt"} and not (tmp_path / "index.html").exists()
+    assert {p.name for p in tmp_path.iterdir()} == {"ws", "file.txt"}  # no report, no temp file left
 
 
 def test_prune_fine_tuning_rate_must_be_positive():
@@ -360,13 +372,20 @@ def test_prune_fine_tuning_rate_must_be_positive():
         PruneStage(ratio=0.5, finetune_lr=0.0)
 
 
-def test_pipeline_batch_sizes_are_checked_by_the_parser(trained_workspace):
+def test_pipeline_batch_sizes_and_epochs_are_checked_before_any_work(trained_workspace, capsys, monkeypatch):
+    import deploybench.pipeline as pipeline
+
     ws, _, data_dir = trained_workspace
-    for bad in ("1,x", "0", ","):
-        with pytest.raises(SystemExit) as exc:
-            main_cli.main(["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--batch-sizes", bad,
-                           "--workspace", str(ws.root), "--data-dir", str(data_dir)])
-        assert exc.value.code == 2
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: pytest.fail("the pipeline ran"))
+    common = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--workspace", str(ws.root),
+              "--data-dir", str(data_dir)]
+    with pytest.raises(SystemExit) as exc:  # not integers: the parser's usage error
+        main_cli.main(common + ["--batch-sizes", "1,x"])
+    assert exc.value.code == 2
+    capsys.readouterr()
+    for bad, text in (("0", "batch sizes must be integers of 1 or more, got 0"), (",", "got none")):
+        refused(lambda: main_cli.main(common + ["--batch-sizes", bad]), capsys, text)
+    refused(lambda: main_cli.main(common + ["--epochs", "0"]), capsys, "--epochs must be 1 or more, got 0")
 
 
 # -- a full disk and a read-only workspace ---------------------------------------------------------------------------

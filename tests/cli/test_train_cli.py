@@ -101,3 +101,16 @@ def test_a_user_architecture_is_known_by_its_code(tmp_path, tiny_fashion_mnist, 
     assert optimize_cli.main(["export", "--variant", first.id[:8]] + common) == 2
     err = capsys.readouterr().err
     assert "code of user architecture 'my_arch:net' changed" in err and err.count("\n") == 1
+    # Without --variant, optimize takes the run of the present code; profiling measures it and passes over the
+    # earlier one, which it says, instead of stopping at it.
+    assert optimize_cli.main(["export"] + common) == 0
+    [export] = [v for v in Workspace(tmp_path / "ws").variants("my_arch:net") if v.stage == "export"]
+    assert export.parent_id != first.id
+    from deploybench.cli import profile_cmd
+
+    assert profile_cmd.main(["run", "--quick", "--in-process", "--backends", "torch-cpu", "--batch-sizes", "2"]
+                            + common) == 0
+    out = capsys.readouterr()
+    assert f"[{first.id[:8]}]: not measured, the code of its user architecture changed" in out.out + out.err
+    measured = {m["variant_id"] for m in Workspace(tmp_path / "ws").measurements()}
+    assert first.id not in measured and export.parent_id in measured

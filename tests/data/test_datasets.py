@@ -171,3 +171,33 @@ def test_data_digest_names_the_files_read_unless_they_are_the_published_ones(req
     monkeypatch.setattr(datasets, "_data_files", lambda n, d: [(rel, p, pins[rel]) for rel, p, _ in real(n, d)])
     assert data_digest(name, path) is None
     assert data_digest(copy_name, copy) is not None  # the edited copy is not the published data
+
+
+def test_the_published_fashion_mnist_has_no_digest(tmp_path):
+    """The RAW_MD5 pins against the real files (Debian's dataset-fashion-mnist, unpacked as `make demo` does):
+    what keeps the ids of runs on the published data as they were."""
+    if not all((fashion_mnist.DEBIAN_DIR / f"{f}.gz").is_file() for f in fashion_mnist.RAW_FILES):
+        pytest.skip(f"the real Fashion-MNIST is not installed in {fashion_mnist.DEBIAN_DIR}")
+    assert prepare_fashion_mnist(tmp_path)
+    assert data_digest("fashion-mnist", tmp_path) is None
+
+
+def test_image_folder_digest_follows_linked_class_folders(tiny_imagefolder, tmp_path):
+    import os
+
+    from deploybench.data import canonical_dataset
+    from deploybench.data import datasets
+
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_imagefolder / "train", pool)
+    shutil.move(pool / "circle", tmp_path / "circle")
+    (pool / "circle").symlink_to(tmp_path / "circle", target_is_directory=True)  # ImageFolder walks into it
+    name = f"imagefolder:{pool}"
+    assert len(datasets._data_files(name, None)) == 18  # 6 of them through the link
+    before = data_digest(name, None)
+    image = next((tmp_path / "circle").iterdir())
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert data_digest(name, None) not in (None, before)
+    assert canonical_dataset("imagefolder:~/pets") == "imagefolder:" + os.path.expanduser("~/pets")
+    assert canonical_dataset("imagefolder:pets") == "imagefolder:" + os.path.abspath("pets")
+    assert canonical_dataset("cifar10") == "cifar10"

@@ -102,20 +102,16 @@ def comma_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def positive_ints(text: str) -> list[int]:
-    """argparse type of `--batch-sizes`: comma-separated integers of 1 or more."""
+def int_list(text: str) -> list[int]:
+    """argparse type of `--batch-sizes`: comma-separated integers (their range is the library's to check)."""
     try:
-        values = [int(t) for t in comma_list(text)]
+        return [int(t) for t in comma_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text!r}")
-    return values
 
 
 def dataset_arg(text: str) -> str:
-    """argparse type of `--dataset`: `imagefolder:PATH` with PATH made absolute, so that one folder is one
-    dataset (one id, one artifact folder) from whatever directory a command runs in."""
-    if text.startswith("imagefolder:") and text != "imagefolder:":
-        return "imagefolder:" + os.path.abspath(text.split(":", 1)[1])
-    return text
+    """argparse type of `--dataset`: the dataset's canonical name (`canonical_dataset`)."""
+    from deploybench.data import canonical_dataset
+
+    return canonical_dataset(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deploybench.cli.common import add_common, comma_list, dataset_arg, open_workspace, positive_ints, run
+from deploybench.cli.common import add_common, comma_list, dataset_arg, int_list, open_workspace, run
 
 COMMANDS = {"train": "deploybench.cli.train", "optimize": "deploybench.cli.optimize",
             "profile": "deploybench.cli.profile_cmd"}
@@ -16,15 +16,19 @@ def pipeline(args) -> int:
     from deploybench.models import get_model_info, list_models
     from deploybench.pipeline import run_pipeline
     from deploybench.profile.backends import get_backend
+    from deploybench.profile.runner import checked_batch_sizes
     from deploybench.store.atomic import check_file_target
+    from deploybench.train.recipes import default_recipe
     from deploybench.profile.compare import compare_rows, render
 
     models = list_models() if args.models == "all" else comma_list(args.models)
     for name in models:  # unknown names and bad options fail before any work starts
         get_model_info(name)
+        default_recipe(name, epochs=args.epochs)
     dataset_info(args.dataset, args.data_dir)
     for name in comma_list(args.backends or ""):
         get_backend(name)
+    checked_batch_sizes(args.batch_sizes)
     check_file_target(args.out)
     ws = open_workspace(args)
     summary = run_pipeline(ws, args.dataset, models, data_dir=args.data_dir, epochs=args.epochs,
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--models", required=True, help="comma-separated model names, or 'all'")
     pp.add_argument("--epochs", type=int, help="override every model's default epochs")
     pp.add_argument("--backends", help="comma-separated profile backends (default: every available one)")
-    pp.add_argument("--batch-sizes", type=positive_ints, default=[1, 64], help="comma-separated (default 1,64)")
+    pp.add_argument("--batch-sizes", type=int_list, default=[1, 64], help="comma-separated (default 1,64)")
     pp.add_argument("--quick", action="store_true", help="short latency protocol (tests)")
     pp.add_argument("--out", default="reports/index.html", help="where to write the report")
     args = p.parse_args(argv)

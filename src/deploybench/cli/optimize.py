@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ws = open_workspace(args)
         parent = (checkpoint_variant(ws, args) if args.checkpoint else
-                  resolve_parent(ws, args.model, args.dataset, args.variant))
+                  resolve_parent(ws, args.model, args.dataset, args.variant, args.data_dir))
         if args.command == "all":
             from deploybench.optimize.pipeline import optimize_all, summary_table
 

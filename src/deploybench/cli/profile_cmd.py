@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from deploybench.cli.common import (add_checkpoint_option, add_common, checkpoint_variant, comma_list, dataset_arg,
-                                     open_workspace, positive_ints, run)
+                                     int_list, open_workspace, run)
 from deploybench.errors import UserError
 
 
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--variant", action="append", help="only this variant id (repeatable; prefixes accepted)")
     add_checkpoint_option(r)
     r.add_argument("--backends", type=comma_list, help="comma-separated backends (default: every available one)")
-    r.add_argument("--batch-sizes", type=positive_ints, default=[1, 64], help="comma-separated (default 1,64)")
+    r.add_argument("--batch-sizes", type=int_list, default=[1, 64], help="comma-separated (default 1,64)")
     r.add_argument("--threads", type=int, help="CPU threads (default: all physical cores)")
     r.add_argument("--quick", action="store_true", help="short protocol for tests (numbers are not honest)")
     r.add_argument("--in-process", action="store_true",
@@ -45,16 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _threads(args) -> int:
+    """`--threads`, default all physical cores; below 1 is a UserError."""
+    from deploybench.profile.env import physical_cores
+
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    return args.threads or physical_cores()
+
+
 def _check(args) -> int:
     from deploybench.profile.backends import get_backend
     from deploybench.profile.crosscheck import cross_check
-    from deploybench.profile.env import physical_cores
 
     get_backend(args.backend)
-    if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
-        raise UserError(f"--batch-size and --threads must be at least 1, got {args.batch_size} and {args.threads}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    threads = _threads(args)
     ws = open_workspace(args, record=False)
-    r = cross_check(ws, ws.get_variant(args.variant), args.backend, args.batch_size, args.threads or physical_cores())
+    r = cross_check(ws, ws.get_variant(args.variant), args.backend, args.batch_size, threads)
     print(f"ours p50 {r['ours_ms']:.3f} ms, {r['reference']} median {r['reference_ms']:.3f} ms, "
           f"ratio {r['ratio']:.3f} (medians of {r['rounds']} alternated rounds)")
     if args.against:
@@ -65,7 +74,7 @@ def _check(args) -> int:
             raise UserError("--against takes VARIANT:BACKEND, e.g. c1be73da:torch-cpu")
         get_backend(base_backend)
         speedup = paired_against(ws, ws.get_variant(args.variant), args.backend, ws.get_variant(base_id),
-                                 base_backend, args.batch_size, args.threads or physical_cores())
+                                 base_backend, args.batch_size, threads)
         print(f"speed-up over {base_id} on {base_backend}: {speedup:.2f}x (median of 21 alternated pairs)")
     return 0
 
@@ -79,8 +88,7 @@ def _run(args) -> int:
             ok, why = get_backend(name).available()
             print(f"{name:<20} {'available' if ok else 'unavailable: ' + why}")
         return 0
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be at least 1")
+    _threads(args)
     for name in args.backends or []:
         get_backend(name)  # unknown names fail before anything is measured
     if args.model != "all":

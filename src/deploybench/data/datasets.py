@@ -6,6 +6,7 @@ split is only ever used for the final accuracy, never for model selection.
 import copy
 import functools
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,14 @@ class _CIFAR100(tvd.CIFAR100):
 
 
 _CIFAR = {"cifar10": _CIFAR10, "cifar100": _CIFAR100}
+
+
+def canonical_dataset(name: str) -> str:
+    """`name` with an `imagefolder:` PATH made absolute (after `~`), so that one folder is one dataset, with one
+    id and one artifact folder, from whatever directory a command runs in."""
+    if name.startswith(IMAGEFOLDER) and len(name) > len(IMAGEFOLDER):
+        return IMAGEFOLDER + os.path.abspath(os.path.expanduser(name[len(IMAGEFOLDER):]))
+    return name
 
 
 def _check_name(name: str) -> None:
@@ -207,8 +216,9 @@ def _data_files(name: str, data_dir) -> list[tuple[str, Path, str | None]]:
         raw = fashion_mnist.raw_dir(data_dir)
         return [(f, raw / f, fashion_mnist.RAW_MD5[f]) for f in sorted(fashion_mnist.RAW_FILES)]
     base = Path(name[len(IMAGEFOLDER):]).expanduser()
-    files = [p for root in _folder_roots(name) if root is not None for p in root.rglob("*")
-             if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS)]
+    files = [Path(top) / f for root in _folder_roots(name) if root is not None
+             for top, _, names in os.walk(root, followlinks=True)  # as ImageFolder walks: into linked folders
+             for f in names if f.lower().endswith(IMG_EXTENSIONS)]
     return [(p.relative_to(base).as_posix(), p, None) for p in sorted(files)]
 
 
@@ -217,12 +227,14 @@ def data_digest(name: str, data_dir) -> str | None:
     sha256 of their relative paths and bytes. Whatever is trained, optimized or measured on other files (a
     fixture, an edited copy, an image folder, which has no published files) is then a variant of its own: the
     digest enters its config and id. Cached per file list, sizes and modification times."""
-    files = _data_files(name, data_dir)
-    try:
-        stamp = tuple((rel, str(p), md5, p.stat().st_size, p.stat().st_mtime_ns) for rel, p, md5 in files)
-    except OSError as e:
-        raise UserError(f"{name} data cannot be read: {e.filename}: {e.strerror}") from None
-    return _digest(stamp)
+    stamp = []
+    for rel, p, md5 in _data_files(name, data_dir):
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise UserError(f"{name} data cannot be read: {e.filename}: {e.strerror}") from None
+        stamp.append((rel, str(p.resolve()), md5, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return _digest(tuple(stamp))
 
 
 def data_keys(name: str, data_dir) -> dict:
@@ -234,14 +246,18 @@ def data_keys(name: str, data_dir) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def _digest(stamp: tuple) -> str | None:
-    total, published = hashlib.sha256(), True
-    for rel, path, md5, _, _ in stamp:
+    total, published = hashlib.sha256(), bool(stamp)
+    for rel, path, md5, *_ in stamp:
         own = hashlib.md5(usedforsecurity=False)
         total.update(rel.encode() + b"\0")
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                own.update(chunk)
-                total.update(chunk)
+        try:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    own.update(chunk)
+                    total.update(chunk)
+        except OSError:  # an image the loader skips as unreadable: it counts as what it is, unreadable
+            total.update(b"\0unreadable")
+            published = False
         total.update(b"\0")
         published = published and md5 is not None and own.hexdigest() == md5
     return None if published else total.hexdigest()

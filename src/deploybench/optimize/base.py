@@ -298,12 +298,15 @@ def require_torch_parent(parent: Variant, stage: str) -> None:
                         f"(choose a trained or pruned variant with --variant)")
 
 
-def resolve_parent(ws: Workspace, model: str, dataset: str | None, variant_id: str | None) -> Variant:
-    """The input variant of a command: `variant_id`, else the trained variant of (model, dataset).
+def resolve_parent(ws: Workspace, model: str, dataset: str | None, variant_id: str | None, data_dir) -> Variant:
+    """The input variant of a command: `variant_id`, else the newest trained variant of (model, dataset) made
+    from the data files in `data_dir` (`data_keys`) and, for a user architecture, from its present code.
 
     Without `dataset`, the one dataset `model` was trained on is used; none or several is a UserError.
     """
+    from deploybench.data import data_keys
     from deploybench.models import get_model_info
+    from deploybench.train.run import code_changed
 
     get_model_info(model)  # an unknown name lists the valid ones
     if variant_id:
@@ -317,8 +320,11 @@ def resolve_parent(ws: Workspace, model: str, dataset: str | None, variant_id: s
         if len(datasets) > 1:
             raise UserError(f"{model} is trained on several datasets ({', '.join(datasets)}); choose one with --dataset")
         dataset = datasets[0] if datasets else "fashion-mnist"
-    v = ws.trained_variant(model, dataset)
-    if v is None:
-        raise UserError(f"no trained {model} on {dataset} in {ws.root}; "
+    trained = [v for v in ws.variants(model, dataset) if v.stage == "train"]
+    data = data_keys(dataset, data_dir).get("data_sha256") if trained else None
+    fitting = [v for v in trained if v.config.get("data_sha256") == data and not code_changed(v.config)]
+    if not fitting:
+        why = (f" made from the data files in {data_dir} and the present code of {model}" if trained else "")
+        raise UserError(f"no trained {model} on {dataset}{why} in {ws.root}; "
                         f"train it first with: train --model {model} --dataset {dataset}")
-    return v
+    return max(fitting, key=lambda v: v.created_at)

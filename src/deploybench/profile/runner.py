@@ -33,6 +33,7 @@ from deploybench.profile.latency import Protocol, measure_latency
 from deploybench.profile.memory import PeakRSS
 from deploybench.profile.static import input_shape, root_config, static_metrics
 from deploybench.store import Variant, Workspace
+from deploybench.train.run import code_changed
 
 DEFAULT_BATCH_SIZES = (1, 64)
 CHILD_TIMEOUT_S = 3600
@@ -76,6 +77,14 @@ def measure_combo_safe(**job) -> dict:
         return dict(skipped=str(exc))
     except UserError as exc:
         return dict(user_error=str(exc))
+
+
+def checked_batch_sizes(batch_sizes: Iterable[int]) -> list[int]:
+    """The distinct batch sizes, ascending; none, or one below 1, is a UserError."""
+    sizes = sorted({int(b) for b in batch_sizes})
+    if not sizes or sizes[0] < 1:
+        raise UserError(f"batch sizes must be integers of 1 or more, got {', '.join(map(str, sizes)) or 'none'}")
+    return sizes
 
 
 def _preflight(variants: list[Variant]) -> None:
@@ -128,9 +137,7 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     (as read from the store, with their `id` and `created_at`).
     """
     threads = threads or physical_cores()
-    batch_sizes = sorted({int(b) for b in batch_sizes}, reverse=True)  # accuracy once, at the largest batch
-    if not batch_sizes or batch_sizes[-1] < 1:
-        raise UserError("batch sizes must be positive integers")
+    batch_sizes = checked_batch_sizes(batch_sizes)[::-1]  # accuracy once, at the largest batch
     _preflight(variants)
     protocol = asdict(Protocol.quick() if quick else Protocol())
     names = _resolve_backends(backends, log)
@@ -143,6 +150,10 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     latest = latest_measurements(ws) if reuse else {}  # read once: this run only adds rows for other pairs
     stored: list[dict] = []
     for variant in variants:
+        if code_changed(variant.config):  # its weights belong to code that is gone: nothing honest to measure
+            log(f"{variant.model}/{variant.dataset} {'+'.join(variant.stages)} [{variant.id[:8]}]: not measured, "
+                f"the code of its user architecture changed since it was made")
+            continue
         data = data_keys(variant.dataset, data_dir)  # accuracy is measured on these files
         kept = {name: _reusable(latest, variant, get_backend(name), batch_sizes, threads, protocol, env, isolate,
                                 data) for name in names} if reuse else {}

@@ -198,12 +198,6 @@ class Workspace:
             sql, args = sql + " AND dataset = ?", args + [dataset]
         return [self._row_to_variant(r) for r in self._query(sql + " ORDER BY created_at", args)]
 
-    def trained_variant(self, model: str, dataset: str) -> Variant | None:
-        """The most recent trained variant of (model, dataset), or None."""
-        rows = self._query("SELECT * FROM variants WHERE model = ? AND dataset = ? AND stage = 'train' "
-                           "ORDER BY created_at DESC LIMIT 1", (model, dataset))
-        return self._row_to_variant(rows[0]) if rows else None
-
     def lineage(self, variant: Variant) -> list[Variant]:
         """The chain from the trained root to `variant`, oldest first."""
         chain = [variant]

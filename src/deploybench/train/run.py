@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from deploybench.data import data_keys, dataset_info, load_splits
+from deploybench.data import canonical_dataset, data_keys, dataset_info, load_splits
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.registry import user_code_digest
@@ -28,11 +28,16 @@ def model_config(model: str, info, transfer: bool = False) -> dict:
     return config if code is None else dict(config, arch_sha256=code)
 
 
+def code_changed(config: dict) -> bool:
+    """Whether `config` was made from a user architecture whose source file has changed since."""
+    recorded = config.get("arch_sha256")
+    return recorded is not None and user_code_digest(config["arch"]) != recorded
+
+
 def build_model(config: dict) -> torch.nn.Module:
     """The architecture `config` records, refused when it is a user architecture whose code has changed since:
     weights whose names and shapes still fit would load into other code."""
-    recorded = config.get("arch_sha256")
-    if recorded is not None and user_code_digest(config["arch"]) != recorded:
+    if code_changed(config):
         raise UserError(f"the code of user architecture {config['arch']!r} changed since this variant was made; "
                         f"its weights belong to the earlier code (train it again)")
     return create_model(config["arch"], config["num_classes"], config["in_channels"], config["image_size"])
@@ -67,6 +72,7 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     `checkpoint` starts from external weights (validated against the architecture).
     `workers`: data-loading processes for training (default: `default_workers(device)`).
     """
+    dataset = canonical_dataset(dataset)
     dev = training_device(device)
     if workers is None:
         workers = default_workers(dev)
@@ -176,6 +182,7 @@ def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, 
     and class count exactly (mismatched keys and shapes are listed), and is evaluated on the test split once.
     The same file imported again gives the same variant (its config holds the file's sha256), found before any
     evaluation."""
+    dataset = canonical_dataset(dataset)
     obj, digest = read_checkpoint(checkpoint)
     state = extract_state_dict(obj)
     info = dataset_info(dataset, data_dir)
