@@ -30,30 +30,22 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
-def test_external_checkpoint_is_validated(tmp_path, tiny_fashion_mnist, capsys):
+@pytest.mark.parametrize("option,weights,expected", [
+    ("--checkpoint", ("simple-cnn", 10, 1, 28), ("does not fit this model", "missing")),
+    ("--pretrained", ("resnet18", 1000, 3, 224), ("model 'lenet' takes no pretrained",)),
+])
+def test_starting_weights_that_do_not_fit_are_one_line(option, weights, expected, tmp_path, tiny_fashion_mnist,
+                                                       capsys):
     import torch
 
     from deploybench.models import create_model
 
-    torch.save(create_model("simple-cnn", 10, 1, 28).state_dict(), tmp_path / "other.pt")
+    torch.save(create_model(*weights).state_dict(), tmp_path / "weights.pt")
     argv = ["--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1", "--data-dir", str(tiny_fashion_mnist),
-            "--workspace", str(tmp_path / "ws"), "--checkpoint", str(tmp_path / "other.pt")]
+            "--workspace", str(tmp_path / "ws"), option, str(tmp_path / "weights.pt")]
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "does not fit this model" in err and "missing" in err and err.count("\n") == 1
-
-
-def test_pretrained_weights_for_a_model_without_a_loader_is_one_line(tmp_path, tiny_fashion_mnist, capsys):
-    import torch
-
-    from deploybench.models import create_model
-
-    torch.save(create_model("resnet18", 1000, 3, 224).state_dict(), tmp_path / "imagenet.pt")
-    argv = ["--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1", "--data-dir", str(tiny_fashion_mnist),
-            "--workspace", str(tmp_path / "ws"), "--pretrained", str(tmp_path / "imagenet.pt")]
-    assert train_cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert "model 'lenet' takes no pretrained" in err and err.count("\n") == 1
+    assert all(text in err for text in expected) and err.count("\n") == 1, err
 
 
 def test_an_image_folder_is_one_dataset_from_any_directory(tmp_path, tiny_imagefolder, capsys, monkeypatch):
