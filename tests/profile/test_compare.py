@@ -84,3 +84,16 @@ def test_no_real_speedup_flag(profiled):
 def test_compare_on_a_missing_workspace_is_a_one_line_error(tmp_path, capsys):
     assert main(["compare", "--workspace", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith("error: workspace")
+
+
+def test_a_baseline_is_measured_on_the_same_data_files(profiled, tmp_path):
+    """A parent measured last on other data files is no baseline: the accuracy change would compare test sets."""
+    ws, trained, onnx_variant = profiled
+    rows = {(r["variant"], r["backend"], r["batch_size"]): r for r in compare_rows(ws)}
+    assert rows[(onnx_variant.id, "ort-cpu", 4)]["baseline"] == f"{trained.id}@torch-cpu"
+    latest = [m for m in ws.measurements(trained.id) if m["backend"] == "torch-cpu" and m["batch_size"] == 4][-1]
+    ws.add_measurements([dict(latest, metrics=dict(latest["metrics"], data_sha256="f" * 64))])
+    rows = {(r["variant"], r["backend"], r["batch_size"]): r for r in compare_rows(ws)}
+    assert rows[(trained.id, "torch-cpu", 4)]["data_sha256"] == "f" * 64
+    export = rows[(onnx_variant.id, "ort-cpu", 4)]
+    assert export["baseline"] is None and export["accuracy_change"] is None

@@ -18,10 +18,10 @@ from deploybench.store import Workspace
 KEYS = ("model", "dataset", "variant", "stages", "format", "backend", "device", "batch_size", "threads",
         "accuracy_top1", "accuracy_top5", "params", "macs", "flops", "size_bytes", "latency_ms_p50",
         "latency_ms_p90", "latency_ms_p99", "latency_ms_ci95", "throughput_per_s", "peak_mem_bytes", "pct_of_peak",
-        "stable", "pareto", "baseline", "speedup", "accuracy_change", "no_real_speedup", "skipped")
+        "stable", "pareto", "baseline", "speedup", "accuracy_change", "no_real_speedup", "skipped", "data_sha256")
 _METRIC_KEYS = ("accuracy_top1", "accuracy_top5", "test_images", "params", "macs", "flops", "size_bytes",
                 "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_ci95", "throughput_per_s",
-                "peak_mem_bytes", "pct_of_peak", "stable", "runs", "compute_dtype")
+                "peak_mem_bytes", "pct_of_peak", "stable", "runs", "compute_dtype", "data_sha256")
 _EAGER = {"cpu": "torch-cpu", "cuda": "torch-cuda"}
 
 
@@ -67,18 +67,24 @@ def _measured(row) -> bool:
 
 
 def _baseline(row: dict, variants: dict, by_key: dict) -> dict | None:
+    """The row `row` is compared with (module docstring), measured on the same data files: an accuracy change
+    between two test sets would be no change of the variant's."""
     v = variants[row["variant"]]
     parent_id, root = v.parent_id, v
+
+    def comparable(candidate) -> bool:
+        return _measured(candidate) and candidate["data_sha256"] == row["data_sha256"]
+
     while parent_id:
         candidate = by_key.get((parent_id, row["backend"], row["batch_size"]))
-        if _measured(candidate):
+        if comparable(candidate):
             return candidate
         root = variants[parent_id]
         parent_id = root.parent_id
     if root is v:
         return None
     same_device = [r for (vid, be, bs), r in by_key.items()
-                   if vid == root.id and bs == row["batch_size"] and _measured(r) and r["device"] == row["device"]]
+                   if vid == root.id and bs == row["batch_size"] and comparable(r) and r["device"] == row["device"]]
     same_device.sort(key=lambda r: r["backend"] != _EAGER.get(row["device"]))
     return same_device[0] if same_device else None
 
