@@ -16,10 +16,10 @@ def pipeline(args) -> int:
     from deploybench.models import get_model_info, list_models
     from deploybench.pipeline import run_pipeline
     from deploybench.profile.backends import get_backend
+    from deploybench.profile.compare import compare_rows, render
     from deploybench.profile.runner import checked_batch_sizes
     from deploybench.store.atomic import check_file_target
     from deploybench.train.recipes import default_recipe
-    from deploybench.profile.compare import compare_rows, render
 
     models = list_models() if args.models == "all" else comma_list(args.models)
     for name in models:  # unknown names and bad options fail before any work starts

@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-models", action="store_true", help="list the zoo (name, family, params) and exit")
     p.add_argument("--json", action="store_true", help="with --list-models: print JSON")
     p.add_argument("--model", help="zoo name or package.module:factory")
-    p.add_argument("--dataset", type=dataset_arg, default=None, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
+    p.add_argument("--dataset", type=dataset_arg, default=None,
+                   help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

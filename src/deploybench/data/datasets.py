@@ -226,7 +226,7 @@ def data_digest(name: str, data_dir) -> str | None:
     """None when the files `load_splits` reads for `name` are the published ones (by their md5 pins); else the
     sha256 of their relative paths and bytes. Whatever is trained, optimized or measured on other files (a
     fixture, an edited copy, an image folder, which has no published files) is then a variant of its own: the
-    digest enters its config and id. Cached per file list, sizes and modification times."""
+    digest enters its config and id. Cached per file list, sizes, modification and change times and inodes."""
     stamp = []
     for rel, p, md5 in _data_files(name, data_dir):
         try:

@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, Subset
 from deploybench.data import canonical_dataset, data_keys, dataset_info, load_splits
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
-from deploybench.models.registry import user_code_digest
 from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights, read_checkpoint
+from deploybench.models.registry import user_code_digest
 from deploybench.store import Variant, Workspace, dataset_component, safe_component
 from deploybench.train.engine import default_workers, device_keys, evaluate, fit
 from deploybench.train.recipes import Recipe, default_recipe
