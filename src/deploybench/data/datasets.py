@@ -213,6 +213,7 @@ def _data_files(name: str, data_dir) -> list[tuple[str, Path, str | None]]:
         pins = dict(real.train_list + real.test_list) | {real.meta["filename"]: real.meta["md5"]}
         return [(f, folder / f, md5) for f, md5 in sorted(pins.items())]
     if name == "fashion-mnist":
+        fashion_mnist.prepare_fashion_mnist(data_dir)  # as `load_splits` does: the Debian files, unpacked
         raw = fashion_mnist.raw_dir(data_dir)
         return [(f, raw / f, fashion_mnist.RAW_MD5[f]) for f in sorted(fashion_mnist.RAW_FILES)]
     base = Path(name[len(IMAGEFOLDER):]).expanduser()
@@ -232,7 +233,7 @@ def data_digest(name: str, data_dir) -> str | None:
         try:
             st = p.stat()
         except OSError as e:
-            raise UserError(f"{name} data cannot be read: {e.filename}: {e.strerror}") from None
+            raise UserError(f"{name} data not found in --data-dir: {e.filename}: {e.strerror}") from None
         stamp.append((rel, str(p.resolve()), md5, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     return _digest(tuple(stamp))
 

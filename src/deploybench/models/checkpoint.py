@@ -53,6 +53,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
     return obj, hashlib.sha256(data).hexdigest()
 
 
+def read_state_dict(path: str | os.PathLike) -> tuple[dict, str]:
+    """The model state dict in the checkpoint at `path` (`extract_state_dict`) and the sha256 of its bytes
+    (`read_checkpoint`): what a run or an import started from external weights records."""
+    obj, digest = read_checkpoint(path)
+    return extract_state_dict(obj), digest
+
+
 def extract_state_dict(obj: dict) -> dict:
     """The model state dict inside a checkpoint (ours keep it under 'model'; plain state dicts pass through)."""
     state = obj.get("model", obj)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Subset
 from deploybench.data import canonical_dataset, data_keys, dataset_info, load_splits
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
-from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights, read_checkpoint
+from deploybench.models.checkpoint import load_checkpoint, load_weights, read_state_dict
 from deploybench.models.registry import user_code_digest
 from deploybench.store import Variant, Workspace, dataset_component, safe_component
 from deploybench.train.engine import default_workers, device_keys, evaluate, fit
@@ -89,11 +89,9 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     # here, and refused with one line when bad, before the store is asked for the run.
     imagenet_state = init_state = None
     if pretrained:
-        imagenet_obj, config["pretrained_sha256"] = read_checkpoint(pretrained)
-        imagenet_state = extract_state_dict(imagenet_obj)
+        imagenet_state, config["pretrained_sha256"] = read_state_dict(pretrained)
     if checkpoint:
-        init_obj, config["init_checkpoint_sha256"] = read_checkpoint(checkpoint)
-        init_state = extract_state_dict(init_obj)
+        init_state, config["init_checkpoint_sha256"] = read_state_dict(checkpoint)
     config.update(device_keys(dev, workers))  # a GPU or loader workers give other weights: a variant of its own
     config.update(data_keys(dataset, data_dir))  # so do other data files than the published ones
     vid = ws.variant_id(model, dataset, None, "train", config)
@@ -183,12 +181,10 @@ def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, 
     The same file imported again gives the same variant (its config holds the file's sha256), found before any
     evaluation."""
     dataset = canonical_dataset(dataset)
-    obj, digest = read_checkpoint(checkpoint)
-    state = extract_state_dict(obj)
+    state, digest = read_state_dict(checkpoint)
     info = dataset_info(dataset, data_dir)
     net = create_model(model, info.num_classes, info.in_channels, info.image_size)
     load_weights(net, state, checkpoint)
-    splits = load_splits(dataset, data_dir, augment=False)  # missing or unreadable data: one line, before the digest
     # The recipe is the architecture's default: fine-tuning stages (prune, qat) train with it.
     config = dict(model_config(model, info), dataset=dataset, recipe=default_recipe(model).to_dict(),
                   checkpoint=Path(checkpoint).name, checkpoint_sha256=digest, **data_keys(dataset, data_dir))
@@ -197,6 +193,7 @@ def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, 
         log(f"already imported {checkpoint} as variant {existing.id}: test top-1 "
             f"{100 * existing.metrics['accuracy_top1']:.2f}%")
         return existing
+    splits = load_splits(dataset, data_dir, augment=False)
     net.eval()
     test = evaluate(net, DataLoader(splits.test, batch_size=256), torch.device("cpu"), info.num_classes)
 
