@@ -72,3 +72,25 @@ def test_a_profiling_process_compiles_int8_programs_to_onednn_int8_kernels(tmp_p
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["qconv", "qlinear", "-"]
+
+
+def test_an_exported_program_is_loaded_onto_the_device_with_the_devices_in_its_graph(tmp_path, tiny_fashion_mnist,
+                                                                                    random_root):
+    # torch.export writes each input's device into the graph (aten._assert_tensor_metadata(..., device=cpu)).
+    # `.to('cuda')` on the program's module moved the weights only, and torchao's dynamic int8 program then
+    # failed on torch-cuda with "Tensor device mismatch! Expected: cpu, Got: cuda:0" (an H200, 2026-11-27).
+    # `meta` stands in for the GPU here: the graph and the weights must both be on it.
+    from deploybench.optimize.formats import load_module
+    from deploybench.optimize.quantize import QuantizeStage
+    from deploybench.store import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    dynamic = QuantizeStage(method="dynamic").run(ws, random_root(ws, "simple-cnn", tiny_fashion_mnist),
+                                                  tiny_fashion_mnist)
+    module = load_module(dynamic, "meta")
+    graph_devices = {str(n.kwargs["device"]) for n in module.program.graph.nodes if "device" in n.kwargs}
+    assert graph_devices == {"meta"}
+    assert {t.device.type for t in [*module.parameters(), *module.buffers()]} == {"meta"}
+    assert module(torch.randn(2, 1, 28, 28, device="meta")).shape == (2, 10)
+    on_cpu = load_module(dynamic)
+    assert {str(n.kwargs["device"]) for n in on_cpu.program.graph.nodes if "device" in n.kwargs} == {"cpu"}

@@ -33,6 +33,26 @@ def test_cuda_backends_report_unavailable_with_a_reason(name):
     assert name not in available_backends()
 
 
+def test_tensorrt_without_its_libraries_is_unavailable_with_the_reason(tmp_path, monkeypatch):
+    # onnxruntime-gpu lists TensorrtExecutionProvider without TensorRT installed (an H200, 2026-11-27): each
+    # session then printed ORT's "EP Error" block and fell back to CUDA. The provider library that cannot load
+    # (here: not a shared object) says so before any session.
+    from deploybench.profile.backends import onnxruntime as backend_module
+
+    capi = tmp_path / "onnxruntime" / "capi"
+    capi.mkdir(parents=True)
+    (capi / "libonnxruntime_providers_tensorrt.so").write_bytes(b"not a shared object")
+    fake = type("FakeOrt", (), {"__file__": str(tmp_path / "onnxruntime" / "__init__.py"),
+                                "get_available_providers": staticmethod(
+                                    lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                             "CPUExecutionProvider"])})
+    monkeypatch.setattr(backend_module, "_ort", lambda: fake)
+    monkeypatch.setattr(backend_module, "cuda_available", lambda: (True, ""))
+    ok, why = get_backend("ort-tensorrt").available()
+    assert not ok and why.startswith("TensorrtExecutionProvider cannot load TensorRT (")
+    assert get_backend("ort-cuda").available() == (True, "")
+
+
 def test_torch_cpu_matches_the_module(trained_workspace):
     ws, trained, _ = trained_workspace
     x, out = _logits("torch-cpu", trained, ws)
@@ -111,7 +131,14 @@ def test_ort_gpu_providers_really_run_or_skip_with_the_reason(onnx_workspace, na
         assert cls.provider in why
         pytest.skip(why)
     backend = cls()
-    backend.load(onnx_variant, 3, 1)
+    try:
+        backend.load(onnx_variant, 3, 1)
+    except BackendSkip as exc:
+        # TensorRT's own libraries (libnvinfer) are a separate install from onnxruntime-gpu: without them ORT
+        # falls back to CUDA, which the backend refuses rather than timing CUDA under TensorRT's name. CUDA
+        # itself has no such excuse on a machine where its provider is listed.
+        assert name == "ort-tensorrt" and "fell back to CUDAExecutionProvider" in str(exc), exc
+        pytest.skip(str(exc))
     assert backend.session.get_providers()[0] == cls.provider
     x = torch.randn(3, 1, 28, 28)
     out = backend.logits(backend.run(backend.prepare(x)))

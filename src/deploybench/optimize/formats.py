@@ -14,7 +14,7 @@ import torch.nn as nn
 from deploybench.errors import UserError
 from deploybench.store import Variant
 
-_TORCH_LOADERS: dict[str, Callable[[Variant], nn.Module]] = {}
+_TORCH_LOADERS: dict[str, Callable[[Variant, str], nn.Module]] = {}
 ONNX_FORMATS = {"onnx", "onnx-int8"}
 # fp32 eager modules: the formats whose params and MACs can be counted directly and that can be exported/pruned.
 EAGER_FORMATS = {"torch-state", "torch-pruned"}
@@ -25,7 +25,8 @@ class UnsupportedFormat(Exception):
 
 
 def register_format(name: str):
-    """Decorator registering `loader(variant) -> nn.Module` for format `name`."""
+    """Decorator registering `loader(variant, device) -> nn.Module` for format `name`. A loader needs `device`
+    only when moving its module there takes more than `.to(device)`, which `load_module` applies to all."""
 
     def wrap(loader):
         _TORCH_LOADERS[name] = loader
@@ -38,11 +39,11 @@ def torch_formats() -> set[str]:
     return set(_TORCH_LOADERS)
 
 
-def load_module(variant: Variant) -> nn.Module:
-    """The variant as a torch module in eval mode."""
+def load_module(variant: Variant, device: str = "cpu") -> nn.Module:
+    """The variant as a torch module in eval mode on `device`."""
     if variant.format not in _TORCH_LOADERS:
         raise UnsupportedFormat(f"format {variant.format} has no torch loader")
-    return _TORCH_LOADERS[variant.format](variant).eval()
+    return _TORCH_LOADERS[variant.format](variant, device).to(device).eval()
 
 
 def onnx_path(variant: Variant) -> Path:
@@ -101,7 +102,7 @@ def check_onnx(path: Path) -> None:
 
 
 @register_format("torch-state")
-def _load_torch_state(variant: Variant) -> nn.Module:
+def _load_torch_state(variant: Variant, device: str) -> nn.Module:
     from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights
     from deploybench.train.run import build_model
 
@@ -162,7 +163,7 @@ def rebuild_shaped(config: dict, obj: dict) -> nn.Module:
 
 
 @register_format("torch-pruned")
-def _load_torch_pruned(variant: Variant) -> nn.Module:
+def _load_torch_pruned(variant: Variant, device: str) -> nn.Module:
     from deploybench.models.checkpoint import load_checkpoint
 
     return rebuild_shaped(variant.config, load_checkpoint(variant.path / "model.pt"))
@@ -181,7 +182,7 @@ class CastInput(nn.Module):
 
 @register_format("torch-bf16")
 @register_format("torch-fp16")
-def _load_half(variant: Variant) -> nn.Module:
+def _load_half(variant: Variant, device: str) -> nn.Module:
     import torch
 
     from deploybench.models.checkpoint import load_checkpoint
@@ -209,8 +210,11 @@ class ExportedModule(nn.Module):
 
 @register_format("torch-export")
 @register_format("torch-export-int8")
-def _load_torch_export(variant: Variant) -> nn.Module:
-    """A `torch.export` program (PT2E int8 and others); runs eagerly, fast after torch.compile with freezing."""
+def _load_torch_export(variant: Variant, device: str) -> nn.Module:
+    """A `torch.export` program (PT2E int8 and others) on `device`; runs eagerly, fast after torch.compile with
+    freezing. A program also holds devices in its graph (torch.export asserts each input's device): `.to()` on
+    its module moves the weights only, and torchao's dynamic int8 program moved that way failed on torch-cuda
+    with "Tensor device mismatch! Expected: cpu, Got: cuda:0". torch.export's own pass moves both."""
     import torch
     import torchao.quantization.pt2e  # noqa: F401  (registers the quantize/dequantize ops the program calls)
 
@@ -224,4 +228,9 @@ def _load_torch_export(variant: Variant) -> nn.Module:
     path = variant.path / "model.pt2"
     if not path.is_file():
         raise UserError(f"variant {variant.id}: {path} is missing")
-    return ExportedModule(torch.export.load(path).module())
+    program = torch.export.load(path)
+    if torch.device(device) != torch.device("cpu"):
+        from torch.export.passes import move_to_device_pass
+
+        program = move_to_device_pass(program, device)
+    return ExportedModule(program.module())

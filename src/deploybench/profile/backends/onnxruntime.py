@@ -6,6 +6,9 @@ asked for. On GPU, inputs and outputs stay on the device through IOBinding, so t
 """
 from __future__ import annotations
 
+import ctypes
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -124,6 +127,22 @@ class OrtCUDA(OrtBackend):
 @register_backend
 class OrtTensorRT(OrtBackend):
     name, device, provider = "ort-tensorrt", "cuda", "TensorrtExecutionProvider"
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """onnxruntime-gpu lists this provider whether or not TensorRT itself (libnvinfer, a separate install)
+        is there; without it every session printed ORT's "EP Error" block and fell back to CUDA. Loading the
+        provider's library resolves TensorRT's, as a session would."""
+        ok, why = super().available()
+        if not ok:
+            return ok, why
+        library = Path(_ort().__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so"
+        if library.is_file():
+            try:
+                ctypes.CDLL(str(library))
+            except OSError as exc:
+                return False, f"{cls.provider} cannot load TensorRT ({exc})"
+        return True, ""
 
     def _providers(self) -> list:
         # Nodes TensorRT cannot take run on CUDA, never on the CPU.

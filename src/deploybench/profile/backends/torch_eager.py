@@ -40,10 +40,10 @@ class TorchBackend(Backend):
 
     def load(self, variant: Variant, batch_size: int, threads: int) -> None:
         torch.set_num_threads(threads)
-        module = formats.load_module(variant)
+        module = formats.load_module(variant, self.device)
         self.expect_inputs_of(variant)
         self.dtype = module_dtype(module)
-        self.module = self.wrap(module.to(self.device))
+        self.module = self.wrap(module)
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
 
