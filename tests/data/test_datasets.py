@@ -201,3 +201,12 @@ def test_image_folder_digest_follows_linked_class_folders(tiny_imagefolder, tmp_
     assert canonical_dataset("imagefolder:~/pets") == "imagefolder:" + os.path.expanduser("~/pets")
     assert canonical_dataset("imagefolder:pets") == "imagefolder:" + os.path.abspath("pets")
     assert canonical_dataset("cifar10") == "cifar10"
+
+
+def test_a_relative_image_folder_names_its_files_from_its_root(tiny_imagefolder, tmp_path, monkeypatch):
+    from deploybench.data import datasets
+
+    monkeypatch.chdir(tiny_imagefolder)
+    relative = [rel for rel, _, _ in datasets._data_files("imagefolder:.", None)]
+    absolute = [rel for rel, _, _ in datasets._data_files(f"imagefolder:{tiny_imagefolder}", None)]
+    assert relative == absolute and relative[0].startswith(("train/", "test/"))

@@ -94,3 +94,21 @@ def test_an_exported_program_is_loaded_onto_the_device_with_the_devices_in_its_g
     assert module(torch.randn(2, 1, 28, 28, device="meta")).shape == (2, 10)
     on_cpu = load_module(dynamic)
     assert {str(n.kwargs["device"]) for n in on_cpu.program.graph.nodes if "device" in n.kwargs} == {"cpu"}
+
+
+def test_a_program_asserts_the_indexed_device_its_inputs_arrive_on(monkeypatch):
+    # Moved to plain "cuda", a program asserts device=cuda; eager torch accepts an input on cuda:0, but
+    # torch.compile's fake tensors compare exactly, so torch-compile-cuda failed on every exported program.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from deploybench.optimize.formats import indexed_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert indexed_device("cuda") == torch.device("cuda", 0)
+    assert indexed_device("cuda:1") == torch.device("cuda", 1)
+    assert indexed_device("meta") == torch.device("meta")
+    with FakeTensorMode():
+        x = torch.empty(2, 3, device="cuda:0")
+        torch.ops.aten._assert_tensor_metadata(x, dtype=torch.float32, device=indexed_device("cuda"))
+        with pytest.raises(AssertionError, match="Tensor device mismatch"):
+            torch.ops.aten._assert_tensor_metadata(x, dtype=torch.float32, device=torch.device("cuda"))

@@ -216,7 +216,8 @@ def _data_files(name: str, data_dir) -> list[tuple[str, Path, str | None]]:
         fashion_mnist.prepare_fashion_mnist(data_dir)  # as `load_splits` does: the Debian files, unpacked
         raw = fashion_mnist.raw_dir(data_dir)
         return [(f, raw / f, fashion_mnist.RAW_MD5[f]) for f in sorted(fashion_mnist.RAW_FILES)]
-    base = os.path.join(Path(name[len(IMAGEFOLDER):]).expanduser(), "")  # with its trailing separator
+    name = canonical_dataset(name)  # absolute: the roots below then all start with `base`
+    base = os.path.join(name[len(IMAGEFOLDER):], "")  # with its trailing separator
     files = sorted(os.path.join(top, f) for root in _folder_roots(name) if root is not None
                    for top, _, names in os.walk(root, followlinks=True)  # as ImageFolder walks: into linked folders
                    for f in names if f.lower().endswith(IMG_EXTENSIONS))

@@ -232,5 +232,17 @@ def _load_torch_export(variant: Variant, device: str) -> nn.Module:
     if torch.device(device) != torch.device("cpu"):
         from torch.export.passes import move_to_device_pass
 
-        program = move_to_device_pass(program, device)
+        program = move_to_device_pass(program, indexed_device(device))
     return ExportedModule(program.module())
+
+
+def indexed_device(device: str):
+    """`device` with its index (`cuda` -> `cuda:0`), as a program must assert it: inputs arrive on `cuda:0`,
+    and torch.compile's fake tensors compare the device a program asserts exactly ("Tensor device mismatch!
+    Expected: cuda, Got: cuda:0"), where eager torch lets `cuda` stand for any index."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return dev
