@@ -221,7 +221,8 @@ def _data_files(name: str, data_dir) -> list[tuple[str, Path, str | None]]:
     files = sorted(os.path.join(top, f) for root in _folder_roots(name) if root is not None
                    for top, _, names in os.walk(root, followlinks=True)  # as ImageFolder walks: into linked folders
                    for f in names if f.lower().endswith(IMG_EXTENSIONS))
-    # Strings, every one under `base`: pathlib's relative_to and resolve cost ~1 s per 20,000 images, every call
+    # Strings, all under `base`: with pathlib (relative_to, resolve) a repeated digest of 20,000 images took
+    # 2.1-2.3 s, with strings 0.7-0.8 s (median of 5 calls, on 2 shared cores)
     return [(p[len(base):], Path(p), None) for p in files]
 
 
