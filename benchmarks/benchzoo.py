@@ -73,7 +73,8 @@ class Gate:
         return f"{self.model}-{self.fast[0]}@{self.fast[1]}-vs-{self.slow[0]}@{self.slow[1]}"
 
 
-# Measured here (2-core AVX2 EPYC, batch 64, two runs): 4.7-5.5x, 2.1-2.2x, 1.9-2.0x and 2.2x. On this CPU int8 is not faster than fp32
+# Measured here (2-core AVX2 EPYC, batch 64, `make bench`), on an idle machine: 2.62x, 2.57x, 1.90x and 2.69x; with
+# `deploybench pipeline` holding both cores: 4.43x, 2.17x, 2.08x and 5.04x. On this CPU int8 is not faster than fp32
 # within the same runtime for models this small (no VNNI), so the int8 gates are against fp32 eager, the
 # deployment baseline: they still fail if int8 falls back to slow kernels or inductor stops freezing weights.
 GATES = [

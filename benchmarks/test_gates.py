@@ -1,22 +1,26 @@
 """Hard gates on speed-ups measured in the same run: int8 against fp32, pruned against its parent.
 
-The two calls are timed in alternation (slow, fast, slow, fast, ...) and the gate is on the median of the
-per-pair ratios: a load spike on a shared machine slows both calls of a pair alike, so the ratio holds still
-where absolute times jump. The thresholds sit well below what this machine measures (see the README), so
-they fail on a real regression (an int8 graph falling back to fp32 kernels, inductor freezing lost, pruning
-that no longer removes channels), not on noise. pytest-benchmark also times the fast call for the baseline.
+The two calls are timed in alternated blocks (`paired_speedup`: wait 50 ms, 5 slow calls, wait, 5 fast calls,
+... the first call of each block dropped) and the gate is on the median of the per-pair ratios: a load spike
+on a shared machine slows both blocks of a pair alike, so the ratio holds still where absolute times jump,
+and the wait keeps one runtime's still-spinning threads out of the other's timing (alternating single calls
+let ONNX Runtime's workers do that: a CI run measured the pruned model 1.40x faster than its parent on ONNX
+Runtime, where 2.25x is what each measures alone). The thresholds sit well below what this machine measures
+(see GATES), so they fail on a real regression (an int8 graph falling back to fp32 kernels, inductor
+freezing lost, pruning that no longer removes channels), not on noise. pytest-benchmark also times the fast
+call for the baseline.
 """
 import pytest
 
 from benchzoo import GATES
-from deploybench.profile.latency import paired_speedup
+from deploybench.profile.latency import finished_call, paired_speedup
 
 
 @pytest.mark.parametrize("gate", GATES, ids=lambda g: g.id)
 def test_speedup(benchmark, zoo, loaded, gate):
     slow, slow_in = loaded(zoo.for_backend(gate.model, gate.slow[0], gate.slow[1]), gate.slow[1], gate.batch_size)
     fast, fast_in = loaded(zoo.for_backend(gate.model, gate.fast[0], gate.fast[1]), gate.fast[1], gate.batch_size)
-    speedup = paired_speedup(lambda: slow.run(slow_in), lambda: fast.run(fast_in))
+    speedup = paired_speedup(finished_call(slow, slow_in), finished_call(fast, fast_in))
     benchmark(fast.run, fast_in)
     benchmark.extra_info.update(speedup=speedup, gate=gate.min_speedup)
     assert speedup >= gate.min_speedup, (

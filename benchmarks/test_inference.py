@@ -8,7 +8,7 @@ times the wrong thing, e.g. the input copy, the first compiling call or a missin
 import pytest
 
 from benchzoo import BENCH_PROTOCOL, CPU_BACKENDS, KINDS, MODELS
-from deploybench.profile.latency import latency_stats, time_runs
+from deploybench.profile.latency import finished_call, latency_stats, time_runs
 
 # How far pytest-benchmark's median may sit outside the range of our two p50s (the time between them is a
 # few seconds; a shared 2-core machine's load moves medians by tens of percent, not by 2x).
@@ -17,7 +17,7 @@ AGREEMENT = 2.0
 
 def profiler_p50(impl, inputs, batch_size: int) -> float:
     """Our profiler's p50 (ms) of `impl.run(inputs)`: the timing loop `profile run` uses."""
-    times = time_runs(lambda: impl.run(inputs), impl.synchronize, BENCH_PROTOCOL)
+    times = time_runs(finished_call(impl, inputs), BENCH_PROTOCOL)
     return latency_stats(times, batch_size)["latency_ms_p50"]
 
 

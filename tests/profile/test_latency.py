@@ -34,10 +34,10 @@ def test_too_few_runs_are_never_stable():
 
 def test_timing_loop_reaches_both_the_count_and_the_duration():
     calls = []
-    times = time_runs(lambda: calls.append(1), lambda: None, Protocol(warmup=3, min_runs=7, min_seconds=0.02))
+    times = time_runs(lambda: calls.append(1), Protocol(warmup=3, min_runs=7, min_seconds=0.02))
     assert len(times) >= 7 and sum(times) <= 0.02 + 1  # count reached...
     assert len(calls) == 3 + len(times)  # ...after the warm-up calls
-    slow = time_runs(lambda: None, lambda: None, Protocol(warmup=0, min_runs=1, min_seconds=0.03))
+    slow = time_runs(lambda: None, Protocol(warmup=0, min_runs=1, min_seconds=0.03))
     assert len(slow) > 1  # the duration keeps it going past the minimum count
 
 
@@ -60,6 +60,30 @@ def test_paired_speedup_sees_a_known_ratio():
     assert paired_speedup(sleeper(0.004), sleeper(0.001), pairs=9) == pytest.approx(4.0, rel=0.35)
 
 
+def test_paired_speedup_waits_out_the_other_runtimes_threads():
+    """A runtime whose threads keep the cores busy for 20 ms after each call (ONNX Runtime's and OpenMP's
+    spinning workers) slows the other runtime's next call; single calls in alternation would measure about
+    1.1x here instead of 4x, the settled blocks measure the calls themselves."""
+    import time
+
+    from deploybench.profile.latency import paired_speedup
+
+    cores = {"held_by": None, "until": 0.0}
+
+    def runtime(name, seconds):
+        def call():
+            wait = cores["until"] - time.perf_counter()
+            if cores["held_by"] != name and wait > 0:
+                time.sleep(wait)  # the other runtime's threads still hold the cores
+            time.sleep(seconds)
+            cores["held_by"], cores["until"] = name, time.perf_counter() + 0.02
+        return call
+
+    assert paired_speedup(runtime("fp32", 0.004), runtime("int8", 0.001), pairs=9) == pytest.approx(4.0, rel=0.35)
+    with pytest.raises(ValueError, match="at least 2 calls"):
+        paired_speedup(runtime("fp32", 0.004), runtime("int8", 0.001), block=1)
+
+
 def test_profile_check_against_prints_a_paired_speedup(onnx_workspace, capsys):
     from deploybench.cli import profile_cmd
 
@@ -69,3 +93,29 @@ def test_profile_check_against_prints_a_paired_speedup(onnx_workspace, capsys):
                              "--workspace", str(ws.root)]) == 0
     out = capsys.readouterr().out
     assert "ratio" in out and f"speed-up over {trained.id} on torch-cpu:" in out
+
+
+class _QueuedDevice:
+    """A backend whose `run` only queues the work, like a GPU's, and whose `synchronize` waits for it."""
+
+    def __init__(self, seconds):
+        self.seconds, self.queued = seconds, 0
+
+    def run(self, inputs):
+        self.queued += 1
+
+    def synchronize(self):
+        import time
+
+        time.sleep(self.seconds * self.queued)
+        self.queued = 0
+
+
+def test_every_timer_waits_for_queued_work():
+    """`time_runs` (what `profile run` times) and `paired_speedup` (`profile check --against`, the gates) time
+    `finished_call`s: the queued work, not just the launch, which would measure a 4 ms and a 1 ms model alike."""
+    from deploybench.profile.latency import finished_call, paired_speedup
+
+    slow, fast = _QueuedDevice(0.004), _QueuedDevice(0.001)
+    assert min(time_runs(finished_call(slow, None), Protocol(warmup=1, min_runs=5, min_seconds=0))) >= 0.004
+    assert paired_speedup(finished_call(slow, None), finished_call(fast, None), pairs=9) == pytest.approx(4.0, rel=0.35)

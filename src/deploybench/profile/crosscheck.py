@@ -16,7 +16,7 @@ import torch
 from deploybench.errors import UserError
 from deploybench.profile.backends import get_backend
 from deploybench.profile.backends.base import BackendSkip
-from deploybench.profile.latency import Protocol, measure_latency, paired_speedup
+from deploybench.profile.latency import Protocol, finished_call, measure_latency, paired_speedup
 from deploybench.profile.static import input_shape, root_config
 
 
@@ -60,12 +60,8 @@ def cross_check(ws, variant, backend: str, batch_size: int, threads: int, protoc
 
         what = "torch.utils.benchmark.Timer"
 
-        def step():
-            impl.run(inputs)
-            impl.synchronize()
-
         def reference() -> float:
-            timer = Timer("step()", globals=dict(step=step), num_threads=threads)
+            timer = Timer("step()", globals=dict(step=finished_call(impl, inputs)), num_threads=threads)
             return timer.blocked_autorange(min_run_time=protocol.min_seconds).median * 1e3
 
     ours, theirs = [], []
@@ -88,7 +84,7 @@ def paired_against(ws, variant, backend: str, base, base_backend: str, batch_siz
         impl.run(inputs)
         calls.append((impl, inputs))
     (slow, slow_in), (fast, fast_in) = calls
-    speedup = paired_speedup(lambda: slow.run(slow_in), lambda: fast.run(fast_in))
+    speedup = paired_speedup(finished_call(slow, slow_in), finished_call(fast, fast_in))
     slow.close()
     fast.close()
     return speedup
