@@ -438,3 +438,38 @@ def test_read_only_workspace_clear_error(small_disk, capsys):
             capsys, "workspace is not writable: Read-only file system", code=1)
     subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)  # SQLite reads a WAL database read-write
     assert snapshot(root) == before
+
+
+# Runs the real CLI in a child process that sends itself SIGTERM at the `after`-th optimizer step (pruning's
+# fine-tuning, which is not training's checkpointed loop).
+TERM_CHILD = r"""
+import os, signal, sys, torch
+from deploybench.cli.main import main
+after, calls = int(sys.argv[1]), [0]
+real_step = torch.optim.SGD.step
+def step(self, *a, **k):
+    calls[0] += 1
+    if calls[0] == after:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_step(self, *a, **k)
+torch.optim.SGD.step = step
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_outside_training_is_one_line_and_leaves_the_workspace_as_it_was(trained_workspace, tmp_path):
+    import signal
+
+    from deploybench.cli.common import run
+
+    ws, _, data = trained_workspace
+    before = snapshot(ws.root)
+    r = subprocess.run([sys.executable, "-c", TERM_CHILD, "2", "optimize", "prune", "--model", "lenet", "--ratio",
+                        "0.5", "--finetune-epochs", "1", "--workspace", str(ws.root), "--data-dir", str(data)],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 143, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("interrupted: stopped by SIGTERM; what was finished")
+    assert snapshot(ws.root) == before  # no variant, no temporary folder, no line in the command log
+    handler = signal.getsignal(signal.SIGTERM)
+    assert run(lambda: 0) == 0 and signal.getsignal(signal.SIGTERM) is handler  # a command leaves it as it was

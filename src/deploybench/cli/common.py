@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sqlite3
 import sys
+import threading
 from typing import Callable
 
 from deploybench.errors import WORKSPACE_ERRNOS, UserError
@@ -40,15 +42,29 @@ def _retract_commands() -> None:
             pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (from `kill`, `timeout`, a job scheduler) outside training: raised wherever the main thread is,
+    as Ctrl-C raises KeyboardInterrupt, so every atomic writer drops its temporary file and the command ends
+    with one line. Training installs its own handler while it runs, which checkpoints first."""
+
+
+def _terminated(signum, frame):
+    raise Terminated
+
+
 def run(fn: Callable[[], int | None]) -> int:
-    """Run a command: user errors, I/O failures and interrupts become one line on stderr and a non-zero exit,
-    and the command is not left in the workspace's log."""
+    """Run a command: user errors, I/O failures and interrupts (Ctrl-C, SIGTERM) become one line on stderr and a
+    non-zero exit, and the command is not left in the workspace's log."""
     _LOGGED.clear()
     code = 1
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set a signal handler
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         code = _run(fn)
         return code
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         if code != 0:
             _retract_commands()
 
@@ -63,6 +79,10 @@ def _run(fn: Callable[[], int | None]) -> int:
         return 2
     except TrainingInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
+        return 143
+    except Terminated:
+        print("interrupted: stopped by SIGTERM; what was finished before it is kept and nothing half-written is "
+              "left (every file is written atomically)", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
