@@ -73,8 +73,8 @@ class Gate:
         return f"{self.model}-{self.fast[0]}@{self.fast[1]}-vs-{self.slow[0]}@{self.slow[1]}"
 
 
-# Measured here (2-core AVX2 EPYC, batch 64, `make bench`), on an idle machine: 2.62x, 2.57x, 1.90x and 2.69x; with
-# `deploybench pipeline` holding both cores: 4.43x, 2.17x, 2.08x and 5.04x. On this CPU int8 is not faster than fp32
+# Measured here (2-core AVX2 EPYC, batch 64), idle in two runs: 2.62/2.70x, 2.57/2.47x, 1.90/2.01x and 2.69/2.64x;
+# with `deploybench pipeline` holding both cores: 4.43x, 2.17x, 2.08x and 5.04x. On this CPU int8 is not faster than fp32
 # within the same runtime for models this small (no VNNI), so the int8 gates are against fp32 eager, the
 # deployment baseline: they still fail if int8 falls back to slow kernels or inductor stops freezing weights.
 GATES = [

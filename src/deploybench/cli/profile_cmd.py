@@ -75,7 +75,7 @@ def _check(args) -> int:
         get_backend(base_backend)
         speedup = paired_against(ws, ws.get_variant(args.variant), args.backend, ws.get_variant(base_id),
                                  base_backend, args.batch_size, threads)
-        print(f"speed-up over {base_id} on {base_backend}: {speedup:.2f}x (median of 21 alternated pairs)")
+        print(f"speed-up over {base_id} on {base_backend}: {speedup:.2f}x (median of 21 alternated pairs of blocks)")
     return 0
 
 
