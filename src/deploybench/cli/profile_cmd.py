@@ -68,6 +68,7 @@ def _check(args) -> int:
           f"ratio {r['ratio']:.3f} (medians of {r['rounds']} alternated rounds)")
     if args.against:
         from deploybench.profile.crosscheck import paired_against
+        from deploybench.profile.latency import PAIRS
 
         base_id, _, base_backend = args.against.partition(":")
         if not base_backend:
@@ -75,7 +76,8 @@ def _check(args) -> int:
         get_backend(base_backend)
         speedup = paired_against(ws, ws.get_variant(args.variant), args.backend, ws.get_variant(base_id),
                                  base_backend, args.batch_size, threads)
-        print(f"speed-up over {base_id} on {base_backend}: {speedup:.2f}x (median of 21 alternated pairs of blocks)")
+        print(f"speed-up over {base_id} on {base_backend}: {speedup:.2f}x "
+              f"(median of {PAIRS} alternated pairs of blocks)")
     return 0
 
 

@@ -99,7 +99,10 @@ def measure_latency(backend, batch, batch_size: int, protocol: Protocol) -> dict
     return latency_stats(time_runs(finished_call(backend, backend.prepare(batch)), protocol), batch_size)
 
 
-def paired_speedup(slow: Callable[[], object], fast: Callable[[], object], pairs: int = 21, block: int = 5,
+PAIRS = 21  # alternated pairs behind every paired speed-up (`profile check --against`, the benchmark gates)
+
+
+def paired_speedup(slow: Callable[[], object], fast: Callable[[], object], pairs: int = PAIRS, block: int = 5,
                    settle_s: float = 0.05, warmup: int = 3) -> float:
     """Median over `pairs` alternated blocks (slow block, fast block, ...) of time(slow) / time(fast).
 
@@ -122,14 +125,11 @@ def paired_speedup(slow: Callable[[], object], fast: Callable[[], object], pairs
         slow()
         fast()
 
+    after_wait = Protocol(warmup=1, min_runs=block - 1, min_seconds=0.0)  # the first call untimed
+
     def settled_median(call: Callable[[], object]) -> float:
         time.sleep(settle_s)
-        times = []
-        for _ in range(block):
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times[1:]))
+        return float(np.median(time_runs(call, after_wait)))
 
     ratios = [settled_median(slow) / settled_median(fast) for _ in range(pairs)]
     return float(np.median(ratios))
