@@ -12,8 +12,8 @@ CI_FULL = {"lenet", "custom"}
 
 def test_all_covers_every_required_chain():
     names = [c.name for c in default_chains()]
-    assert names == ["export", "quantize:int8-pt2e", "quantize:int8-ort", "quantize:dynamic", "quantize:bf16",
-                     "quantize:fp16", "quantize:qat", "prune", "prune→int8-pt2e", "prune→export",
+    assert names == ["export", "quantize:int8-pt2e", "quantize:int8-ort", "quantize:dynamic", "quantize:dynamic-pt2e",
+                     "quantize:bf16", "quantize:fp16", "quantize:qat", "prune", "prune→int8-pt2e", "prune→export",
                      "prune→export→int8-ort"]
 
 
@@ -30,11 +30,11 @@ def test_every_architecture_goes_through_optimize_all(tmp_path, tiny_fashion_mni
     failed = {k: v for k, v in status.items() if v[0] == "failed"}
     assert not failed, failed
     skipped = {k for k, v in status.items() if v[0] == "skipped"}
-    assert skipped <= {"quantize:fp16", "quantize:qat", "quantize:bf16"}
+    assert skipped <= {"quantize:fp16", "quantize:qat", "quantize:bf16", "quantize:dynamic"}
     variants = {v.id: v for r in results for v in r.variants}
-    # export, int8-pt2e, export→int8-ort, dynamic, prune, prune→int8-pt2e, prune→export, prune→export→int8-ort
-    # (+ bf16, fp16 and QAT where they run)
-    assert len(variants) == 8 + sum(f"quantize:{m}" not in skipped for m in ("bf16", "fp16", "qat"))
+    # export, int8-pt2e, export→int8-ort, dynamic-pt2e, prune, prune→int8-pt2e, prune→export,
+    # prune→export→int8-ort (+ torchao's dynamic, bf16, fp16 and QAT where they run)
+    assert len(variants) == 8 + sum(f"quantize:{m}" not in skipped for m in ("dynamic", "bf16", "fp16", "qat"))
     table = summary_table(root, results)
     assert all(v.id in table for v in variants.values())
     pruned = next(v for v in variants.values() if v.stages == ["train", "prune"])
@@ -59,10 +59,10 @@ def test_a_failing_chain_does_not_stop_the_others(trained_workspace, monkeypatch
 
     monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)
     chains = [c for c in default_chains(finetune_epochs=0, calib_size=8)
-              if c.name in ("export", "quantize:dynamic", "prune→export")]
+              if c.name in ("export", "quantize:dynamic-pt2e", "prune→export")]
     before = {v.id for v in ws.variants()}
     results = run_chains(ws, trained, data_dir, chains, progress=False, log=lambda *_: None)
-    assert [(r.name, r.status) for r in results] == [("export", "failed"), ("quantize:dynamic", "ok"),
+    assert [(r.name, r.status) for r in results] == [("export", "failed"), ("quantize:dynamic-pt2e", "ok"),
                                                      ("prune→export", "failed")]
     made = {v.id for v in ws.variants()} - before
     assert made == {results[1].variants[0].id, results[2].variants[0].id}  # dynamic and the prune step, nothing else
@@ -81,3 +81,46 @@ def test_all_leaves_emulated_bf16_out(monkeypatch, native):
         assert reason is None
     else:
         assert "no native bf16" in reason and "--method bf16" in reason
+
+
+@pytest.mark.parametrize("int8_slower", [True, False])
+def test_all_leaves_torchaos_dynamic_out_where_int_mm_is_slower_than_fp32(monkeypatch, int8_slower):
+    # Without CUDA, torchao's dynamic program multiplies with torch._int_mm; on this project's AVX2 machine that
+    # ran 24x slower than fp32. The decision is timed on the machine: here `_int_mm` is replaced by a kernel
+    # that does no work (faster than any fp32 product) or that also sleeps 20 ms (slower than any).
+    import time
+
+    import torch
+
+    from deploybench.optimize.quantize import _int_mm_slow
+
+    out = torch.zeros(64, 1536, dtype=torch.int32)
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: (time.sleep(0.02) if int8_slower else None, out)[1])
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    (dynamic,) = [c for c in default_chains() if c.name == "quantize:dynamic"]
+    _int_mm_slow.cache_clear()
+    try:
+        reason = dynamic.skip({})
+    finally:
+        _int_mm_slow.cache_clear()
+    if int8_slower:
+        assert "torch._int_mm" in reason and "measured now" in reason and "--method dynamic" in reason
+    else:
+        assert reason is None
+
+
+def test_with_cuda_torchaos_dynamic_is_made_without_timing_anything(monkeypatch):
+    import torch
+
+    from deploybench.optimize.quantize import _int_mm_slow
+
+    def refuse(*_):
+        raise AssertionError("timed _int_mm although CUDA is there")
+
+    monkeypatch.setattr(torch, "_int_mm", refuse)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    _int_mm_slow.cache_clear()
+    try:
+        assert _int_mm_slow() is None
+    finally:
+        _int_mm_slow.cache_clear()

@@ -58,20 +58,24 @@ print("qconv" if "onednn.qconv" in code else "-", "qlinear" if "onednn.qlinear" 
 """
 
 
+@pytest.mark.parametrize("method, kernels", [
+    ("int8-pt2e", ["qconv", "qlinear", "-"]),  # static: every conv and linear in int8
+    ("dynamic-pt2e", ["-", "qlinear", "fp32-conv"]),  # dynamic: the linears only, as torchao's `dynamic`
+])
 def test_a_profiling_process_compiles_int8_programs_to_onednn_int8_kernels(tmp_path, tiny_fashion_mnist,
-                                                                           random_root):
+                                                                           random_root, method, kernels):
     # Without torchao's x86 inductor passes (registered by importing its quantizer, which a process that
     # only loads the program never does), every int8 layer compiled to dequantize -> fp32 conv -> quantize.
     from deploybench.optimize.quantize import QuantizeStage
     from deploybench.store import Workspace
 
     ws = Workspace(tmp_path / "ws")
-    int8 = QuantizeStage(method="int8-pt2e").run(ws, random_root(ws, "simple-cnn", tiny_fashion_mnist),
-                                                 tiny_fashion_mnist)
+    int8 = QuantizeStage(method=method).run(ws, random_root(ws, "simple-cnn", tiny_fashion_mnist),
+                                            tiny_fashion_mnist)
     proc = subprocess.run([sys.executable, "-c", _COMPILED_KERNELS, str(ws.root), int8.id], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["qconv", "qlinear", "-"]
+    assert proc.stdout.split() == kernels
 
 
 def test_an_exported_program_is_loaded_onto_the_device_with_the_devices_in_its_graph(tmp_path, tiny_fashion_mnist,

@@ -26,7 +26,7 @@ def made(_trained_lenet_workspace, tiny_fashion_mnist, tmp_path_factory):
     ws = Workspace(root)
     trained = ws.get_variant(vid)
     out = {"export": get_stage("export")().run(ws, trained, tiny_fashion_mnist)}
-    for method in ("int8-pt2e", "int8-ort", "dynamic", "bf16", "qat"):
+    for method in ("int8-pt2e", "int8-ort", "dynamic", "dynamic-pt2e", "bf16", "qat"):
         out[method] = get_stage("quantize")(method=method, calib_size=16).run(ws, trained, tiny_fashion_mnist)
     for importance in ("magnitude", "taylor", "lamp"):
         out[f"prune-{importance}"] = get_stage("prune")(ratio=0.5, importance=importance, finetune_epochs=1,
@@ -107,6 +107,7 @@ def test_export_parity_and_reuse(made):
     ("int8-pt2e", "torch-export-int8", ["train", "quantize"]),
     ("int8-ort", "onnx-int8", ["train", "export", "quantize"]),
     ("dynamic", "torch-export", ["train", "quantize"]),
+    ("dynamic-pt2e", "torch-export-int8", ["train", "quantize"]),
     ("bf16", "torch-bf16", ["train", "quantize"]),
     ("qat", "torch-export-int8", ["train", "quantize"]),
 ])
@@ -119,6 +120,8 @@ def test_quantize_methods(made, method, fmt, stages):
     assert v.metrics["agreement_top1"] >= 0.9  # lenet's logits are far apart: int8 keeps its predictions
     if method in ("int8-pt2e", "int8-ort"):
         assert v.metrics["calibration_images"] == 16 and v.config["calib_size"] == 16
+    if method == "dynamic":  # lenet's Linear layers hold most weights: the only note is `optimize all`'s reason
+        assert v.metrics["note"] == METHODS["dynamic"].not_worth_it()
     if method == "bf16":
         assert "calib_size" not in v.config  # options a method ignores do not split its variants
         assert v.metrics["note"] == METHODS["bf16"].not_worth_it()  # says so where bf16 is emulated
@@ -147,6 +150,16 @@ def test_int8_programs_hold_only_int8_weights(made, method):
     program = torch.export.load(str(v.path / "model.pt2"))
     big = {k: t.dtype for k, t in program.state_dict.items() if t.dim() >= 2}
     assert big and set(big.values()) == {torch.int8}, big
+
+
+def test_dynamic_pt2e_makes_only_the_linear_weights_int8(made):
+    # As torchao's `dynamic`: nn.Linear only (lenet's three), its convolutions stay in fp32.
+    v = made[3]["dynamic-pt2e"]
+    import torchao.quantization.pt2e  # noqa: F401
+    weights = torch.export.load(str(v.path / "model.pt2")).state_dict.values()
+    assert {t.dtype for t in weights if t.dim() == 2} == {torch.int8}  # Linear
+    assert {t.dtype for t in weights if t.dim() == 4} == {torch.float32}  # Conv2d
+    assert v.metrics["quantized_linear_layers"] == 3 and v.metrics["note"] is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")

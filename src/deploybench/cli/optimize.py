@@ -7,7 +7,7 @@ import sys
 from deploybench.cli.common import (add_checkpoint_option, add_common, checkpoint_variant, dataset_arg,
                                      open_workspace, run)
 
-QUANT_METHODS = ["int8-pt2e", "int8-ort", "dynamic", "qat", "fp16", "bf16"]
+QUANT_METHODS = ["int8-pt2e", "int8-ort", "dynamic", "dynamic-pt2e", "qat", "fp16", "bf16"]  # quantize.METHODS
 IMPORTANCES = ["magnitude", "taylor", "bn-scale", "lamp"]
 
 

@@ -56,7 +56,7 @@ def default_chains(*, ratio: float = 0.5, finetune_epochs: int = 2, distill: boo
         return QuantizeStage(method=method, calib_size=calib_size, qat_epochs=qat_epochs)
 
     chains = [Chain("export", [export])]
-    for method in ("int8-pt2e", "int8-ort", "dynamic", "bf16", "fp16"):
+    for method in ("int8-pt2e", "int8-ort", "dynamic", "dynamic-pt2e", "bf16", "fp16"):
         chains.append(Chain(f"quantize:{method}", [quant(method)],
                             skip=lambda done, m=METHODS[method]: m.left_out_of_all()))
     chains.append(Chain("quantize:qat", [quant("qat")], skip=(lambda done: None) if force_qat else _qat_needed))

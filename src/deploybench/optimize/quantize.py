@@ -1,4 +1,4 @@
-"""`quantize`: one stage, a table of methods (int8-pt2e, int8-ort, dynamic, qat, fp16, bf16).
+"""`quantize`: one stage, a table of methods (int8-pt2e, int8-ort, dynamic, dynamic-pt2e, qat, fp16, bf16).
 
 Each method is a function `(stage, parent module or file, data, tmp_dir) -> extra metrics` plus the format it
 writes, the options it uses (only those enter the variant's config and id) and, where the machine cannot run
@@ -6,6 +6,7 @@ it, the reason. Calibration always draws training images (`calibration_subset`),
 """
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -173,13 +174,16 @@ def _export_for_pt2e(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphM
     return graph
 
 
-def _x86_quantizer(is_qat: bool = False):
+def _x86_quantizer(is_qat: bool = False, dynamic: bool = False):
+    """X86InductorQuantizer: static int8 of every supported layer, or (`dynamic`) dynamic int8 of nn.Linear only."""
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
     quantizer = X86InductorQuantizer()
-    quantizer.set_global(get_default_x86_inductor_quantization_config(is_qat=is_qat))
-    return quantizer
+    if dynamic:
+        return quantizer.set_module_type_qconfig(nn.Linear, get_default_x86_inductor_quantization_config(
+            is_dynamic=True))
+    return quantizer.set_global(get_default_x86_inductor_quantization_config(is_qat=is_qat))
 
 
 @method("int8-pt2e", "torch-export-int8", options=("calib_size", "seed"))
@@ -268,25 +272,88 @@ def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
                 reduce_range=bool(cfg.reduce_range))
 
 
-# -- dynamic int8 of Linear layers (torchao) ------------------------------------------------------------------------
-@method("dynamic", "torch-export")
-def _dynamic(stage, model: nn.Module, data: StageData, d: Path) -> dict:
-    """int8 weights, activations quantized per token at run time, on every nn.Linear (torchao `quantize_`)."""
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-
+# -- dynamic int8 of Linear layers -----------------------------------------------------------------------------------
+def _linear_facts(model: nn.Module) -> dict:
+    """How much of `model` a Linear-only method quantizes, with a note where that is nothing or next to nothing."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     total = sum(p.numel() for p in model.parameters())
-    linear_params = sum(p.numel() for m in linears for p in m.parameters())
-    if linears:
-        quantize_(model, Int8DynamicActivationInt8WeightConfig())
-    _save_program(model.eval(), data.example(2), d / "model.pt2")
-    share = linear_params / max(total, 1)
+    share = sum(p.numel() for m in linears for p in m.parameters()) / max(total, 1)
     note = None
     if not linears:
         note = "no Linear layers: dynamic quantization changed nothing"
     elif share < 0.2:
         note = f"Linear layers hold only {100 * share:.0f}% of the weights: expect no measurable change"
     return dict(quantized_linear_layers=len(linears), linear_params_share=share, note=note)
+
+
+INT_MM_SHAPE = (64, 384, 1536)  # (tokens, in, out) of one vit-small MLP projection
+
+
+@functools.lru_cache(maxsize=1)
+def _int_mm_slow() -> str | None:
+    """Why torchao's `dynamic` program is not worth making here, or None: measured, not assumed.
+
+    The program multiplies int8 by int8 with `torch._int_mm`, fast on CUDA. On a CPU it can be far slower than
+    fp32 (this project's 2-vCPU AVX2 machine: one vit-small MLP block 1,768 ms against 72 ms in fp32, 96.9% of
+    it in `_int_mm`, `benchmarks/probe_dynamic_int8.py`), which made vit-small's dynamic stage evaluate at
+    2-4 images/s. So without CUDA, one `_int_mm` product of `INT_MM_SHAPE` is timed against the same product in
+    fp32 on this CPU, and the method is left out of `optimize all` when it is the slower."""
+    if torch.cuda.is_available():
+        return None
+    from deploybench.profile.latency import Protocol, time_runs
+
+    m, k, n = INT_MM_SHAPE
+    g = torch.Generator().manual_seed(0)
+    a8 = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
+    b8 = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g)
+    a32, b32 = a8.float(), b8.float()
+    protocol = Protocol(warmup=1, min_runs=5, min_seconds=0)
+    int8_ms, fp32_ms = (1e3 * float(np.median(time_runs(call, protocol)))
+                        for call in (lambda: torch._int_mm(a8, b8), lambda: torch.mm(a32, b32)))
+    if int8_ms <= fp32_ms:
+        return None
+    return (f"torch._int_mm, which torchao's dynamic int8 multiplies with, took {int8_ms:.2f} ms on this CPU "
+            f"against {fp32_ms:.2f} ms for the same {m}x{k}x{n} product in fp32 (measured now): its variant "
+            f"would only be slower; dynamic-pt2e is the CPU form")
+
+
+@method("dynamic", "torch-export", not_worth_it=_int_mm_slow)
+def _dynamic(stage, model: nn.Module, data: StageData, d: Path) -> dict:
+    """int8 weights, activations quantized per token at run time, on every nn.Linear (torchao `quantize_`); its
+    int8 products run `torch._int_mm`, the CUDA form (see `_int_mm_slow`)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    facts = _linear_facts(model)
+    if facts["quantized_linear_layers"]:
+        quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    _save_program(model.eval(), data.example(2), d / "model.pt2")
+    return dict(facts, note=facts["note"] or _int_mm_slow())  # made anyway where `optimize all` leaves it out
+
+
+@method("dynamic-pt2e", "torch-export-int8")
+def _dynamic_pt2e(stage, model: nn.Module, data: StageData, d: Path) -> dict:
+    """int8 weights (per channel), activations quantized per tensor at run time, on every nn.Linear, for the x86
+    Inductor backend (PT2E, X86InductorQuantizer with `is_dynamic`), which compiles them to oneDNN int8 linears:
+    the CPU form of `dynamic`."""
+    example = data.example(2)
+    _save_program(_dynamic_pt2e_program(model, example), example, d / "model.pt2")
+    return dict(_linear_facts(model), quantizer="X86InductorQuantizer(is_dynamic=True), nn.Linear")
+
+
+def _dynamic_pt2e_program(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """`model` (fp32) as a PT2E dynamic int8 graph. No calibration: one pass over `example` lets the weight
+    observers read the weights; activation ranges are taken at run time. Without a Linear layer: the plain graph."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    graph = _export_for_pt2e(model.eval(), example)
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        return graph
+    prepared = prepare_pt2e(graph, _x86_quantizer(dynamic=True))
+    with torch.no_grad():
+        prepared(example)
+    converted = convert_pt2e(prepared)
+    _drop_unused_weights(converted)
+    return converted
 
 
 # -- half precision -------------------------------------------------------------------------------------------------
