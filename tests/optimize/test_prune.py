@@ -1,4 +1,5 @@
-"""Pruning `vit-small`: whole attention heads go, the ones with the least importance, on every schedule."""
+"""Pruning: `vit-small` loses whole attention heads, the ones with the least importance, on every schedule; an
+interrupted fine-tuning resumes after its last epoch."""
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -81,3 +82,50 @@ def test_pruned_vit_reloads_in_a_fresh_process(tmp_path, tiny_fashion_mnist, ran
     assert pruned.metrics["params"] < pruned.metrics["params_before"] / 3.5
     assert pruned.metrics["macs"] < pruned.metrics["macs_before"] / 3.5
     reload_fresh(ws, [pruned], tiny_fashion_mnist)
+
+
+def test_an_interrupted_finetuning_resumes_after_its_last_epoch_with_the_weights_of_an_uninterrupted_one(
+        trained_workspace, monkeypatch):
+    # vit-small's 2 fine-tuning epochs take 52 minutes here; a stop used to throw all of them away.
+    import shutil
+
+    from deploybench.optimize import prune
+    from deploybench.optimize.base import get_stage
+    from deploybench.optimize.formats import load_module
+    from deploybench.store import Workspace
+
+    ws, trained, data_dir = trained_workspace
+    shutil.copytree(ws.root, ws.root.parent / "whole")
+    other = Workspace(ws.root.parent / "whole")
+
+    def stage():
+        return get_stage("prune")(ratio=0.5, finetune_epochs=2, distill=True)
+
+    whole = stage().run(other, other.get_variant(trained.id), data_dir)
+    real, calls = prune.train_one_epoch, []
+
+    def epoch(*args, fail_at=None, **kwargs):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt  # what a SIGTERM raises in any command (cli.common.Terminated)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prune, "train_one_epoch", lambda *a, **k: epoch(*a, fail_at=2, **k))
+    before = {v.id for v in ws.variants()}
+    with pytest.raises(KeyboardInterrupt):
+        stage().run(ws, trained, data_dir)
+    assert {v.id for v in ws.variants()} == before  # no variant from a fine-tuning cut short
+    (kept,) = ws.root.glob("runs/*/*/prune-*/last.pt")
+    assert kept.parent.name == f"prune-{whole.id}"  # under the id of the variant it is for
+
+    calls.clear()
+    monkeypatch.setattr(prune, "train_one_epoch", epoch)
+    resumed = stage().run(ws, trained, data_dir)
+    assert len(calls) == 1  # the first epoch was not run again
+    assert resumed.id == whole.id
+    assert [h["epoch"] for h in resumed.metrics["finetune_history"]] == [1, 2]
+    assert resumed.metrics["finetune_resumed_epochs"] == 1 and whole.metrics["finetune_resumed_epochs"] == 0
+    assert resumed.metrics["predictions_sha256"] == whole.metrics["predictions_sha256"]
+    a, b = load_module(resumed).state_dict(), load_module(whole).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not kept.parent.exists()  # gone once the variant is stored

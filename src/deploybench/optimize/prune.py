@@ -18,7 +18,9 @@ KL(teacher ‖ student) on logits softened at T=4 (scaled by T²) to the cross-e
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -27,12 +29,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from deploybench.errors import UserError, unknown_choice
+from deploybench.models.checkpoint import load_checkpoint, save_checkpoint
 from deploybench.optimize.base import (Stage, StageConfig, StageData, count_macs, count_params, register_stage,
                                        stage_data)
 from deploybench.optimize.formats import EAGER_FORMATS, load_module, shaped_state
 from deploybench.store import Variant, Workspace
 from deploybench.train.engine import (EpochBatchSampler, default_workers, device_keys, make_optimizer, make_scheduler,
-                                      train_loader, train_one_epoch)
+                                      rng_state, set_rng_state, train_loader, train_one_epoch)
 
 IMPORTANCES = ("magnitude", "taylor", "bn-scale", "lamp")
 TEMPERATURE = 4.0
@@ -124,14 +127,32 @@ def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Modul
 
 
 def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epochs: int, lr: float,
-             seed: int, *, device: torch.device, workers: int) -> list[dict]:
+             seed: int, *, device: torch.device, workers: int, checkpoint: Path | None = None) -> list[dict]:
     """Fine-tune on `device` with the train engine (its optimizer, a cosine schedule, its training loader with
-    `workers` processes); distill from `teacher` if given. Both models must already be on `device`."""
+    `workers` processes); distill from `teacher` if given. Both models must already be on `device`.
+
+    With `checkpoint`, everything needed to go on (weights, optimizer, schedule, scaler, random state, history) is
+    written there atomically after every epoch, and a run that finds it starts after its last epoch: an
+    interrupted fine-tuning loses at most the epoch it was in, and ends with the weights an uninterrupted one has.
+    A checkpoint that does not fit the model (another torch-pruning made other shapes) is set aside."""
     recipe = replace(recipe, epochs=epochs, lr=lr, schedule="cosine")
     torch.manual_seed(seed)
     opt = make_optimizer(model, recipe)
     sched = make_scheduler(opt, recipe, -(-len(train_set) // recipe.batch_size))
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
+    history: list[dict] = []
+    if checkpoint is not None and checkpoint.is_file():
+        ckpt = load_checkpoint(checkpoint)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError:
+            checkpoint.replace(checkpoint.with_suffix(".stale"))
+        else:
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"])
+            history = [dict(h, resumed=True) for h in ckpt["history"]]
 
     def distill(logits, x, y):
         loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
@@ -141,14 +162,18 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epo
                       reduction="batchmean") * TEMPERATURE ** 2
         return 0.5 * loss + 0.5 * kd
 
-    history = []
-    for epoch in range(epochs):
+    for epoch in range(len(history), epochs):
         loader = train_loader(train_set, EpochBatchSampler(len(train_set), recipe.batch_size, seed, epoch), device,
                               workers, seed + epoch)
         stats = train_one_epoch(model, loader, opt, sched, scaler, device, recipe,
                                 loss_fn=distill if teacher is not None else None,
                                 desc=f"fine-tune {epoch + 1}/{epochs}")
         history.append(dict(epoch=epoch + 1, loss=stats["loss"], top1=stats["top1"], seconds=stats["seconds"]))
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                             "history": history}, checkpoint)
     return history
 
 
@@ -187,6 +212,10 @@ class PruneStage(Stage):
         device = torch.device("cuda" if cfg.finetune_epochs and torch.cuda.is_available() else "cpu")
         workers = default_workers(device) if cfg.finetune_epochs else 0
         config = self.variant_config(parent, data_dir, **device_keys(device, workers))
+        # The fine-tuning's checkpoint is kept under the id of the variant it makes (which names the parent and
+        # every option), so only the same stage on the same parent resumes it; it goes once the variant is stored.
+        run_dir = ws.run_dir(parent.model, parent.dataset,
+                             f"prune-{ws.variant_id(parent.model, parent.dataset, parent.id, self.name, config)}")
 
         def write(d) -> dict:
             teacher = load_module(parent)
@@ -200,14 +229,18 @@ class PruneStage(Stage):
                 train = load_splits(parent.dataset, data_dir, augment=recipe.augment, cutout=recipe.cutout,
                                     transfer=bool(parent.config.get("transfer"))).train
                 history = finetune(model.to(device), teacher.to(device).eval() if cfg.distill else None, train,
-                                   recipe, cfg.finetune_epochs, lr, cfg.seed, device=device, workers=workers)
+                                   recipe, cfg.finetune_epochs, lr, cfg.seed, device=device, workers=workers,
+                                   checkpoint=run_dir / "last.pt")
             torch.save(shaped_state(model.cpu().eval()), d / "model.pt")
             ratio = (before["macs"] / after["macs"]) if before["macs"] and after["macs"] else None
             return dict(params=after["params"], macs=after["macs"], params_before=before["params"],
                         macs_before=before["macs"], macs_reduction=ratio,
                         params_reduction=before["params"] / max(after["params"], 1), finetune_lr=lr,
                         finetune_history=history, finetune_device=device.type if cfg.finetune_epochs else None,
+                        finetune_resumed_epochs=sum(bool(h.get("resumed")) for h in history),
                         note=None if after["params"] < before["params"] else
                         f"importance {cfg.importance} found nothing to prune in this model")
 
-        return self.make_variant(ws, parent, data_dir, fmt="torch-pruned", write=write, config=config)
+        variant = self.make_variant(ws, parent, data_dir, fmt="torch-pruned", write=write, config=config)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return variant

@@ -163,6 +163,11 @@ class Workspace:
     def artifact_dir(self, model: str, dataset: str, variant_id: str) -> Path:
         return self.artifacts / safe_component(model) / dataset_component(dataset) / variant_id
 
+    def run_dir(self, model: str, dataset: str, name: str) -> Path:
+        """Where an unfinished run (training, a pruning's fine-tuning) keeps its checkpoints until its variant is
+        stored: `runs/MODEL/DATASET/NAME`."""
+        return self.root / "runs" / safe_component(model) / dataset_component(dataset) / name
+
     def _row_to_variant(self, row: sqlite3.Row) -> Variant:
         v = Variant(id=row["id"], parent_id=row["parent_id"], model=row["model"], dataset=row["dataset"],
                     stage=row["stage"], config=json.loads(row["config"]), format=row["format"],

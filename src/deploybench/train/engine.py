@@ -117,14 +117,14 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
@@ -237,11 +237,11 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int
         sched.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         state = TrainState(**ckpt["state"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
 
     def checkpoint() -> None:
         save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "scaler": scaler.state_dict(), "state": vars(state), "rng": _rng_state(),
+                         "scaler": scaler.state_dict(), "state": vars(state), "rng": rng_state(),
                          "recipe": recipe.to_dict()}, last)
 
     terminated = []

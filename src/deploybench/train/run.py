@@ -13,7 +13,7 @@ from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.checkpoint import load_checkpoint, load_weights, read_state_dict
 from deploybench.models.registry import user_code_digest
-from deploybench.store import Variant, Workspace, dataset_component, safe_component
+from deploybench.store import Variant, Workspace
 from deploybench.train.engine import default_workers, device_keys, evaluate, fit
 from deploybench.train.recipes import Recipe, default_recipe
 
@@ -98,7 +98,7 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     existing = ws.stored_variant(vid)
     if existing is not None:
         return existing, False
-    run_dir = ws.root / "runs" / safe_component(model) / dataset_component(dataset) / vid
+    run_dir = ws.run_dir(model, dataset, vid)
     last = run_dir / "last.pt"
     if resume is None:
         resume = last.exists() and not restart
