@@ -35,7 +35,7 @@ from deploybench.optimize.base import (Stage, StageConfig, StageData, count_macs
 from deploybench.optimize.formats import EAGER_FORMATS, load_module, shaped_state
 from deploybench.store import Variant, Workspace
 from deploybench.train.engine import (EpochBatchSampler, default_workers, device_keys, make_optimizer, make_scheduler,
-                                      rng_state, set_rng_state, train_loader, train_one_epoch)
+                                      restore_run_state, run_state, train_loader, train_one_epoch)
 
 IMPORTANCES = ("magnitude", "taylor", "bn-scale", "lamp")
 TEMPERATURE = 4.0
@@ -144,14 +144,10 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epo
     if checkpoint is not None and checkpoint.is_file():
         ckpt = load_checkpoint(checkpoint)
         try:
-            model.load_state_dict(ckpt["model"])
+            restore_run_state(ckpt, model, opt, sched, scaler)
         except RuntimeError:
             checkpoint.replace(checkpoint.with_suffix(".stale"))
         else:
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
             history = [dict(h, resumed=True) for h in ckpt["history"]]
 
     def distill(logits, x, y):
@@ -171,9 +167,7 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epo
         history.append(dict(epoch=epoch + 1, loss=stats["loss"], top1=stats["top1"], seconds=stats["seconds"]))
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                             "history": history}, checkpoint)
+            save_checkpoint(run_state(model, opt, sched, scaler, history=history), checkpoint)
     return history
 
 

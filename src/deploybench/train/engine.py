@@ -117,18 +117,35 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
-def rng_state() -> dict:
+def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_state(model: nn.Module, opt, sched, scaler, **extra) -> dict:
+    """Everything a run needs to go on from here (weights, optimizer, schedule, scaler, random state) and `extra`:
+    what `fit` and pruning's fine-tuning checkpoint."""
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(), "rng": _rng_state(), **extra}
+
+
+def restore_run_state(ckpt: dict, model: nn.Module, opt, sched, scaler) -> None:
+    """Put a `run_state` back; the weights first, so a checkpoint of other shapes fails (RuntimeError) before
+    anything else has changed."""
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    _set_rng_state(ckpt["rng"])
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -232,17 +249,11 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int
     last = run_dir / "last.pt"
     if resume:
         ckpt = load_checkpoint(last)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        restore_run_state(ckpt, model, opt, sched, scaler)
         state = TrainState(**ckpt["state"])
-        set_rng_state(ckpt["rng"])
 
     def checkpoint() -> None:
-        save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "scaler": scaler.state_dict(), "state": vars(state), "rng": rng_state(),
-                         "recipe": recipe.to_dict()}, last)
+        save_checkpoint(run_state(model, opt, sched, scaler, state=vars(state), recipe=recipe.to_dict()), last)
 
     terminated = []
     previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
