@@ -15,6 +15,10 @@ def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys, monkeypatch):
     assert deploybench_main.main(argv) == 0
     printed = capsys.readouterr().out
     assert f"report: {out}" in printed and out.is_file()
+    from deploybench.optimize.quantize import METHODS
+
+    if why := METHODS["fp16"].left_out_of_all():  # each chain it leaves out is named, with the reason
+        assert f"lenet: quantize:fp16 skipped: {why}" in printed.splitlines()
     ws = Workspace(tmp_path / "ws")
     stages = {"+".join(v.stages) for v in ws.variants()}
     assert {"train", "train+export", "train+quantize", "train+prune"} <= stages

@@ -48,6 +48,9 @@ def run_pipeline(ws: Workspace, dataset: str, models: list[str], *, data_dir: st
             bar.set_postfix_str(f"{model}: optimize all")
             results = optimize_all(ws, root, data_dir, progress=False, log=say)
             summary["failed"] += [f"{model}: {r.name}: {r.message}" for r in results if r.status == "failed"]
+            for r in results:  # what the report will not show, and why (fp16 without a GPU, QAT not needed, ...)
+                if r.status == "skipped":
+                    say(f"{model}: {r.name} skipped: {r.message}")
             bar.update()
             phase = "profile"
             bar.set_postfix_str(f"{model}: profile")
