@@ -109,6 +109,23 @@ def test_all_leaves_torchaos_dynamic_out_where_int_mm_is_slower_than_fp32(monkey
         assert reason is None
 
 
+def test_a_cpu_without_int_mm_leaves_torchaos_dynamic_out_instead_of_failing(monkeypatch):
+    import torch
+
+    from deploybench.optimize.quantize import _int_mm_slow
+
+    def missing(*_):
+        raise RuntimeError("_int_mm_out_cpu not implemented")
+
+    monkeypatch.setattr(torch, "_int_mm", missing)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    _int_mm_slow.cache_clear()
+    try:
+        assert "does not run on this CPU: _int_mm_out_cpu not implemented" in _int_mm_slow()
+    finally:
+        _int_mm_slow.cache_clear()
+
+
 def test_with_cuda_torchaos_dynamic_is_made_without_timing_anything(monkeypatch):
     import torch
 

@@ -308,8 +308,11 @@ def _int_mm_slow() -> str | None:
     b8 = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g)
     a32, b32 = a8.float(), b8.float()
     protocol = Protocol(warmup=1, min_runs=5, min_seconds=0)
-    int8_ms, fp32_ms = (1e3 * float(np.median(time_runs(call, protocol)))
-                        for call in (lambda: torch._int_mm(a8, b8), lambda: torch.mm(a32, b32)))
+    try:
+        int8_ms, fp32_ms = (1e3 * float(np.median(time_runs(call, protocol)))
+                            for call in (lambda: torch._int_mm(a8, b8), lambda: torch.mm(a32, b32)))
+    except RuntimeError as exc:  # a CPU build without an int8 matmul kernel
+        return f"torch._int_mm, which torchao's dynamic int8 multiplies with, does not run on this CPU: {exc}"
     if int8_ms <= fp32_ms:
         return None
     return (f"torch._int_mm, which torchao's dynamic int8 multiplies with, took {int8_ms:.2f} ms on this CPU "
