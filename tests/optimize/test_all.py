@@ -83,61 +83,53 @@ def test_all_leaves_emulated_bf16_out(monkeypatch, native):
         assert "no native bf16" in reason and "--method bf16" in reason
 
 
+@pytest.fixture
+def int_mm_check():
+    """`_int_mm_slow` measured afresh in this test (it caches one answer per process)."""
+    from deploybench.optimize.quantize import _int_mm_slow
+
+    _int_mm_slow.cache_clear()
+    yield _int_mm_slow
+    _int_mm_slow.cache_clear()
+
+
 @pytest.mark.parametrize("int8_slower", [True, False])
-def test_all_leaves_torchaos_dynamic_out_where_int_mm_is_slower_than_fp32(monkeypatch, int8_slower):
+def test_all_leaves_torchaos_dynamic_out_where_int_mm_is_slower_than_fp32(monkeypatch, int_mm_check, int8_slower):
     # Without CUDA, torchao's dynamic program multiplies with torch._int_mm; on this project's AVX2 machine that
-    # ran 24x slower than fp32. The decision is timed on the machine: here `_int_mm` is replaced by a kernel
+    # ran 67x slower than fp32. The decision is timed on the machine: here `_int_mm` is replaced by a kernel
     # that does no work (faster than any fp32 product) or that also sleeps 20 ms (slower than any).
     import time
 
     import torch
 
-    from deploybench.optimize.quantize import _int_mm_slow
-
     out = torch.zeros(64, 1536, dtype=torch.int32)
     monkeypatch.setattr(torch, "_int_mm", lambda a, b: (time.sleep(0.02) if int8_slower else None, out)[1])
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     (dynamic,) = [c for c in default_chains() if c.name == "quantize:dynamic"]
-    _int_mm_slow.cache_clear()
-    try:
-        reason = dynamic.skip({})
-    finally:
-        _int_mm_slow.cache_clear()
+    reason = dynamic.skip({})
     if int8_slower:
         assert "torch._int_mm" in reason and "measured now" in reason and "--method dynamic" in reason
     else:
         assert reason is None
 
 
-def test_a_cpu_without_int_mm_leaves_torchaos_dynamic_out_instead_of_failing(monkeypatch):
+def test_a_cpu_without_int_mm_leaves_torchaos_dynamic_out_instead_of_failing(monkeypatch, int_mm_check):
     import torch
-
-    from deploybench.optimize.quantize import _int_mm_slow
 
     def missing(*_):
         raise RuntimeError("_int_mm_out_cpu not implemented")
 
     monkeypatch.setattr(torch, "_int_mm", missing)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    _int_mm_slow.cache_clear()
-    try:
-        assert "does not run on this CPU: _int_mm_out_cpu not implemented" in _int_mm_slow()
-    finally:
-        _int_mm_slow.cache_clear()
+    assert "does not run on this CPU: _int_mm_out_cpu not implemented" in int_mm_check()
 
 
-def test_with_cuda_torchaos_dynamic_is_made_without_timing_anything(monkeypatch):
+def test_with_cuda_torchaos_dynamic_is_made_without_timing_anything(monkeypatch, int_mm_check):
     import torch
-
-    from deploybench.optimize.quantize import _int_mm_slow
 
     def refuse(*_):
         raise AssertionError("timed _int_mm although CUDA is there")
 
     monkeypatch.setattr(torch, "_int_mm", refuse)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    _int_mm_slow.cache_clear()
-    try:
-        assert _int_mm_slow() is None
-    finally:
-        _int_mm_slow.cache_clear()
+    assert int_mm_check() is None
