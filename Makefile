@@ -53,10 +53,11 @@ test-all: setup browser
 	$(PY) -m pytest -q tests
 	$(MAKE) --no-print-directory bench
 
-# Benchmarks: hard gates on same-run ratios and deterministic facts; medians compared with the committed
-# baseline, failing only beyond BENCH_FAIL (5x: this VM's whole-machine drift reached 3.1x, see the README).
+# Benchmarks: hard gates on same-run ratios and deterministic facts; each benchmark's fastest call compared
+# with the committed baseline's (load only adds time; a burst lifted one CI median 9x, see the README),
+# failing only beyond BENCH_FAIL (5x: this VM's whole-machine drift reached 3.1x).
 BENCH_BASELINE := benchmarks/baseline.json
-BENCH_FAIL     ?= median:400%
+BENCH_FAIL     ?= min:400%
 BENCH_OPTS     := -q -p no:cacheprovider --benchmark-sort=fullname --benchmark-columns=min,median,max,rounds \
                   --benchmark-max-time=0.3
 bench: setup

@@ -1,24 +1,28 @@
 """Inference of every variant kind of the small zoo models on each CPU backend, at batch 1 and 64.
 
-pytest-benchmark times `backend.run` on one prepared batch (its median goes into the JSON and is compared
-with the committed baseline). Around it our profiler measures the same call twice; its p50 must bracket
-pytest-benchmark's median (within a factor that load on a shared machine cannot reach, but a profiler that
-times the wrong thing, e.g. the input copy, the first compiling call or a missing synchronize, does).
+pytest-benchmark times `backend.run` on one prepared batch (its statistics go into the JSON; its fastest
+call is compared with the committed baseline). Around it our profiler times the same call twice, with the
+loop `profile run` uses; the fastest call it saw must agree with pytest-benchmark's fastest call within a
+factor a profiler that times the wrong thing (the input copy, the first compiling call, a missing
+synchronize) exceeds, as such a mistake is in every call it times, the fastest included.
+
+Fastest calls, not medians: load on a shared machine only ever adds time, and the fastest of many calls is
+the one it disturbed least. pytest-benchmark times for only 0.3 s, so one burst of load can cover most of its
+calls: in a CI run of 2026-11-28 a burst lifted its median of `lenet`'s eager int8 program at batch 1 to 12.44 ms,
+between two p50s of ours of 1.97 and 2.22 ms taken just before and after (the baseline: 1.39 ms).
 """
 import pytest
 
 from benchzoo import BENCH_PROTOCOL, CPU_BACKENDS, KINDS, MODELS
 from deploybench.profile.latency import finished_call, latency_stats, time_runs
 
-# How far pytest-benchmark's median may sit outside the range of our two p50s (the time between them is a
-# few seconds; a shared 2-core machine's load moves medians by tens of percent, not by 2x).
+# How far pytest-benchmark's fastest call may sit outside the range of our two fastest calls.
 AGREEMENT = 2.0
 
 
-def profiler_p50(impl, inputs, batch_size: int) -> float:
-    """Our profiler's p50 (ms) of `impl.run(inputs)`: the timing loop `profile run` uses."""
-    times = time_runs(finished_call(impl, inputs), BENCH_PROTOCOL)
-    return latency_stats(times, batch_size)["latency_ms_p50"]
+def profiler_stats(impl, inputs, batch_size: int) -> dict:
+    """Our profiler's statistics (ms) of `impl.run(inputs)`: the timing loop `profile run` uses."""
+    return latency_stats(time_runs(finished_call(impl, inputs), BENCH_PROTOCOL), batch_size)
 
 
 @pytest.mark.parametrize("batch_size", [1, 64])
@@ -28,12 +32,16 @@ def profiler_p50(impl, inputs, batch_size: int) -> float:
 def test_inference(benchmark, zoo, loaded, model, backend, kind, batch_size):
     variant = zoo.for_backend(model, kind, backend)
     impl, inputs = loaded(variant, backend, batch_size)
-    before = profiler_p50(impl, inputs, batch_size)
+    before = profiler_stats(impl, inputs, batch_size)
     benchmark(impl.run, inputs)
-    after = profiler_p50(impl, inputs, batch_size)
-    median = benchmark.stats.stats.median * 1e3
-    benchmark.extra_info.update(variant=variant.id, format=variant.format, profiler_p50_ms=[before, after],
-                                ratio_to_profiler=median / ((before + after) / 2))
-    lo, hi = min(before, after), max(before, after)
-    assert lo / AGREEMENT <= median <= hi * AGREEMENT, (
-        f"pytest-benchmark median {median:.3f} ms vs our p50 {before:.3f} / {after:.3f} ms")
+    after = profiler_stats(impl, inputs, batch_size)
+    stats = benchmark.stats.stats
+    fastest, median = stats.min * 1e3, stats.median * 1e3
+    ours = [s["latency_ms_min"] for s in (before, after)]
+    benchmark.extra_info.update(variant=variant.id, format=variant.format,
+                                profiler_min_ms=ours, profiler_p50_ms=[s["latency_ms_p50"] for s in (before, after)],
+                                ratio_to_profiler_min=fastest / (sum(ours) / 2),
+                                ratio_to_profiler_p50=median / ((before["latency_ms_p50"] + after["latency_ms_p50"]) / 2))
+    assert min(ours) / AGREEMENT <= fastest <= max(ours) * AGREEMENT, (
+        f"pytest-benchmark's fastest call {fastest:.3f} ms vs ours {ours[0]:.3f} / {ours[1]:.3f} ms "
+        f"(medians: {median:.3f} ms vs p50 {before['latency_ms_p50']:.3f} / {after['latency_ms_p50']:.3f} ms)")
