@@ -125,3 +125,46 @@ def test_rows_are_kept_only_for_the_data_files_they_were_measured_on(trained_wor
         assert ("id" in row) is kept, (d, kept)  # rows read back from the store carry their id
     accuracy = {r["metrics"]["data_sha256"]: r["metrics"]["accuracy_top1"] for r in ws.measurements(trained.id)}
     assert len(accuracy) == 2  # each data folder's own accuracy, both stored
+
+
+def test_a_profiling_process_past_its_time_limit_is_stopped_and_recorded_as_failed(trained_workspace, monkeypatch):
+    from deploybench.profile import runner
+
+    monkeypatch.setattr(runner, "CHILD_TIMEOUT_S", 0.5)  # a fresh interpreter takes longer to import torch
+    ws, trained, data_dir = trained_workspace
+    rows = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(1, 4), threads=1, quick=True,
+                            data_dir=data_dir, isolate=True, log=lambda _: None)
+    for row in rows:
+        assert row["metrics"]["error"] is True
+        assert row["metrics"]["skipped"] == "failed: profiling process ran past its 0.5 s limit and was stopped"
+
+
+def test_after_a_process_ran_out_of_time_the_smaller_batch_is_timed_without_repeating_the_accuracy_pass(
+        trained_workspace, monkeypatch):
+    """The larger batch goes first and carries the accuracy pass over the test split; when its process runs
+    out of time, the next one would start that pass again at a smaller batch, which is only slower (seen on
+    vit-small: a batch-64 child killed after an hour, 36 minutes into the pass, and the batch-1 child set off
+    on it again). It times the variant only, and its row says why accuracy is missing."""
+    from deploybench.profile import runner
+
+    ws, trained, data_dir = trained_workspace
+    jobs = []
+
+    def child(job):
+        jobs.append(job)
+        if job["batch_size"] == 4:
+            return dict(error="profiling process ran past its 3600 s limit and was stopped", timed_out=True)
+        return runner.measure_combo_safe(**job)
+
+    monkeypatch.setattr(runner, "_in_child", child)
+    lines = []
+    rows = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(1, 4), threads=1, quick=True,
+                            data_dir=data_dir, isolate=True, log=lines.append)
+    assert [(j["batch_size"], j["with_accuracy"]) for j in jobs] == [(4, True), (1, False)]
+    small, large = _by(rows, trained, "torch-cpu", 1)["metrics"], _by(rows, trained, "torch-cpu", 4)["metrics"]
+    assert large["error"] is True and "ran past" in large["skipped"]
+    assert small["latency_ms_p50"] > 0 and "accuracy_top1" not in small
+    assert small["accuracy_unmeasured"] == ("the batch-4 process, which had the accuracy pass to make, ran past "
+                                            "its 3600 s limit")
+    line = next(line for line in lines if "batch 1: p50" in line)
+    assert line.endswith(f"accuracy not measured ({small['accuracy_unmeasured']})")

@@ -101,8 +101,13 @@ def _in_child(job: dict) -> dict:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps(job))
         env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]))
-        proc = subprocess.run([sys.executable, "-m", "deploybench.profile.worker", str(job_path), str(result_path)],
-                              env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "deploybench.profile.worker", str(job_path),
+                                   str(result_path)], env=env, capture_output=True, text=True,
+                                  timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # run() has killed the child
+            return dict(error=f"profiling process ran past its {CHILD_TIMEOUT_S} s limit and was stopped",
+                        timed_out=True)
         if not result_path.is_file():
             tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
             return dict(error=f"profiling process exited with status {proc.returncode}: {' | '.join(tail)}")
@@ -173,10 +178,10 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
             cls = get_backend(name)
             ok, why = cls.supports(variant)
             results = {b: dict(skipped=why) for b in batch_sizes} if not ok else {}
-            accuracy = None
-            for b in batch_sizes if ok else []:
+            accuracy, ran_out = None, None  # ran_out: the batch size whose process ran out of time before it
+            for b in batch_sizes if ok else []:  # had measured accuracy (a smaller batch only makes that pass slower)
                 job = dict(workspace=str(ws.root), variant_id=variant.id, backend=name, batch_size=b, threads=threads,
-                           protocol=protocol, data_dir=str(data_dir), with_accuracy=accuracy is None)
+                           protocol=protocol, data_dir=str(data_dir), with_accuracy=accuracy is None and not ran_out)
                 try:
                     res = _in_child(job) if isolate else measure_combo_safe(**job)
                 except Exception as exc:  # a failure of one combination is recorded; the run goes on
@@ -186,7 +191,12 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
                 if "metrics" in res and res["metrics"].get("accuracy_top1") is not None:
                     accuracy = {k: res["metrics"][k] for k in ("accuracy_top1", "accuracy_top5", "test_images",
                                                                 "accuracy_batch_size")}
+                if res.get("timed_out") and accuracy is None and not ran_out:
+                    ran_out = b
                 results[b] = res
+            if ran_out and accuracy is None:
+                accuracy = dict(accuracy_unmeasured=f"the batch-{ran_out} process, which had the accuracy pass to "
+                                                    f"make, ran past its {CHILD_TIMEOUT_S} s limit")
             rows = [_row(variant, cls, b, threads, results[b], accuracy, dict(scalars, **data), dtype,
                          peaks.get(cls.device), env, isolate, protocol) for b in sorted(results)]
             ws.add_measurements(rows)
@@ -238,6 +248,7 @@ def _describe(variant: Variant, row: dict) -> str:
     if "skipped" in m:
         return f"{head}: skipped ({m['skipped']})"
     lo, hi = m["latency_ms_ci95"]
-    acc = f", top-1 {100 * m['accuracy_top1']:.2f}%" if m.get("accuracy_top1") is not None else ""
+    acc = f", top-1 {100 * m['accuracy_top1']:.2f}%" if m.get("accuracy_top1") is not None else \
+        f", accuracy not measured ({m['accuracy_unmeasured']})" if m.get("accuracy_unmeasured") else ""
     return f"{head}: p50 {m['latency_ms_p50']:.3f} ms [{lo:.3f}, {hi:.3f}]{'' if m['stable'] else ' (unstable)'}" \
            f", {m['throughput_per_s']:.0f}/s{acc}"
