@@ -129,3 +129,55 @@ def test_an_interrupted_finetuning_resumes_after_its_last_epoch_with_the_weights
     a, b = load_module(resumed).state_dict(), load_module(whole).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not kept.parent.exists()  # gone once the variant is stored
+
+
+def test_a_checkpoint_of_other_shapes_is_set_aside_and_the_finetuning_starts_from_the_pruned_weights(
+        trained_workspace, monkeypatch):
+    # A checkpoint left by another pruning of the same parent (here ratio 0.5, planted where ratio 0.25's goes)
+    # fits only in part: lenet's last bias has 10 entries either way. Nothing of it may reach the model.
+    import shutil
+
+    from deploybench.optimize import prune
+    from deploybench.optimize.base import get_stage
+    from deploybench.optimize.formats import load_module
+    from deploybench.store import Workspace
+
+    ws, trained, data_dir = trained_workspace
+    shutil.copytree(ws.root, ws.root.parent / "whole")
+    other = Workspace(ws.root.parent / "whole")
+    whole = get_stage("prune")(ratio=0.25, finetune_epochs=2).run(other, other.get_variant(trained.id), data_dir)
+
+    real = prune.train_one_epoch
+    calls = []
+
+    def stop_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prune, "train_one_epoch", stop_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        get_stage("prune")(ratio=0.5, finetune_epochs=2).run(ws, trained, data_dir)
+    (half,) = ws.root.glob("runs/*/*/prune-*/last.pt")
+    planted = half.parent.parent / f"prune-{whole.id}" / "last.pt"
+    planted.parent.mkdir()
+    half.replace(planted)
+    saved = torch.load(planted, weights_only=True)["model"]
+    fitting = [k for k, v in load_module(whole).state_dict().items() if k in saved and saved[k].shape == v.shape]
+    assert fitting and len(fitting) < len(saved)  # a partial fit, the case that matters
+
+    monkeypatch.setattr(prune, "train_one_epoch", real)
+    real_finetune, set_aside = prune.finetune, []
+
+    def watched(*args, **kwargs):  # the run directory goes once the variant is stored: look before that
+        history = real_finetune(*args, **kwargs)
+        set_aside.append(planted.with_suffix(".stale").is_file())
+        return history
+
+    monkeypatch.setattr(prune, "finetune", watched)
+    made = get_stage("prune")(ratio=0.25, finetune_epochs=2).run(ws, trained, data_dir)
+    assert set_aside == [True] and made.id == whole.id and made.metrics["finetune_resumed_epochs"] == 0
+    a, b = load_module(made).state_dict(), load_module(whole).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert made.metrics["predictions_sha256"] == whole.metrics["predictions_sha256"]

@@ -139,9 +139,15 @@ def run_state(model: nn.Module, opt, sched, scaler, **extra) -> dict:
 
 
 def restore_run_state(ckpt: dict, model: nn.Module, opt, sched, scaler) -> None:
-    """Put a `run_state` back; the weights first, so a checkpoint of other shapes fails (RuntimeError) before
-    anything else has changed."""
-    model.load_state_dict(ckpt["model"])
+    """Put a `run_state` back. A checkpoint whose weights have other names or shapes than `model`'s raises
+    RuntimeError before anything has changed (`load_state_dict` would copy every tensor that fits before
+    raising on the first that does not)."""
+    saved, current = ckpt["model"], model.state_dict()
+    misfits = sorted(set(saved) ^ set(current)) or [k for k in current if saved[k].shape != current[k].shape]
+    if misfits:
+        raise RuntimeError(f"checkpoint does not fit the model: {', '.join(misfits[:3])}"
+                           f"{f' and {len(misfits) - 3} more' if len(misfits) > 3 else ''}")
+    model.load_state_dict(saved)
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])
