@@ -12,7 +12,7 @@ from deploybench.errors import UserError
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="profile", description="Profile variants on every backend and compare them.")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="measure variants (latency, memory, accuracy, % of peak) into the workspace")
+    r = sub.add_parser("run", help="measure variants (latency, memory, accuracy, %% of peak) into the workspace")
     add_common(r)
     r.add_argument("--model", default="all", help="model name, or all (default)")
     r.add_argument("--dataset", type=dataset_arg, help="only variants of this dataset")
