@@ -25,6 +25,10 @@ def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys, monkeypatch):
     measured = {m["variant_id"] for m in ws.measurements() if "skipped" not in m["metrics"]}
     assert measured == {v.id for v in ws.variants()}  # every variant ran on at least one backend
     assert "lenet" in out.read_text()
+    # One parent has several quantized children: each is named with its method, in the table and the report.
+    quantized = {v.chain for v in ws.variants() if v.stages == ["train", "quantize"]}
+    assert "train+quantize[int8-pt2e]" in quantized and len(quantized) >= 2
+    assert all(chain in printed and chain in out.read_text() for chain in quantized)
     # Run again, it redoes nothing: same variants, no new measurement, and says what it kept.
     rows = len(ws.measurements())
     assert deploybench_main.main(argv) == 0

@@ -51,5 +51,5 @@ def test_prune_cli_records_a_variant(trained_workspace, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     [v] = [v for v in ws.variants("lenet") if v.stage == "prune"]
-    assert out.startswith(f"variant {v.id} (train→prune, torch-pruned)") and "MACs 416,520 → " in out
+    assert out.startswith(f"variant {v.id} (train+prune, torch-pruned)") and "MACs 416,520 → " in out
     assert v.config["global_pruning"] is True and v.config["importance"] == "lamp" and v.parent_id == trained.id

@@ -8,9 +8,9 @@ from deploybench.profile.compare import compare_rows
 from deploybench.profile.pareto import ACCURACY, LATENCY, SIZE, dominates, pareto_front
 from deploybench.profile.runner import profile_variants
 
-JSON_KEYS = {"model", "dataset", "variant", "stages", "backend", "device", "batch_size", "threads", "accuracy_top1",
-             "params", "macs", "size_bytes", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_ci95",
-             "throughput_per_s", "peak_mem_bytes", "pct_of_peak", "stable", "pareto"}
+JSON_KEYS = {"model", "dataset", "variant", "stages", "chain", "backend", "device", "batch_size", "threads",
+             "accuracy_top1", "params", "macs", "size_bytes", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
+             "latency_ms_ci95", "throughput_per_s", "peak_mem_bytes", "pct_of_peak", "stable", "pareto"}
 
 
 def _row(acc, ci, size=100, n=10_000, **kw):
@@ -46,7 +46,8 @@ def test_compare_json_has_every_key_and_a_baseline_for_the_export(profiled, caps
     measured = [r for r in rows if r["skipped"] is None]
     assert len(measured) == 4 and all(r["threads"] == 1 and r["device"] == "cpu" for r in measured)
     export = next(r for r in measured if r["variant"] == onnx_variant.id and r["batch_size"] == 4)
-    assert export["stages"] == ["train", "export"] and export["backend"] == "ort-cpu"
+    assert export["stages"] == ["train", "export"] and export["chain"] == "train+export"
+    assert export["backend"] == "ort-cpu"
     assert export["baseline"] == f"{trained.id}@torch-cpu"  # no ancestor runs on ort-cpu: the root's eager row
     assert export["accuracy_change"] == 0 and export["speedup"] > 0
     assert export["no_real_speedup"] is False  # same MACs and a bigger file: nothing was cut

@@ -19,7 +19,7 @@ def test_report_is_self_contained_and_escapes_user_strings(report_workspace, tmp
 
 
 def test_recommendations_pick_the_fastest_within_each_threshold():
-    rows = [dict(dataset="d", backend="b", batch_size=1, variant=v, model="m", stages=["train", s],
+    rows = [dict(dataset="d", backend="b", batch_size=1, variant=v, model="m", stages=["train", s], chain=f"train+{s}",
                  latency_ms_p50=lat, accuracy_top1=acc)
             for v, s, lat, acc in [("a", "fp32", 10.0, 0.90), ("b", "int8", 4.0, 0.896), ("c", "prune", 1.0, 0.885)]]
     (rec,) = recommendations(rows)

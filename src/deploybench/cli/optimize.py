@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe(v) -> str:
     m = v.metrics
-    parts = [f"variant {v.id} ({'→'.join(v.stages)}, {v.format})", f"top-1 {100 * m['accuracy_top1']:.2f}%",
+    parts = [f"variant {v.id} ({v.chain}, {v.format})", f"top-1 {100 * m['accuracy_top1']:.2f}%",
              f"agreement {100 * m['agreement_top1']:.2f}%", f"{v.size_bytes:,} bytes"]
     if m.get("params") is not None:
         parts.append(f"{m['params']:,} params")

@@ -121,7 +121,7 @@ def summary_table(root: Variant, results: list[ChainResult]) -> str:
     table = [("variant", "stages", "format", "params", "MACs", "size", "top-1", "agree", "note")]
     for v in rows:
         m = v.metrics
-        table.append((v.id, "→".join(v.stages) + (f"[{v.config['method']}]" if "method" in v.config else ""),
+        table.append((v.id, v.chain,
                       v.format, _fmt(m.get("params"), "int"), _fmt(m.get("macs"), "int"),
                       _fmt(v.size_bytes, "bytes"), _fmt(m.get("accuracy_top1"), "pct"),
                       _fmt(m.get("agreement_top1"), "pct") if v.parent_id else "-", m.get("note") or ""))

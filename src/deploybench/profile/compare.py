@@ -15,7 +15,7 @@ import json
 from deploybench.profile.pareto import DEFAULT_OBJECTIVES, mark_pareto
 from deploybench.store import Workspace
 
-KEYS = ("model", "dataset", "variant", "stages", "format", "backend", "device", "batch_size", "threads",
+KEYS = ("model", "dataset", "variant", "stages", "chain", "format", "backend", "device", "batch_size", "threads",
         "accuracy_top1", "accuracy_top5", "params", "macs", "flops", "size_bytes", "latency_ms_p50",
         "latency_ms_p90", "latency_ms_p99", "latency_ms_ci95", "throughput_per_s", "peak_mem_bytes", "pct_of_peak",
         "stable", "pareto", "baseline", "speedup", "accuracy_change", "no_real_speedup", "skipped", "data_sha256")
@@ -43,8 +43,9 @@ def compare_rows(ws: Workspace, models: list[str] | None = None, backend: str | 
     for (vid, be, bs), m in sorted(latest.items(), key=lambda kv: (variants[kv[0][0]].created_at, kv[0][1:])):
         v = variants[vid]
         metrics = m["metrics"]
-        row = dict(model=v.model, dataset=v.dataset, variant=v.id, stages=v.stages, format=v.format, backend=be,
-                   device=m["device"], batch_size=bs, threads=m["threads"], **{k: metrics.get(k) for k in _METRIC_KEYS},
+        row = dict(model=v.model, dataset=v.dataset, variant=v.id, stages=v.stages, chain=v.chain, format=v.format,
+                   backend=be, device=m["device"], batch_size=bs, threads=m["threads"],
+                   **{k: metrics.get(k) for k in _METRIC_KEYS},
                    pareto=False, baseline=None, speedup=None, accuracy_change=None, no_real_speedup=False,
                    skipped=metrics.get("skipped"), measured_at=m["created_at"])
         if row["stable"] is None:
@@ -150,7 +151,7 @@ def to_table(rows: list[dict]) -> str:
             continue
         ci = r["latency_ms_ci95"]
         flags = [f for f, on in (("no real speed-up", r["no_real_speedup"]), ("unstable", not r["stable"])) if on]
-        body.append((r["model"], f"{'+'.join(r['stages'])} [{r['variant'][:8]}]", r["backend"], str(r["batch_size"]),
+        body.append((r["model"], f"{r['chain']} [{r['variant'][:8]}]", r["backend"], str(r["batch_size"]),
                      _pct(r["accuracy_top1"]), _fmt_count(r["params"]), _fmt_count(r["macs"]),
                      _fmt_bytes(r["size_bytes"]), f"{r['latency_ms_p50']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]",
                      f"{r['latency_ms_p90']:.3f}", f"{r['latency_ms_p99']:.3f}", f"{r['throughput_per_s']:.0f}",
@@ -166,7 +167,7 @@ def to_table(rows: list[dict]) -> str:
     skipped = [r for r in rows if r["skipped"] is not None]
     if skipped:
         lines += ["", "skipped:"]
-        lines += [f"  {r['model']} {'+'.join(r['stages'])} [{r['variant'][:8]}] {r['backend']} batch {r['batch_size']}: "
+        lines += [f"  {r['model']} {r['chain']} [{r['variant'][:8]}] {r['backend']} batch {r['batch_size']}: "
                   f"{r['skipped']}" for r in skipped]
     lines += [""] + winners(rows)
     return "\n".join(lines)
@@ -180,7 +181,7 @@ def winners(rows: list[dict]) -> list[str]:
         return []
 
     def name(r):
-        return f"{r['model']} {'+'.join(r['stages'])} [{r['variant'][:8]}] on {r['backend']}"
+        return f"{r['model']} {r['chain']} [{r['variant'][:8]}] on {r['backend']}"
 
     lines = []
     acc = [r for r in measured if r["accuracy_top1"] is not None]
@@ -191,7 +192,7 @@ def winners(rows: list[dict]) -> list[str]:
         have = [r for r in measured if r[key] is not None]
         if have:
             best = min(have, key=lambda r: r[key])
-            lines.append(f"{label}: {best['model']} {'+'.join(best['stages'])} [{best['variant'][:8]}], {fmt(best[key])}")
+            lines.append(f"{label}: {best['model']} {best['chain']} [{best['variant'][:8]}], {fmt(best[key])}")
     for bs in sorted({r["batch_size"] for r in measured}):
         group = [r for r in measured if r["batch_size"] == bs]
         best = min(group, key=lambda r: r["latency_ms_p50"])

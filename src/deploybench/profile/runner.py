@@ -156,7 +156,7 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     stored: list[dict] = []
     for variant in variants:
         if code_changed(variant.config):  # its weights belong to code that is gone: nothing honest to measure
-            log(f"{variant.model}/{variant.dataset} {'+'.join(variant.stages)} [{variant.id[:8]}]: not measured, "
+            log(f"{variant.model}/{variant.dataset} {variant.chain} [{variant.id[:8]}]: not measured, "
                 f"the code of its user architecture changed since it was made")
             continue
         data = data_keys(variant.dataset, data_dir)  # accuracy is measured on these files
@@ -164,7 +164,7 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
                                 data) for name in names} if reuse else {}
         for name, rows in kept.items():
             if rows:
-                log(f"{variant.model}/{variant.dataset} {'+'.join(variant.stages)} [{variant.id[:8]}] {name}: "
+                log(f"{variant.model}/{variant.dataset} {variant.chain} [{variant.id[:8]}] {name}: "
                     f"kept from an earlier run of this code")
                 stored += rows
         to_measure = [name for name in names if not kept.get(name)]
@@ -242,7 +242,7 @@ def _row(variant, cls, batch_size, threads, res, accuracy, scalars, dtype, peak,
 
 
 def _describe(variant: Variant, row: dict) -> str:
-    head = f"{variant.model}/{variant.dataset} {'+'.join(variant.stages)} [{variant.id[:8]}] {row['backend']} " \
+    head = f"{variant.model}/{variant.dataset} {variant.chain} [{variant.id[:8]}] {row['backend']} " \
            f"batch {row['batch_size']}"
     m = row["metrics"]
     if "skipped" in m:

@@ -19,7 +19,7 @@ THRESHOLDS_POINTS = (0.5, 1.0, 2.0)
 
 
 def _label(row: dict) -> str:
-    return f"{row['model']}:{'+'.join(row['stages'][1:]) or 'fp32'}"
+    return f"{row['model']}:{row['chain'].partition('+')[2] or 'fp32'}"
 
 
 def recommendations(rows: list[dict]) -> list[dict]:
@@ -95,7 +95,7 @@ def _model_sections(ws: Workspace) -> list[dict]:
             per_class=training.get("per_class", []), history=training.get("history", []),
             layers=sorted(static.get("by_module", []), key=lambda r: -r["macs"])[:30],
             skipped_ops=static.get("skipped_ops", {}),
-            optimized=[dict(id=v.id, stages="+".join(v.stages), accuracy=v.metrics.get("accuracy_top1"),
+            optimized=[dict(id=v.id, stages=v.chain, accuracy=v.metrics.get("accuracy_top1"),
                             agreement=v.metrics.get("agreement_top1"),
                             parent_accuracy=by_id[v.parent_id].metrics.get("accuracy_top1")
                             if v.parent_id in by_id else None)

@@ -89,6 +89,14 @@ class Variant:
         """The chain of stages that produced this variant, oldest first (filled in by the workspace)."""
         return self.config.get("_lineage", [self.stage])
 
+    @property
+    def chain(self) -> str:
+        """How tables, logs and the report name the variant's making: its stages joined by "+", with the
+        quantize method in brackets (`train+quantize[bf16]`), since one parent has up to six quantized
+        children whose stages alone read the same."""
+        method = self.config.get("method")
+        return "+".join(self.stages) + (f"[{method}]" if method else "")
+
 
 def _read_only_fs(path: Path) -> bool:
     return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
