@@ -340,6 +340,17 @@ OUT_OF_RANGE = {
                                 "file.txt is a file, not a folder"),
     "pipeline-out-folder": (main_cli.main, ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--out",
                                             "TMP"], "is a folder; name the file"),
+    "report-out-unwritable": (profile_cli.main, ["report", "--out", "/proc/index.html"],
+                              "cannot write /proc/index.html: No such file or directory in /proc"),
+    "pipeline-out-unwritable": (main_cli.main, ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet",
+                                                "--out", "/proc/index.html"], "cannot write /proc/index.html"),
+    "check-against-malformed": (profile_cli.main, ["check", "--variant", "VID", "--backend", "torch-cpu",
+                                                   "--against", "VID"], "--against takes VARIANT:BACKEND"),
+    "check-against-unknown-variant": (profile_cli.main, ["check", "--variant", "VID", "--backend", "torch-cpu",
+                                                         "--against", "nope:torch-cpu"], "no variant 'nope'"),
+    "compare-unknown-model": (profile_cli.main, ["compare", "--model", "lenet", "lenett"],
+                              "no variants of 'lenett' in", "models here: lenet"),
+    "compare-unknown-backend": (profile_cli.main, ["compare", "--backend", "ort"], "unknown backend 'ort'"),
     "pipeline-backend": (main_cli.main, ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet",
                                          "--backends", "torch-cpu,nope"], "unknown backend 'nope'"),
 }
@@ -358,6 +369,10 @@ def test_options_out_of_range_are_one_line_before_any_work(case, trained_workspa
         import deploybench.pipeline as pipeline
 
         monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: pytest.fail("the pipeline ran"))
+    if case.startswith("check-against"):  # refused before the first timing, which takes half a minute or more
+        import deploybench.profile.crosscheck as crosscheck
+
+        monkeypatch.setattr(crosscheck, "cross_check", lambda *a, **k: pytest.fail("the variant was timed"))
     before = snapshot(ws.root)
     refused(lambda: main(argv + ["--workspace", str(ws.root), "--data-dir", str(data_dir)]), capsys, *expected)
     assert snapshot(ws.root) == before

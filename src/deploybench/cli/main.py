@@ -29,7 +29,7 @@ def pipeline(args) -> int:
     for name in comma_list(args.backends or ""):
         get_backend(name)
     checked_batch_sizes(args.batch_sizes)
-    check_file_target(args.out)
+    check_file_target(args.out, writable=True)
     ws = open_workspace(args)
     summary = run_pipeline(ws, args.dataset, models, data_dir=args.data_dir, epochs=args.epochs,
                            backends=comma_list(args.backends) if args.backends else None,

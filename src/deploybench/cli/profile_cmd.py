@@ -62,20 +62,22 @@ def _check(args) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     threads = _threads(args)
+    base_id, _, base_backend = (args.against or "").partition(":")
+    if args.against and not (base_id and base_backend):
+        raise UserError("--against takes VARIANT:BACKEND, e.g. c1be73da:torch-cpu")
+    if base_backend:
+        get_backend(base_backend)
     ws = open_workspace(args, record=False)
-    r = cross_check(ws, ws.get_variant(args.variant), args.backend, args.batch_size, threads)
+    variant = ws.get_variant(args.variant)
+    base = ws.get_variant(base_id) if args.against else None  # every input checked before the first timing
+    r = cross_check(ws, variant, args.backend, args.batch_size, threads)
     print(f"ours p50 {r['ours_ms']:.3f} ms, {r['reference']} median {r['reference_ms']:.3f} ms, "
           f"ratio {r['ratio']:.3f} (medians of {r['rounds']} alternated rounds)")
-    if args.against:
+    if base is not None:
         from deploybench.profile.crosscheck import paired_against
         from deploybench.profile.latency import PAIRS
 
-        base_id, _, base_backend = args.against.partition(":")
-        if not base_backend:
-            raise UserError("--against takes VARIANT:BACKEND, e.g. c1be73da:torch-cpu")
-        get_backend(base_backend)
-        speedup = paired_against(ws, ws.get_variant(args.variant), args.backend, ws.get_variant(base_id),
-                                 base_backend, args.batch_size, threads)
+        speedup = paired_against(ws, variant, args.backend, base, base_backend, args.batch_size, threads)
         print(f"speed-up over {base_id} on {base_backend}: {speedup:.2f}x "
               f"(median of {PAIRS} alternated pairs of blocks)")
     return 0
@@ -121,6 +123,15 @@ def _compare(args) -> int:
     from deploybench.store import Workspace, default_workspace
 
     ws = Workspace(args.workspace or default_workspace(), create=False)
+    if args.backend:
+        from deploybench.profile.backends import get_backend
+
+        get_backend(args.backend)
+    here = sorted({v.model for v in ws.variants()})
+    unknown = [m for m in args.model or [] if m not in here]
+    if unknown:  # a typo would otherwise read as "no measurements"
+        raise UserError(f"no variants of {', '.join(map(repr, unknown))} in {ws.root}; models here: "
+                        f"{', '.join(here) or 'none'}")
     rows = compare_rows(ws, args.model, args.backend, args.dataset)
     print(render(rows, args.format))
     return 0
@@ -131,6 +142,9 @@ def _report(args) -> int:
         from deploybench.report import build_report
     except ImportError:
         raise UserError("the HTML report is not available in this version (deploybench.report is missing)") from None
+    from deploybench.store.atomic import check_file_target
+
+    check_file_target(args.out, writable=True)
     print(build_report(open_workspace(args), args.out))
     return 0
 

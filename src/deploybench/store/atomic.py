@@ -48,9 +48,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def check_file_target(path: str | os.PathLike) -> Path:
+def check_file_target(path: str | os.PathLike, *, writable: bool = False) -> Path:
     """`path` as a file to (over)write: a folder there, or a file where a folder of its path must be, is a
-    one-line error. Commands that write at their end (a report) call it at their start."""
+    one-line error; with `writable`, so is a folder that takes no file (a temporary file is made there and
+    removed). Commands that write a file the user names (a report) call it with `writable` at their start."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder; name the file to write (e.g. {path / 'index.html'})")
@@ -58,6 +59,13 @@ def check_file_target(path: str | os.PathLike) -> Path:
         if parent.exists():
             if not parent.is_dir():
                 raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
+            if writable:
+                try:  # no permission, read-only, a pseudo file system such as /proc
+                    fd, probe = tempfile.mkstemp(prefix=".deploybench-probe.", dir=parent)
+                except OSError as exc:
+                    raise UserError(f"cannot write {path}: {exc.strerror} in {parent}") from None
+                os.close(fd)
+                os.unlink(probe)
             break
     return path
 
