@@ -24,3 +24,25 @@ def test_recommendations_pick_the_fastest_within_each_threshold():
             for v, s, lat, acc in [("a", "fp32", 10.0, 0.90), ("b", "int8", 4.0, 0.896), ("c", "prune", 1.0, 0.885)]]
     (rec,) = recommendations(rows)
     assert [p["variant"] for p in rec["picks"]] == ["b", "b", "c"]  # within 0.5, 1 and 2 points of 90%
+
+
+def test_labels_of_front_points_at_one_spot_do_not_overprint_each_other():
+    # The quantized forms of one model share its MACs and differ in accuracy by hundredths: in the 2026-11-28
+    # sample report the labels of lenet's four front points at 416,520 MACs were drawn over each other.
+    import re
+
+    from deploybench.report.plots import LABEL_PT, pareto_svg
+
+    names = ["lenet:fp32", "lenet:quantize[int8-pt2e]", "lenet:quantize[dynamic]", "lenet:quantize[bf16]"]
+    points = [dict(accuracy_top1=acc, macs=416_520, label=name, pareto=True)
+              for name, acc in zip(names, (0.8649, 0.8657, 0.8653, 0.8648))]
+    points.append(dict(accuracy_top1=0.8354, macs=133_740, label="lenet:prune", pareto=True))
+    svg = pareto_svg(points, "macs", "MACs", "accuracy vs MACs")
+    boxes = []
+    for name in names + ["lenet:prune"]:
+        text = re.search(rf'<text[^>]*x="([\d.]+)" y="([\d.]+)"[^>]*>{re.escape(name)}</text>', svg)
+        x, y = map(float, text.groups())
+        boxes.append((x, y - LABEL_PT, x + 0.5 * LABEL_PT * len(name), y))  # SVG y grows downwards
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)

@@ -16,6 +16,28 @@ def _span_is_wide(values: list[float]) -> bool:
     return bool(values) and max(values) / min(values) > 20
 
 
+LABEL_PT = 7
+
+
+def _label_offsets(ax, front: list[dict], x_key: str) -> list[tuple[float, float]]:
+    """Offsets (points) of the front points' labels, each moved up past the labels already placed that it would
+    overprint: the quantized forms of one model share its MACs and differ in accuracy by hundredths, so their
+    labels would land on one spot. Most accurate first; widths are estimated (0.6 em a character)."""
+    to_pt = 72 / ax.figure.dpi
+    placed, offsets = [], {}
+    for i in sorted(range(len(front)), key=lambda i: -front[i]["accuracy_top1"]):
+        p = front[i]
+        x, y = (v * to_pt for v in ax.transData.transform((p[x_key], 100 * p["accuracy_top1"])))
+        width = 0.6 * LABEL_PT * len(p["label"])
+        dy = 4.0
+        while any(x + 4 < bx1 and bx0 < x + 4 + width and y + dy < by1 and by0 < y + dy + LABEL_PT + 1
+                  for bx0, by0, bx1, by1 in placed):
+            dy += LABEL_PT + 1.5
+        placed.append((x + 4, y + dy, x + 4 + width, y + dy + LABEL_PT + 1))
+        offsets[i] = (4.0, dy)
+    return [offsets[i] for i in range(len(front))]
+
+
 def pareto_svg(points: list[dict], x_key: str, x_label: str, title: str, front_key: str = "pareto") -> str:
     """Accuracy (%) against `x_key` for `points` (dicts with accuracy_top1, x_key, label, front_key and
     optionally latency_ms_ci95 for horizontal error bars). Returns the SVG markup."""
@@ -37,16 +59,19 @@ def pareto_svg(points: list[dict], x_key: str, x_label: str, title: str, front_k
             ordered = sorted(sel, key=lambda p: p[x_key])
             ax.plot([p[x_key] for p in ordered], [100 * p["accuracy_top1"] for p in ordered], color=color, lw=1,
                     alpha=0.6, zorder=z)
-            for p in ordered:
-                # User strings are drawn as plain text (never mathtext); the SVG writer escapes them.
-                ax.annotate(p["label"], (p[x_key], 100 * p["accuracy_top1"]), xytext=(4, 4),
-                            textcoords="offset points", fontsize=7, parse_math=False)
     ax.margins(x=0.12, y=0.15)  # keep edge points clear of the frame and the legend
     if _span_is_wide([p[x_key] for p in pts]):
         ax.set_xscale("log")
     ax.set(xlabel=x_label, ylabel="top-1 accuracy (%)")
     ax.set_title(title, parse_math=False)
     ax.grid(alpha=0.3)
+    ax.autoscale_view()
+    fig.tight_layout()  # the label offsets are worked out on the final layout
+    front = [p for p in pts if p.get(front_key)]
+    for p, (dx, dy) in zip(front, _label_offsets(ax, front, x_key)):
+        # User strings are drawn as plain text (never mathtext); the SVG writer escapes them.
+        ax.annotate(p["label"], (p[x_key], 100 * p["accuracy_top1"]), xytext=(dx, dy), textcoords="offset points",
+                    fontsize=LABEL_PT, parse_math=False)
     if pts:
         ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
