@@ -28,21 +28,34 @@ def test_recommendations_pick_the_fastest_within_each_threshold():
 
 def test_labels_of_front_points_at_one_spot_do_not_overprint_each_other():
     # The quantized forms of one model share its MACs and differ in accuracy by hundredths: in the 2026-11-28
-    # sample report the labels of lenet's four front points at 416,520 MACs were drawn over each other.
+    # sample report the labels of lenet's front points at 416,520 MACs were drawn over each other.
     import re
 
     from deploybench.report.plots import LABEL_PT, pareto_svg
 
-    names = ["lenet:fp32", "lenet:quantize[int8-pt2e]", "lenet:quantize[dynamic]", "lenet:quantize[bf16]"]
+    def drawn(points):  # {text: (x, y)} of the SVG's text elements (one line each)
+        svg = pareto_svg(points, "macs", "MACs", "accuracy vs MACs")
+        out = {}
+        for attrs, text in re.findall(r"<text([^>]*)>([^<]*)</text>", svg):
+            at = re.search(r'x="([\d.]+)" y="([\d.]+)"', attrs) or re.search(r"translate\(([\d.]+) ([\d.]+)\)", attrs)
+            out[text] = (float(at[1]), float(at[2]))
+        return out
+
+    names = ["lenet:fp32", "lenet:quantize[int8-pt2e]", "lenet:quantize[dynamic]"]
     points = [dict(accuracy_top1=acc, macs=416_520, label=name, pareto=True)
-              for name, acc in zip(names, (0.8649, 0.8657, 0.8653, 0.8648))]
+              for name, acc in zip(names, (0.8649, 0.8657, 0.8653))]
     points.append(dict(accuracy_top1=0.8354, macs=133_740, label="lenet:prune", pareto=True))
-    svg = pareto_svg(points, "macs", "MACs", "accuracy vs MACs")
-    boxes = []
-    for name in names + ["lenet:prune"]:
-        text = re.search(rf'<text[^>]*x="([\d.]+)" y="([\d.]+)"[^>]*>{re.escape(name)}</text>', svg)
-        x, y = map(float, text.groups())
-        boxes.append((x, y - LABEL_PT, x + 0.5 * LABEL_PT * len(name), y))  # SVG y grows downwards
-    for i, a in enumerate(boxes):
+    texts = drawn(points)
+    boxes = [(x, y - LABEL_PT, x + 0.5 * LABEL_PT * len(n), y) for n, (x, y) in texts.items() if n.startswith("lenet")]
+    assert len(boxes) == 4
+    for i, a in enumerate(boxes):  # SVG y grows downwards
         for b in boxes[i + 1:]:
             assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    # Most accurate on top (smallest SVG y).
+    assert texts["lenet:quantize[int8-pt2e]"][1] < texts["lenet:quantize[dynamic]"][1] < texts["lenet:fp32"][1]
+
+    # Seven at one spot: the two most accurate are named, the other five counted.
+    more = [dict(accuracy_top1=0.86 + i / 1e4, macs=416_520, label=f"lenet:v{i}", pareto=True) for i in range(7)]
+    texts = drawn(more + points[-1:])
+    assert {"lenet:v6", "lenet:v5", "+5 more here (see the table)"} <= set(texts)
+    assert not {"lenet:v0", "lenet:v4"} & set(texts)

@@ -17,25 +17,36 @@ def _span_is_wide(values: list[float]) -> bool:
 
 
 LABEL_PT = 7
+LINE_PT = LABEL_PT + 1.5
+MAX_LINES = 3  # names drawn at one spot; the rest are counted (the table lists every row)
 
 
-def _label_offsets(ax, front: list[dict], x_key: str) -> list[tuple[float, float]]:
-    """Offsets (points) of the front points' labels, each moved up past the labels already placed that it would
-    overprint: the quantized forms of one model share its MACs and differ in accuracy by hundredths, so their
-    labels would land on one spot. Most accurate first; widths are estimated (0.6 em a character)."""
+def _label_blocks(ax, front: list[dict], x_key: str) -> list[tuple[str, dict, float]]:
+    """(text, point, dy) per spot of the plot holding front points: their names, most accurate first, in one
+    block of at most MAX_LINES lines above the point, moved up by `dy` points past blocks it would overprint.
+    The quantized forms of one model share its MACs and differ in accuracy by hundredths: without this, their
+    labels were drawn over each other. Widths are estimated (0.6 em a character)."""
     to_pt = 72 / ax.figure.dpi
-    placed, offsets = [], {}
-    for i in sorted(range(len(front)), key=lambda i: -front[i]["accuracy_top1"]):
-        p = front[i]
+    spots: list[tuple[float, float, list[dict]]] = []
+    for p in sorted(front, key=lambda p: -p["accuracy_top1"]):
         x, y = (v * to_pt for v in ax.transData.transform((p[x_key], 100 * p["accuracy_top1"])))
-        width = 0.6 * LABEL_PT * len(p["label"])
+        spot = next((s for s in spots if abs(s[0] - x) < 6 and abs(s[1] - y) < 6), None)
+        if spot:
+            spot[2].append(p)
+        else:
+            spots.append((x, y, [p]))
+    blocks, placed = [], []
+    for x, y, points in spots:
+        names = [p["label"] for p in points]
+        if len(names) > MAX_LINES:
+            names = names[:MAX_LINES - 1] + [f"+{len(names) - MAX_LINES + 1} more here (see the table)"]
+        x0, x1, height = x + 4, x + 4 + 0.6 * LABEL_PT * max(map(len, names)), LINE_PT * len(names)
         dy = 4.0
-        while any(x + 4 < bx1 and bx0 < x + 4 + width and y + dy < by1 and by0 < y + dy + LABEL_PT + 1
-                  for bx0, by0, bx1, by1 in placed):
-            dy += LABEL_PT + 1.5
-        placed.append((x + 4, y + dy, x + 4 + width, y + dy + LABEL_PT + 1))
-        offsets[i] = (4.0, dy)
-    return [offsets[i] for i in range(len(front))]
+        while any(x0 < bx1 and bx0 < x1 and y + dy < by1 and by0 < y + dy + height for bx0, by0, bx1, by1 in placed):
+            dy += LINE_PT
+        placed.append((x0, y + dy, x1, y + dy + height))
+        blocks.append(("\n".join(names), points[0], dy))
+    return blocks
 
 
 def pareto_svg(points: list[dict], x_key: str, x_label: str, title: str, front_key: str = "pareto") -> str:
@@ -67,11 +78,10 @@ def pareto_svg(points: list[dict], x_key: str, x_label: str, title: str, front_k
     ax.grid(alpha=0.3)
     ax.autoscale_view()
     fig.tight_layout()  # the label offsets are worked out on the final layout
-    front = [p for p in pts if p.get(front_key)]
-    for p, (dx, dy) in zip(front, _label_offsets(ax, front, x_key)):
+    for text, p, dy in _label_blocks(ax, [p for p in pts if p.get(front_key)], x_key):
         # User strings are drawn as plain text (never mathtext); the SVG writer escapes them.
-        ax.annotate(p["label"], (p[x_key], 100 * p["accuracy_top1"]), xytext=(dx, dy), textcoords="offset points",
-                    fontsize=LABEL_PT, parse_math=False)
+        ax.annotate(text, (p[x_key], 100 * p["accuracy_top1"]), xytext=(4, dy), textcoords="offset points",
+                    va="bottom", fontsize=LABEL_PT, linespacing=LINE_PT / LABEL_PT, parse_math=False)
     if pts:
         ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
