@@ -1,7 +1,8 @@
 """Why `quantize --method dynamic` is slow on a CPU: one `vit-small` MLP block (384 -> 1536 -> GELU -> 384, a batch
 of 8 x 197 tokens, 1 thread) in fp32, as torchao's dynamic int8 program (what the `dynamic` method saves) and as
 PT2E dynamic int8 with X86InductorQuantizer, each eager and compiled (inductor freezing on), with the share of the
-dynamic program's time spent in `aten::_int_mm`. Not part of the suite (it compiles four programs):
+dynamic program's time spent in `aten::_int_mm`; first, the product `optimize all` times to decide whether to make
+torchao's `dynamic` (`int_mm_times`, at torch's default threads). Not part of the suite (it compiles four programs):
 
     .venv/bin/python benchmarks/probe_dynamic_int8.py
 """
@@ -31,11 +32,19 @@ def block() -> nn.Module:
     return nn.Sequential(nn.Linear(384, 1536), nn.GELU(), nn.Linear(1536, 384)).eval()
 
 
+DEFAULT_THREADS = torch.get_num_threads()  # what `optimize all` runs with
 torch.set_num_threads(1)
 X = torch.randn(8, 197, 384)
 
 
 def main() -> None:
+    from deploybench.optimize.quantize import INT_MM_SHAPE, int_mm_times
+
+    torch.set_num_threads(DEFAULT_THREADS)
+    int8, fp32 = int_mm_times(runs=50)
+    print(f"optimize all's check, {'x'.join(map(str, INT_MM_SHAPE))}, {DEFAULT_THREADS} threads, median of 50: "
+          f"torch._int_mm {int8:.3f} ms, fp32 mm {fp32:.3f} ms ({fp32 / int8:.2f}x)")
+    torch.set_num_threads(1)
     from torch.profiler import profile
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e

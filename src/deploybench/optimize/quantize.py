@@ -289,6 +289,23 @@ def _linear_facts(model: nn.Module) -> dict:
 INT_MM_SHAPE = (64, 384, 1536)  # (tokens, in, out) of one vit-small MLP projection
 
 
+def int_mm_times(runs: int = 5) -> tuple[float, float]:
+    """Median ms of one `torch._int_mm` product of `INT_MM_SHAPE` and of the same product in fp32, on this CPU
+    (one warm-up call each, then `runs` timed calls): what `_int_mm_slow` decides on, and what
+    `benchmarks/probe_dynamic_int8.py` prints."""
+    from deploybench.profile.latency import Protocol, time_runs
+
+    m, k, n = INT_MM_SHAPE
+    g = torch.Generator().manual_seed(0)
+    a8 = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
+    b8 = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g)
+    a32, b32 = a8.float(), b8.float()
+    protocol = Protocol(warmup=1, min_runs=runs, min_seconds=0)
+    int8_ms, fp32_ms = (1e3 * float(np.median(time_runs(call, protocol)))
+                        for call in (lambda: torch._int_mm(a8, b8), lambda: torch.mm(a32, b32)))
+    return int8_ms, fp32_ms
+
+
 @functools.lru_cache(maxsize=1)
 def _int_mm_slow() -> str | None:
     """Why torchao's `dynamic` program is not worth making here, or None: measured, not assumed.
@@ -300,21 +317,13 @@ def _int_mm_slow() -> str | None:
     fp32 on this CPU, and the method is left out of `optimize all` when it is the slower."""
     if torch.cuda.is_available():
         return None
-    from deploybench.profile.latency import Protocol, time_runs
-
-    m, k, n = INT_MM_SHAPE
-    g = torch.Generator().manual_seed(0)
-    a8 = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
-    b8 = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g)
-    a32, b32 = a8.float(), b8.float()
-    protocol = Protocol(warmup=1, min_runs=5, min_seconds=0)
     try:
-        int8_ms, fp32_ms = (1e3 * float(np.median(time_runs(call, protocol)))
-                            for call in (lambda: torch._int_mm(a8, b8), lambda: torch.mm(a32, b32)))
+        int8_ms, fp32_ms = int_mm_times()
     except RuntimeError as exc:  # a CPU build without an int8 matmul kernel
         return f"torch._int_mm, which torchao's dynamic int8 multiplies with, does not run on this CPU: {exc}"
     if int8_ms <= fp32_ms:
         return None
+    m, k, n = INT_MM_SHAPE
     return (f"torch._int_mm, which torchao's dynamic int8 multiplies with, took {int8_ms:.2f} ms on this CPU "
             f"against {fp32_ms:.2f} ms for the same {m}x{k}x{n} product in fp32 (measured now): its variant "
             f"would only be slower; dynamic-pt2e is the CPU form")
