@@ -4,6 +4,7 @@ import json
 import pytest
 
 from deploybench.cli.profile_cmd import main
+from deploybench.profile.columns import COLUMNS
 from deploybench.profile.compare import compare_rows
 from deploybench.profile.pareto import ACCURACY, LATENCY, SIZE, dominates, pareto_front
 from deploybench.profile.runner import profile_variants
@@ -42,7 +43,7 @@ def test_compare_json_has_every_key_and_a_baseline_for_the_export(profiled, caps
     ws, trained, onnx_variant = profiled
     assert main(["compare", "--workspace", str(ws.root), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 8 and all(JSON_KEYS <= set(r) for r in rows)
+    assert len(rows) == 8 and all(JSON_KEYS | {c.key for c in COLUMNS} <= set(r) for r in rows)
     measured = [r for r in rows if r["skipped"] is None]
     assert len(measured) == 4 and all(r["threads"] == 1 and r["device"] == "cpu" for r in measured)
     export = next(r for r in measured if r["variant"] == onnx_variant.id and r["batch_size"] == 4)
@@ -59,10 +60,23 @@ def test_table_and_csv(profiled, capsys):
     ws, trained, _ = profiled
     assert main(["compare", "--workspace", str(ws.root), "--backend", "torch-cpu"]) == 0
     out = capsys.readouterr().out
-    assert "p50 ms [95% CI]" in out and "most accurate: lenet train" in out and "fastest at batch 4" in out
+    assert "p50 95% CI ms" in out and "most accurate: lenet train" in out and "fastest at batch 4" in out
+    assert out.splitlines()[0].split() == [w for c in COLUMNS for w in c.header.split()]
     assert main(["compare", "--workspace", str(ws.root), "--format", "csv", "--model", "lenet"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("model,dataset,variant,stages") and len(lines) == 9
+    assert {c.key for c in COLUMNS if c.key != "latency_ms_ci95"} <= set(lines[0].split(","))
+
+
+def test_markdown_format_is_a_github_table_of_the_columns(profiled, capsys):
+    ws, trained, _ = profiled
+    assert main(["compare", "--workspace", str(ws.root), "--format", "markdown", "--backend", "torch-cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| " + " | ".join(c.header for c in COLUMNS) + " |"
+    assert set(lines[1].replace(" ", "")) == set("|-:") and lines[1].count("|") == len(COLUMNS) + 1
+    table = [line for line in lines[2:] if line.startswith("|")]
+    assert len(table) == 2 and all(f"| {trained.id[:8]} |" in line for line in table)
+    assert any(line.startswith("- most accurate: lenet train") for line in lines)
 
 
 def test_no_real_speedup_flag(profiled):

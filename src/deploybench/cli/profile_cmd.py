@@ -1,11 +1,20 @@
-"""`profile run | compare | report`: measure variants into the workspace, compare them, build the report."""
+"""`profile run | compare | results | report`: measure variants into the workspace, compare them, build the report."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
-from deploybench.cli.common import (add_checkpoint_option, add_common, checkpoint_variant, comma_list, dataset_arg,
-                                     int_list, open_workspace, run)
+from deploybench.cli.common import (
+    add_checkpoint_option,
+    add_common,
+    checkpoint_variant,
+    comma_list,
+    dataset_arg,
+    int_list,
+    open_workspace,
+    run,
+)
 from deploybench.errors import UserError
 
 
@@ -25,12 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--in-process", action="store_true",
                    help="measure in this process instead of a child per combination (faster; memory not isolated)")
     r.add_argument("--list-backends", action="store_true", help="list backends with availability and exit")
-    c = sub.add_parser("compare", help="side-by-side table (or JSON / CSV) of stored measurements")
+    c = sub.add_parser("compare", help="side-by-side table (or JSON / CSV / Markdown) of stored measurements")
     add_common(c)
     c.add_argument("--model", nargs="+", help="only these models")
     c.add_argument("--dataset", type=dataset_arg, help="only this dataset")
     c.add_argument("--backend", help="only this backend")
-    c.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    c.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table")
+    res = sub.add_parser("results", help="write OUT/<machine>.md: one results file per machine in the store")
+    add_common(res)
+    res.add_argument("--out", default="docs/results", help="folder of the results files (default: docs/results)")
     rep = sub.add_parser("report", help="self-contained HTML report built from the store")
     add_common(rep)
     rep.add_argument("--out", default="reports/index.html")
@@ -47,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _threads(args) -> int:
     """`--threads`, default all physical cores; below 1 is a UserError."""
-    from deploybench.profile.env import physical_cores
+    from deploybench.platform.env import physical_cores
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
@@ -137,6 +149,21 @@ def _compare(args) -> int:
     return 0
 
 
+def _results(args) -> int:
+    from deploybench.profile.compare import write_results
+    from deploybench.store import Workspace, default_workspace
+
+    ws = Workspace(args.workspace or default_workspace(), create=False)
+    argv = ["deploybench", "profile", "results"] + (["--workspace", args.workspace] if args.workspace else []) + \
+        (["--out", args.out] if args.out != "docs/results" else [])
+    paths = write_results(ws, args.out, shlex.join(argv))  # the file names the command that regenerates it
+    if not paths:
+        raise UserError(f"no measurements in {ws.root}; run `profile run` first")
+    for path in paths:
+        print(path)
+    return 0
+
+
 def _report(args) -> int:
     try:
         from deploybench.report import build_report
@@ -151,7 +178,8 @@ def _report(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda: {"run": _run, "compare": _compare, "report": _report, "check": _check}[args.command](args))
+    return run(lambda: {"run": _run, "compare": _compare, "results": _results, "report": _report,
+                             "check": _check}[args.command](args))
 
 
 if __name__ == "__main__":

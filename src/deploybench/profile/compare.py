@@ -5,39 +5,75 @@ The baseline of a row is the nearest ancestor measured on the same backend and b
 runs on that backend (an ONNX export on ort-cpu), the trained root on the same device and batch size (its eager
 torch row first). `no_real_speedup` is set when a variant has fewer MACs or fewer bytes than its baseline but
 its latency interval is not entirely below the baseline's.
+
+Every renderer (table, Markdown, CSV, JSON, and the HTML report) shows the columns of
+`deploybench.profile.columns`; `write_results` writes one Markdown file per machine in the store.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+from pathlib import Path
 
+from deploybench.profile.columns import BY_KEY, COLUMNS, Column, fmt_fraction_pct, fmt_ms
 from deploybench.profile.pareto import DEFAULT_OBJECTIVES, mark_pareto
-from deploybench.store import Workspace
+from deploybench.store import Workspace, atomic_write_text
 
 KEYS = ("model", "dataset", "variant", "stages", "chain", "format", "backend", "device", "batch_size", "threads",
         "accuracy_top1", "accuracy_top5", "params", "macs", "flops", "size_bytes", "latency_ms_p50",
         "latency_ms_p90", "latency_ms_p99", "latency_ms_ci95", "throughput_per_s", "peak_mem_bytes", "pct_of_peak",
-        "stable", "pareto", "baseline", "speedup", "accuracy_change", "no_real_speedup", "skipped", "data_sha256")
+        "stable", "pareto", "baseline", "speedup", "accuracy_change", "no_real_speedup", "skipped", "data_sha256",
+        "flags")
 _METRIC_KEYS = ("accuracy_top1", "accuracy_top5", "test_images", "params", "macs", "flops", "size_bytes",
                 "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_ci95", "throughput_per_s",
                 "peak_mem_bytes", "pct_of_peak", "stable", "runs", "compute_dtype", "data_sha256")
 _EAGER = {"cpu": "torch-cpu", "cuda": "torch-cuda"}
 
 
-def latest_measurements(ws: Workspace) -> dict[tuple[str, str, int], dict]:
-    """The most recent stored row per (variant id, backend, batch size)."""
+@functools.lru_cache(maxsize=1)
+def _live_fingerprint() -> dict:
+    from deploybench.platform import fingerprint
+
+    return fingerprint()
+
+
+def stored_fingerprint(environment: dict) -> dict:
+    """The machine fingerprint of a stored measurement environment: its CPU model, GPU and CPU flags; an
+    environment stored without flags takes this machine's only when the CPU model is the same (else none)."""
+    flags = environment.get("cpu_flags")
+    if flags is None:
+        live = _live_fingerprint()
+        flags = live["cpu_flags"] if live["cpu_model"] == environment.get("cpu_model") else []
+    fp = dict(cpu_flags=sorted(flags), gpu=environment.get("gpu"))
+    if environment.get("cpu_model"):
+        fp["cpu_model"] = environment["cpu_model"]
+    return fp
+
+
+def measurement_machine(m: dict) -> str:
+    """The machine slug (`deploybench.platform.machine_slug`) of a stored measurement row."""
+    from deploybench.platform import machine_slug
+
+    return machine_slug(stored_fingerprint(m.get("environment") or {}))
+
+
+def latest_measurements(ws: Workspace, machine: str | None = None) -> dict[tuple[str, str, int], dict]:
+    """The most recent stored row per (variant id, backend, batch size), of one machine (slug) when given."""
     latest = {}
     for m in ws.measurements():  # ordered by id: later rows replace earlier ones
-        latest[(m["variant_id"], m["backend"], m["batch_size"])] = m
+        if machine is None or measurement_machine(m) == machine:
+            latest[(m["variant_id"], m["backend"], m["batch_size"])] = m
     return latest
 
 
 def compare_rows(ws: Workspace, models: list[str] | None = None, backend: str | None = None,
-                 dataset: str | None = None, include_skipped: bool = True) -> list[dict]:
-    """Rows for `profile compare` (keys: `KEYS`, plus `test_images`, `runs`, `compute_dtype`, `measured_at`).
-    Skipped combinations have `skipped` set to the reason and no metrics; they are never on the front."""
-    latest = latest_measurements(ws)
+                 dataset: str | None = None, include_skipped: bool = True, machine: str | None = None) -> list[dict]:
+    """Rows for `profile compare` (keys: `KEYS`, plus `test_images`, `runs`, `compute_dtype`, `measured_at`),
+    from the measurements of one machine (slug) when `machine` is given. Skipped combinations have `skipped`
+    set to the reason and no metrics; they are never on the front."""
+    latest = latest_measurements(ws, machine)
     variants = {v.id: v for v in ws.variants()}
     rows, by_key = [], {}
     for (vid, be, bs), m in sorted(latest.items(), key=lambda kv: (variants[kv[0][0]].created_at, kv[0][1:])):
@@ -102,9 +138,14 @@ def _against(row: dict, base: dict) -> None:
     row["no_real_speedup"] = bool(cuts and not faster)
 
 
-# -- output ------------------------------------------------------------------------------------------------
+# -- output: every renderer shows the columns of `deploybench.profile.columns` ------------------------------
+def _raw(row: dict) -> dict:
+    """`row` with every column's raw value under its key (derived ones, such as flags, included)."""
+    return dict(row, **{c.key: c.raw(row) for c in COLUMNS if c.derive})
+
+
 def to_json(rows: list[dict]) -> str:
-    return json.dumps(rows, indent=1)
+    return json.dumps([_raw(r) for r in rows], indent=1)
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -112,64 +153,60 @@ def to_csv(rows: list[dict]) -> str:
     keys = [k for k in KEYS if k != "latency_ms_ci95"] + ["latency_ms_ci95_low", "latency_ms_ci95_high"]
     writer = csv.DictWriter(out, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for r in rows:
+    for r in map(_raw, rows):
         ci = r.get("latency_ms_ci95") or [None, None]
-        writer.writerow(dict(r, stages="+".join(r["stages"]), latency_ms_ci95_low=ci[0], latency_ms_ci95_high=ci[1]))
+        writer.writerow(dict(r, stages="+".join(r["stages"]), flags="+".join(r["flags"]),
+                             latency_ms_ci95_low=ci[0], latency_ms_ci95_high=ci[1]))
     return out.getvalue().rstrip("\n")
 
 
-def _fmt_bytes(n) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "-"
+def _name(r: dict) -> str:
+    return f"{r['model']} {r['chain']} [{r['variant'][:8]}]"
 
 
-def _fmt_count(n) -> str:
-    if n is None:
-        return "-"
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
+def _skipped_lines(rows: list[dict]) -> list[str]:
+    return [f"{_name(r)} {r['backend']} batch {r['batch_size']}: {r['skipped']}" for r in rows
+            if r["skipped"] is not None]
 
 
-def _pct(x, signed=False) -> str:
-    return "-" if x is None else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
-
-
-def to_table(rows: list[dict]) -> str:
+def to_table(rows: list[dict], columns: tuple[Column, ...] = COLUMNS) -> str:
     """The side-by-side table, then skipped combinations, then one winner line per objective."""
-    head = ("Model", "Variant", "Backend", "Batch", "Top-1 %", "Params", "MACs", "Size", "p50 ms [95% CI]",
-            "p90 ms", "p99 ms", "Samples/s", "% peak", "Peak mem", "Speed-up", "Δ top-1", "Pareto", "Flags")
-    body = []
-    for r in rows:
-        if r["skipped"] is not None:
-            continue
-        ci = r["latency_ms_ci95"]
-        flags = [f for f, on in (("no real speed-up", r["no_real_speedup"]), ("unstable", not r["stable"])) if on]
-        body.append((r["model"], f"{r['chain']} [{r['variant'][:8]}]", r["backend"], str(r["batch_size"]),
-                     _pct(r["accuracy_top1"]), _fmt_count(r["params"]), _fmt_count(r["macs"]),
-                     _fmt_bytes(r["size_bytes"]), f"{r['latency_ms_p50']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]",
-                     f"{r['latency_ms_p90']:.3f}", f"{r['latency_ms_p99']:.3f}", f"{r['throughput_per_s']:.0f}",
-                     "-" if r["pct_of_peak"] is None else f"{r['pct_of_peak']:.1f}", _fmt_bytes(r["peak_mem_bytes"]),
-                     "-" if r["speedup"] is None else f"{r['speedup']:.2f}x", _pct(r["accuracy_change"], True),
-                     "*" if r["pareto"] else "", ", ".join(flags)))
+    body = [[c.cell(r) for c in columns] for r in rows if r["skipped"] is None]
     if not body:
         lines = ["no measurements (run `profile run` first)"]
     else:
+        head = [c.header for c in columns]
         widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
-    skipped = [r for r in rows if r["skipped"] is not None]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
+                 "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip() for b in body]
+    skipped = _skipped_lines(rows)
     if skipped:
-        lines += ["", "skipped:"]
-        lines += [f"  {r['model']} {r['chain']} [{r['variant'][:8]}] {r['backend']} batch {r['batch_size']}: "
-                  f"{r['skipped']}" for r in skipped]
-    lines += [""] + winners(rows)
+        lines += ["", "skipped:"] + [f"  {line}" for line in skipped]
+    return "\n".join(lines + [""] + winners(rows))
+
+
+def markdown_table(rows: list[dict], columns: tuple[Column, ...] = COLUMNS) -> list[str]:
+    """A GitHub table of the measured rows (numbers aligned right), as lines."""
+    def line(cells):
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    lines = [line(c.header for c in columns), "|" + "|".join(" --- " if c.text else " ---: " for c in columns) + "|"]
+    return lines + [line(c.cell(r) for c in columns) for r in rows if r["skipped"] is None]
+
+
+def to_markdown(rows: list[dict]) -> str:
+    """`to_table` in Markdown: the table, skipped combinations and winners as lists."""
+    if not any(r["skipped"] is None for r in rows):
+        lines = ["No measurements (run `profile run` first)."]
+    else:
+        lines = markdown_table(rows)
+    skipped = _skipped_lines(rows)
+    if skipped:
+        lines += ["", "Skipped:", ""] + [f"- {line}" for line in skipped]
+    won = winners(rows)
+    if won:
+        lines += ["", "Winners:", ""] + [f"- {line}" for line in won]
     return "\n".join(lines)
 
 
@@ -181,28 +218,94 @@ def winners(rows: list[dict]) -> list[str]:
         return []
 
     def name(r):
-        return f"{r['model']} {r['chain']} [{r['variant'][:8]}] on {r['backend']}"
+        return f"{_name(r)} on {r['backend']}"
 
     lines = []
     acc = [r for r in measured if r["accuracy_top1"] is not None]
     if acc:
         best = max(acc, key=lambda r: r["accuracy_top1"])
-        lines.append(f"most accurate: {name(best)}, top-1 {_pct(best['accuracy_top1'])}%")
-    for key, label, fmt in (("size_bytes", "smallest", _fmt_bytes), ("macs", "fewest MACs", _fmt_count)):
+        lines.append(f"most accurate: {name(best)}, top-1 {fmt_fraction_pct(best['accuracy_top1'])}%")
+    for key, label in (("size_bytes", "smallest"), ("macs", "fewest MACs")):
         have = [r for r in measured if r[key] is not None]
         if have:
             best = min(have, key=lambda r: r[key])
-            lines.append(f"{label}: {best['model']} {best['chain']} [{best['variant'][:8]}], {fmt(best[key])}")
+            lines.append(f"{label}: {_name(best)}, {BY_KEY[key].cell(best)}")
     for bs in sorted({r["batch_size"] for r in measured}):
         group = [r for r in measured if r["batch_size"] == bs]
         best = min(group, key=lambda r: r["latency_ms_p50"])
         ties = [r for r in group if r is not best and r["latency_ms_ci95"][0] <= best["latency_ms_ci95"][1]]
         tie = f" (tied within noise with {len(ties)} other{'s' if len(ties) != 1 else ''})" if ties else ""
-        lines.append(f"fastest at batch {bs}: {name(best)}, p50 {best['latency_ms_p50']:.3f} ms{tie}")
+        lines.append(f"fastest at batch {bs}: {name(best)}, p50 {fmt_ms(best['latency_ms_p50'])} ms{tie}")
         best = max(group, key=lambda r: r["throughput_per_s"])
-        lines.append(f"highest throughput at batch {bs}: {name(best)}, {best['throughput_per_s']:.0f} samples/s")
+        lines.append(f"highest throughput at batch {bs}: {name(best)}, "
+                     f"{BY_KEY['throughput_per_s'].cell(best)} samples/s")
     return lines
 
 
 def render(rows: list[dict], fmt: str = "table") -> str:
-    return {"table": to_table, "json": to_json, "csv": to_csv}[fmt](rows)
+    return {"table": to_table, "json": to_json, "csv": to_csv, "markdown": to_markdown}[fmt](rows)
+
+
+# -- results files: docs/results/<machine>.md, one per machine in the store ---------------------------------
+RESULTS_DIR = "docs/results"
+_GROUP_KEYS = ("backend", "batch_size")  # the heading of each table names them
+
+
+def machines(ws: Workspace) -> list[str]:
+    """The machine slugs of every stored measurement, sorted."""
+    return sorted({measurement_machine(m) for m in ws.measurements()})
+
+
+def _values(envs: list[dict], get) -> str:
+    """The distinct values of `get(env)` over `envs`, in order, joined by " / " ("unknown" when none)."""
+    seen = [str(v) for v in dict.fromkeys(get(e) for e in envs) if v not in (None, "", [])]
+    return " / ".join(seen) or "unknown"
+
+
+def _environment_lines(envs: list[dict], fp: dict, command: str) -> list[str]:
+    libraries = sorted({name for e in envs for name in (e.get("libraries") or {})})
+    versions = ", ".join(f"{n} {_values(envs, lambda e, n=n: (e.get('libraries') or {}).get(n))}"
+                         for n in libraries)
+    return [f"- **CPU**: {fp.get('cpu_model', 'unknown')}; kernel flags: {', '.join(fp['cpu_flags']) or 'unknown'}",
+            f"- **Cores**: {_values(envs, lambda e: e.get('physical_cores'))} physical, "
+            f"{_values(envs, lambda e: e.get('cpu_count'))} logical; threads used: "
+            f"{_values(envs, lambda e: e.get('threads'))}",
+            f"- **GPU**: {fp.get('gpu') or 'none'}" + (f" (CUDA {_values(envs, lambda e: e.get('cuda'))})"
+                                                       if fp.get("gpu") else ""),
+            f"- **Python**: {_values(envs, lambda e: e.get('python'))} on {_values(envs, lambda e: e.get('platform'))}",
+            f"- **Libraries**: {versions or 'unknown'}",
+            f"- **Commit**: {_values(envs, lambda e: e.get('commit'))}",
+            f"- **Regenerate**: `{command}` (replaces this file)"]
+
+
+def results_markdown(ws: Workspace, machine: str, command: str = "deploybench profile results") -> str:
+    """The results file of one machine (slug): its environment, then per dataset one table per (backend, batch
+    size) from the columns, skipped combinations and the winner lines. Only that machine's measurements."""
+    latest = latest_measurements(ws, machine)
+    if not latest:
+        raise ValueError(f"no measurements of machine {machine!r} in {ws.root}")
+    envs = [m["environment"] for m in latest.values()]
+    rows = compare_rows(ws, machine=machine)
+    lines = [f"# deploybench results: {machine}", "",
+             *_environment_lines(envs, stored_fingerprint(envs[-1]), command)]
+    columns = tuple(c for c in COLUMNS if c.key not in _GROUP_KEYS)
+    for dataset in sorted({r["dataset"] for r in rows}):
+        here = [r for r in rows if r["dataset"] == dataset]
+        lines += ["", f"## {dataset}"]
+        for backend, bs in sorted({(r["backend"], r["batch_size"]) for r in here if r["skipped"] is None}):
+            group = [r for r in here if r["backend"] == backend and r["batch_size"] == bs]
+            lines += ["", f"### {backend}, batch {bs}", "", *markdown_table(group, columns)]
+        skipped = _skipped_lines(here)
+        if skipped:
+            lines += ["", "Skipped:", ""] + [f"- {line}" for line in skipped]
+        won = winners(here)
+        if won:
+            lines += ["", "Winners:", ""] + [f"- {line}" for line in won]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(ws: Workspace, out_dir: str | Path = RESULTS_DIR,
+                  command: str = "deploybench profile results") -> list[Path]:
+    """Write `out_dir/<machine>.md` (atomically, replacing it) for every machine in the store; returns the paths."""
+    return [atomic_write_text(Path(out_dir) / f"{slug}.md", results_markdown(ws, slug, command))
+            for slug in machines(ws)]

@@ -8,14 +8,52 @@ from pathlib import Path
 
 import jinja2
 
+from deploybench.profile.columns import (
+    BY_KEY,
+    COLUMNS,
+    FLAG_NO_SPEEDUP,
+    FLAG_PARETO,
+    FLAG_UNSTABLE,
+    fmt_bytes,
+    fmt_count,
+    fmt_fraction_pct,
+)
 from deploybench.profile.compare import compare_rows
-from deploybench.profile.pareto import ACCURACY, LATENCY, MACS, SIZE, mark_pareto
+from deploybench.profile.pareto import ACCURACY, MACS, SIZE, mark_pareto
 from deploybench.report.plots import pareto_svg
 from deploybench.store import Variant, Workspace, atomic_write_text
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("deploybench.report", "templates"),
                           autoescape=jinja2.select_autoescape(default=True, default_for_string=True))
+# The shown text of a value comes from the columns (`deploybench.profile.columns`), never from the template.
+_ENV.filters.update(column=lambda value, key: BY_KEY[key].fmt(value), fraction_pct=fmt_fraction_pct,
+                    bytes=fmt_bytes, count=fmt_count)
 THRESHOLDS_POINTS = (0.5, 1.0, 2.0)
+_FLAG_CLASSES = {FLAG_PARETO: "t-front", FLAG_NO_SPEEDUP: "t-nospeed", FLAG_UNSTABLE: "t-unstable"}
+
+
+def _sort_value(value) -> float | None:
+    """The number a cell sorts by in the browser (an interval by its low end); None for text and missing."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value and isinstance(value[0], (int, float)) else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def variant_table(rows: list[dict]) -> dict:
+    """The variants table from `COLUMNS`: headers (with which way is better) and, per row, its CSS classes and
+    cells (shown text, sort number, flags as tags)."""
+    body = []
+    for r in rows:
+        classes = " ".join(c for c, on in (("front", r["pareto"]), ("nospeed", r["no_real_speedup"]),
+                                           ("unstable", not r["stable"])) if on)
+        cells = [dict(text=c.cell(r), sort=_sort_value(c.raw(r)),
+                      cls=" ".join(n for n, on in (("l", c.text), ("lat", c.key.startswith("latency_ms"))) if on),
+                      tags=[(f, _FLAG_CLASSES[f]) for f in c.raw(r)] if c.key == "flags" else None)
+                 for c in COLUMNS]
+        body.append(dict(classes=classes, cells=cells))
+    heads = [dict(text=c.header, left=c.text, title=None if c.higher_is_better is None else
+                  f"{'higher' if c.higher_is_better else 'lower'} is better") for c in COLUMNS]
+    return dict(heads=heads, rows=body)
 
 
 def _label(row: dict) -> str:
@@ -135,6 +173,7 @@ def build_report(ws: Workspace, out: str | Path = "reports/index.html") -> Path:
                     dict(title="accuracy vs MACs", svg=pareto_svg(pts, "macs", "MACs per image",
                                                                   "accuracy vs MACs", "pareto_macs"))]
     html = _ENV.get_template("report.html.j2").render(
-        rows=rows, latency_plots=latency_plots, static_plots=static_plots, recommendations=recommendations(rows),
-        models=_model_sections(ws), provenance=_provenance(ws, rows), workspace=str(ws.root))
+        rows=rows, table=variant_table(rows), latency_plots=latency_plots, static_plots=static_plots,
+        recommendations=recommendations(rows), models=_model_sections(ws), provenance=_provenance(ws, rows),
+        workspace=str(ws.root))
     return atomic_write_text(out, html)
