@@ -11,8 +11,9 @@ import torch
 
 
 def main() -> None:
-    from deploybench.optimize.base import predict, runnable, stage_data
-    from deploybench.optimize.formats import ExportedModule
+    from deploybench.artifacts.formats import ExportedModule
+    from deploybench.artifacts.runnable import runnable
+    from deploybench.optimize.base import predict, stage_data
     from deploybench.optimize.quantize import _dynamic_pt2e_program
     from deploybench.store import Workspace
 

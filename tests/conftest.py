@@ -113,7 +113,7 @@ def trained_workspace(_trained_lenet_workspace, tmp_path, tiny_fashion_mnist):
 
 def make_onnx_variant(ws, parent, *, dynamic_batch=True, stage="export"):
     """Export `parent` to ONNX (model.onnx) as a child variant of format "onnx"."""
-    from deploybench.optimize import formats
+    from deploybench.artifacts import formats
     from deploybench.optimize.base import model_keys
     from deploybench.profile.static import input_shape, root_config
 

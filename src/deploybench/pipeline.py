@@ -10,8 +10,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from deploybench.data import canonical_dataset
 from deploybench.errors import WORKSPACE_ERRNOS, failure_line, traceback_tail
+from deploybench.optimize.pipeline import optimize_all
+from deploybench.profile.runner import profile_variants
+from deploybench.report import build_report
 from deploybench.store import Workspace
+from deploybench.train.engine import TrainingInterrupted
+from deploybench.train.recipes import default_recipe
+from deploybench.train.run import train_model
 
 
 def run_pipeline(ws: Workspace, dataset: str, models: list[str], *, data_dir: str | Path = "data",
@@ -23,14 +30,6 @@ def run_pipeline(ws: Workspace, dataset: str, models: list[str], *, data_dir: st
     go on; the report covers what succeeded. A SIGTERM during training (checkpointed; the next pipeline
     resumes it) and a full or read-only workspace stop the run.
     """
-    from deploybench.data import canonical_dataset
-    from deploybench.optimize.pipeline import optimize_all
-    from deploybench.profile.runner import profile_variants
-    from deploybench.report import build_report
-    from deploybench.train.engine import TrainingInterrupted
-    from deploybench.train.recipes import default_recipe
-    from deploybench.train.run import train_model
-
     dataset = canonical_dataset(dataset)
     phases = ["train", "optimize", "profile"]
     bar = tqdm(total=len(models) * len(phases) + 1, desc="pipeline", unit="step", dynamic_ncols=True)

@@ -289,7 +289,7 @@ def test_wrong_input_shape_names_both_shapes(onnx_workspace, backend, shape, det
 
 def test_wrong_input_shape_for_an_onnx_session(onnx_workspace):
     from deploybench.errors import UserError
-    from deploybench.optimize.base import runnable
+    from deploybench.artifacts.runnable import runnable
 
     _, _, onnx_variant, _ = onnx_workspace
     with pytest.raises(UserError, match=r"expected an input of shape \(batch, 1, 28, 28\), got \(2, 3, 28, 28\)"):

@@ -10,7 +10,8 @@ import torch
 _RELOAD = """
 import json, sys, numpy as np
 from deploybench.store import Workspace
-from deploybench.optimize.base import predict, runnable, stage_data, predictions_digest
+from deploybench.artifacts.runnable import runnable
+from deploybench.optimize.base import predict, predictions_digest, stage_data
 ws_root, data_dir, out, ids = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 ws = Workspace(ws_root, create=False)
 digests = {}
@@ -28,7 +29,8 @@ def reload_fresh(tmp_path):
     """reload_fresh(ws, variants, data_dir): assert each reloads in a new process with the recorded predictions
     and the same logits as an in-process reload."""
     def check(ws, variants, data_dir):
-        from deploybench.optimize.base import predict, runnable, stage_data
+        from deploybench.artifacts.runnable import runnable
+        from deploybench.optimize.base import predict, stage_data
 
         out = tmp_path / "logits"
         out.mkdir(exist_ok=True)
@@ -55,7 +57,7 @@ def _random_root(ws, arch, data_dir, dataset="fashion-mnist"):
     """A 'train' variant of `arch` with seeded random weights (no training): a fast root for the chains."""
     from deploybench.data import dataset_info
     from deploybench.models import count_params
-    from deploybench.train.run import build_model, model_config
+    from deploybench.models.identity import build_model, model_config
 
     info = dataset_info(dataset, data_dir)
     config = dict(model_config(arch, info), dataset=dataset, recipe=dict(

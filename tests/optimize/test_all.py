@@ -71,7 +71,7 @@ def test_a_failing_chain_does_not_stop_the_others(trained_workspace, monkeypatch
 
 @pytest.mark.parametrize("native", [True, False])
 def test_all_leaves_emulated_bf16_out(monkeypatch, native):
-    import deploybench.profile.env as env
+    import deploybench.platform.env as env
 
     monkeypatch.setattr(env, "cpu_flags", lambda: frozenset({"avx2"} | ({"avx512_bf16"} if native else set())))
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)

@@ -91,7 +91,7 @@ def test_an_interrupted_finetuning_resumes_after_its_last_epoch_with_the_weights
 
     from deploybench.optimize import prune
     from deploybench.optimize.base import get_stage
-    from deploybench.optimize.formats import load_module
+    from deploybench.artifacts.formats import load_module
     from deploybench.store import Workspace
 
     ws, trained, data_dir = trained_workspace
@@ -139,7 +139,7 @@ def test_a_checkpoint_of_other_shapes_is_set_aside_and_the_finetuning_starts_fro
 
     from deploybench.optimize import prune
     from deploybench.optimize.base import get_stage
-    from deploybench.optimize.formats import load_module
+    from deploybench.artifacts.formats import load_module
     from deploybench.store import Workspace
 
     ws, trained, data_dir = trained_workspace

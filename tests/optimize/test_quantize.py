@@ -84,7 +84,7 @@ def test_an_exported_program_is_loaded_onto_the_device_with_the_devices_in_its_g
     # `.to('cuda')` on the program's module moved the weights only, and torchao's dynamic int8 program then
     # failed on torch-cuda with "Tensor device mismatch! Expected: cpu, Got: cuda:0" (an H200, 2026-11-27).
     # `meta` stands in for the GPU here: the graph and the weights must both be on it.
-    from deploybench.optimize.formats import load_module
+    from deploybench.artifacts.formats import load_module
     from deploybench.optimize.quantize import QuantizeStage
     from deploybench.store import Workspace
 
@@ -105,7 +105,7 @@ def test_a_program_asserts_the_indexed_device_its_inputs_arrive_on(monkeypatch):
     # torch.compile's fake tensors compare exactly, so torch-compile-cuda failed on every exported program.
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from deploybench.optimize.formats import indexed_device
+    from deploybench.artifacts.formats import indexed_device
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert indexed_device("cuda") == torch.device("cuda", 0)

@@ -6,7 +6,7 @@ import torch
 
 from deploybench.errors import UserError
 from deploybench.optimize.base import eval_device, get_stage, list_stages
-from deploybench.optimize.formats import load_module
+from deploybench.artifacts.formats import load_module
 from deploybench.optimize.quantize import METHODS
 from deploybench.train.engine import CUDA_LOADER_WORKERS
 
@@ -133,7 +133,7 @@ def test_quantize_methods(made, method, fmt, stages):
 def test_int8_ort_reduce_range_defaults_to_the_cpu_and_is_part_of_the_id(made):
     """7-bit weights exactly where the CPU lacks VNNI (8-bit saturates there: custom lost 1.93 points); the
     resolved value is in the config, so forcing the other one makes another variant."""
-    from deploybench.profile.env import has_int8_dot_product
+    from deploybench.platform.env import has_int8_dot_product
 
     ws, trained, data_dir, out = made
     v = out["int8-ort"]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from deploybench.optimize import formats
+from deploybench.artifacts import formats
 from deploybench.profile.backends import available_backends, backend_names, get_backend
 from deploybench.profile.backends.base import BackendSkip
 from deploybench.profile.static import input_shape, root_config

@@ -3,7 +3,8 @@ through their torch ancestor."""
 import torch
 import torchvision
 
-from deploybench.profile.static import count_macs, static_metrics
+from deploybench.models.macs import count_macs
+from deploybench.profile.static import static_metrics
 
 
 def test_resnet18_macs_match_the_published_1_82_g():

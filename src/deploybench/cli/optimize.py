@@ -4,11 +4,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deploybench.cli.common import (add_checkpoint_option, add_common, checkpoint_variant, dataset_arg,
-                                     open_workspace, run)
+from deploybench.cli.common import (
+    add_checkpoint_option,
+    add_common,
+    checkpoint_variant,
+    dataset_arg,
+    open_workspace,
+    run,
+)
+from deploybench.optimize.choices import CALIB_METHODS, PRUNE_IMPORTANCES, QUANT_METHODS
 
-QUANT_METHODS = ["int8-pt2e", "int8-ort", "dynamic", "dynamic-pt2e", "qat", "fp16", "bf16"]  # quantize.METHODS
-IMPORTANCES = ["magnitude", "taylor", "bn-scale", "lamp"]
 
 
 def _target(p: argparse.ArgumentParser) -> None:
@@ -26,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="int8 / reduced-precision variant")
     _target(q)
-    q.add_argument("--method", choices=QUANT_METHODS, default="int8-pt2e", help="default: int8-pt2e")
+    q.add_argument("--method", choices=list(QUANT_METHODS), default="int8-pt2e", help="default: int8-pt2e")
     q.add_argument("--calib-size", type=int, help="training images to calibrate on (default 512)")
-    q.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], help="int8-ort (default minmax)")
+    q.add_argument("--calib-method", choices=CALIB_METHODS, help="int8-ort (default minmax)")
     q.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
                    help="int8-ort: 7-bit weights (default: on for CPUs without VNNI, where 8-bit saturates)")
     q.add_argument("--qat-epochs", type=int, help="qat: training epochs (default 1)")
@@ -36,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="structured channel pruning + fine-tuning")
     _target(pr)
     pr.add_argument("--ratio", type=float, required=True, help="share of channels removed, e.g. 0.5")
-    pr.add_argument("--importance", choices=IMPORTANCES, help="default: magnitude (group L2)")
+    pr.add_argument("--importance", choices=PRUNE_IMPORTANCES, help="default: magnitude (group L2)")
     pr.add_argument("--global", dest="global_pruning", action="store_const", const=True,
                     help="rank channels across all layers (default: the same ratio per layer)")
     pr.add_argument("--iterative-steps", type=int, help="prune in K steps (default 1)")

@@ -1,6 +1,15 @@
 """The data layer: datasets, splits, transform presets and calibration subsets."""
-from deploybench.data.datasets import (DATASET_NAMES, DatasetInfo, Splits, calibration_subset, canonical_dataset,
-                                       data_digest, data_keys, dataset_info, load_splits)
+from deploybench.data.datasets import (
+                                       DATASET_NAMES,
+                                       DatasetInfo,
+                                       Splits,
+                                       calibration_subset,
+                                       canonical_dataset,
+                                       data_digest,
+                                       data_keys,
+                                       dataset_info,
+                                       load_splits,
+)
 from deploybench.data.fashion_mnist import DEBIAN_DIR, prepare_fashion_mnist
 from deploybench.data.presets import eval_transform, train_transform
 

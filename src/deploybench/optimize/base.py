@@ -8,7 +8,8 @@ that produced it. A stage that raises leaves neither folder nor row behind.
 from __future__ import annotations
 
 import functools
-import logging
+import hashlib
+import importlib
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -19,8 +20,14 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from deploybench.errors import UserError, check_input_shape, unknown_choice
-from deploybench.optimize.formats import EAGER_FORMATS, ONNX_FORMATS, load_module, onnx_path
+from deploybench.artifacts.formats import EAGER_FORMATS, load_module, torch_formats
+from deploybench.artifacts.runnable import runnable
+from deploybench.data import calibration_subset, data_keys, load_splits
+from deploybench.errors import UserError, unknown_choice
+from deploybench.models import count_params, get_model_info
+from deploybench.models.identity import code_changed
+from deploybench.models.macs import count_macs
+from deploybench.platform import package_version
 from deploybench.store import Variant, Workspace
 from deploybench.train.engine import evaluate
 
@@ -42,14 +49,8 @@ def register_stage(cls: type["Stage"]) -> type["Stage"]:
 
 
 def _ensure_loaded() -> None:
-    import importlib
-
     for mod in ("export", "prune", "quantize"):  # importing a stage module registers it
-        try:
-            importlib.import_module(f"deploybench.optimize.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"deploybench.optimize.{mod}":
-                raise
+        importlib.import_module(f"deploybench.optimize.{mod}")
 
 
 def list_stages() -> list[str]:
@@ -77,8 +78,6 @@ class StageData:
         return self.splits.info
 
     def calibration(self, n: int, seed: int = 0):
-        from deploybench.data import calibration_subset
-
         return calibration_subset(self.splits, n, seed)
 
     def example(self, batch: int = 2) -> torch.Tensor:
@@ -88,8 +87,6 @@ class StageData:
 
 @functools.lru_cache(maxsize=4)
 def _stage_data(dataset: str, data_dir: str, transfer: bool) -> StageData:
-    from deploybench.data import load_splits
-
     splits = load_splits(dataset, data_dir, augment=False, transfer=transfer)
     return StageData(splits, DataLoader(splits.test, batch_size=256))
 
@@ -99,32 +96,6 @@ def stage_data(variant: Variant, data_dir) -> StageData:
 
 
 # -- running any variant ---------------------------------------------------------------------------------------
-class OrtModule(nn.Module):
-    """An ONNX file run by ONNX Runtime (CPU) behind the nn.Module call interface, for evaluation."""
-
-    def __init__(self, path: Path):
-        super().__init__()
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        inp = self.session.get_inputs()[0]
-        self.input_name, self.path = inp.name, path
-        self.input_chw = tuple(inp.shape[1:]) if all(isinstance(d, int) for d in inp.shape[1:]) else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_chw is not None and len(self.input_chw) == 3:
-            check_input_shape(x.shape, self.input_chw, f"ONNX session {self.path}")
-        out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})[0]
-        return torch.from_numpy(out)
-
-
-def runnable(variant: Variant) -> nn.Module:
-    """Any variant as something callable on a float32 batch: torch formats directly, ONNX through ORT."""
-    if variant.format in ONNX_FORMATS:
-        return OrtModule(onnx_path(variant))
-    return load_module(variant)
-
-
 class _Recorder(nn.Module):
     """Keeps every output of the wrapped model, so one `evaluate` pass also yields the logits."""
 
@@ -168,30 +139,14 @@ def variant_logits(variant: Variant, data: StageData, data_dir) -> torch.Tensor:
 
 # -- recorded facts --------------------------------------------------------------------------------------------
 def library_versions() -> dict:
-    from deploybench.profile.env import package_version
-
     out = {lib: package_version(lib) for lib in _LIBRARIES}
     out["torch"] = torch.__version__  # with its build tag (+cpu, +cu130): which wheel made the variant
     return out
 
 
-def count_macs(model: nn.Module, example: torch.Tensor) -> int | None:
-    """MACs of one image through an eager fp32 module (fvcore counts one multiply-add as one flop)."""
-    try:
-        from fvcore.nn import FlopCountAnalysis
-    except ImportError:
-        return None
-    logging.getLogger("fvcore").setLevel(logging.ERROR)
-    try:
-        fca = FlopCountAnalysis(model.eval(), (example[:1],))
-        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return int(fca.total())
-    except Exception:  # fvcore traces with torch.jit: some graphs (exported, quantized) it cannot count
-        return None
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def macs_of(model: nn.Module, example: torch.Tensor) -> int:
+    """MACs of one image of `example`'s shape through an eager fp32 module (`models.macs.count_macs`)."""
+    return count_macs(model, tuple(example.shape[1:]))["macs"]
 
 
 def model_keys(parent: Variant) -> dict:
@@ -232,8 +187,6 @@ class Stage:
     def variant_config(self, parent: Variant, data_dir, **extra) -> dict:
         """The child's config: the parent's model keys, this stage's options, the data it is made and evaluated
         with (`data_keys`) and `extra`."""
-        from deploybench.data import data_keys
-
         return dict(model_keys(parent), **self.config.to_dict(), **data_keys(parent.dataset, data_dir), **extra)
 
     def make_variant(self, ws: Workspace, parent: Variant, data_dir, *, fmt: str,
@@ -258,6 +211,9 @@ class Stage:
             agree = float((logits.argmax(1) == parent_logits.argmax(1)).float().mean())
             facts = parent_facts(parent, data)
             metrics = {k: facts[k] for k in inherit if k in facts}
+            # The arithmetic's dtype passes down the lineage (an export of an fp32 model is fp32) unless the
+            # stage changes it (quantize records its method's `compute_dtype`).
+            metrics["compute_dtype"] = parent.metrics.get("compute_dtype", "float32")
             metrics.update(extra)
             metrics.update(accuracy_top1=result.top1, accuracy_top5=result.top5, test_loss=result.loss,
                            test_images=len(logits), agreement_top1=agree,
@@ -279,20 +235,16 @@ def parent_facts(variant: Variant, data: StageData) -> dict:
     facts = {k: variant.metrics.get(k) for k in ("params", "macs")}
     if facts["macs"] is None and variant.format in EAGER_FORMATS:
         module = load_module(variant)
-        facts = dict(params=count_params(module), macs=count_macs(module, data.example()))
+        facts = dict(params=count_params(module), macs=macs_of(module, data.example()))
     return facts
 
 
 def predictions_digest(logits: torch.Tensor) -> str:
     """A hash of the top-1 predictions over the test split (compared after a reload in a fresh process)."""
-    import hashlib
-
     return hashlib.sha256(logits.argmax(1).to(torch.int64).numpy().tobytes()).hexdigest()[:16]
 
 
 def require_torch_parent(parent: Variant, stage: str) -> None:
-    from deploybench.optimize.formats import torch_formats
-
     if parent.format not in torch_formats():
         raise UserError(f"{stage} needs a PyTorch variant; {parent.id} is {parent.format} "
                         f"(choose a trained or pruned variant with --variant)")
@@ -304,10 +256,6 @@ def resolve_parent(ws: Workspace, model: str, dataset: str | None, variant_id: s
 
     Without `dataset`, the one dataset `model` was trained on is used; none or several is a UserError.
     """
-    from deploybench.data import data_keys
-    from deploybench.models import get_model_info
-    from deploybench.train.run import code_changed
-
     get_model_info(model)  # an unknown name lists the valid ones
     if variant_id:
         v = ws.get_variant(variant_id)

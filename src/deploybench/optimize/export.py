@@ -14,10 +14,18 @@ from pathlib import Path
 
 import torch
 
+from deploybench.artifacts.formats import ONNX_FORMATS, load_module
+from deploybench.artifacts.runnable import OrtModule
 from deploybench.errors import UserError
-from deploybench.optimize.base import (OrtModule, Stage, StageConfig, predict, register_stage, require_torch_parent,
-                                       stage_data, variant_logits)
-from deploybench.optimize.formats import load_module
+from deploybench.optimize.base import (
+    Stage,
+    StageConfig,
+    predict,
+    register_stage,
+    require_torch_parent,
+    stage_data,
+    variant_logits,
+)
 from deploybench.store import Variant, Workspace
 
 MIN_AGREEMENT = 0.995  # top-1 agreement with the PyTorch parent below which an export is refused
@@ -112,8 +120,6 @@ class ExportStage(Stage):
 
 def ensure_onnx(ws: Workspace, variant: Variant, data_dir, opset: int = 18) -> Variant:
     """`variant` itself when it is ONNX, else its export (made or found)."""
-    from deploybench.optimize.formats import ONNX_FORMATS
-
     if variant.format in ONNX_FORMATS:
         return variant
     return ExportStage(opset=opset).run(ws, variant, data_dir)

@@ -14,6 +14,7 @@ from deploybench.errors import failure_line, traceback_tail
 from deploybench.optimize.base import Stage
 from deploybench.optimize.export import ExportStage
 from deploybench.optimize.prune import PruneStage
+from deploybench.optimize.choices import QUANT_METHODS
 from deploybench.optimize.quantize import METHODS, QuantizeStage
 from deploybench.store import Variant, Workspace
 
@@ -46,6 +47,17 @@ def _qat_needed(done: dict[str, Variant]) -> str | None:
     return None
 
 
+def _quant_skip(name: str, force_qat: bool) -> Callable[[dict[str, Variant]], str | None]:
+    """Why `optimize all` skips method `name` given what it made so far: what the machine says of the method,
+    and for QAT, whether int8-pt2e lost enough accuracy to need it."""
+    def skip(done: dict[str, Variant]) -> str | None:
+        if why := METHODS[name].left_out_of_all():
+            return why
+        return _qat_needed(done) if name == "qat" and not force_qat else None
+
+    return skip
+
+
 def default_chains(*, ratio: float = 0.5, finetune_epochs: int = 2, distill: bool = True, calib_size: int = 512,
                    qat_epochs: int = 1, force_qat: bool = False) -> list[Chain]:
     """The chains `optimize all` runs."""
@@ -56,10 +68,9 @@ def default_chains(*, ratio: float = 0.5, finetune_epochs: int = 2, distill: boo
         return QuantizeStage(method=method, calib_size=calib_size, qat_epochs=qat_epochs)
 
     chains = [Chain("export", [export])]
-    for method in ("int8-pt2e", "int8-ort", "dynamic", "dynamic-pt2e", "bf16", "fp16"):
-        chains.append(Chain(f"quantize:{method}", [quant(method)],
-                            skip=lambda done, m=METHODS[method]: m.left_out_of_all()))
-    chains.append(Chain("quantize:qat", [quant("qat")], skip=(lambda done: None) if force_qat else _qat_needed))
+    for spec in QUANT_METHODS.values():
+        if spec.in_all:
+            chains.append(Chain(f"quantize:{spec.name}", [quant(spec.name)], skip=_quant_skip(spec.name, force_qat)))
     chains += [Chain("prune", [prune]),
                Chain("prune→int8-pt2e", [prune, quant("int8-pt2e")]),
                Chain("prune→export", [prune, export]),

@@ -28,16 +28,27 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from deploybench.artifacts.checkpoint import load_checkpoint, save_checkpoint
+from deploybench.artifacts.formats import EAGER_FORMATS, load_module, shaped_state
+from deploybench.data import load_splits
 from deploybench.errors import UserError, unknown_choice
-from deploybench.models.checkpoint import load_checkpoint, save_checkpoint
-from deploybench.optimize.base import (Stage, StageConfig, StageData, count_macs, count_params, register_stage,
-                                       stage_data)
-from deploybench.optimize.formats import EAGER_FORMATS, load_module, shaped_state
+from deploybench.models.vit import Attention, VisionTransformer
+from deploybench.optimize.choices import PRUNE_IMPORTANCES
+from deploybench.optimize.base import Stage, StageConfig, StageData, count_params, macs_of, register_stage, stage_data
 from deploybench.store import Variant, Workspace
-from deploybench.train.engine import (EpochBatchSampler, default_workers, device_keys, make_optimizer, make_scheduler,
-                                      restore_run_state, run_state, train_loader, train_one_epoch)
+from deploybench.train.engine import (
+    EpochBatchSampler,
+    default_workers,
+    device_keys,
+    make_optimizer,
+    make_scheduler,
+    restore_run_state,
+    run_state,
+    train_loader,
+    train_one_epoch,
+)
+from deploybench.train.recipes import Recipe, default_recipe
 
-IMPORTANCES = ("magnitude", "taylor", "bn-scale", "lamp")
 TEMPERATURE = 4.0
 
 
@@ -65,7 +76,7 @@ def _importance(name: str):
         return tp.importance.BNScaleImportance()
     if name == "lamp":
         return tp.importance.LAMPImportance(p=2)
-    raise unknown_choice("importance", name, IMPORTANCES)
+    raise unknown_choice("importance", name, PRUNE_IMPORTANCES)
 
 
 def _classifier(model: nn.Module) -> nn.Module:
@@ -99,8 +110,6 @@ def _follow_head_schedule(pruner, attentions: list, ratio: float, steps: int) ->
 def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Module:
     """Prune `model` in place with torch-pruning's BasePruner; returns it."""
     import torch_pruning as tp
-
-    from deploybench.models.vit import Attention, VisionTransformer
 
     example = data.example(2)
     attentions = [m for m in model.modules() if isinstance(m, Attention)]
@@ -183,17 +192,14 @@ class PruneStage(Stage):
         c = self.config
         if not 0.0 < c.ratio < 1.0:
             raise UserError(f"--ratio must be between 0 and 1 (exclusive), got {c.ratio}")
-        if c.importance not in IMPORTANCES:
-            raise unknown_choice("importance", c.importance, IMPORTANCES)
+        if c.importance not in PRUNE_IMPORTANCES:
+            raise unknown_choice("importance", c.importance, PRUNE_IMPORTANCES)
         if c.iterative_steps < 1 or c.finetune_epochs < 0:
             raise UserError("--iterative-steps must be >= 1 and --finetune-epochs >= 0")
         if c.finetune_lr is not None and not c.finetune_lr > 0:
             raise UserError(f"--finetune-lr must be above 0, got {c.finetune_lr}")
 
     def run(self, ws: Workspace, parent: Variant, data_dir) -> Variant:
-        from deploybench.data import load_splits
-        from deploybench.train.recipes import Recipe, default_recipe
-
         if parent.format not in EAGER_FORMATS:
             raise UserError(f"prune needs an fp32 PyTorch variant (trained or pruned); {parent.id} is {parent.format}")
         cfg = self.config
@@ -215,9 +221,9 @@ class PruneStage(Stage):
             teacher = load_module(parent)
             model = load_module(parent)
             example = data.example(2)
-            before = dict(params=count_params(model), macs=count_macs(model, example))
+            before = dict(params=count_params(model), macs=macs_of(model, example))
             prune_model(model, data, cfg)
-            after = dict(params=count_params(model), macs=count_macs(model, example))
+            after = dict(params=count_params(model), macs=macs_of(model, example))
             history = []
             if cfg.finetune_epochs:
                 train = load_splits(parent.dataset, data_dir, augment=recipe.augment, cutout=recipe.cutout,

@@ -17,12 +17,15 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from deploybench.artifacts.formats import EAGER_FORMATS, load_module, onnx_path, shaped_state
 from deploybench.errors import UserError, unknown_choice
+from deploybench.optimize.choices import CALIB_METHODS, QUANT_METHODS
 from deploybench.optimize.base import Stage, StageConfig, StageData, register_stage, stage_data
-from deploybench.optimize.formats import EAGER_FORMATS, load_module, onnx_path, shaped_state
+from deploybench.optimize.export import ensure_onnx
+from deploybench.platform.env import has_int8_dot_product, has_native_bf16
+from deploybench.profile.latency import Protocol, time_runs
 from deploybench.store import Variant, Workspace
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass(frozen=True)
@@ -38,14 +41,17 @@ class QuantizeConfig(StageConfig):
 
 @dataclass(frozen=True)
 class Method:
-    name: str
+    """A method of `choices.QUANT_METHODS` with its implementation and what this machine says of it."""
+
+    spec: QuantMethod
     fn: Callable
-    fmt: str
-    options: tuple[str, ...] = ()                 # QuantizeConfig fields this method uses
-    onnx_parent: bool = False                     # works on an ONNX file (the parent is exported first)
     unavailable: Callable[[], str | None] = lambda: None  # why this machine cannot run it, or None
     # Why `optimize all` leaves it out on this machine although it can run (it would only be slower), or None.
     not_worth_it: Callable[[], str | None] = lambda: None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     def left_out_of_all(self) -> str | None:
         """Why `optimize all` skips this method here, or None."""
@@ -59,20 +65,14 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def method(name: str, fmt: str, options=(), onnx_parent=False, unavailable=lambda: None,
-           not_worth_it=lambda: None):
+def method(name: str, **machine_facts):
+    """Implement `QUANT_METHODS[name]` by the decorated `fn(stage, parent module or file, data, tmp_dir)`."""
+
     def wrap(fn):
-        METHODS[name] = Method(name, fn, fmt, tuple(options), onnx_parent, unavailable, not_worth_it)
+        METHODS[name] = Method(QUANT_METHODS[name], fn, **machine_facts)
         return fn
 
     return wrap
-
-
-def method_unavailable(name: str) -> str | None:
-    """Why `name` cannot run here (e.g. fp16 without CUDA), or None."""
-    if name not in METHODS:
-        raise unknown_choice("quantization method", name, METHODS)
-    return METHODS[name].unavailable()
 
 
 def _calibration_batches(data: StageData, cfg: QuantizeConfig, batch_size: int = 64):
@@ -177,7 +177,9 @@ def _export_for_pt2e(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphM
 def _x86_quantizer(is_qat: bool = False, dynamic: bool = False):
     """X86InductorQuantizer: static int8 of every supported layer, or (`dynamic`) dynamic int8 of nn.Linear only."""
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
 
     quantizer = X86InductorQuantizer()
     if dynamic:
@@ -186,7 +188,7 @@ def _x86_quantizer(is_qat: bool = False, dynamic: bool = False):
     return quantizer.set_global(get_default_x86_inductor_quantization_config(is_qat=is_qat))
 
 
-@method("int8-pt2e", "torch-export-int8", options=("calib_size", "seed"))
+@method("int8-pt2e")
 def _int8_pt2e(stage, model: nn.Module, data: StageData, d: Path) -> dict:
     """Static int8 (per-channel weights, per-tensor activations) for the x86 Inductor backend."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -205,7 +207,7 @@ def _int8_pt2e(stage, model: nn.Module, data: StageData, d: Path) -> dict:
     return dict(calibration_images=images, quantizer="X86InductorQuantizer")
 
 
-@method("qat", "torch-export-int8", options=("qat_epochs", "qat_lr", "seed"))
+@method("qat")
 def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
     """PT2E quantization-aware training from the parent's weights (fake-quant in the loop), then int8."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
@@ -238,17 +240,22 @@ def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
 
 
 # -- ONNX Runtime static QDQ int8 -----------------------------------------------------------------------------------
-@method("int8-ort", "onnx-int8", options=("calib_size", "calib_method", "reduce_range", "seed"), onnx_parent=True)
+@method("int8-ort")
 def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
     """S8S8 QDQ, per-channel weights, after `quant_pre_process` (shape inference + basic optimizations).
 
     On x86 CPUs without VNNI, ONNX Runtime runs int8 convolutions and GEMMs with VPMADDUBSW, which adds pairs of
     8-bit products into 16 bits and saturates when weights use the full int8 range; `reduce_range` (7-bit
     weights) avoids that, which is why it defaults to on exactly there (ONNX Runtime's own advice)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
     import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     cfg = stage.config
     input_name = ort.InferenceSession(str(parent_onnx), providers=["CPUExecutionProvider"]).get_inputs()[0].name
@@ -293,8 +300,6 @@ def int_mm_times(runs: int = 5) -> tuple[float, float]:
     """Median ms of one `torch._int_mm` product of `INT_MM_SHAPE` and of the same product in fp32, on this CPU
     (one warm-up call each, then `runs` timed calls): what `_int_mm_slow` decides on, and what
     `benchmarks/probe_dynamic_int8.py` prints."""
-    from deploybench.profile.latency import Protocol, time_runs
-
     m, k, n = INT_MM_SHAPE
     g = torch.Generator().manual_seed(0)
     a8 = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
@@ -329,7 +334,7 @@ def _int_mm_slow() -> str | None:
             f"would only be slower; dynamic-pt2e is the CPU form")
 
 
-@method("dynamic", "torch-export", not_worth_it=_int_mm_slow)
+@method("dynamic", not_worth_it=_int_mm_slow)
 def _dynamic(stage, model: nn.Module, data: StageData, d: Path) -> dict:
     """int8 weights, activations quantized per token at run time, on every nn.Linear (torchao `quantize_`); its
     int8 products run `torch._int_mm`, the CUDA form (see `_int_mm_slow`)."""
@@ -342,7 +347,7 @@ def _dynamic(stage, model: nn.Module, data: StageData, d: Path) -> dict:
     return dict(facts, note=facts["note"] or _int_mm_slow())  # made anyway where `optimize all` leaves it out
 
 
-@method("dynamic-pt2e", "torch-export-int8")
+@method("dynamic-pt2e")
 def _dynamic_pt2e(stage, model: nn.Module, data: StageData, d: Path) -> dict:
     """int8 weights (per channel), activations quantized per tensor at run time, on every nn.Linear, for the x86
     Inductor backend (PT2E, X86InductorQuantizer with `is_dynamic`), which compiles them to oneDNN int8 linears:
@@ -376,8 +381,6 @@ def _no_cuda() -> str | None:
 def _bf16_emulated() -> str | None:
     """Why bf16 is not worth making here: without a GPU or native bf16 (AVX512-BF16, AMX) torch emulates it,
     slower than fp32 (`custom`'s bf16 stage ran 553 s on an AVX2 CPU, int8-pt2e's 56 s)."""
-    from deploybench.profile.env import has_native_bf16
-
     if torch.cuda.is_available() or has_native_bf16():
         return None
     return ("this CPU has no native bf16 (AVX512-BF16 or AMX) and there is no GPU: bf16 is emulated, slower "
@@ -394,8 +397,8 @@ def _half(dtype):
     return fn
 
 
-method("bf16", "torch-bf16", not_worth_it=_bf16_emulated)(_half(torch.bfloat16))
-method("fp16", "torch-fp16", unavailable=_no_cuda)(_half(torch.float16))
+method("bf16", not_worth_it=_bf16_emulated)(_half(torch.bfloat16))
+method("fp16", unavailable=_no_cuda)(_half(torch.float16))
 
 
 @register_stage
@@ -416,20 +419,18 @@ class QuantizeStage(Stage):
         if self.config.method == "qat" and (self.config.qat_epochs < 1 or not self.config.qat_lr > 0):
             raise UserError(f"qat needs --qat-epochs of 1 or more and a learning rate above 0, got "
                             f"{self.config.qat_epochs} and {self.config.qat_lr}")
-        if "reduce_range" in METHODS[self.config.method].options and self.config.reduce_range is None:
+        if "reduce_range" in QUANT_METHODS[self.config.method].options and self.config.reduce_range is None:
             # The default depends on the CPU; resolved here, it is part of the variant's config and id.
-            from deploybench.profile.env import has_int8_dot_product
 
             self.config = replace(self.config, reduce_range=not has_int8_dot_product())
 
     def run(self, ws: Workspace, parent: Variant, data_dir) -> Variant:
         m = METHODS[self.config.method]
+        spec = m.spec
         reason = m.unavailable()
         if reason:
             raise UserError(reason)
-        if m.onnx_parent:
-            from deploybench.optimize.export import ensure_onnx
-
+        if spec.onnx_parent:
             parent = ensure_onnx(ws, parent, data_dir)
         elif parent.format not in EAGER_FORMATS:
             raise UserError(f"quantize --method {self.config.method} needs an fp32 PyTorch variant (trained or "
@@ -438,11 +439,11 @@ class QuantizeStage(Stage):
         cfg = self.config.to_dict()
         config = dict(self.variant_config(parent, data_dir), **{"method": cfg["method"]})
         for key in ("calib_size", "calib_method", "reduce_range", "qat_epochs", "qat_lr", "seed"):
-            if key not in m.options:
+            if key not in spec.options:
                 config.pop(key, None)
 
         def write(d: Path) -> dict:
-            source = onnx_path(parent) if m.onnx_parent else load_module(parent)
-            return m.fn(self, source, data, d)
+            source = onnx_path(parent) if spec.onnx_parent else load_module(parent)
+            return dict(m.fn(self, source, data, d), compute_dtype=spec.compute_dtype)
 
-        return self.make_variant(ws, parent, data_dir, fmt=m.fmt, write=write, config=config)
+        return self.make_variant(ws, parent, data_dir, fmt=spec.fmt, write=write, config=config)

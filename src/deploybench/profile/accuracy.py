@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
+from deploybench.data import load_splits
+
 
 def test_split(dataset: str, data_dir, transfer: bool = False):
     """The dataset's full test split with evaluation transforms."""
-    from deploybench.data import load_splits
-
     return load_splits(dataset, data_dir, augment=False, transfer=transfer).test
 
 

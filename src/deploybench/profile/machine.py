@@ -1,42 +1,46 @@
-"""The machine's peak FLOP/s per dtype, from a large GEMM, measured once and stored in the workspace.
+"""The machine's ceiling FLOP/s per dtype, from large GEMMs, measured once per machine and stored in the workspace.
 
-`pct_of_peak` = achieved FLOP/s (2 x MACs x batch / p50 latency) / the peak of the dtype the variant computes
-in. The peak of a dtype is the best of a few timed GEMMs (after a warm-up) with the profiling thread count,
+`pct_of_peak` = achieved FLOP/s (2 x MACs x batch / p50 latency) / the ceiling of the dtype the variant computes
+in. The ceiling of a dtype is the best of a few timed GEMMs (after a warm-up) with the profiling thread count,
 through every runtime the profiler runs: torch's BLAS and, on CPU, ONNX Runtime's MLAS (MatMul for float32,
 MatMulInteger for int8) and, for int8, oneDNN's `qlinear` (the kernel compiled int8-pt2e programs call). The
-largest is the peak; each is stored under `by_runtime`. It is what this machine reaches, not the datasheet's
-number, and on a shared VM it moves with the moment (MatMulInteger: 216 and 342 GOP/s in two measurements here).
+largest is the ceiling; each runtime's figure is stored under `by_runtime`. It is what this machine reaches, not
+a datasheet's number, so it moves with the load on a shared machine; a percentage above 100 therefore means the
+ceiling was measured low, and is reported as such (`peak_metrics`) instead of printed.
+
+There is one measurement protocol: `profile run --quick` shortens the latency protocol, never the ceiling's.
 """
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
-from deploybench.profile.env import cpu_model
+from deploybench.platform.env import cpu_model
 
+MIN_GEMM_N = 256
 MAX_GEMM_N = 4096
-QUICK_GEMM_N = 256
-MIN_GEMM_SECONDS = 0.2  # grow the matrix until one GEMM takes this long (or reaches MAX_GEMM_N)
+MIN_GEMM_S = 0.05  # grow the matrix until one GEMM call takes this long (or reaches MAX_GEMM_N)
+GEMM_REPEATS = 5
+
+# Bumped whenever the way a ceiling is measured changes: a stored ceiling of another method is measured again.
+PEAK_METHOD = 5
+
+_MEASURED: dict[tuple, dict] = {}  # ceilings measured by this process, by (device, threads, hardware)
 
 
-# 1: torch GEMM at the largest size; 2: + ONNX Runtime; 3: the best over every size tried; 4: + oneDNN's int8
-# qlinear on CPU (stored peaks of an older method are re-measured).
-PEAK_METHOD = 4
+def _sized_gemm_flops(gemm: Callable[[int, int], float]) -> tuple[float, int]:
+    """(FLOP/s, n) of the fastest `gemm(n, GEMM_REPEATS)` over sizes n = MIN_GEMM_N, 2 MIN_GEMM_N, ...
 
-
-def _sized_gemm_flops(gemm: Callable[[int, int], float], quick: bool) -> tuple[float, int]:
-    """(FLOP/s, n) of the fastest `gemm(n, repeats)` over sizes n = 256, 512, ...: the GEMM grows while one call
-    takes under MIN_GEMM_SECONDS (so dtypes without a fast kernel here finish in about a second), and the best
-    size wins (which one is fastest depends on caches and, on a shared VM, on the moment: measured here, torch's
-    fp32 GEMM gave 85 GFLOP/s at n=4096 in one run and 146 at n=2048 in the next)."""
-    n, best = QUICK_GEMM_N, (0.0, QUICK_GEMM_N)
+    The matrix grows while one call takes under MIN_GEMM_S (so dtypes without a fast kernel finish quickly) and
+    the best size wins: which size is fastest depends on the caches and on the load of the moment."""
+    n, best = MIN_GEMM_N, (0.0, MIN_GEMM_N)
     while True:
-        flops = gemm(n, 2 if quick else 5)
+        flops = gemm(n, GEMM_REPEATS)
         best = max(best, (flops, n))
-        if quick or n >= MAX_GEMM_N or 2 * n**3 / flops >= MIN_GEMM_SECONDS:
+        if n >= MAX_GEMM_N or 2 * n**3 / flops >= MIN_GEMM_S:
             return best
         n *= 2
 
@@ -80,9 +84,8 @@ def _ort_gemm_flops(dtype: str, n: int, threads: int, repeats: int = 5) -> float
 
 def _onednn_int8_flops(n: int, repeats: int = 5) -> float:
     """FLOP/s of one n x n int8 GEMM through oneDNN's `qlinear_pointwise` (uint8 activations x prepacked int8
-    weights, per-channel scales, fp32 out): the op inductor lowers int8-pt2e Linear layers to (torch's own
-    `_int_mm` has no fast CPU kernel: 3 GOP/s here). Measured on this AVX2 VM: 330 GOP/s, ONNX Runtime's
-    MatMulInteger 342 in the same run and 216 in an earlier one."""
+    weights, per-channel scales, fp32 out): the op inductor lowers int8-pt2e Linear layers to, and on CPUs
+    where torch's own `_int_mm` has no fast kernel the fastest int8 GEMM torch has."""
     if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
         raise NotImplementedError("this torch build has no oneDNN qlinear")
     g = torch.Generator().manual_seed(0)
@@ -108,7 +111,7 @@ def _gemm_flops(dtype: str, n: int, device: str, repeats: int = 5) -> float:
     return 2 * n**3 / _best_time(op, sync, repeats)
 
 
-def measure_peak(device: str, threads: int, quick: bool = False) -> dict:
+def measure_peak(device: str, threads: int) -> dict:
     """{dtype: FLOP/s} for float32, bfloat16, float16 (GPU) and int8, each the best runtime's; per runtime
     under `by_runtime`, the matrix sides under `gemm_n`, and why a dtype or runtime is missing under
     `unavailable`."""
@@ -116,14 +119,9 @@ def measure_peak(device: str, threads: int, quick: bool = False) -> dict:
     dtypes = ["float32", "bfloat16", "int8"] + (["float16"] if device == "cuda" else [])
     peaks: dict = {"unavailable": {}, "gemm_n": {}, "by_runtime": {}, "method": PEAK_METHOD}
     for dtype in dtypes:
-        gemms = {"torch": lambda n, r, d=dtype: _gemm_flops(d, n, device, r)}
-        if device == "cpu" and dtype in ("float32", "int8"):
-            gemms["onnxruntime"] = lambda n, r, d=dtype: _ort_gemm_flops(d, n, threads, r)
-        if device == "cpu" and dtype == "int8":
-            gemms["onednn"] = lambda n, r: _onednn_int8_flops(n, r)
-        for runtime, gemm in gemms.items():
+        for runtime, gemm in _gemms(dtype, device, threads).items():
             try:
-                flops, n = _sized_gemm_flops(gemm, quick)
+                flops, n = _sized_gemm_flops(gemm)
             except (RuntimeError, NotImplementedError) as exc:
                 peaks["unavailable"][f"{dtype}/{runtime}"] = f"{type(exc).__name__}: {exc}"[:200]
                 continue
@@ -135,53 +133,108 @@ def measure_peak(device: str, threads: int, quick: bool = False) -> dict:
     return peaks
 
 
-def machine_peak(ws, device: str, threads: int, quick: bool = False) -> dict:
-    """The stored peak for (device, threads), measured now if missing or taken on another CPU/GPU.
-    Quick (tiny-GEMM) peaks are stored under their own key, so they never stand for the real one."""
-    hardware = torch.cuda.get_device_name(0) if device == "cuda" else cpu_model()
-    key = f"peak_flops/{device}/{threads}" + ("/quick" if quick else "")
-    stored = ws.get_machine(key)
+def _gemms(dtype: str, device: str, threads: int) -> dict[str, Callable[[int, int], float]]:
+    """{runtime: gemm(n, repeats) -> FLOP/s} of every runtime here with a GEMM of `dtype` on `device`."""
+    gemms = {"torch": lambda n, r: _gemm_flops(dtype, n, device, r)}
+    if device == "cpu" and dtype in ("float32", "int8"):
+        gemms["onnxruntime"] = lambda n, r: _ort_gemm_flops(dtype, n, threads, r)
+    if device == "cpu" and dtype == "int8":
+        gemms["onednn"] = lambda n, r: _onednn_int8_flops(n, r)
+    return gemms
+
+
+def _hardware(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device == "cuda" else cpu_model()
+
+
+def peak_key(device: str, threads: int) -> str:
+    """The workspace's machine-table key of the ceiling for (device, threads)."""
+    return f"peak_flops/{device}/{threads}"
+
+
+def machine_peak(ws, device: str, threads: int) -> dict:
+    """The stored ceiling for (device, threads), measured with the full protocol when it is missing, was taken
+    on other hardware or by another method (`PEAK_METHOD`). A ceiling this process already measured on this
+    hardware is stored as is instead of being measured again."""
+    hardware = _hardware(device)
+    stored = ws.get_machine(peak_key(device, threads))
     if stored and stored.get("hardware") == hardware and stored.get("method") == PEAK_METHOD:
         return stored
-    value = dict(measure_peak(device, threads, quick), hardware=hardware, threads=threads)
-    ws.set_machine(key, value)
-    return value
+    memo = (device, threads, hardware)
+    if memo not in _MEASURED:
+        _MEASURED[memo] = dict(measure_peak(device, threads), hardware=hardware, threads=threads)
+    ws.set_machine(peak_key(device, threads), _MEASURED[memo])
+    return dict(_MEASURED[memo])
 
 
-def compute_dtype(variant, lineage=None) -> str:
-    """The dtype a variant's arithmetic runs in, read from its format and the configs of its stages (and of its
-    ancestors', when `lineage` is given: an export of an int8 model is int8): int8, float16, bfloat16 or
-    float32 (the default)."""
-    keys = ("method", "dtype", "quantized", "precision")
-    chain = lineage or [variant]
-    text = " ".join([variant.format, *(str({k: v for k, v in c.config.items() if k in keys}) for c in chain)]).lower()
-    if "int8" in text or "qat" in text or "'dynamic'" in text:
-        return "int8"
-    if "bf16" in text or "bfloat16" in text:
-        return "bfloat16"
-    if "fp16" in text or "float16" in text:
-        return "float16"
-    return "float32"
+def compute_dtype(variant, lineage=None) -> str | None:
+    """The dtype a variant's arithmetic runs in, as the stage that made it recorded (`compute_dtype` in its
+    metrics, from the quantization method table; inherited down the lineage), or None when no variant of
+    `lineage` (default: the variant alone) recorded one: an unknown dtype has no ceiling to compare with."""
+    for v in reversed(lineage or [variant]):
+        if v.metrics.get("compute_dtype"):
+            return v.metrics["compute_dtype"]
+    return None
 
 
-def peak_reference(peak: dict, dtype: str) -> tuple[float | None, str]:
-    """(FLOP/s, label) that a variant computing in `dtype` is measured against.
+class Ceiling(NamedTuple):
+    """The ceiling a variant is measured against: FLOP/s, the dtype of that GEMM, the runtime that reached it."""
 
-    A reduced-precision dtype (int8, bfloat16, float16) is measured against the larger of its own peak and the
-    fp32 one: on CPUs without VNNI or AVX512-BF16 the int8/bf16 GEMMs torch and ONNX Runtime expose are slower
-    than fp32 (emulated or widened), while oneDNN's int8/bf16 convolutions can beat them; the larger peak keeps
-    every variant below 100% of a real ceiling instead of above a slow path's. (Measured here: a bf16 lenet
-    showed 365% of the emulated bf16 GEMM peak.)"""
-    if dtype == "float32":
-        return peak.get("float32"), "float32"
-    options = [o for o in ((peak.get(dtype), dtype), (peak.get("float32"), "float32")) if o[0]]
-    return max(options) if options else (None, dtype)
+    flops: float | None
+    dtype: str | None
+    runtime: str | None
 
 
-def pct_of_peak(macs: int | None, batch_size: int, latency_ms: float | None, peak: dict, dtype: str) -> float | None:
-    """Achieved FLOP/s (2 x MACs x batch / latency) as a percentage of the reference peak for `dtype`
-    (see `peak_reference`); None when something is missing."""
-    flops, _ = peak_reference(peak, dtype)
-    if not macs or not latency_ms or not flops:
+def _runtime(peak: dict, dtype: str) -> str | None:
+    by_runtime = peak.get("by_runtime", {}).get(dtype) or {}
+    return max(by_runtime, key=by_runtime.get) if by_runtime else None
+
+
+def peak_reference(peak: dict, dtype: str | None) -> Ceiling:
+    """The ceiling for a variant computing in `dtype` (all None when `dtype` is None: unknown).
+
+    A reduced-precision dtype (int8, bfloat16, float16) is measured against the larger of its own ceiling and
+    the float32 one: on CPUs without VNNI or AVX512-BF16 the int8/bf16 GEMMs torch and ONNX Runtime expose are
+    slower than float32 (emulated or widened), while oneDNN's int8/bf16 convolutions can beat them; the larger
+    one is the ceiling a variant of that dtype can reach through some kernel."""
+    if dtype is None:
+        return Ceiling(None, None, None)
+    options = [(peak.get(d), d) for d in dict.fromkeys((dtype, "float32")) if peak.get(d)]
+    if not options:
+        return Ceiling(None, dtype, None)
+    flops, label = max(options)
+    return Ceiling(flops, label, _runtime(peak, label))
+
+
+def achieved_flops_per_s(macs: int | None, batch_size: int, latency_ms: float | None) -> float | None:
+    """2 x MACs x batch / latency, in FLOP/s; None when MACs or latency is missing."""
+    if not macs or not latency_ms:
         return None
-    return 100.0 * (2 * macs * batch_size / (latency_ms / 1e3)) / flops
+    return 2 * macs * batch_size / (latency_ms / 1e3)
+
+
+def pct_of_peak(macs: int | None, batch_size: int, latency_ms: float | None, peak: dict,
+                dtype: str | None) -> float | None:
+    """Achieved FLOP/s as a percentage of the ceiling for `dtype` (see `peak_reference`), unchecked (see
+    `peak_metrics`); None when something is missing."""
+    achieved, ceiling = achieved_flops_per_s(macs, batch_size, latency_ms), peak_reference(peak, dtype).flops
+    if achieved is None or not ceiling:
+        return None
+    return 100.0 * achieved / ceiling
+
+
+def peak_metrics(macs: int | None, batch_size: int, latency_ms: float | None, peak: dict,
+                 dtype: str | None) -> dict:
+    """The metrics of a measured row about its ceiling: `pct_of_peak` and the ceiling it was taken against
+    (`peak_flops`, `peak_dtype`, `peak_runtime`). A percentage above 100 is a ceiling measured too low, not a
+    result: it is stored as None with the reason under `pct_of_peak_invalid`."""
+    ceiling = peak_reference(peak, dtype)
+    metrics = dict(pct_of_peak=pct_of_peak(macs, batch_size, latency_ms, peak, dtype), peak_flops=ceiling.flops,
+                   peak_dtype=ceiling.dtype, peak_runtime=ceiling.runtime)
+    if metrics["pct_of_peak"] is not None and metrics["pct_of_peak"] > 100.0:
+        achieved = achieved_flops_per_s(macs, batch_size, latency_ms)
+        metrics["pct_of_peak"] = None
+        metrics["pct_of_peak_invalid"] = (f"achieved {achieved / 1e9:.3g} GFLOP/s exceeds the measured ceiling "
+                                          f"{ceiling.flops / 1e9:.3g} GFLOP/s of dtype {ceiling.dtype} "
+                                          f"(runtime {ceiling.runtime})")
+    return metrics

@@ -1,10 +1,15 @@
 """`profile_variants`: every (variant, backend, batch size) measured and stored, one transaction per
 (variant, backend).
 
+A run is planned (`_plan`: thread count, protocol, backends, environment, the machine's ceilings), run one
+(variant, backend) at a time (`_run_backend`: one job per batch size, in a child process or here) and recorded
+(`_record`: one row per batch size, stored in one transaction, and logged).
+
 A combination a backend cannot run is stored as a row whose metrics are `{"skipped": reason}` (and
 `"error": true` when it failed rather than being unsupported), so `profile compare` shows why it is missing.
 Backends that are not available on this machine (no GPU) are reported in the log and store nothing: that is
-a fact about the machine, not about the variant.
+a fact about the machine, not about the variant. A timing that is not stable is measured again before it is
+stored (`latency.measure_until_stable`); one still unstable is stored with `stable` False.
 """
 from __future__ import annotations
 
@@ -13,27 +18,27 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
+from deploybench.artifacts import formats
+from deploybench.artifacts.formats import UnsupportedFormat
 from deploybench.data import data_keys
 from deploybench.errors import UserError
-from deploybench.optimize import formats
-from deploybench.optimize.formats import UnsupportedFormat
+from deploybench.models.identity import code_changed
+from deploybench.platform.env import environment, physical_cores, same_setup
 from deploybench.profile import machine
 from deploybench.profile.accuracy import backend_accuracy, test_split
 from deploybench.profile.backends import available_backends, get_backend
 from deploybench.profile.backends.base import BackendSkip
 from deploybench.profile.compare import latest_measurements
-from deploybench.profile.env import environment, physical_cores, same_setup
-from deploybench.profile.latency import Protocol, measure_latency
+from deploybench.profile.latency import Protocol, measure_latency, measure_until_stable
 from deploybench.profile.memory import PeakRSS
 from deploybench.profile.static import input_shape, root_config, static_metrics
 from deploybench.store import Variant, Workspace
-from deploybench.train.run import code_changed
 
 DEFAULT_BATCH_SIZES = (1, 64)
 CHILD_TIMEOUT_S = 3600
@@ -43,8 +48,9 @@ _STATIC_KEYS = ("params", "macs", "flops", "size_bytes", "files_bytes", "macs_so
 
 def measure_combo(workspace: str, variant_id: str, backend: str, batch_size: int, threads: int, protocol: dict,
                   data_dir: str, with_accuracy: bool) -> dict:
-    """Load one variant on one backend for one batch size; time it, take its memory peak and (optionally)
-    its test accuracy. Returns metrics; raises UnsupportedFormat / BackendSkip for a skip."""
+    """Load one variant on one backend for one batch size; time it (measured again while not stable, see
+    `measure_until_stable`), take its memory peak and (optionally) its test accuracy. Returns metrics; raises
+    UnsupportedFormat / BackendSkip for a skip."""
     ws = Workspace(workspace, create=False)
     variant = ws.get_variant(variant_id)
     config = root_config(ws, variant)
@@ -56,7 +62,8 @@ def measure_combo(workspace: str, variant_id: str, backend: str, batch_size: int
     try:
         with PeakRSS() as rss:
             impl.load(variant, batch_size, threads)
-            metrics = measure_latency(impl, batch, batch_size, Protocol(**protocol))
+            timing = Protocol(**protocol)
+            metrics = measure_until_stable(lambda: measure_latency(impl, batch, batch_size, timing), timing)
         gpu_peak = impl.peak_memory_bytes()
         metrics.update(peak_mem_bytes=gpu_peak if gpu_peak is not None else rss.growth_bytes,
                        peak_mem_kind="cuda_max_allocated" if gpu_peak is not None else "rss_growth")
@@ -127,6 +134,35 @@ def _resolve_backends(names: Iterable[str] | None, log) -> list[str]:
     return chosen
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What every combination of one `profile_variants` run shares."""
+
+    threads: int
+    batch_sizes: list[int]  # descending: accuracy is measured once, at the largest batch
+    protocol: dict  # `Protocol` as a dict, as recorded in each row
+    backends: list[str]
+    env: dict  # `environment(threads)`
+    peaks: dict  # device -> `machine.machine_peak`
+    data_dir: str
+    isolate: bool
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What the rows of one (variant, backend) share, besides each batch size's result."""
+
+    variant: Variant
+    cls: type
+    threads: int
+    env: dict
+    isolated: bool
+    protocol: dict
+    peak: dict  # the device's `machine.machine_peak`
+    dtype: str | None  # `machine.compute_dtype`
+    scalars: dict  # static metrics and data keys
+
+
 def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[str] | None = None, *,
                      batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES, threads: int | None = None,
                      quick: bool = False, data_dir: str | os.PathLike = "data", isolate: bool = True,
@@ -134,76 +170,130 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     """Measure every variant on every backend and batch size, and store the rows.
 
     Args: backends: names (default: every available one); threads: CPU threads (default: physical cores);
-    quick: the short test protocol and a tiny peak GEMM; isolate: measure each combination in a child
-    process (memory isolation; False runs in this process, for tests); reuse: keep a (variant, backend) whose
-    rows can stand for a new measurement (see `_reusable`) instead of measuring it again (the main job, so that
-    a long run picks up where it stopped); log: progress lines.
+    quick: the short latency protocol (the ceilings behind `pct_of_peak` are the full ones all the same);
+    isolate: measure each combination in a child process (memory isolation; False runs in this process, for
+    tests); reuse: keep a (variant, backend) whose rows can stand for a new measurement (see `_reusable`)
+    instead of measuring it again (the main job, so that a long run picks up where it stopped); log: progress
+    lines and warnings.
     Returns the rows of this run: those stored now (as given to `Workspace.add_measurements`) and those kept
     (as read from the store, with their `id` and `created_at`).
     """
+    plan = _plan(ws, variants, backends, batch_sizes, threads, quick, data_dir, isolate, log)
+    latest = latest_measurements(ws) if reuse else None  # read once: this run only adds rows for other pairs
+    stored: list[dict] = []
+    for variant in variants:
+        stored += _profile_variant(ws, variant, plan, latest, log)
+    return stored
+
+
+def _plan(ws: Workspace, variants: list[Variant], backends: Iterable[str] | None, batch_sizes: Iterable[int],
+          threads: int | None, quick: bool, data_dir, isolate: bool, log) -> RunPlan:
+    """Check the inputs and settle what the run shares; measures a ceiling the workspace lacks."""
     threads = threads or physical_cores()
-    batch_sizes = checked_batch_sizes(batch_sizes)[::-1]  # accuracy once, at the largest batch
+    sizes = checked_batch_sizes(batch_sizes)[::-1]
     _preflight(variants)
     protocol = asdict(Protocol.quick() if quick else Protocol())
     names = _resolve_backends(backends, log)
     env = environment(threads)
-    if env["load_avg_1m"] is not None and env["load_avg_1m"] > 0.5 * (os.cpu_count() or 1):
-        log(f"warning: load average {env['load_avg_1m']} on {os.cpu_count()} CPUs: other work competes for the "
+    _warn_if_loaded(env, log)
+    peaks = {dev: machine.machine_peak(ws, dev, threads) for dev in sorted({get_backend(n).device for n in names})}
+    return RunPlan(threads, sizes, protocol, names, env, peaks, str(data_dir), isolate)
+
+
+def _warn_if_loaded(env: dict, log) -> None:
+    cpus = os.cpu_count() or 1
+    if env["load_avg_1m"] is not None and env["load_avg_1m"] > 0.5 * cpus:
+        log(f"warning: load average {env['load_avg_1m']} on {cpus} CPUs: other work competes for the "
             f"cores, latencies will be inflated (recorded in the environment)")
-    peaks = {dev: machine.machine_peak(ws, dev, threads, quick)
-             for dev in sorted({get_backend(n).device for n in names})}
-    latest = latest_measurements(ws) if reuse else {}  # read once: this run only adds rows for other pairs
-    stored: list[dict] = []
-    for variant in variants:
-        if code_changed(variant.config):  # its weights belong to code that is gone: nothing honest to measure
-            log(f"{variant.model}/{variant.dataset} {variant.chain} [{variant.id[:8]}]: not measured, "
-                f"the code of its user architecture changed since it was made")
-            continue
-        data = data_keys(variant.dataset, data_dir)  # accuracy is measured on these files
-        kept = {name: _reusable(latest, variant, get_backend(name), batch_sizes, threads, protocol, env, isolate,
-                                data) for name in names} if reuse else {}
-        for name, rows in kept.items():
-            if rows:
-                log(f"{variant.model}/{variant.dataset} {variant.chain} [{variant.id[:8]}] {name}: "
-                    f"kept from an earlier run of this code")
-                stored += rows
-        to_measure = [name for name in names if not kept.get(name)]
-        if not to_measure:
-            continue  # nothing to measure: no model loaded, no MAC count, no write to the store
-        static = static_metrics(ws, variant)
-        ws.update_metrics(variant.id, {"profile_static": static})
-        scalars = {k: static[k] for k in _STATIC_KEYS if k in static}
-        dtype = machine.compute_dtype(variant, ws.lineage(variant))
-        for name in to_measure:
-            cls = get_backend(name)
-            ok, why = cls.supports(variant)
-            results = {b: dict(skipped=why) for b in batch_sizes} if not ok else {}
-            accuracy, ran_out = None, None  # ran_out: the batch size whose process ran out of time before it
-            for b in batch_sizes if ok else []:  # had measured accuracy (a smaller batch only makes that pass slower)
-                job = dict(workspace=str(ws.root), variant_id=variant.id, backend=name, batch_size=b, threads=threads,
-                           protocol=protocol, data_dir=str(data_dir), with_accuracy=accuracy is None and not ran_out)
-                try:
-                    res = _in_child(job) if isolate else measure_combo_safe(**job)
-                except Exception as exc:  # a failure of one combination is recorded; the run goes on
-                    res = dict(error=f"{type(exc).__name__}: {exc}")
-                if "user_error" in res:  # bad input, not a measurement: stop with its message
-                    raise UserError(res["user_error"])
-                if "metrics" in res and res["metrics"].get("accuracy_top1") is not None:
-                    accuracy = {k: res["metrics"][k] for k in ("accuracy_top1", "accuracy_top5", "test_images",
-                                                                "accuracy_batch_size")}
-                if res.get("timed_out") and accuracy is None and not ran_out:
-                    ran_out = b
-                results[b] = res
-            if ran_out and accuracy is None:
-                accuracy = dict(accuracy_unmeasured=f"the batch-{ran_out} process, which had the accuracy pass to "
-                                                    f"make, ran past its {CHILD_TIMEOUT_S} s limit")
-            rows = [_row(variant, cls, b, threads, results[b], accuracy, dict(scalars, **data), dtype,
-                         peaks.get(cls.device), env, isolate, protocol) for b in sorted(results)]
-            ws.add_measurements(rows)
-            stored += rows
-            for r in rows:
-                log(_describe(variant, r))
-    return stored
+
+
+def _profile_variant(ws: Workspace, variant: Variant, plan: RunPlan, latest: dict | None, log) -> list[dict]:
+    """The rows of one variant on every backend of `plan`: kept ones (when `latest` is given: reuse) and new
+    ones, measured and stored."""
+    if code_changed(variant.config):  # its weights belong to code that is gone: nothing honest to measure
+        log(f"{_label(variant)}: not measured, the code of its user architecture changed since it was made")
+        return []
+    data = data_keys(variant.dataset, plan.data_dir)  # accuracy is measured on these files
+    kept = _kept(latest, variant, plan, data) if latest is not None else {}
+    rows: list[dict] = []
+    for name, old in kept.items():
+        log(f"{_label(variant)} {name}: kept from an earlier run of this code")
+        rows += old
+    to_measure = [name for name in plan.backends if name not in kept]
+    if not to_measure:
+        return rows  # nothing to measure: no model loaded, no MAC count, no write to the store
+    static = static_metrics(ws, variant)
+    ws.update_metrics(variant.id, {"profile_static": static})
+    scalars = dict({k: static[k] for k in _STATIC_KEYS if k in static}, **data)
+    dtype = machine.compute_dtype(variant, ws.lineage(variant))
+    for name in to_measure:
+        cls = get_backend(name)
+        ctx = RowContext(variant, cls, plan.threads, plan.env, plan.isolate, plan.protocol,
+                         plan.peaks.get(cls.device) or {}, dtype, scalars)
+        results, accuracy = _run_backend(ws, ctx, plan)
+        rows += _record(ws, ctx, results, accuracy, log)
+    return rows
+
+
+def _kept(latest: dict, variant: Variant, plan: RunPlan, data: dict) -> dict[str, list[dict]]:
+    """{backend: rows} of the backends whose stored rows can stand for a new measurement (`_reusable`)."""
+    kept = {name: _reusable(latest, variant, get_backend(name), plan.batch_sizes, plan.threads, plan.protocol,
+                            plan.env, plan.isolate, data) for name in plan.backends}
+    return {name: rows for name, rows in kept.items() if rows}
+
+
+def _run_backend(ws: Workspace, ctx: RowContext, plan: RunPlan) -> tuple[dict, dict | None]:
+    """({batch size: result of `measure_combo_safe` or an error}, accuracy keys or None) of one (variant,
+    backend). The largest batch carries the accuracy pass; when its process runs out of time, the smaller ones
+    are timed without it (a smaller batch only makes that pass slower)."""
+    ok, why = ctx.cls.supports(ctx.variant)
+    if not ok:
+        return {b: dict(skipped=why) for b in plan.batch_sizes}, None
+    results, accuracy, ran_out = {}, None, None  # ran_out: the batch size whose process ran out of time
+    for b in plan.batch_sizes:
+        job = dict(workspace=str(ws.root), variant_id=ctx.variant.id, backend=ctx.cls.name, batch_size=b,
+                   threads=plan.threads, protocol=plan.protocol, data_dir=plan.data_dir,
+                   with_accuracy=accuracy is None and not ran_out)
+        res = results[b] = _run_job(job, plan.isolate)
+        accuracy = accuracy or _accuracy_of(res)
+        if res.get("timed_out") and accuracy is None and not ran_out:
+            ran_out = b
+    if ran_out and accuracy is None:
+        accuracy = dict(accuracy_unmeasured=f"the batch-{ran_out} process, which had the accuracy pass to make, "
+                                            f"ran past its {CHILD_TIMEOUT_S} s limit")
+    return results, accuracy
+
+
+def _run_job(job: dict, isolate: bool) -> dict:
+    """The result of one combination's job; a failure is returned as `{"error": ...}` (the run goes on), a
+    refused input (`user_error`) raised as a UserError."""
+    try:
+        res = _in_child(job) if isolate else measure_combo_safe(**job)
+    except Exception as exc:  # a failure of one combination is recorded; the run goes on
+        res = dict(error=f"{type(exc).__name__}: {exc}")
+    if "user_error" in res:  # bad input, not a measurement: stop with its message
+        raise UserError(res["user_error"])
+    return res
+
+
+def _accuracy_of(res: dict) -> dict | None:
+    metrics = res.get("metrics") or {}
+    if metrics.get("accuracy_top1") is None:
+        return None
+    return {k: metrics[k] for k in ("accuracy_top1", "accuracy_top5", "test_images", "accuracy_batch_size")}
+
+
+def _record(ws: Workspace, ctx: RowContext, results: dict, accuracy: dict | None, log) -> list[dict]:
+    """Store the rows of one (variant, backend) in one transaction and log each (with a warning for a row whose
+    `pct_of_peak` was refused). Returns the rows."""
+    rows = [_row(ctx, b, results[b], accuracy) for b in sorted(results)]
+    ws.add_measurements(rows)
+    for r in rows:
+        log(_describe(ctx.variant, r))
+        if r["metrics"].get("pct_of_peak_invalid"):
+            log(f"warning: {_label(ctx.variant)} {r['backend']} batch {r['batch_size']}: % of peak not stored, "
+                f"{r['metrics']['pct_of_peak_invalid']}")
+    return rows
 
 
 def _reusable(latest: dict, variant: Variant, cls, batch_sizes: list[int], threads: int, protocol: dict,
@@ -226,29 +316,33 @@ def _reusable(latest: dict, variant: Variant, cls, batch_sizes: list[int], threa
     return rows
 
 
-def _row(variant, cls, batch_size, threads, res, accuracy, scalars, dtype, peak, env, isolated, protocol) -> dict:
+def _row(ctx: RowContext, batch_size: int, res: dict, accuracy: dict | None) -> dict:
+    """The row to store for one batch size's result `res` (metrics, a skip or an error)."""
     if "metrics" in res:
-        metrics = dict(res["metrics"], **(accuracy or {}), **scalars, compute_dtype=dtype, memory_isolated=isolated)
-        metrics["protocol"] = protocol
-        metrics["pct_of_peak"] = machine.pct_of_peak(metrics.get("macs"), batch_size, metrics["latency_ms_p50"],
-                                                     peak or {}, dtype)
-        metrics["peak_flops"], metrics["peak_dtype"] = machine.peak_reference(peak or {}, dtype)
+        metrics = dict(res["metrics"], **(accuracy or {}), **ctx.scalars, compute_dtype=ctx.dtype,
+                       memory_isolated=ctx.isolated, protocol=ctx.protocol)
+        metrics.update(machine.peak_metrics(metrics.get("macs"), batch_size, metrics["latency_ms_p50"], ctx.peak,
+                                            ctx.dtype))
     elif "skipped" in res:
         metrics = dict(skipped=res["skipped"])
     else:
         metrics = dict(skipped=f"failed: {res.get('error')}", error=True)
-    return dict(variant_id=variant.id, backend=cls.name, device=cls.device, batch_size=batch_size, threads=threads,
-                metrics=metrics, environment=env)
+    return dict(variant_id=ctx.variant.id, backend=ctx.cls.name, device=ctx.cls.device, batch_size=batch_size,
+                threads=ctx.threads, metrics=metrics, environment=ctx.env)
+
+
+def _label(variant: Variant) -> str:
+    return f"{variant.model}/{variant.dataset} {variant.chain} [{variant.id[:8]}]"
 
 
 def _describe(variant: Variant, row: dict) -> str:
-    head = f"{variant.model}/{variant.dataset} {variant.chain} [{variant.id[:8]}] {row['backend']} " \
-           f"batch {row['batch_size']}"
+    head = f"{_label(variant)} {row['backend']} batch {row['batch_size']}"
     m = row["metrics"]
     if "skipped" in m:
         return f"{head}: skipped ({m['skipped']})"
     lo, hi = m["latency_ms_ci95"]
     acc = f", top-1 {100 * m['accuracy_top1']:.2f}%" if m.get("accuracy_top1") is not None else \
         f", accuracy not measured ({m['accuracy_unmeasured']})" if m.get("accuracy_unmeasured") else ""
-    return f"{head}: p50 {m['latency_ms_p50']:.3f} ms [{lo:.3f}, {hi:.3f}]{'' if m['stable'] else ' (unstable)'}" \
-           f", {m['throughput_per_s']:.0f}/s{acc}"
+    unstable = "" if m["stable"] else f" (unstable after {m.get('attempts', 1)} attempt(s))"
+    return f"{head}: p50 {m['latency_ms_p50']:.3f} ms [{lo:.3f}, {hi:.3f}]{unstable}, " \
+           f"{m['throughput_per_s']:.0f}/s{acc}"

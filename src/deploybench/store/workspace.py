@@ -265,13 +265,6 @@ class Workspace:
             merged = dict(json.loads(row["metrics"]), **metrics)
             con.execute("UPDATE variants SET metrics = ? WHERE id = ?", (_canonical(merged), variant_id))
 
-    def delete_variant(self, variant_id: str) -> None:
-        v = self.get_variant(variant_id)
-        with self.transaction() as con:
-            con.execute("DELETE FROM measurements WHERE variant_id = ?", (variant_id,))
-            con.execute("DELETE FROM variants WHERE id = ?", (variant_id,))
-        shutil.rmtree(v.path, ignore_errors=True)
-
     # -- training runs -----------------------------------------------------------------------------------
     def start_training_run(self, run_id: str, model: str, dataset: str, config: dict) -> None:
         with self.transaction() as con:

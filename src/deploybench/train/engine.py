@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from deploybench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from deploybench.errors import UserError
-from deploybench.models.checkpoint import load_checkpoint, save_checkpoint
 from deploybench.train.recipes import Recipe
 
 

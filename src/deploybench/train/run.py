@@ -8,39 +8,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from deploybench.artifacts.checkpoint import load_checkpoint, load_weights, read_state_dict
 from deploybench.data import canonical_dataset, data_keys, dataset_info, load_splits
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
-from deploybench.models.checkpoint import load_checkpoint, load_weights, read_state_dict
-from deploybench.models.registry import user_code_digest
+from deploybench.models.identity import model_config
 from deploybench.store import Variant, Workspace
+from deploybench.train import plots
 from deploybench.train.engine import default_workers, device_keys, evaluate, fit
 from deploybench.train.recipes import Recipe, default_recipe
-
-
-def model_config(model: str, info, transfer: bool = False) -> dict:
-    """What `build_model` needs to rebuild an architecture for a dataset (recorded in every variant); a user
-    architecture adds the digest of its source (`user_code_digest`)."""
-    config = dict(arch=model, num_classes=info.num_classes, in_channels=3 if transfer else info.in_channels,
-                  image_size=224 if transfer else info.image_size, transfer=transfer, mean=list(info.mean),
-                  std=list(info.std))
-    code = user_code_digest(model)
-    return config if code is None else dict(config, arch_sha256=code)
-
-
-def code_changed(config: dict) -> bool:
-    """Whether `config` was made from a user architecture whose source file has changed since."""
-    recorded = config.get("arch_sha256")
-    return recorded is not None and user_code_digest(config["arch"]) != recorded
-
-
-def build_model(config: dict) -> torch.nn.Module:
-    """The architecture `config` records, refused when it is a user architecture whose code has changed since:
-    weights whose names and shapes still fit would load into other code."""
-    if code_changed(config):
-        raise UserError(f"the code of user architecture {config['arch']!r} changed since this variant was made; "
-                        f"its weights belong to the earlier code (train it again)")
-    return create_model(config["arch"], config["num_classes"], config["in_channels"], config["image_size"])
 
 
 def training_device(name: str | None) -> torch.device:
@@ -124,8 +100,6 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
         f"{len(splits.val)} val / {len(splits.test)} test images, {recipe.epochs} epochs, device {dev}")
     from torch.utils.tensorboard import SummaryWriter  # heavy imports, needed only once training starts
 
-    from deploybench.train import plots
-
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def on_epoch(row: dict) -> None:
@@ -149,7 +123,7 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     test = evaluate(net, DataLoader(splits.test, batch_size=256), dev, info.num_classes)
     per_class = test.per_class()
     full_epochs = [h for h in state.history if "resumed_at_step" not in h]
-    metrics = dict(accuracy_top1=test.top1, accuracy_top5=test.top5, test_loss=test.loss,
+    metrics = dict(accuracy_top1=test.top1, accuracy_top5=test.top5, test_loss=test.loss, compute_dtype="float32",
                    best_val_top1=state.best_val_top1, params=count_params(net), epochs=len(state.history),
                    seconds_per_epoch=(sum(h["seconds"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
                    train_seconds=sum(h["seconds"] for h in state.history), device=str(dev),
@@ -200,6 +174,7 @@ def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, 
     def write(d: Path) -> dict:
         torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, d / "model.pt")
         return dict(accuracy_top1=test.top1, accuracy_top5=test.top5, test_loss=test.loss, params=count_params(net),
+                    compute_dtype="float32",
                     test_images=len(splits.test), source_checkpoint=str(checkpoint))
 
     variant, created = ws.create_variant(model=model, dataset=dataset, stage="import", config=config, parent=None,

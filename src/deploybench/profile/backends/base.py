@@ -6,6 +6,7 @@ cannot run becomes a recorded skip, never an error.
 """
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 
 import torch
@@ -93,11 +94,13 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
     return cls
 
 
+_MODULES = ("torch_eager", "torch_compile", "onnxruntime")  # in the listing's order
+
+
 def _ensure_loaded() -> None:
-    # Importing the modules registers them (lazily, so base has no import cycle); the order is the listing's.
-    import deploybench.profile.backends.torch_eager  # noqa: F401
-    import deploybench.profile.backends.torch_compile  # noqa: F401
-    import deploybench.profile.backends.onnxruntime  # noqa: F401
+    # Importing a backend module registers it; done on first use because each one imports this base.
+    for name in _MODULES:
+        importlib.import_module(f"deploybench.profile.backends.{name}")
 
 
 def backend_names() -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploybench.optimize import formats
+from deploybench.artifacts import formats
 from deploybench.profile.backends.base import Backend, BackendSkip, cuda_available, register_backend
 from deploybench.store import Variant
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from deploybench.optimize import formats
+from deploybench.artifacts import formats
 from deploybench.profile.backends.base import Backend, register_backend
 from deploybench.store import Variant
 
@@ -31,12 +31,10 @@ class TorchBackend(Backend):
 
     @classmethod
     def preload(cls) -> None:
+        # Imported before timing starts, so that no measured call pays for them.
+        import torchao.quantization.pt2e  # noqa: F401  (the ops int8 programs call)
+
         import deploybench.models.zoo  # noqa: F401
-        import deploybench.train.run  # noqa: F401
-        try:
-            import torchao.quantization.pt2e  # noqa: F401  (the ops int8 programs call)
-        except ImportError:
-            pass
 
     def load(self, variant: Variant, batch_size: int, threads: int) -> None:
         torch.set_num_threads(threads)

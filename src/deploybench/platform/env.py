@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -123,3 +124,34 @@ def same_setup(a: dict, b: dict) -> bool:
 
     commit = a.get("commit")
     return bool(commit) and not commit.endswith("-dirty") and fixed(a) == fixed(b)
+
+
+# CPU features that change which kernels run (and so every latency): two machines differing in one of them
+# are different machines for a measurement, whatever their model names say.
+_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
+                 "fma", "f16c")
+
+
+def fingerprint(threads: int | None = None) -> dict:
+    """What makes latencies of two machines comparable: CPU model, the kernel-relevant CPU flags, GPU, and the
+    thread count when given. Equal fingerprints may share a front or a benchmark baseline; others never do."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    out = dict(cpu_model=cpu_model(), cpu_flags=sorted(cpu_flags() & set(_KERNEL_FLAGS)), gpu=gpu)
+    if threads is not None:
+        out["threads"] = threads
+    return out
+
+
+def machine_slug(fp: dict | None = None) -> str:
+    """A short file-name-safe name for a fingerprint, e.g. `amd-epyc-avx512-vnni-bf16` or `...-nvidia-h100`:
+    the CPU model's words and its widest vector/int8/bf16 features (results files are named by it)."""
+    fp = fp or fingerprint()
+    flags = set(fp.get("cpu_flags", ()))
+    words = [w for w in re.split(r"[^a-z0-9]+", fp.get("cpu_model", "cpu").lower())
+             if w and w not in ("processor", "cpu", "with", "radeon", "graphics")][:3]
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "x86" if fp.get("cpu_model") else ""
+    extras = [name for flag, name in (("avx512_vnni", "vnni"), ("avx_vnni", "vnni"), ("avx512_bf16", "bf16"),
+                                      ("amx_tile", "amx")) if flag in flags]
+    gpu = re.split(r"[^a-z0-9]+", fp["gpu"].lower()) if fp.get("gpu") else []
+    parts = [*words, isa, *dict.fromkeys(extras), *[g for g in gpu if g][:3]]
+    return "-".join(p for p in parts if p) or "unknown-machine"

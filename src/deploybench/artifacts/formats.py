@@ -9,9 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import onnx
+import torch
 import torch.nn as nn
+from google.protobuf.message import DecodeError
 
+from deploybench.artifacts.checkpoint import extract_state_dict, load_checkpoint, load_weights
 from deploybench.errors import UserError
+from deploybench.models.identity import build_model
 from deploybench.store import Variant
 
 _TORCH_LOADERS: dict[str, Callable[[Variant, str], nn.Module]] = {}
@@ -77,8 +82,6 @@ def check_onnx(path: Path) -> None:
 
     Only the protobuf itself is parsed first (`load_external_data=False`), and locations are judged from their
     text and `lstat`/`realpath`, which never open the target."""
-    import onnx
-    from google.protobuf.message import DecodeError
 
     folder = path.parent.resolve()
     try:
@@ -103,9 +106,6 @@ def check_onnx(path: Path) -> None:
 
 @register_format("torch-state")
 def _load_torch_state(variant: Variant, device: str) -> nn.Module:
-    from deploybench.models.checkpoint import extract_state_dict, load_checkpoint, load_weights
-    from deploybench.train.run import build_model
-
     model = build_model(variant.config)
     return load_weights(model, extract_state_dict(load_checkpoint(variant.path / "model.pt")), str(variant.path))
 
@@ -123,7 +123,6 @@ def _primitive(v) -> bool:
 def shaped_state(model: nn.Module) -> dict:
     """What rebuilds a model whose layer shapes changed (pruning): its state dict and, per submodule, the
     public attributes that are plain values (in_channels, num_heads, ...). Loads with `weights_only=True`."""
-    import torch
 
     attrs = {}
     for name, module in model.named_modules():
@@ -139,9 +138,7 @@ def shaped_state(model: nn.Module) -> dict:
 
 def rebuild_shaped(config: dict, obj: dict) -> nn.Module:
     """`build_model(config)` reshaped to `shaped_state`'s record, with its weights loaded."""
-    import torch
 
-    from deploybench.train.run import build_model
 
     model = build_model(config)
     modules = dict(model.named_modules())
@@ -164,14 +161,11 @@ def rebuild_shaped(config: dict, obj: dict) -> nn.Module:
 
 @register_format("torch-pruned")
 def _load_torch_pruned(variant: Variant, device: str) -> nn.Module:
-    from deploybench.models.checkpoint import load_checkpoint
-
     return rebuild_shaped(variant.config, load_checkpoint(variant.path / "model.pt"))
 
 
 class CastInput(nn.Module):
     """Runs a reduced-precision model on float32 inputs, returning float32 logits."""
-
     def __init__(self, model: nn.Module, dtype):
         super().__init__()
         self.model, self.dtype = model, dtype
@@ -183,9 +177,7 @@ class CastInput(nn.Module):
 @register_format("torch-bf16")
 @register_format("torch-fp16")
 def _load_half(variant: Variant, device: str) -> nn.Module:
-    import torch
 
-    from deploybench.models.checkpoint import load_checkpoint
 
     dtype = torch.bfloat16 if variant.format == "torch-bf16" else torch.float16
     model = rebuild_shaped(variant.config, load_checkpoint(variant.path / "model.pt"))
@@ -215,7 +207,6 @@ def _load_torch_export(variant: Variant, device: str) -> nn.Module:
     freezing. A program also holds devices in its graph (torch.export asserts each input's device): `.to()` on
     its module moves the weights only, and torchao's dynamic int8 program moved that way failed on torch-cuda
     with "Tensor device mismatch! Expected: cpu, Got: cuda:0". torch.export's own pass moves both."""
-    import torch
     import torchao.quantization.pt2e  # noqa: F401  (registers the quantize/dequantize ops the program calls)
 
     if variant.format == "torch-export-int8":
@@ -240,7 +231,6 @@ def indexed_device(device: str):
     """`device` with its index (`cuda` -> `cuda:0`), as a program must assert it: inputs arrive on `cuda:0`,
     and torch.compile's fake tensors compare the device a program asserts exactly ("Tensor device mismatch!
     Expected: cuda, Got: cuda:0"), where eager torch lets `cuda` stand for any index."""
-    import torch
 
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:

@@ -1,7 +1,7 @@
 """The environment recorded with measurements: library versions under their alias, what makes two setups equal."""
 import importlib.metadata
 
-from deploybench.profile.env import package_version, same_setup
+from deploybench.platform.env import package_version, same_setup
 
 
 def test_the_gpu_build_of_onnxruntime_reports_its_version(monkeypatch):
