@@ -1,5 +1,5 @@
 """Every command and subcommand prints its help and exits 0 (argparse %-formats help strings: a bare "%" in
-one crashed `deploybench profile --help` with a traceback)."""
+one makes `--help` end in a traceback)."""
 import argparse
 
 import pytest

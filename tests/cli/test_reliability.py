@@ -358,7 +358,7 @@ OUT_OF_RANGE = {
 
 @pytest.mark.parametrize("case", OUT_OF_RANGE)
 def test_options_out_of_range_are_one_line_before_any_work(case, trained_workspace, tmp_path, capsys, monkeypatch):
-    """Each used to end in a traceback (or, for `pipeline --out`, in an error after the whole run)."""
+    """Each is refused in one line before any work: no traceback, and `pipeline --out` not after the whole run."""
     ws, trained, data_dir = trained_workspace
     main, argv, *expected = OUT_OF_RANGE[case]
     if case == "device-cuda-9" and torch.cuda.device_count() > 9:
@@ -369,7 +369,7 @@ def test_options_out_of_range_are_one_line_before_any_work(case, trained_workspa
         import deploybench.pipeline as pipeline
 
         monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: pytest.fail("the pipeline ran"))
-    if case.startswith("check-against"):  # refused before the first timing, which takes half a minute or more
+    if case.startswith("check-against"):  # refused before the first timing, the long part of a check
         import deploybench.profile.crosscheck as crosscheck
 
         monkeypatch.setattr(crosscheck, "cross_check", lambda *a, **k: pytest.fail("the variant was timed"))

@@ -50,7 +50,7 @@ def test_starting_weights_that_do_not_fit_are_one_line(option, weights, expected
 
 def test_an_image_folder_is_one_dataset_from_any_directory(tmp_path, tiny_imagefolder, capsys, monkeypatch):
     """A relative `imagefolder:PATH` is made absolute: from another directory, the same folder finds its run
-    (before, the id held the relative text while the artifact folder held the absolute path)."""
+    (an id holding the relative text would name another dataset in each directory)."""
     ws = tmp_path / "ws"
     argv = ["--model", "lenet", "--epochs", "1", "--batch-size", "8", "--workspace", str(ws)]
     monkeypatch.chdir(tiny_imagefolder)

@@ -165,7 +165,7 @@ def test_data_digest_names_the_files_read_unless_they_are_the_published_ones(req
     assert data_digest(copy_name, copy) not in (None, digest)
     if key == "imagefolder":  # no published files: always a digest
         return
-    # The published files, known by their md5 pins, give no digest: ids made from them stay as they were.
+    # The published files, known by their md5 pins, give no digest: ids made from them do not depend on one.
     real = datasets._data_files
     pins = {rel: hashlib.md5(p.read_bytes()).hexdigest() for rel, p, _ in real(name, path)}
     monkeypatch.setattr(datasets, "_data_files", lambda n, d: [(rel, p, pins[rel]) for rel, p, _ in real(n, d)])
@@ -175,7 +175,7 @@ def test_data_digest_names_the_files_read_unless_they_are_the_published_ones(req
 
 def test_the_published_fashion_mnist_has_no_digest(tmp_path):
     """The RAW_MD5 pins against the real files (Debian's dataset-fashion-mnist, unpacked as `make demo` does):
-    what keeps the ids of runs on the published data as they were."""
+    what keeps a digest out of the ids of runs on the published data."""
     if not all((fashion_mnist.DEBIAN_DIR / f"{f}.gz").is_file() for f in fashion_mnist.RAW_FILES):
         pytest.skip(f"the real Fashion-MNIST is not installed in {fashion_mnist.DEBIAN_DIR}")
     assert data_digest("fashion-mnist", tmp_path) is None  # unpacked first, as `load_splits` would

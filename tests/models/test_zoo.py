@@ -10,8 +10,8 @@ from deploybench.models import count_params, create_model, list_models
 
 # Exact counts documented by the projects we reproduce (CIFAR-10 input: 3x32x32, 10 classes).
 EXACT_PARAMS = {"custom": 2_659_402, "resnet18": 11_181_642, "lenet": 62_006}
-# Our own architectures: pinned so an accidental change shows; resnet44v2 is its true count (the source
-# claimed ~2.7M, which its own stage spec contradicts).
+# Our own architectures: pinned so an accidental change shows; resnet44v2 is its true count (the ~2.7M its
+# source quotes does not match that source's own stage spec).
 PINNED_PARAMS = {"resnet18-cifar": 11_173_962, "resnet44v2": 5_917_226, "simple-cnn": 98_114,
                  "vit-small": 14_244_490, "dilated-cnn": 134_954, "depthwise-cnn": 99_530,
                  "depthwise-res-cnn": 217_226, "mobilenetv2": 2_236_682}

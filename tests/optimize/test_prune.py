@@ -86,7 +86,7 @@ def test_pruned_vit_reloads_in_a_fresh_process(tmp_path, tiny_fashion_mnist, ran
 
 def test_an_interrupted_finetuning_resumes_after_its_last_epoch_with_the_weights_of_an_uninterrupted_one(
         trained_workspace, monkeypatch):
-    # vit-small's 2 fine-tuning epochs take 52 minutes here; a stop used to throw all of them away.
+    # A large model's fine-tuning epochs are long: a stop must not throw away the ones already finished.
     import shutil
 
     from deploybench.optimize import prune

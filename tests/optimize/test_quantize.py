@@ -65,7 +65,7 @@ print("qconv" if "onednn.qconv" in code else "-", "qlinear" if "onednn.qlinear" 
 def test_a_profiling_process_compiles_int8_programs_to_onednn_int8_kernels(tmp_path, tiny_fashion_mnist,
                                                                            random_root, method, kernels):
     # Without torchao's x86 inductor passes (registered by importing its quantizer, which a process that
-    # only loads the program never does), every int8 layer compiled to dequantize -> fp32 conv -> quantize.
+    # only loads the program never does), every int8 layer compiles to dequantize -> fp32 conv -> quantize.
     from deploybench.optimize.quantize import QuantizeStage
     from deploybench.store import Workspace
 
@@ -81,8 +81,8 @@ def test_a_profiling_process_compiles_int8_programs_to_onednn_int8_kernels(tmp_p
 def test_an_exported_program_is_loaded_onto_the_device_with_the_devices_in_its_graph(tmp_path, tiny_fashion_mnist,
                                                                                     random_root):
     # torch.export writes each input's device into the graph (aten._assert_tensor_metadata(..., device=cpu)).
-    # `.to('cuda')` on the program's module moved the weights only, and torchao's dynamic int8 program then
-    # failed on torch-cuda with "Tensor device mismatch! Expected: cpu, Got: cuda:0" (an H200, 2026-11-27).
+    # `.to('cuda')` on the program's module moves the weights only, and torchao's dynamic int8 program then
+    # fails on torch-cuda with "Tensor device mismatch! Expected: cpu, Got: cuda:0".
     # `meta` stands in for the GPU here: the graph and the weights must both be on it.
     from deploybench.artifacts.formats import load_module
     from deploybench.optimize.quantize import QuantizeStage
@@ -102,7 +102,7 @@ def test_an_exported_program_is_loaded_onto_the_device_with_the_devices_in_its_g
 
 def test_a_program_asserts_the_indexed_device_its_inputs_arrive_on(monkeypatch):
     # Moved to plain "cuda", a program asserts device=cuda; eager torch accepts an input on cuda:0, but
-    # torch.compile's fake tensors compare exactly, so torch-compile-cuda failed on every exported program.
+    # torch.compile's fake tensors compare exactly, so torch-compile-cuda would fail on every exported program.
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from deploybench.artifacts.formats import indexed_device

@@ -1,6 +1,4 @@
 """Each stage on the tiny trained lenet: recorded variant, reuse, fresh-process reload, parity, atomic failure."""
-import json
-
 import pytest
 import torch
 
@@ -44,7 +42,7 @@ def test_every_variant_reloads_in_a_fresh_process(made, reload_fresh):
 
 def test_a_stage_found_in_the_store_evaluates_nothing(made, monkeypatch):
     # `optimize all` and the main job run every chain again; what is already made must come back without a
-    # pass over the test split (the export stage once evaluated its parent first: a minute per model here).
+    # pass over the test split: finding a variant costs nothing, making it is what takes time.
     from deploybench.optimize import base, export
 
     ws, trained, data_dir, out = made
@@ -131,7 +129,7 @@ def test_quantize_methods(made, method, fmt, stages):
 
 
 def test_int8_ort_reduce_range_defaults_to_the_cpu_and_is_part_of_the_id(made):
-    """7-bit weights exactly where the CPU lacks VNNI (8-bit saturates there: custom lost 1.93 points); the
+    """7-bit weights exactly where the CPU lacks VNNI (8-bit saturates there and costs accuracy); the
     resolved value is in the config, so forcing the other one makes another variant."""
     from deploybench.platform.env import has_int8_dot_product
 

@@ -34,9 +34,9 @@ def test_cuda_backends_report_unavailable_with_a_reason(name):
 
 
 def test_tensorrt_without_its_libraries_is_unavailable_with_the_reason(tmp_path, monkeypatch):
-    # onnxruntime-gpu lists TensorrtExecutionProvider without TensorRT installed (an H200, 2026-11-27): each
-    # session then printed ORT's "EP Error" block and fell back to CUDA. The provider library that cannot load
-    # (here: not a shared object) says so before any session.
+    # onnxruntime-gpu lists TensorrtExecutionProvider without TensorRT installed: each session then prints
+    # ORT's "EP Error" block and falls back to CUDA. The provider library that cannot load (here: not a shared
+    # object) says so before any session.
     from deploybench.profile.backends import onnxruntime as backend_module
 
     capi = tmp_path / "onnxruntime" / "capi"
@@ -99,7 +99,7 @@ def test_fixed_batch_onnx_is_a_skip_at_other_batch_sizes(trained_workspace, make
         get_backend("ort-cpu")().load(fixed, 1, 1)
 
 
-# -- on a GPU (skipped without CUDA; run on a lent GPU machine, see the README) ----------------------------------
+# -- on a GPU (skipped without CUDA) ------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["torch-cuda", "torch-compile-cuda"])
 def test_cuda_torch_backends_run_on_the_gpu_and_match_eager_cpu(trained_workspace, name):

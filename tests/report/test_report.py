@@ -31,8 +31,8 @@ def test_recommendations_pick_the_fastest_within_each_threshold():
 
 
 def test_labels_of_front_points_at_one_spot_do_not_overprint_each_other():
-    # The quantized forms of one model share its MACs and differ in accuracy by hundredths: in the 2026-11-28
-    # sample report the labels of lenet's front points at 416,520 MACs were drawn over each other.
+    # The quantized forms of one model share its MACs and differ in accuracy by hundredths, so their front
+    # points sit at one spot of the plot and, unless stacked, their labels overprint each other.
     import re
 
     from deploybench.report.plots import LABEL_PT, pareto_svg

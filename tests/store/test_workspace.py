@@ -1,5 +1,4 @@
 """The workspace store: content-addressed variants, atomic folders, all-or-nothing writes."""
-import os
 import signal
 import sqlite3
 import subprocess

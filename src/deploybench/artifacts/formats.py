@@ -205,15 +205,15 @@ class ExportedModule(nn.Module):
 def _load_torch_export(variant: Variant, device: str) -> nn.Module:
     """A `torch.export` program (PT2E int8 and others) on `device`; runs eagerly, fast after torch.compile with
     freezing. A program also holds devices in its graph (torch.export asserts each input's device): `.to()` on
-    its module moves the weights only, and torchao's dynamic int8 program moved that way failed on torch-cuda
-    with "Tensor device mismatch! Expected: cpu, Got: cuda:0". torch.export's own pass moves both."""
+    its module moves the weights only, and a program moved that way fails on the GPU with "Tensor device
+    mismatch! Expected: cpu, Got: cuda:0". torch.export's own pass moves both."""
     import torchao.quantization.pt2e  # noqa: F401  (registers the quantize/dequantize ops the program calls)
 
     if variant.format == "torch-export-int8":
         # Importing torchao's x86 quantizer registers inductor's int8 passes (weight prepack, conv/linear +
         # ReLU/add fusion into oneDNN qconv/qlinear). A process that only loads the program lacks them, and
-        # inductor then compiles every int8 layer as dequantize -> fp32 conv -> quantize: custom at batch 64
-        # ran 1.48x faster than fp32 eager that way, 3.57x with the passes (paired, `profile check --against`).
+        # inductor then compiles every int8 layer as dequantize -> fp32 conv -> quantize, losing most of int8's
+        # speed.
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
 
     path = variant.path / "model.pt2"

@@ -165,10 +165,7 @@ def _results(args) -> int:
 
 
 def _report(args) -> int:
-    try:
-        from deploybench.report import build_report
-    except ImportError:
-        raise UserError("the HTML report is not available in this version (deploybench.report is missing)") from None
+    from deploybench.report import build_report
     from deploybench.store.atomic import check_file_target
 
     check_file_target(args.out, writable=True)

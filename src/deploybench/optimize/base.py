@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, ClassVar
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from deploybench.artifacts.formats import EAGER_FORMATS, load_module, onnx_path, shaped_state
 from deploybench.errors import UserError, unknown_choice
-from deploybench.optimize.choices import CALIB_METHODS, QUANT_METHODS
+from deploybench.optimize.choices import CALIB_METHODS, QUANT_METHODS, QuantMethod
 from deploybench.optimize.base import Stage, StageConfig, StageData, register_stage, stage_data
 from deploybench.optimize.export import ensure_onnx
 from deploybench.platform.env import has_int8_dot_product, has_native_bf16
@@ -132,7 +132,7 @@ def _one_partition_per_call(graph_module: torch.fx.GraphModule) -> int:
     that made the nodes (`source_fn_stack`, or the innermost `nn_module_stack` entry, which is all a non-strict
     export records) and refuses a partition with two outputs ("Input partition has more than one output
     node"). torchvision's ResNet blocks call one `self.relu` twice, so both ReLUs of a block share a partition
-    and resnet18 could not be quantized. The nodes of one call are connected to each other and those of
+    and, left so, resnet18 cannot be quantized. The nodes of one call are connected to each other and those of
     separate calls are not: every connected set after the first gets a name of its own."""
     def key(node):
         if node.meta.get("source_fn_stack"):
@@ -315,11 +315,11 @@ def int_mm_times(runs: int = 5) -> tuple[float, float]:
 def _int_mm_slow() -> str | None:
     """Why torchao's `dynamic` program is not worth making here, or None: measured, not assumed.
 
-    The program multiplies int8 by int8 with `torch._int_mm`, fast on CUDA. On a CPU it can be far slower than
-    fp32 (this project's 2-vCPU AVX2 machine: one vit-small MLP block 1,768 ms against 72 ms in fp32, 96.9% of
-    it in `_int_mm`, `benchmarks/probe_dynamic_int8.py`), which made vit-small's dynamic stage evaluate at
-    2-4 images/s. So without CUDA, one `_int_mm` product of `INT_MM_SHAPE` is timed against the same product in
-    fp32 on this CPU, and the method is left out of `optimize all` when it is the slower."""
+    The program multiplies int8 by int8 with `torch._int_mm`, fast on CUDA. On a CPU it can be many times slower
+    than fp32, nearly all of the time going to `_int_mm` (`benchmarks/probe_dynamic_int8.py` shows where), and
+    evaluating a vit-small variant then crawls. Which way it goes differs from CPU to CPU, so without CUDA, one
+    `_int_mm` product of `INT_MM_SHAPE` is timed against the same product in fp32 on this CPU, and the method
+    is left out of `optimize all` when it is the slower."""
     if torch.cuda.is_available():
         return None
     try:
@@ -380,7 +380,7 @@ def _no_cuda() -> str | None:
 
 def _bf16_emulated() -> str | None:
     """Why bf16 is not worth making here: without a GPU or native bf16 (AVX512-BF16, AMX) torch emulates it,
-    slower than fp32 (`custom`'s bf16 stage ran 553 s on an AVX2 CPU, int8-pt2e's 56 s)."""
+    slower than fp32, so its variant takes long to make and evaluate and gains nothing."""
     if torch.cuda.is_available() or has_native_bf16():
         return None
     return ("this CPU has no native bf16 (AVX512-BF16 or AMX) and there is no GPU: bf16 is emulated, slower "

@@ -3,8 +3,8 @@
 torch backends are compared with `torch.utils.benchmark.Timer` (same threads, `blocked_autorange`), ONNX
 Runtime with a plain `session.run` loop. The two alternate over `rounds` rounds (ours, reference, ours, ...)
 and the medians of the per-round figures are compared: on a shared VM the speed of the same call drifts by
-tens of percent within a minute (measured here: the same eager batch at 130 ms, then at 199 ms), and timing
-one after the other would compare two moments, not two timers. Use it on a quiet machine.
+tens of percent within a minute, and timing one after the other would compare two moments, not two timers.
+Use it on a quiet machine.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def cross_check(ws, variant, backend: str, batch_size: int, threads: int, protoc
     batch = torch.randn(batch_size, *input_shape(root_config(ws, variant)))
     inputs = impl.prepare(batch)
     if backend.startswith("ort-cpu"):
-        session, name, out = impl.session, impl.input_name, impl.output_name
+        session, out = impl.session, impl.output_name
         what = "plain onnxruntime loop"
 
         def reference() -> float:

@@ -25,7 +25,7 @@ def _label_blocks(ax, front: list[dict], x_key: str) -> list[tuple[str, dict, fl
     """(text, point, dy) per spot of the plot holding front points: their names, most accurate first, in one
     block of at most MAX_LINES lines above the point, moved up by `dy` points past blocks it would overprint.
     The quantized forms of one model share its MACs and differ in accuracy by hundredths: without this, their
-    labels were drawn over each other. Widths are estimated (0.6 em a character)."""
+    labels would be drawn over each other. Widths are estimated (0.6 em a character)."""
     to_pt = 72 / ax.figure.dpi
     spots: list[tuple[float, float, list[dict]]] = []
     for p in sorted(front, key=lambda p: -p["accuracy_top1"]):

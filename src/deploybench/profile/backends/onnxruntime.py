@@ -131,7 +131,7 @@ class OrtTensorRT(OrtBackend):
     @classmethod
     def available(cls) -> tuple[bool, str]:
         """onnxruntime-gpu lists this provider whether or not TensorRT itself (libnvinfer, a separate install)
-        is there; without it every session printed ORT's "EP Error" block and fell back to CUDA. Loading the
+        is there; without it every session prints ORT's "EP Error" block and falls back to CUDA. Loading the
         provider's library resolves TensorRT's, as a session would."""
         ok, why = super().available()
         if not ok:

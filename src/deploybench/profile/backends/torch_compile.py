@@ -26,7 +26,7 @@ class CompiledBackend(TorchBackend):
     def run(self, inputs):
         if not self._compiled:
             # Compilation happens on the first call; only that call needs the freezing patch (entering the
-            # patch costs ~100 us, too much to pay on every timed call).
+            # patch has a cost of its own, which every timed call would otherwise include).
             with torch._inductor.config.patch(freezing=True), torch.no_grad():
                 out = self.module(inputs)
             self._compiled = True
