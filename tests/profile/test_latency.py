@@ -63,7 +63,7 @@ def test_paired_speedup_sees_a_known_ratio():
 def test_paired_speedup_waits_out_the_other_runtimes_threads():
     """A runtime whose threads keep the cores busy for 20 ms after each call (ONNX Runtime's and OpenMP's
     spinning workers) slows the other runtime's next call; single calls in alternation would measure about
-    1.1x here instead of 4x, the settled blocks measure the calls themselves."""
+    1.1x in this simulation instead of 4x, the settled blocks measure the calls themselves."""
     import time
 
     from deploybench.profile.latency import paired_speedup

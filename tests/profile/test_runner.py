@@ -31,7 +31,10 @@ def test_every_combination_is_measured_or_skipped_with_a_reason(onnx_workspace):
     assert stored["environment"]["cuda_tf32"] is None or torch.cuda.is_available()
     assert "hostname" not in str(stored["environment"]).lower()
     assert ws.get_variant(trained.id).metrics["profile_static"]["by_module"][0]["module"] == "0"
-    assert ws.get_machine("peak_flops/cpu/1/quick")["float32"] > 0
+    ceiling = ws.get_machine("peak_flops/cpu/1")  # the full ceiling, even for a quick run
+    assert ceiling["float32"] > 0 and ws.get_machine("peak_flops/cpu/1/quick") is None
+    assert (eager["peak_flops"], eager["peak_dtype"]) == (ceiling["float32"], "float32")
+    assert eager["peak_runtime"] in ceiling["by_runtime"]["float32"]
 
 
 def test_memory_is_measured_in_a_child_process(trained_workspace):
@@ -142,9 +145,8 @@ def test_a_profiling_process_past_its_time_limit_is_stopped_and_recorded_as_fail
 def test_after_a_process_ran_out_of_time_the_smaller_batch_is_timed_without_repeating_the_accuracy_pass(
         trained_workspace, monkeypatch):
     """The larger batch goes first and carries the accuracy pass over the test split; when its process runs
-    out of time, the next one would start that pass again at a smaller batch, which is only slower (seen on
-    vit-small: a batch-64 child killed after an hour, 36 minutes into the pass, and the batch-1 child set off
-    on it again). It times the variant only, and its row says why accuracy is missing."""
+    out of time, the next one would start that pass again at a smaller batch, which is only slower. It times
+    the variant only, and its row says why accuracy is missing."""
     from deploybench.profile import runner
 
     ws, trained, data_dir = trained_workspace
@@ -168,3 +170,68 @@ def test_after_a_process_ran_out_of_time_the_smaller_batch_is_timed_without_repe
                                             "its 3600 s limit")
     line = next(line for line in lines if "batch 1: p50" in line)
     assert line.endswith(f"accuracy not measured ({small['accuracy_unmeasured']})")
+
+
+def _store_ceiling(ws, flops, threads=1):
+    """A stored float32 ceiling for this CPU, as `machine_peak` would keep it (no GEMM timed)."""
+    from deploybench.profile import machine
+
+    ws.set_machine(machine.peak_key("cpu", threads),
+                   {"float32": flops, "by_runtime": {"float32": {"onnxruntime": flops}}, "method": machine.PEAK_METHOD,
+                    "hardware": machine._hardware("cpu"), "threads": threads})
+
+
+def test_a_quick_run_measures_against_the_full_ceiling_never_a_tiny_gemm(trained_workspace, monkeypatch):
+    from deploybench.profile import machine
+
+    sizes = []
+
+    def gemm(*args):  # every runtime's GEMM: (dtype, n, device|threads, repeats) or (n, repeats)
+        sizes.append(next(a for a in args if isinstance(a, int) and a >= machine.MIN_GEMM_N))
+        return 1e9
+
+    for name in ("_gemm_flops", "_ort_gemm_flops", "_onednn_int8_flops"):
+        monkeypatch.setattr(machine, name, gemm)
+    monkeypatch.setattr(machine, "_MEASURED", {})
+    ws, trained, data_dir = trained_workspace
+    (row,) = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
+                              data_dir=data_dir, isolate=False, log=lambda _: None)
+    assert sorted(set(sizes)) == [256, 512]  # grown as in a full run: a 256 GEMM at 1 GFLOP/s takes 0.03 s
+    assert ws.get_machine("peak_flops/cpu/1")["gemm_n"]["float32"] == 512
+    assert row["metrics"]["peak_flops"] == 1e9 and row["metrics"]["protocol"]["min_runs"] == 5
+
+
+def test_a_percentage_above_the_ceiling_is_stored_as_none_with_a_warning(trained_workspace):
+    ws, trained, data_dir = trained_workspace
+    _store_ceiling(ws, 1e3)  # far below what lenet reaches: the ceiling is wrong, not the row
+    lines = []
+    (row,) = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
+                              data_dir=data_dir, isolate=False, log=lines.append)
+    m = row["metrics"]
+    assert m["pct_of_peak"] is None and m["peak_flops"] == 1e3 and m["peak_runtime"] == "onnxruntime"
+    assert "exceeds the measured ceiling 1e-06 GFLOP/s of dtype float32 (runtime onnxruntime)" in \
+        m["pct_of_peak_invalid"]
+    warning = next(line for line in lines if line.startswith("warning:") and "% of peak" in line)
+    assert "torch-cpu batch 2: % of peak not stored" in warning and m["pct_of_peak_invalid"] in warning
+    _store_ceiling(ws, 1e18)
+    (row,) = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
+                              data_dir=data_dir, isolate=False, log=lambda _: None)
+    assert 0 < row["metrics"]["pct_of_peak"] < 100 and "pct_of_peak_invalid" not in row["metrics"]
+
+
+def test_a_row_context_replaces_positional_arguments():
+    from deploybench.profile.runner import RowContext, _row
+    from deploybench.store import Variant
+
+    class Cls:
+        name, device = "torch-cpu", "cpu"
+
+    variant = Variant("v1", None, "m", "d", "train", {}, "torch-state", [], 0, "")
+    ctx = RowContext(variant=variant, cls=Cls, threads=1, env={"threads": 1}, isolated=False, protocol={"p": 1},
+                     peak={"float32": 1e12}, dtype="float32", scalars={"macs": 10**6})
+    stats = dict(latency_ms_p50=1.0, stable=True)
+    row = _row(ctx, 4, dict(metrics=stats), {"accuracy_top1": 0.5})
+    assert (row["variant_id"], row["backend"], row["device"], row["batch_size"]) == ("v1", "torch-cpu", "cpu", 4)
+    assert row["metrics"]["pct_of_peak"] == pytest.approx(0.8) and row["metrics"]["accuracy_top1"] == 0.5
+    assert row["metrics"]["protocol"] == {"p": 1} and row["metrics"]["memory_isolated"] is False
+    assert _row(ctx, 1, dict(error="boom"), None)["metrics"] == dict(skipped="failed: boom", error=True)

@@ -9,7 +9,9 @@ Each objective says which way is better and when a difference is beyond noise:
   error is a simple, conservative middle);
 - size and MACs (minimize) are exact counts: any difference counts.
 a dominates b when a is not worse than b beyond noise on every objective and better beyond noise on one.
-Rows missing an objective's value are never on the front (and never dominate).
+Rows missing an objective's value are never on the front (and never dominate). Nor, on a front with a timed
+objective (latency), are rows whose timing is not stable (`stable` False): their interval does not bound the
+true latency, so they can neither win nor make another row lose.
 """
 from __future__ import annotations
 
@@ -23,9 +25,14 @@ class Objective:
     key: str
     maximize: bool
     beyond_noise: Callable[[dict, dict], bool]  # is a better than b beyond noise?
+    timed: bool = False  # a timing: only a stable measurement counts
 
     def value(self, row: dict):
         return row.get(self.key)
+
+    def usable(self, row: dict) -> bool:
+        """Whether `row` can be compared on this objective: it has a value, and a stable one when timed."""
+        return self.value(row) is not None and not (self.timed and row.get("stable") is False)
 
 
 def _latency_better(a: dict, b: dict) -> bool:
@@ -53,24 +60,31 @@ def _exact(key: str) -> Callable[[dict, dict], bool]:
 
 
 ACCURACY = Objective("accuracy_top1", True, _accuracy_better)
-LATENCY = Objective("latency_ms_p50", False, _latency_better)
+LATENCY = Objective("latency_ms_p50", False, _latency_better, timed=True)
 SIZE = Objective("size_bytes", False, _exact("size_bytes"))
 MACS = Objective("macs", False, _exact("macs"))
 DEFAULT_OBJECTIVES = (ACCURACY, LATENCY)
 
 
+def usable(row: dict, objectives: Iterable[Objective]) -> bool:
+    """Whether `row` can be on a front of `objectives` (and dominate on it): see `Objective.usable`."""
+    return all(o.usable(row) for o in objectives)
+
+
 def dominates(a: dict, b: dict, objectives: Iterable[Objective] = DEFAULT_OBJECTIVES) -> bool:
+    """Whether `a` is not worse than `b` beyond noise on every objective and better beyond noise on one; a row
+    that is not `usable` dominates nothing."""
     objectives = list(objectives)
-    return (all(not o.beyond_noise(b, a) for o in objectives)
+    return (usable(a, objectives) and all(not o.beyond_noise(b, a) for o in objectives)
             and any(o.beyond_noise(a, b) for o in objectives))
 
 
 def pareto_front(rows: list[dict], objectives: Iterable[Objective] = DEFAULT_OBJECTIVES) -> list[bool]:
     """For each row, whether it is on the front among `rows` (compare within one dataset, backend and batch size)."""
     objectives = list(objectives)
-    valid = [all(o.value(r) is not None for o in objectives) for r in rows]
+    valid = [usable(r, objectives) for r in rows]
     return [ok and not any(valid[j] and j != i and dominates(rows[j], r, objectives) for j in range(len(rows)))
-            for i, (r, ok) in enumerate(zip(rows, valid))]
+            for i, (r, ok) in enumerate(zip(rows, valid, strict=True))]
 
 
 def mark_pareto(rows: list[dict], objectives: Iterable[Objective] = DEFAULT_OBJECTIVES,
@@ -81,6 +95,6 @@ def mark_pareto(rows: list[dict], objectives: Iterable[Objective] = DEFAULT_OBJE
     for r in rows:
         groups.setdefault(tuple(r.get(g) for g in group_by), []).append(r)
     for members in groups.values():
-        for r, on in zip(members, pareto_front(members, objectives)):
+        for r, on in zip(members, pareto_front(members, objectives), strict=True):
             r[key] = on
     return rows

@@ -237,8 +237,7 @@ def _profile_variant(ws: Workspace, variant: Variant, plan: RunPlan, latest: dic
 
 def _kept(latest: dict, variant: Variant, plan: RunPlan, data: dict) -> dict[str, list[dict]]:
     """{backend: rows} of the backends whose stored rows can stand for a new measurement (`_reusable`)."""
-    kept = {name: _reusable(latest, variant, get_backend(name), plan.batch_sizes, plan.threads, plan.protocol,
-                            plan.env, plan.isolate, data) for name in plan.backends}
+    kept = {name: _reusable(latest, variant, get_backend(name), plan, data) for name in plan.backends}
     return {name: rows for name, rows in kept.items() if rows}
 
 
@@ -296,21 +295,20 @@ def _record(ws: Workspace, ctx: RowContext, results: dict, accuracy: dict | None
     return rows
 
 
-def _reusable(latest: dict, variant: Variant, cls, batch_sizes: list[int], threads: int, protocol: dict,
-              env: dict, isolated: bool, data: dict) -> list[dict] | None:
+def _reusable(latest: dict, variant: Variant, cls, plan: RunPlan, data: dict) -> list[dict] | None:
     """The rows `profile compare` shows for (variant, backend) (`latest`: its `latest_measurements`), one per
-    batch size, when every one can stand for a new measurement: taken with `threads`, `protocol`, memory
-    isolation and data files (`data`: `data_keys`) as now, by the same committed code on the same machine
-    (`same_setup`), or a skip because the backend cannot run this variant's format. Else None."""
-    rows = [latest.get((variant.id, cls.name, b)) for b in sorted(batch_sizes)]
-    if any(r is None or r["threads"] != threads or not same_setup(r["environment"], env) for r in rows):
+    batch size of `plan`, when every one can stand for a new measurement: taken with the plan's threads,
+    protocol, memory isolation and data files (`data`: `data_keys`), by the same committed code on the same
+    machine (`same_setup`), or a skip because the backend cannot run this variant's format. Else None."""
+    rows = [latest.get((variant.id, cls.name, b)) for b in sorted(plan.batch_sizes)]
+    if any(r is None or r["threads"] != plan.threads or not same_setup(r["environment"], plan.env) for r in rows):
         return None
     unsupported = not cls.supports(variant)[0]
     for r in rows:
         m = r["metrics"]
         if "skipped" in m and not (unsupported and not m.get("error")):
             return None  # a failure, or a skip that depends on the moment (a provider that fell back)
-        if "skipped" not in m and (m.get("protocol") != protocol or m.get("memory_isolated") != isolated
+        if "skipped" not in m and (m.get("protocol") != plan.protocol or m.get("memory_isolated") != plan.isolate
                                    or m.get("data_sha256") != data.get("data_sha256")):
             return None
     return rows
