@@ -28,7 +28,8 @@ KEYS = ("model", "dataset", "variant", "stages", "chain", "format", "backend", "
         "flags")
 _METRIC_KEYS = ("accuracy_top1", "accuracy_top5", "test_images", "params", "macs", "flops", "size_bytes",
                 "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_ci95", "throughput_per_s",
-                "peak_mem_bytes", "pct_of_peak", "stable", "runs", "compute_dtype", "data_sha256")
+                "peak_mem_bytes", "pct_of_peak", "pct_of_peak_invalid", "peak_flops", "peak_dtype", "peak_runtime",
+                "stable", "attempts", "runs", "compute_dtype", "data_sha256")
 _EAGER = {"cpu": "torch-cpu", "cuda": "torch-cuda"}
 
 
@@ -128,7 +129,8 @@ def _baseline(row: dict, variants: dict, by_key: dict) -> dict | None:
 
 def _against(row: dict, base: dict) -> None:
     row["baseline"] = f"{base['variant']}@{base['backend']}"
-    if row["latency_ms_p50"] and base["latency_ms_p50"]:
+    # A ratio with an unstable timing on either side says more about the moment than about the variant.
+    if row["latency_ms_p50"] and base["latency_ms_p50"] and row["stable"] and base["stable"]:
         row["speedup"] = base["latency_ms_p50"] / row["latency_ms_p50"]
     if row["accuracy_top1"] is not None and base["accuracy_top1"] is not None:
         row["accuracy_change"] = row["accuracy_top1"] - base["accuracy_top1"]
@@ -212,7 +214,8 @@ def to_markdown(rows: list[dict]) -> str:
 
 def winners(rows: list[dict]) -> list[str]:
     """One line per objective: most accurate, smallest, fewest MACs, and per batch size the fastest and the
-    highest throughput (with the rows whose latency interval overlaps the winner's, i.e. tied within noise)."""
+    highest throughput among stable timings (with the rows whose latency interval overlaps the winner's, i.e.
+    tied within noise)."""
     measured = [r for r in rows if r["skipped"] is None]
     if not measured:
         return []
@@ -231,7 +234,10 @@ def winners(rows: list[dict]) -> list[str]:
             best = min(have, key=lambda r: r[key])
             lines.append(f"{label}: {_name(best)}, {BY_KEY[key].cell(best)}")
     for bs in sorted({r["batch_size"] for r in measured}):
-        group = [r for r in measured if r["batch_size"] == bs]
+        group = [r for r in measured if r["batch_size"] == bs and r["stable"]]  # an unstable timing cannot win
+        if not group:
+            lines.append(f"fastest at batch {bs}: none (no stable timing)")
+            continue
         best = min(group, key=lambda r: r["latency_ms_p50"])
         ties = [r for r in group if r is not best and r["latency_ms_ci95"][0] <= best["latency_ms_ci95"][1]]
         tie = f" (tied within noise with {len(ties)} other{'s' if len(ties) != 1 else ''})" if ties else ""

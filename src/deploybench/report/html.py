@@ -61,10 +61,11 @@ def _label(row: dict) -> str:
 
 
 def recommendations(rows: list[dict]) -> list[dict]:
-    """Per (dataset, backend, batch size): the fastest variant within 0.5, 1 and 2 points of the best accuracy."""
+    """Per (dataset, backend, batch size): the fastest variant within 0.5, 1 and 2 points of the best accuracy.
+    Only stable timings compete: an unstable one cannot win."""
     groups = defaultdict(list)
     for r in rows:
-        if r.get("latency_ms_p50") is not None and r.get("accuracy_top1") is not None:
+        if r.get("latency_ms_p50") is not None and r.get("accuracy_top1") is not None and r.get("stable"):
             groups[(r["dataset"], r["backend"], r["batch_size"])].append(r)
     out = []
     for (dataset, backend, bs), rs in sorted(groups.items()):
