@@ -24,10 +24,12 @@ def test_report_is_self_contained_and_escapes_user_strings(report_workspace, tmp
 
 def test_recommendations_pick_the_fastest_within_each_threshold():
     rows = [dict(dataset="d", backend="b", batch_size=1, variant=v, model="m", stages=["train", s], chain=f"train+{s}",
-                 latency_ms_p50=lat, accuracy_top1=acc)
-            for v, s, lat, acc in [("a", "fp32", 10.0, 0.90), ("b", "int8", 4.0, 0.896), ("c", "prune", 1.0, 0.885)]]
+                 latency_ms_p50=lat, accuracy_top1=acc, stable=stable)
+            for v, s, lat, acc, stable in [("a", "fp32", 10.0, 0.90, True), ("b", "int8", 4.0, 0.896, True),
+                                           ("c", "prune", 1.0, 0.885, True), ("d", "int8", 0.5, 0.899, False)]]
     (rec,) = recommendations(rows)
-    assert [p["variant"] for p in rec["picks"]] == ["b", "b", "c"]  # within 0.5, 1 and 2 points of 90%
+    # within 0.5, 1 and 2 points of 90%; "d" would be fastest everywhere, but its timing is unstable
+    assert [p["variant"] for p in rec["picks"]] == ["b", "b", "c"]
 
 
 def test_labels_of_front_points_at_one_spot_do_not_overprint_each_other():
@@ -147,5 +149,6 @@ def test_known_rows_show_formatted_values(report_workspace, tmp_path):
         assert {c["Size"] for c in cells} == {"244.1 KB", "100 B"}
         assert {c["Params"] for c in cells} == {"61.71K"}
         child = [c for c in cells if c["Top-1 %"] == "50.00"]
-        assert {c["Δ top-1 pt"] for c in child} == {"-5.00"} and {c["Speed-up"] for c in child} == {"2.00×"}
+        # the child's timing is unstable: no speed-up is claimed for it, only the flag
+        assert {c["Δ top-1 pt"] for c in child} == {"-5.00"} and {c["Speed-up"] for c in child} == {"-"}
         assert all("unstable" in c["Flags"] for c in child)
