@@ -5,11 +5,20 @@ import argparse
 import json
 import sys
 
-from deploybench.cli.common import add_checkpoint_option, add_common, dataset_arg, open_workspace, run
+from deploybench.cli.common import (
+    ArgumentParser,
+    add_checkpoint_option,
+    add_common,
+    dataset_arg,
+    open_workspace,
+    run,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train", description="Train a zoo model and record it in the workspace.")
+    p = ArgumentParser(prog="train", description="Train a zoo model and record it in the workspace.",
+                       epilog="train sweep --model NAME --dataset D --trials N: tune the training recipe "
+                              "with Optuna (see train sweep --help)")
     add_common(p)
     p.add_argument("--list-models", action="store_true", help="list the zoo (name, family, params) and exit")
     p.add_argument("--json", action="store_true", help="with --list-models: print JSON")
@@ -58,6 +67,11 @@ def list_models_table(dataset: str, data_dir: str, as_json: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sweep"]:  # the one subcommand; `train --model ...` stays as it is
+        from deploybench.cli.train_sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     def go():
