@@ -7,7 +7,7 @@ DATA   := data
 WS     := workspace
 DEMO_MODELS ?= lenet
 
-.PHONY: setup data browser demo test test-all bench bench-baseline clean
+.PHONY: setup data browser postgres demo test test-all bench bench-baseline clean
 
 setup: $(STAMP)
 
@@ -43,13 +43,23 @@ browser:
 	  else echo "install chromium + chromium-driver to run the browser test"; fi; \
 	fi
 
+# The study test with several workers serves a throwaway PostgreSQL from Debian's packages (installed here when
+# root; the test runs the server as an unprivileged user).
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null || \
+	      echo "could not install postgresql: the PostgreSQL study test will be skipped"; \
+	  else echo "install postgresql to run the PostgreSQL study test"; fi; \
+	fi
+
 # CI's suite: everything but the `slow` tests (optimize all over the five big architectures), then the
 # benchmarks with their gates and the comparison against the committed baseline.
-test: setup browser
+test: setup browser postgres
 	$(PY) -m pytest -q -m "not slow" tests
 	$(MAKE) --no-print-directory bench
 
-test-all: setup browser
+test-all: setup browser postgres
 	$(PY) -m pytest -q tests
 	$(MAKE) --no-print-directory bench
 
