@@ -13,8 +13,22 @@ def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys, monkeypatch):
             "--backends", "torch-cpu,ort-cpu", "--batch-sizes", "4", "--out", str(out),
             "--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
     assert deploybench_main.main(argv) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert f"report: {out}" in printed and out.is_file()
+    # Output captured is a log, not a terminal: no bar redrawn into it, one line per phase, epoch and chain.
+    assert "\r" not in captured.out + captured.err
+    lines = captured.out.splitlines() + captured.err.splitlines()
+    assert [line for line in lines if line.startswith("pipeline ")] == [
+        "pipeline 1/4: lenet: train", "pipeline 2/4: lenet: optimize all", "pipeline 3/4: lenet: profile",
+        "pipeline 4/4: report"]
+    assert sum(line.startswith("epoch ") for line in lines) == 1
+    from deploybench.optimize.pipeline import default_chains
+
+    chains = [line for line in lines if line.startswith("lenet: optimize all ") or " skipped: " in line
+              or line.startswith("lenet: chain ")]
+    assert len(chains) == len(default_chains())
+    assert len(lines) < 120
     from deploybench.optimize.quantize import METHODS
 
     if why := METHODS["fp16"].left_out_of_all():  # each chain it leaves out is named, with the reason

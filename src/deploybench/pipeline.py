@@ -8,11 +8,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from deploybench.data import canonical_dataset
 from deploybench.errors import WORKSPACE_ERRNOS, failure_line, traceback_tail
 from deploybench.optimize.pipeline import optimize_all
+from deploybench.platform.progress import progress
 from deploybench.profile.runner import profile_variants
 from deploybench.report import build_report
 from deploybench.store import Workspace
@@ -20,53 +19,67 @@ from deploybench.train.engine import TrainingInterrupted
 from deploybench.train.recipes import default_recipe
 from deploybench.train.run import train_model
 
+PHASES = ("train", "optimize", "profile")
+
+
+def _run_model(ws: Workspace, model: str, dataset: str, summary: dict, bar, *, data_dir, epochs, backends,
+               batch_sizes, quick: bool, say) -> str | None:
+    """Train, optimize and profile one model, counting each phase on `bar` and adding to `summary`.
+
+    Returns:
+        the phase that failed (its steps are counted as done), or None.
+    Raises:
+        TrainingInterrupted, or an OSError of a full or read-only workspace: they stop the whole run.
+    """
+    phase = "train"
+    try:
+        bar.milestone(f"{model}: train")
+        root, _ = train_model(ws, model, dataset, default_recipe(model, epochs=epochs), data_dir=data_dir,
+                              resume=None, log=say)  # an interrupted run of an earlier pipeline goes on
+        summary["models"][model] = root.metrics.get("accuracy_top1")
+        bar.update()
+        phase = "optimize"
+        bar.milestone(f"{model}: optimize all")
+        results = optimize_all(ws, root, data_dir, log=lambda line: say(f"{model}: {line}"))
+        summary["failed"] += [f"{model}: {r.name}: {r.message}" for r in results if r.status == "failed"]
+        bar.update()
+        phase = "profile"
+        bar.milestone(f"{model}: profile")
+        profile_variants(ws, ws.variants(model, dataset), backends, batch_sizes=batch_sizes, quick=quick,
+                         data_dir=data_dir, reuse=True, log=say)  # a rerun measures only what is new
+        bar.update()
+    except Exception as exc:  # noqa: BLE001  one model that fails must not stop the others
+        if isinstance(exc, TrainingInterrupted) or getattr(exc, "errno", None) in WORKSPACE_ERRNOS:
+            raise  # SIGTERM (checkpointed, resumable) or a full/read-only disk: stop the whole run
+        summary["failed"].append(f"{model}: {phase}: {failure_line(exc)}")
+        say(f"{model}: {phase} failed: {failure_line(exc)}" + traceback_tail(exc))
+        bar.update(len(PHASES) - PHASES.index(phase))  # the phases it will not run
+        return phase
+    return None
+
 
 def run_pipeline(ws: Workspace, dataset: str, models: list[str], *, data_dir: str | Path = "data",
                  epochs: int | None = None, backends: list[str] | None = None, batch_sizes=(1, 64),
                  quick: bool = False, report: str | Path = "reports/index.html", log=print) -> dict:
-    """Run every phase for every model under one progress bar; returns a summary with the report's path.
+    """Run every phase for every model under one progress display; returns a summary with the report's path.
 
     A model whose training, chains or profiling fail is reported in `summary["failed"]` and the other models
     go on; the report covers what succeeded. A SIGTERM during training (checkpointed; the next pipeline
-    resumes it) and a full or read-only workspace stop the run.
+    resumes it) and a full or read-only workspace stop the run. On a terminal a bar shows the phases; in a log
+    each phase starts with one line.
     """
     dataset = canonical_dataset(dataset)
-    phases = ["train", "optimize", "profile"]
-    bar = tqdm(total=len(models) * len(phases) + 1, desc="pipeline", unit="step", dynamic_ncols=True)
+    bar = progress(total=len(models) * len(PHASES) + 1, desc="pipeline", log=log, unit="step", dynamic_ncols=True)
     summary = dict(models={}, failed=[], seconds={})
     say = bar.write if log is print else log
     for n, model in enumerate(models):
-        start, phase, stopped = time.perf_counter(), "train", False
-        try:
-            bar.set_postfix_str(f"{model}: train")
-            root, _ = train_model(ws, model, dataset, default_recipe(model, epochs=epochs), data_dir=data_dir,
-                                  resume=None, log=say)  # an interrupted run of an earlier pipeline goes on
-            summary["models"][model] = root.metrics.get("accuracy_top1")
-            bar.update()
-            phase = "optimize"
-            bar.set_postfix_str(f"{model}: optimize all")
-            results = optimize_all(ws, root, data_dir, progress=False, log=say)
-            summary["failed"] += [f"{model}: {r.name}: {r.message}" for r in results if r.status == "failed"]
-            for r in results:  # what the report will not show, and why (fp16 without a GPU, QAT not needed, ...)
-                if r.status == "skipped":
-                    say(f"{model}: {r.name} skipped: {r.message}")
-            bar.update()
-            phase = "profile"
-            bar.set_postfix_str(f"{model}: profile")
-            profile_variants(ws, ws.variants(model, dataset), backends, batch_sizes=batch_sizes, quick=quick,
-                             data_dir=data_dir, reuse=True, log=say)  # a rerun measures only what is new
-            bar.update()
-        except Exception as exc:  # noqa: BLE001  one model that fails must not stop the others
-            if isinstance(exc, TrainingInterrupted) or getattr(exc, "errno", None) in WORKSPACE_ERRNOS:
-                raise  # SIGTERM (checkpointed, resumable) or a full/read-only disk: stop the whole run
-            summary["failed"].append(f"{model}: {phase}: {failure_line(exc)}")
-            stopped = True
-            say(f"{model}: {phase} failed: {failure_line(exc)}" + traceback_tail(exc))
-            bar.update(len(phases) - phases.index(phase))  # the phases it will not run
-        summary["seconds"][model] = time.perf_counter() - start
-        ended = f"stopped at {phase} after" if stopped else "finished in"
+        start_s = time.perf_counter()
+        failed = _run_model(ws, model, dataset, summary, bar, data_dir=data_dir, epochs=epochs, backends=backends,
+                            batch_sizes=batch_sizes, quick=quick, say=say)
+        summary["seconds"][model] = time.perf_counter() - start_s
+        ended = f"stopped at {failed} after" if failed else "finished in"
         say(f"{model} {ended} {summary['seconds'][model] / 60:.1f} min ({n + 1} of {len(models)} models)")
-    bar.set_postfix_str("report")
+    bar.milestone("report")
     summary["report"] = build_report(ws, report)
     bar.update()
     bar.close()

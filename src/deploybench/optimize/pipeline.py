@@ -5,17 +5,17 @@ config) is made once and found the next time.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from tqdm import tqdm
-
 from deploybench.errors import failure_line, traceback_tail
 from deploybench.optimize.base import Stage
+from deploybench.optimize.choices import QUANT_METHODS
 from deploybench.optimize.export import ExportStage
 from deploybench.optimize.prune import PruneStage
-from deploybench.optimize.choices import QUANT_METHODS
 from deploybench.optimize.quantize import METHODS, QuantizeStage
+from deploybench.platform.progress import progress as progress_display
 from deploybench.store import Variant, Workspace
 
 QAT_TRIGGER = 0.01  # run QAT only when int8-pt2e loses more than 1 point of top-1
@@ -78,30 +78,48 @@ def default_chains(*, ratio: float = 0.5, finetune_epochs: int = 2, distill: boo
     return chains
 
 
+def _run_chain(ws: Workspace, root: Variant, data_dir, chain: Chain, log) -> ChainResult:
+    """Run the stages of `chain` from `root`; a failure is logged and returned, not raised (KeyboardInterrupt is)."""
+    made, parent = [], root
+    try:
+        for stage in chain.steps:
+            parent = stage.run(ws, parent, data_dir)
+            made.append(parent)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001  one broken chain must not stop the others
+        log(f"chain {chain.name} failed: {failure_line(exc)}" + traceback_tail(exc))
+        return ChainResult(chain.name, "failed", made, failure_line(exc))
+    return ChainResult(chain.name, "ok", made)
+
+
 def run_chains(ws: Workspace, root: Variant, data_dir, chains: list[Chain], *, progress: bool = True,
                log=print) -> list[ChainResult]:
-    """Run every chain from `root`; failures are caught, reported and do not stop the others."""
+    """Run every chain from `root`; failures are caught, reported and do not stop the others.
+
+    Args:
+        progress: show progress: a bar on a terminal, else one line per chain that runs through.
+        log: where the lines go; a failed chain and a skipped one (with the reason) are always logged.
+    Returns:
+        one result per chain, in order.
+    """
     results, done = [], {}
-    bar = tqdm(chains, desc="optimize all", unit="chain", disable=not progress, dynamic_ncols=True)
+    bar = progress_display(chains, desc="optimize all", unit="chain", log=log, enabled=progress, leave=None,
+                           dynamic_ncols=True)
     for chain in bar:
         bar.set_postfix_str(chain.name)
         reason = chain.skip(done)
         if reason:
             results.append(ChainResult(chain.name, "skipped", message=reason))
+            log(f"{chain.name} skipped: {reason}")
             continue
-        made, parent = [], root
-        try:
-            for stage in chain.steps:
-                parent = stage.run(ws, parent, data_dir)
-                made.append(parent)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001  one broken chain must not stop the others
-            results.append(ChainResult(chain.name, "failed", made, failure_line(exc)))
-            log(f"chain {chain.name} failed: {failure_line(exc)}" + traceback_tail(exc))
-            continue
-        done[chain.name] = parent
-        results.append(ChainResult(chain.name, "ok", made))
+        start_s = time.perf_counter()
+        result = _run_chain(ws, root, data_dir, chain, log)
+        results.append(result)
+        if result.status == "ok":
+            done[chain.name] = result.variants[-1]
+            bar.milestone(f"{chain.name} ok in {time.perf_counter() - start_s:.1f} s -> variant {done[chain.name].id}")
+    bar.close()
     return results
 
 
@@ -137,7 +155,7 @@ def summary_table(root: Variant, results: list[ChainResult]) -> str:
                       _fmt(v.size_bytes, "bytes"), _fmt(m.get("accuracy_top1"), "pct"),
                       _fmt(m.get("agreement_top1"), "pct") if v.parent_id else "-", m.get("note") or ""))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for r in results:
         if r.status != "ok":

@@ -26,7 +26,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from deploybench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from deploybench.artifacts.formats import EAGER_FORMATS, load_module, shaped_state
@@ -35,6 +34,7 @@ from deploybench.errors import UserError, unknown_choice
 from deploybench.models.vit import Attention, VisionTransformer
 from deploybench.optimize.choices import PRUNE_IMPORTANCES
 from deploybench.optimize.base import Stage, StageConfig, StageData, count_params, macs_of, register_stage, stage_data
+from deploybench.platform.progress import note
 from deploybench.store import Variant, Workspace
 from deploybench.train.engine import (
     EpochBatchSampler,
@@ -138,7 +138,8 @@ def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Modul
 def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epochs: int, lr: float,
              seed: int, *, device: torch.device, workers: int, checkpoint: Path | None = None) -> list[dict]:
     """Fine-tune on `device` with the train engine (its optimizer, a cosine schedule, its training loader with
-    `workers` processes); distill from `teacher` if given. Both models must already be on `device`.
+    `workers` processes); distill from `teacher` if given. Both models must already be on `device`. Prints one
+    line per epoch on stderr.
 
     With `checkpoint`, everything needed to go on (weights, optimizer, schedule, scaler, random state, history) is
     written there atomically after every epoch, and a run that finds it starts after its last epoch: an
@@ -174,6 +175,8 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epo
                                 loss_fn=distill if teacher is not None else None,
                                 desc=f"fine-tune {epoch + 1}/{epochs}")
         history.append(dict(epoch=epoch + 1, loss=stats["loss"], top1=stats["top1"], seconds=stats["seconds"]))
+        note(f"fine-tune epoch {epoch + 1}/{epochs}: loss {stats['loss']:.3f} top-1 {100 * stats['top1']:.2f}% | "
+             f"{stats['seconds']:.0f} s, {stats['images_per_s']:.0f} img/s")
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(run_state(model, opt, sched, scaler, history=history), checkpoint)

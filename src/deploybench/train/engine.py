@@ -14,18 +14,19 @@ import os
 import random
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
 from deploybench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from deploybench.errors import UserError
+from deploybench.platform.progress import progress
 from deploybench.train.recipes import Recipe
 
 
@@ -33,9 +34,8 @@ class TrainingInterrupted(Exception):
     """SIGTERM arrived: the state was checkpointed and the run can be resumed."""
 
 
-# Measured on an H200 (16 CPU cores), `custom` on Fashion-MNIST, one epoch at batch 128: 3,358 img/s with the
-# augmentation in the main process, 7,168 with 2 workers, 7,188 with 4, 11,563 with 8. A fixed number, not one
-# read from the machine, because the workers' random streams shape the weights.
+# Augmenting in the main process leaves a GPU waiting for batches, so GPU training loads data in worker processes.
+# The number is fixed, not read from the machine, because the workers' random streams shape the weights.
 CUDA_LOADER_WORKERS = 4
 
 
@@ -48,8 +48,8 @@ def default_workers(device: torch.device) -> int:
 def device_keys(device: torch.device, workers: int) -> dict:
     """What shapes trained weights besides the recipe, for a variant's config (and so its id): the device when it
     is not the CPU (GPU kernels, mixed precision) and the number of loader workers when there are any (each draws
-    the augmentation of its batches from its own seeded stream). Empty on the CPU without workers: CPU ids stay
-    what they always were."""
+    the augmentation of its batches from its own seeded stream). Empty on the CPU without workers, so the ids of
+    CPU-trained variants carry neither key."""
     keys: dict = {}
     if device.type != "cpu":
         keys["device"] = device.type
@@ -61,8 +61,8 @@ def device_keys(device: torch.device, workers: int) -> dict:
 def _own_process_group(_worker_id: int) -> None:
     """worker_init_fn: leave the trainer's process group. A signal for the whole group (SIGTERM from `timeout`, a
     job scheduler or `kill -- -PGID`; Ctrl-C's SIGINT) then reaches the trainer alone, which checkpoints, stops and
-    shuts its workers down; a worker killed by it made the trainer fail wherever it was ("DataLoader worker ... is
-    killed by signal: Terminated"). torch's own shutdown still stops the workers."""
+    shuts its workers down; a worker killed by the signal would make the trainer fail wherever it is ("DataLoader
+    worker ... is killed by signal: Terminated"). torch's own shutdown still stops the workers."""
     os.setpgid(0, 0)
 
 
@@ -106,7 +106,7 @@ class EvalResult:
         rec = torch.where(true > 0, tp / true.clamp(min=1), torch.zeros_like(tp))
         f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp(min=1e-12), torch.zeros_like(tp))
         return [dict(precision=float(p), recall=float(r), f1=float(f), support=int(s))
-                for p, r, f, s in zip(prec, rec, f1, true)]
+                for p, r, f, s in zip(prec, rec, f1, true, strict=True)]
 
 
 @dataclass
@@ -188,8 +188,8 @@ def train_one_epoch(model, loader, opt, sched, scaler, device, recipe: Recipe, *
     model.train()
     use_amp = recipe.amp and device.type == "cuda"
     loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
-    bar = tqdm(itertools.islice(loader, skip, None), total=len(loader) - skip, desc=desc, leave=False,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = progress(itertools.islice(loader, skip, None), total=len(loader) - skip, desc=desc, leave=False,
+                   dynamic_ncols=True, mininterval=1.0)
     for i, (x, y) in enumerate(bar):
         x, y = _to_device(x, device, recipe.channels_last), y.to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -232,6 +232,114 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
     return EvalResult(loss_sum / max(seen, 1), cm.diag().sum().item() / max(seen, 1), top5 / max(seen, 1), cm)
 
 
+@dataclass
+class _Run:
+    """What `fit` trains and checkpoints: the model, its optimizer, schedule and loss scaler, and the progress."""
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    recipe: Recipe
+    last: Path                # the resumable checkpoint
+    state: TrainState
+
+    def checkpoint(self) -> None:
+        """Write everything needed to resume to `last`, atomically."""
+        save_checkpoint(run_state(self.model, self.opt, self.sched, self.scaler, state=vars(self.state),
+                                  recipe=self.recipe.to_dict()), self.last)
+
+
+def _start_run(model: nn.Module, train_images: int, recipe: Recipe, device: torch.device, last: Path,
+               resume: bool) -> _Run:
+    """Seed the RNGs, put `model` on `device` and build its optimizer, schedule and scaler; with `resume`, restore
+    all of them and the progress from the checkpoint `last`."""
+    torch.manual_seed(recipe.seed)
+    random.seed(recipe.seed)
+    model.to(device)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, recipe)
+    sched = make_scheduler(opt, recipe, math.ceil(train_images / recipe.batch_size))
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
+    run = _Run(model, opt, sched, scaler, recipe, last, TrainState())
+    if resume:
+        ckpt = load_checkpoint(last)
+        restore_run_state(ckpt, model, opt, sched, scaler)
+        run.state = TrainState(**ckpt["state"])
+    return run
+
+
+@contextmanager
+def _sigterm_flag() -> Iterator[list]:
+    """Within the block a SIGTERM is noted in the yielded list (empty until then) instead of ending the process."""
+    terminated: list = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
+    try:
+        yield terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _epoch_loader(train_set: Dataset, recipe: Recipe, device: torch.device, workers: int, epoch: int,
+                  start: int) -> tuple[DataLoader, int]:
+    """The training loader of `epoch` (0-based) resuming at batch `start`, and how many of its batches to skip.
+
+    Without workers the augmentation draws on the main process's RNG, restored from the checkpoint: the sampler
+    starts at the batch reached. With workers, each worker draws the augmentation of the batches dealt to it in
+    turn from its own stream, seeded by the loader's generator: a resumed epoch deals its batches from the first
+    one again (loading up to an epoch of data for nothing) and skips the done ones, so each worker sees what it
+    saw before the interruption."""
+    skip = start if workers else 0
+    sampler = EpochBatchSampler(len(train_set), recipe.batch_size, recipe.seed, epoch, start - skip)
+    return train_loader(train_set, sampler, device, workers, recipe.seed + epoch), skip
+
+
+def _step_hook(run: _Run, start: int, terminated: list) -> Callable[[int], None]:
+    """`on_step` for an epoch resumed at batch `start`: counts the steps, checkpoints every `checkpoint_every`,
+    and on SIGTERM checkpoints and raises TrainingInterrupted."""
+    def on_step(i: int) -> None:
+        run.state.step = start + i + 1
+        if terminated:
+            run.checkpoint()
+            raise TrainingInterrupted(f"stopped by SIGTERM at epoch {run.state.epoch + 1}, step {run.state.step}; "
+                                      f"checkpoint saved, continue with --resume")
+        if run.recipe.checkpoint_every and run.state.step % run.recipe.checkpoint_every == 0:
+            run.checkpoint()
+
+    return on_step
+
+
+def _epoch_row(epoch: int, stats: dict, val: EvalResult, lr: float, resumed_at_step: int) -> dict:
+    """The history row of `epoch` (1-based) from its training `stats` and validation."""
+    row = dict(epoch=epoch, train_loss=stats["loss"], train_top1=stats["top1"], val_loss=val.loss,
+               val_top1=val.top1, lr=lr, seconds=stats["seconds"], images_per_s=stats["images_per_s"])
+    if resumed_at_step:  # a resumed partial epoch: its throughput figures cover only part of it
+        row["resumed_at_step"] = resumed_at_step
+    return row
+
+
+def _train_epoch(run: _Run, train_set: Dataset, val_loader: DataLoader, num_classes: int, device: torch.device,
+                 workers: int, terminated: list) -> dict:
+    """Train the epoch under way (from the step reached) and validate; returns its history row."""
+    recipe, start = run.recipe, run.state.step
+    loader, skip = _epoch_loader(train_set, recipe, device, workers, run.state.epoch, start)
+    stats = train_one_epoch(run.model, loader, run.opt, run.sched, run.scaler, device, recipe,
+                            on_step=_step_hook(run, start, terminated),
+                            desc=f"epoch {run.state.epoch + 1}/{recipe.epochs}", skip=skip)
+    val = evaluate(run.model, val_loader, device, num_classes, recipe.channels_last)
+    run.state.epoch, run.state.step = run.state.epoch + 1, 0
+    return _epoch_row(run.state.epoch, stats, val, run.sched.get_last_lr()[0], start)
+
+
+def _record_epoch(run: _Run, row: dict, best: Path) -> None:
+    """Add `row` to the history, keep the weights in `best` when they validate best so far, checkpoint."""
+    run.state.history.append(row)
+    if row["val_top1"] > run.state.best_val_top1:
+        run.state.best_val_top1 = row["val_top1"]
+        save_checkpoint({"model": run.model.state_dict(), "epoch": row["epoch"], "val_top1": row["val_top1"]}, best)
+    run.checkpoint()
+
+
 def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int, recipe: Recipe, run_dir: Path,
         *, device: torch.device, resume: bool = False, workers: int = 0,
         on_epoch: Callable[[dict], None] | None = None) -> TrainState:
@@ -239,69 +347,16 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int
     `default_workers(device)` is the default of `train_model`), validating every epoch.
 
     Writes `run_dir/last.pt` (everything needed to resume) at every epoch end, every `checkpoint_every`
-    steps and on SIGTERM, and `run_dir/best.pt` (weights with the best validation top-1). Returns the state.
+    steps and on SIGTERM, and `run_dir/best.pt` (weights with the best validation top-1). Calls `on_epoch` with
+    each epoch's history row. Returns the state.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(recipe.seed)
-    random.seed(recipe.seed)
-    model.to(device)
-    if recipe.channels_last:
-        model.to(memory_format=torch.channels_last)
-    steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
-    opt = make_optimizer(model, recipe)
-    sched = make_scheduler(opt, recipe, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
-    state = TrainState()
-    last = run_dir / "last.pt"
-    if resume:
-        ckpt = load_checkpoint(last)
-        restore_run_state(ckpt, model, opt, sched, scaler)
-        state = TrainState(**ckpt["state"])
-
-    def checkpoint() -> None:
-        save_checkpoint(run_state(model, opt, sched, scaler, state=vars(state), recipe=recipe.to_dict()), last)
-
-    terminated = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
+    run = _start_run(model, len(train_set), recipe, device, run_dir / "last.pt", resume)
     val_loader = DataLoader(val_set, batch_size=256)
-    try:
-        while state.epoch < recipe.epochs:
-            start = state.step
-            # Without workers the augmentation draws on the main process's RNG, restored from the checkpoint: the
-            # sampler starts at the batch reached. With workers, each worker draws the augmentation of the batches
-            # dealt to it in turn from its own stream, seeded by the loader's generator: a resumed epoch deals its
-            # batches from the first one again (loading up to an epoch of data for nothing) and skips the done
-            # ones, so each worker sees what it saw before the interruption.
-            skip = start if workers else 0
-            sampler = EpochBatchSampler(len(train_set), recipe.batch_size, recipe.seed, state.epoch, start - skip)
-            loader = train_loader(train_set, sampler, device, workers, recipe.seed + state.epoch)
-
-            def on_step(i: int) -> None:
-                state.step = start + i + 1
-                if terminated:
-                    checkpoint()
-                    raise TrainingInterrupted(f"stopped by SIGTERM at epoch {state.epoch + 1}, step {state.step}; "
-                                              f"checkpoint saved, continue with --resume")
-                if recipe.checkpoint_every and state.step % recipe.checkpoint_every == 0:
-                    checkpoint()
-
-            stats = train_one_epoch(model, loader, opt, sched, scaler, device, recipe, on_step=on_step,
-                                    desc=f"epoch {state.epoch + 1}/{recipe.epochs}", skip=skip)
-            val = evaluate(model, val_loader, device, num_classes, recipe.channels_last)
-            state.epoch, state.step = state.epoch + 1, 0
-            row = dict(epoch=state.epoch, train_loss=stats["loss"], train_top1=stats["top1"], val_loss=val.loss,
-                       val_top1=val.top1, lr=sched.get_last_lr()[0], seconds=stats["seconds"],
-                       images_per_s=stats["images_per_s"])
-            if start:  # a resumed partial epoch: its throughput figures cover only part of it
-                row["resumed_at_step"] = start
-            state.history.append(row)
-            if val.top1 > state.best_val_top1:
-                state.best_val_top1 = val.top1
-                save_checkpoint({"model": model.state_dict(), "epoch": state.epoch, "val_top1": val.top1},
-                                run_dir / "best.pt")
-            checkpoint()
+    with _sigterm_flag() as terminated:
+        while run.state.epoch < recipe.epochs:
+            row = _train_epoch(run, train_set, val_loader, num_classes, device, workers, terminated)
+            _record_epoch(run, row, run_dir / "best.pt")
             if on_epoch:
                 on_epoch(row)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return state
+    return run.state

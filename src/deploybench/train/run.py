@@ -3,19 +3,22 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Subset
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from deploybench.artifacts.checkpoint import load_checkpoint, load_weights, read_state_dict
-from deploybench.data import canonical_dataset, data_keys, dataset_info, load_splits
+from deploybench.data import Splits, canonical_dataset, data_keys, dataset_info, load_splits
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.identity import model_config
 from deploybench.store import Variant, Workspace
 from deploybench.train import plots
-from deploybench.train.engine import default_workers, device_keys, evaluate, fit
+from deploybench.train.engine import EvalResult, TrainState, default_workers, device_keys, evaluate, fit
 from deploybench.train.recipes import Recipe, default_recipe
 
 
@@ -36,6 +39,158 @@ def training_device(name: str | None) -> torch.device:
     return dev
 
 
+@dataclass
+class _Plan:
+    """One training run, decided before any training: its data, device, loader workers, config (and so variant
+    id), checkpoint folder and starting weights."""
+    model: str
+    dataset: str
+    device: torch.device
+    workers: int
+    splits: Splits
+    config: dict
+    variant_id: str
+    run_dir: Path
+    imagenet_state: dict | None  # --pretrained backbone weights
+    init_state: dict | None      # --checkpoint weights
+    checkpoint: str | None       # the file `init_state` came from
+
+
+def _loader_workers(workers: int | None, device: torch.device) -> int:
+    """`--workers`, defaulting to `default_workers(device)`; a negative count is a one-line error."""
+    if workers is None:
+        return default_workers(device)
+    if workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {workers}")
+    return workers
+
+
+def _starting_weights(config: dict, pretrained: str | None, checkpoint: str | None) -> tuple[dict | None, dict | None]:
+    """The (pretrained, checkpoint) state dicts, each file read once and refused with one line when bad. Starting
+    weights are known by their bytes: their sha256 goes into `config`, so two files of one name start two runs."""
+    imagenet_state = init_state = None
+    if pretrained:
+        imagenet_state, config["pretrained_sha256"] = read_state_dict(pretrained)
+    if checkpoint:
+        init_state, config["init_checkpoint_sha256"] = read_state_dict(checkpoint)
+    return imagenet_state, init_state
+
+
+def _plan(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data_dir: str | Path, pretrained: str | None,
+          checkpoint: str | None, device: str | None, workers: int | None) -> _Plan:
+    """Check the options, load the splits and read the starting weights; returns the run they make."""
+    dataset = canonical_dataset(dataset)
+    dev = training_device(device)
+    workers = _loader_workers(workers, dev)
+    transfer = bool(pretrained)
+    splits = load_splits(dataset, data_dir, seed=recipe.seed, augment=recipe.augment, cutout=recipe.cutout,
+                         transfer=transfer)
+    config = dict(model_config(model, splits.info, transfer), recipe=recipe.to_dict(), dataset=dataset,
+                  pretrained=Path(pretrained).name if pretrained else None,
+                  init_checkpoint=Path(checkpoint).name if checkpoint else None)
+    imagenet_state, init_state = _starting_weights(config, pretrained, checkpoint)
+    config.update(device_keys(dev, workers))  # a GPU or loader workers give other weights: a variant of its own
+    config.update(data_keys(dataset, data_dir))  # so do other data files than the published ones
+    vid = ws.variant_id(model, dataset, None, "train", config)
+    return _Plan(model, dataset, dev, workers, splits, config, vid, ws.run_dir(model, dataset, vid), imagenet_state,
+                 init_state, checkpoint)
+
+
+def _resume_or_restart(plan: _Plan, resume: bool | None, restart: bool) -> bool:
+    """Whether to resume the run in `plan.run_dir` (see `train_model`); discards it on `restart`. An interrupted
+    run is never overwritten silently, and resuming needs one."""
+    last = plan.run_dir / "last.pt"
+    if resume is None:
+        resume = last.exists() and not restart
+    if resume and not last.exists():
+        raise UserError(f"nothing to resume: no interrupted run of {plan.model} on {plan.dataset} with this recipe")
+    if last.exists() and not resume:
+        if not restart:
+            raise UserError(f"an interrupted run of {plan.model} on {plan.dataset} exists ({plan.run_dir}); "
+                            f"pass --resume to continue it or --restart to discard it")
+        shutil.rmtree(plan.run_dir)
+    return resume
+
+
+def _build(plan: _Plan, recipe: Recipe) -> tuple[nn.Module, Dataset]:
+    """The initial network (seeded: the initial weights are part of the recipe) and the training images."""
+    torch.manual_seed(recipe.seed)
+    net = create_model(plan.model, plan.splits.info.num_classes, plan.config["in_channels"],
+                       plan.config["image_size"], pretrained=plan.imagenet_state)
+    if plan.init_state is not None:
+        load_weights(net, plan.init_state, plan.checkpoint)
+    train_set = plan.splits.train
+    if recipe.limit_train and recipe.limit_train < len(train_set):
+        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(recipe.seed))
+        train_set = Subset(train_set, keep[:recipe.limit_train].tolist())
+    return net, train_set
+
+
+def _epoch_logger(writer, log) -> Callable[[dict], None]:
+    """`on_epoch` for `fit`: the epoch's figures to TensorBoard and one line to `log`."""
+    def on_epoch(row: dict) -> None:
+        for k in ("train_loss", "val_loss", "train_top1", "val_top1", "lr", "images_per_s"):
+            writer.add_scalar(k, row[k], row["epoch"])
+        writer.flush()
+        log(f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.2f}% | "
+            f"val top-1 {100 * row['val_top1']:.2f}% | {row['seconds']:.0f} s, {row['images_per_s']:.0f} img/s")
+
+    return on_epoch
+
+
+def _fit_recorded(ws: Workspace, plan: _Plan, net: nn.Module, train_set: Dataset, recipe: Recipe, resume: bool,
+                  log) -> TrainState:
+    """Run `fit` with TensorBoard logging; the store's record of the run says "interrupted" if it does not end."""
+    from torch.utils.tensorboard import SummaryWriter  # heavy imports, needed only once training starts
+
+    writer = SummaryWriter(log_dir=str(plan.run_dir / "tensorboard"))
+    try:
+        return fit(net, train_set, plan.splits.val, plan.splits.info.num_classes, recipe, plan.run_dir,
+                   device=plan.device, resume=resume, workers=plan.workers, on_epoch=_epoch_logger(writer, log))
+    except BaseException:
+        ws.finish_training_run(plan.variant_id, "interrupted")
+        raise
+    finally:
+        writer.close()
+
+
+def _metrics(plan: _Plan, net: nn.Module, state: TrainState, test: EvalResult) -> dict:
+    """The trained variant's metrics: test accuracy, training time and what it ran on."""
+    full_epochs = [h for h in state.history if "resumed_at_step" not in h]
+    return dict(accuracy_top1=test.top1, accuracy_top5=test.top5, test_loss=test.loss, compute_dtype="float32",
+                best_val_top1=state.best_val_top1, params=count_params(net), epochs=len(state.history),
+                seconds_per_epoch=(sum(h["seconds"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
+                train_seconds=sum(h["seconds"] for h in state.history), device=str(plan.device),
+                threads=torch.get_num_threads(), loader_workers=plan.workers, torch_version=torch.__version__,
+                test_images=len(plan.splits.test))
+
+
+def _write_trained(d: Path, plan: _Plan, net: nn.Module, state: TrainState, test: EvalResult) -> dict:
+    """Write the variant's files into `d`: CPU weights, figures, training.json, TensorBoard logs; returns metrics."""
+    classes = list(plan.splits.info.classes)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, d / "model.pt")
+    plots.learning_curves(state.history, d / "learning_curves")
+    plots.confusion_matrix(test.confusion, classes, d / "confusion_matrix")
+    per_class = [dict(c, name=n) for c, n in zip(test.per_class(), classes, strict=True)]
+    (d / "training.json").write_text(json.dumps(dict(history=state.history, per_class=per_class,
+                                                     confusion=test.confusion.tolist(), classes=classes), indent=1))
+    shutil.copytree(plan.run_dir / "tensorboard", d / "tensorboard")
+    return _metrics(plan, net, state, test)
+
+
+def _record(ws: Workspace, plan: _Plan, net: nn.Module, state: TrainState, log) -> tuple[Variant, bool]:
+    """Test the best epoch's weights and store them as the trained variant; returns (variant, created)."""
+    net.load_state_dict(load_checkpoint(plan.run_dir / "best.pt")["model"])
+    net.to(memory_format=torch.contiguous_format)
+    test = evaluate(net, DataLoader(plan.splits.test, batch_size=256), plan.device, plan.splits.info.num_classes)
+    variant, created = ws.create_variant(model=plan.model, dataset=plan.dataset, stage="train", config=plan.config,
+                                         parent=None, fmt="torch-state",
+                                         write=lambda d: _write_trained(d, plan, net, state, test))
+    ws.finish_training_run(plan.variant_id, "done", variant.id)
+    log(f"test top-1 {100 * test.top1:.2f}% top-5 {100 * test.top5:.2f}% -> variant {variant.id}")
+    return variant, created
+
+
 def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data_dir: str | Path = "data",
                 resume: bool | None = False, restart: bool = False, pretrained: str | None = None,
                 checkpoint: str | None = None, device: str | None = None, workers: int | None = None,
@@ -47,104 +202,21 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     `resume=None` (the main job) continues an interrupted run when there is one and starts one otherwise.
     `checkpoint` starts from external weights (validated against the architecture).
     `workers`: data-loading processes for training (default: `default_workers(device)`).
+    `log`: where the progress lines go (one per epoch).
     """
-    dataset = canonical_dataset(dataset)
-    dev = training_device(device)
-    if workers is None:
-        workers = default_workers(dev)
-    if workers < 0:
-        raise UserError(f"--workers must be 0 or more, got {workers}")
-    transfer = bool(pretrained)
-    splits = load_splits(dataset, data_dir, seed=recipe.seed, augment=recipe.augment, cutout=recipe.cutout,
-                         transfer=transfer)
-    info = splits.info
-    config = dict(model_config(model, info, transfer), recipe=recipe.to_dict(), dataset=dataset,
-                  pretrained=Path(pretrained).name if pretrained else None,
-                  init_checkpoint=Path(checkpoint).name if checkpoint else None)
-    # Starting weights are known by their bytes: two files of one name start two runs. Each file is read once,
-    # here, and refused with one line when bad, before the store is asked for the run.
-    imagenet_state = init_state = None
-    if pretrained:
-        imagenet_state, config["pretrained_sha256"] = read_state_dict(pretrained)
-    if checkpoint:
-        init_state, config["init_checkpoint_sha256"] = read_state_dict(checkpoint)
-    config.update(device_keys(dev, workers))  # a GPU or loader workers give other weights: a variant of its own
-    config.update(data_keys(dataset, data_dir))  # so do other data files than the published ones
-    vid = ws.variant_id(model, dataset, None, "train", config)
-    existing = ws.stored_variant(vid)
+    plan = _plan(ws, model, dataset, recipe, data_dir=data_dir, pretrained=pretrained, checkpoint=checkpoint,
+                 device=device, workers=workers)
+    existing = ws.stored_variant(plan.variant_id)
     if existing is not None:
         return existing, False
-    run_dir = ws.run_dir(model, dataset, vid)
-    last = run_dir / "last.pt"
-    if resume is None:
-        resume = last.exists() and not restart
-    if resume and not last.exists():
-        raise UserError(f"nothing to resume: no interrupted run of {model} on {dataset} with this recipe")
-    if last.exists() and not resume:
-        if not restart:
-            raise UserError(f"an interrupted run of {model} on {dataset} exists ({run_dir}); "
-                            f"pass --resume to continue it or --restart to discard it")
-        shutil.rmtree(run_dir)
-
-    torch.manual_seed(recipe.seed)  # the initial weights are part of the recipe
-    net = create_model(model, info.num_classes, config["in_channels"], config["image_size"],
-                       pretrained=imagenet_state)
-    if init_state is not None:
-        load_weights(net, init_state, checkpoint)
-    train_set = splits.train
-    if recipe.limit_train and recipe.limit_train < len(train_set):
-        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(recipe.seed))
-        train_set = Subset(train_set, keep[:recipe.limit_train].tolist())
-    ws.start_training_run(vid, model, dataset, config)
-    log(f"training {model} ({count_params(net):,} params) on {dataset}: {len(train_set)} train / "
-        f"{len(splits.val)} val / {len(splits.test)} test images, {recipe.epochs} epochs, device {dev}")
-    from torch.utils.tensorboard import SummaryWriter  # heavy imports, needed only once training starts
-
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-    def on_epoch(row: dict) -> None:
-        for k in ("train_loss", "val_loss", "train_top1", "val_top1", "lr", "images_per_s"):
-            writer.add_scalar(k, row[k], row["epoch"])
-        writer.flush()
-        log(f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.2f}% | "
-            f"val top-1 {100 * row['val_top1']:.2f}% | {row['seconds']:.0f} s, {row['images_per_s']:.0f} img/s")
-
-    try:
-        state = fit(net, train_set, splits.val, info.num_classes, recipe, run_dir, device=dev, resume=resume,
-                    workers=workers, on_epoch=on_epoch)
-    except BaseException:
-        ws.finish_training_run(vid, "interrupted")
-        writer.close()
-        raise
-    writer.close()
-
-    net.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-    net.to(memory_format=torch.contiguous_format)
-    test = evaluate(net, DataLoader(splits.test, batch_size=256), dev, info.num_classes)
-    per_class = test.per_class()
-    full_epochs = [h for h in state.history if "resumed_at_step" not in h]
-    metrics = dict(accuracy_top1=test.top1, accuracy_top5=test.top5, test_loss=test.loss, compute_dtype="float32",
-                   best_val_top1=state.best_val_top1, params=count_params(net), epochs=len(state.history),
-                   seconds_per_epoch=(sum(h["seconds"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
-                   train_seconds=sum(h["seconds"] for h in state.history), device=str(dev),
-                   threads=torch.get_num_threads(), loader_workers=workers, torch_version=torch.__version__,
-                   test_images=len(splits.test))
-
-    def write(d: Path) -> dict:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, d / "model.pt")
-        plots.learning_curves(state.history, d / "learning_curves")
-        plots.confusion_matrix(test.confusion, list(info.classes), d / "confusion_matrix")
-        (d / "training.json").write_text(json.dumps(dict(
-            history=state.history, per_class=[dict(c, name=n) for c, n in zip(per_class, info.classes)],
-            confusion=test.confusion.tolist(), classes=list(info.classes)), indent=1))
-        shutil.copytree(run_dir / "tensorboard", d / "tensorboard")
-        return metrics
-
-    variant, created = ws.create_variant(model=model, dataset=dataset, stage="train", config=config, parent=None,
-                                         fmt="torch-state", write=write)
-    ws.finish_training_run(vid, "done", variant.id)
-    log(f"test top-1 {100 * test.top1:.2f}% top-5 {100 * test.top5:.2f}% -> variant {variant.id}")
-    return variant, created
+    resume = _resume_or_restart(plan, resume, restart)
+    net, train_set = _build(plan, recipe)
+    ws.start_training_run(plan.variant_id, model, plan.dataset, plan.config)
+    splits = plan.splits
+    log(f"training {model} ({count_params(net):,} params) on {plan.dataset}: {len(train_set)} train / "
+        f"{len(splits.val)} val / {len(splits.test)} test images, {recipe.epochs} epochs, device {plan.device}")
+    state = _fit_recorded(ws, plan, net, train_set, recipe, resume, log)
+    return _record(ws, plan, net, state, log)
 
 
 def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, *, data_dir: str | Path = "data",
