@@ -5,6 +5,7 @@ first when it is missing and this is root with apt-get, as `make postgres` does)
 folder and serves it on 127.0.0.1 only, on a free port, with its unix socket in that folder. PostgreSQL refuses to
 run as root: as root the server runs as `nobody`. The server is stopped and its folder removed on exit.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,11 @@ SUPERUSER = "deploybench"
 
 def _bin_dir() -> Path | None:
     """The newest /usr/lib/postgresql/<version>/bin holding initdb and pg_ctl, or None."""
-    found = [Path(d) for d in glob.glob("/usr/lib/postgresql/*/bin")
-             if os.access(Path(d) / "initdb", os.X_OK) and os.access(Path(d) / "pg_ctl", os.X_OK)]
+    found = [
+        Path(d)
+        for d in glob.glob("/usr/lib/postgresql/*/bin")
+        if os.access(Path(d) / "initdb", os.X_OK) and os.access(Path(d) / "pg_ctl", os.X_OK)
+    ]
     return max(found, key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0) if found else None
 
 
@@ -34,8 +38,14 @@ def postgres_bin_dir() -> tuple[Path | None, str]:
         return found, ""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return None, "PostgreSQL is not installed (apt-get install postgresql, or run make postgres as root)"
-    done = subprocess.run("apt-get update -qq && apt-get install -y -qq postgresql", shell=True, capture_output=True,
-                          text=True, timeout=900, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    done = subprocess.run(
+        "apt-get update -qq && apt-get install -y -qq postgresql",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+    )
     if (found := _bin_dir()) is None:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         return None, f"apt-get could not install postgresql: {tail[0]}"
@@ -60,16 +70,36 @@ def running_postgres(bin_dir: Path) -> Iterator[str]:
     env = dict(os.environ, LC_ALL="C", LANG="C")
 
     def pg(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([str(bin_dir / argv[0]), *argv[1:]], capture_output=True, text=True, check=check,
-                              env=env, cwd=root, timeout=120, **as_user)
+        return subprocess.run(
+            [str(bin_dir / argv[0]), *argv[1:]],
+            capture_output=True,
+            text=True,
+            check=check,
+            env=env,
+            cwd=root,
+            timeout=120,
+            **as_user,
+        )
 
     data, port = root / "data", _free_port()
     try:
         pg("initdb", "-D", str(data), "-U", SUPERUSER, "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C")
         # Tests only: no fsync; TCP on loopback alone; the socket in the temporary folder, not /var/run.
         options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=40"
-        started = pg("pg_ctl", "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o", options,
-                     "start", check=False)
+        started = pg(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+            check=False,
+        )
         if started.returncode != 0:
             log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {started.stderr.strip()}\n{log[-2000:]}")

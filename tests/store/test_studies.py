@@ -1,5 +1,6 @@
 """`store.studies`: `--storage URL` checked up front (one UserError line), studies created or joined once, the
 machine fingerprint recorded and checked, trials counted across workers."""
+
 import socket
 import time
 
@@ -29,13 +30,16 @@ def test_postgres_urls_use_psycopg_3(url, tmp_path):
     assert storage_url(url, tmp_path).startswith("postgresql+psycopg://u@h/db")
 
 
-@pytest.mark.parametrize("url,message", [
-    ("not a url", "is not a URL"),
-    ("mysql://u@h/db", "unsupported scheme 'mysql'"),
-    ("postgresql://u:secret@h", "name the database"),
-    ("sqlite://", "needs a file"),
-    ("sqlite:////no/such/folder/studies.db", "no folder /no/such/folder"),
-])
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("not a url", "is not a URL"),
+        ("mysql://u@h/db", "unsupported scheme 'mysql'"),
+        ("postgresql://u:secret@h", "name the database"),
+        ("sqlite://", "needs a file"),
+        ("sqlite:////no/such/folder/studies.db", "no folder /no/such/folder"),
+    ],
+)
 def test_bad_storage_urls_are_refused_without_connecting(url, message, tmp_path):
     with pytest.raises(UserError, match=message) as err:
         open_storage(url, tmp_path)
@@ -82,8 +86,9 @@ def test_fingerprint_is_recorded_and_other_hardware_refused_when_latency_is_meas
     assert study.user_attrs["machine_fingerprint"] == here
     check_fingerprint(study, here, measures_latency=True)
     check_fingerprint(study, there, measures_latency=False)  # accuracy-only studies take any worker
-    with pytest.raises(UserError, match="measures latency on another machine \\(cpu_model A, gpu None\\); this "
-                                        "worker has cpu_model B"):
+    with pytest.raises(
+        UserError, match="measures latency on another machine \\(cpu_model A, gpu None\\); this worker has cpu_model B"
+    ):
         check_fingerprint(study, there, measures_latency=True)
     assert study.user_attrs["machine_fingerprint"] == here
 

@@ -2,6 +2,7 @@
 once, no recipe is trained twice, every worker contributes, and a worker killed with SIGKILL mid-trial leaves a
 study that another worker completes (its stale trial failed by heartbeat and its run resumed from its checkpoint).
 """
+
 import collections
 import json
 import subprocess
@@ -37,8 +38,12 @@ class Workers:
 
     def start(self, name: str, *extra: str) -> subprocess.Popen:
         out = open(self.folder / f"{name}.log", "w")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "deploybench.cli.train", "sweep", *self.argv,
-                                             *extra], stdout=out, stderr=subprocess.STDOUT, text=True)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "deploybench.cli.train", "sweep", *self.argv, *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         out.close()
         return self.procs[name]
 
@@ -69,14 +74,18 @@ def _wait(what: str, condition, workers: Workers, timeout_s: float = 60.0):
 def _kill_mid_trial(study_fn, proc: subprocess.Popen, workers: Workers):
     """SIGKILL `proc` while it trains a trial past its first epoch, once it has finished a trial of its own.
     Returns the killed trial's number, or None when the worker ended before (the study was complete)."""
+
     def mid_trial():
         if proc.poll() is not None:
             return False  # not None: stops the wait
         trials = study_fn().get_trials(deepcopy=False)
         mine = [t for t in trials if _pid(t) == proc.pid]
         running = [t for t in mine if t.state == TrialState.RUNNING and t.intermediate_values]
-        return running[0].number if running and any(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                                                    for t in mine) else None
+        return (
+            running[0].number
+            if running and any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in mine)
+            else None
+        )
 
     number = _wait(f"worker {proc.pid} mid-trial", mid_trial, workers, timeout_s=90)
     if number is False:
@@ -87,12 +96,26 @@ def _kill_mid_trial(study_fn, proc: subprocess.Popen, workers: Workers):
 
 
 @pytest.mark.timeout(400)
-def test_workers_share_a_postgres_study_and_a_killed_worker_is_recovered(postgres_url, tiny_fashion_mnist,
-                                                                          tmp_path):
+def test_workers_share_a_postgres_study_and_a_killed_worker_is_recovered(postgres_url, tiny_fashion_mnist, tmp_path):
     ws_dir = tmp_path / "ws"
-    argv = ["--model", "lenet", "--dataset", "fashion-mnist", "--trials", str(TRIALS), "--storage", postgres_url,
-            "--study", STUDY, "--heartbeat-seconds", "1", "--workspace", str(ws_dir), "--data-dir",
-            str(tiny_fashion_mnist)]
+    argv = [
+        "--model",
+        "lenet",
+        "--dataset",
+        "fashion-mnist",
+        "--trials",
+        str(TRIALS),
+        "--storage",
+        postgres_url,
+        "--study",
+        STUDY,
+        "--heartbeat-seconds",
+        "1",
+        "--workspace",
+        str(ws_dir),
+        "--data-dir",
+        str(tiny_fashion_mnist),
+    ]
     workers = Workers(argv, tmp_path)
     storage = optuna.storages.RDBStorage(storage_url(postgres_url, ws_dir))
     started = time.monotonic()
@@ -102,8 +125,9 @@ def test_workers_share_a_postgres_study_and_a_killed_worker_is_recovered(postgre
         def study():
             return optuna.load_study(study_name=STUDY, storage=storage)
 
-        _wait("the study", lambda: True if STUDY in {s.study_name for s in storage.get_all_studies()} else None,
-              workers)
+        _wait(
+            "the study", lambda: True if STUDY in {s.study_name for s in storage.get_all_studies()} else None, workers
+        )
         # B is killed mid-trial; then A too, unless it completed the study first: C must finish the study.
         killed = {proc.pid: n for proc in (b, a) if (n := _kill_mid_trial(study, proc, workers)) is not None}
         assert b.pid in killed
@@ -135,5 +159,8 @@ def test_workers_share_a_postgres_study_and_a_killed_worker_is_recovered(postgre
     contributors = collections.Counter(_pid(t) for t in finished)
     assert {a.pid, b.pid} | ({c.pid} if a.pid in killed else set()) <= set(contributors), contributors
     assert "best: trial" in (tmp_path / "c.log").read_text()
-    print(f"{len(trials)} trials ({ {s.name: n for s, n in by_state.items()} }) by {len(contributors)} workers "
-          f"in {seconds:.0f} s", file=sys.stderr)
+    print(
+        f"{len(trials)} trials ({ {s.name: n for s, n in by_state.items()} }) by {len(contributors)} workers "
+        f"in {seconds:.0f} s",
+        file=sys.stderr,
+    )

@@ -1,5 +1,6 @@
 """`train sweep`: trials are ordinary training runs; the best validation top-1 wins and its command trains the
 same variant; pruned runs are recorded as interrupted; a study resumes; bad input is one line."""
+
 import shlex
 
 import optuna
@@ -26,8 +27,9 @@ def _study(ws_dir, name="train-sweep-lenet-fashion-mnist"):
     return optuna.load_study(study_name=name, storage=open_storage(None, ws_dir))
 
 
-def test_cli_sweep_picks_the_best_validation_top1_and_prints_a_command_that_trains_it(tmp_path, tiny_fashion_mnist,
-                                                                                        capsys):
+def test_cli_sweep_picks_the_best_validation_top1_and_prints_a_command_that_trains_it(
+    tmp_path, tiny_fashion_mnist, capsys
+):
     common = ["--dataset", "fashion-mnist", "--data-dir", str(tiny_fashion_mnist), "--workspace", str(tmp_path)]
     assert train_cli.main(["sweep", "--model", "lenet", "--trials", "3", *common]) == 0
     out = capsys.readouterr().out
@@ -55,8 +57,13 @@ def test_cli_sweep_picks_the_best_validation_top1_and_prints_a_command_that_trai
 def test_pruning_stops_a_run_which_is_recorded_as_interrupted_and_never_trained_again(tmp_path, tiny_fashion_mnist):
     ws = Workspace(tmp_path)
     # Below 100% validation top-1 is hopeless here: every run is stopped after its first epoch of three.
-    result = _sweep(ws, tiny_fashion_mnist, 2, space=(Dim("epochs", "choice", choices=(3,)),),
-                    pruner=optuna.pruners.ThresholdPruner(lower=1.0))
+    result = _sweep(
+        ws,
+        tiny_fashion_mnist,
+        2,
+        space=(Dim("epochs", "choice", choices=(3,)),),
+        pruner=optuna.pruners.ThresholdPruner(lower=1.0),
+    )
     first, second = result.study.trials
     assert first.state == second.state == optuna.trial.TrialState.PRUNED and result.best is None
     assert first.user_attrs["trained_epochs"] == 1 and list(first.intermediate_values) == [33]
@@ -88,19 +95,36 @@ def test_train_command_names_every_field_that_differs_from_the_default():
     recipe = default_recipe("lenet", lr=0.123456789, schedule="cosine", augment=False, limit_train=100)
     assert train_command("lenet", "fashion-mnist", recipe, data_dir="d") == (
         "train --model lenet --dataset fashion-mnist --lr 0.123456789 --schedule cosine --no-augment "
-        "--limit-train 100 --data-dir d")
+        "--limit-train 100 --data-dir d"
+    )
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--storage", "mysql://u@h/db"], "unsupported scheme 'mysql'"),
-    (["--storage", "postgresql://u:pw@127.0.0.1:1/db"], "cannot reach or log in to the study storage"),
-    (["--trials", "0"], "--trials must be 1 or more"),
-    (["--resume"], "nothing to resume: no study storage"),
-])
-def test_bad_input_is_one_error_line_and_leaves_the_workspace_as_it_was(extra, message, tmp_path, tiny_fashion_mnist,
-                                                                       capsys):
-    argv = ["sweep", "--model", "lenet", "--dataset", "fashion-mnist", "--trials", "2", "--data-dir",
-            str(tiny_fashion_mnist), "--workspace", str(tmp_path / "ws"), *extra]
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--storage", "mysql://u@h/db"], "unsupported scheme 'mysql'"),
+        (["--storage", "postgresql://u:pw@127.0.0.1:1/db"], "cannot reach or log in to the study storage"),
+        (["--trials", "0"], "--trials must be 1 or more"),
+        (["--resume"], "nothing to resume: no study storage"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_leaves_the_workspace_as_it_was(
+    extra, message, tmp_path, tiny_fashion_mnist, capsys
+):
+    argv = [
+        "sweep",
+        "--model",
+        "lenet",
+        "--dataset",
+        "fashion-mnist",
+        "--trials",
+        "2",
+        "--data-dir",
+        str(tiny_fashion_mnist),
+        "--workspace",
+        str(tmp_path / "ws"),
+        *extra,
+    ]
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err

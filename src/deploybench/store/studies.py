@@ -13,6 +13,7 @@ Every storage has heartbeats: a worker killed while it runs a trial stops beatin
 looks (`run_trials`) marks that trial failed and queues its parameters again, so the study still gets its
 trials and the killed run is continued from its checkpoint.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,8 @@ from optuna.trial import FrozenTrial, TrialState
 from deploybench.errors import UserError
 
 STUDIES_FILE = "studies.db"
-HEARTBEAT_S = 60           # a trial whose worker has been silent for 2 heartbeats is failed and queued again
-CONNECT_TIMEOUT_S = 10     # an unreachable server is an error after this, not a hang
+HEARTBEAT_S = 60  # a trial whose worker has been silent for 2 heartbeats is failed and queued again
+CONNECT_TIMEOUT_S = 10  # an unreachable server is an error after this, not a hang
 SQLITE_BUSY_TIMEOUT_S = 60  # as the workspace's own database: writers wait for each other
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
@@ -62,16 +63,20 @@ def storage_url(url: str | None, workspace: str | os.PathLike) -> str:
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise UserError(f"--storage {url!r} is not a URL; use sqlite:///PATH or "
-                        f"postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE") from None
+        raise UserError(
+            f"--storage {url!r} is not a URL; use sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        ) from None
     if parsed.drivername == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
-            raise UserError(f"--storage {url!r}: an SQLite storage needs a file (sqlite:///PATH) that other workers "
-                            f"can open")
+            raise UserError(
+                f"--storage {url!r}: an SQLite storage needs a file (sqlite:///PATH) that other workers can open"
+            )
         return url
     if parsed.drivername not in _POSTGRES_SCHEMES:
-        raise UserError(f"--storage {display_url(url)}: unsupported scheme {parsed.drivername!r}; use sqlite:///PATH "
-                        f"or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (psycopg 3)")
+        raise UserError(
+            f"--storage {display_url(url)}: unsupported scheme {parsed.drivername!r}; use sqlite:///PATH "
+            f"or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (psycopg 3)"
+        )
     if not parsed.database:
         raise UserError(f"--storage {display_url(url)}: name the database (postgresql://USER@HOST/DATABASE)")
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
@@ -87,8 +92,9 @@ def display_url(url: str) -> str:
         return repr(url)
 
 
-def open_storage(url: str | None, workspace: str | os.PathLike, *, heartbeat_s: int = HEARTBEAT_S,
-                 must_exist: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str | None, workspace: str | os.PathLike, *, heartbeat_s: int = HEARTBEAT_S, must_exist: bool = False
+) -> optuna.storages.RDBStorage:
     """Open `--storage URL` (None: `WORKSPACE/studies.db`) as an Optuna storage, connecting once to check it.
 
     Args: heartbeat_s: seconds between a running trial's heartbeats (every worker of a study must use the same);
@@ -110,9 +116,12 @@ def open_storage(url: str | None, workspace: str | os.PathLike, *, heartbeat_s: 
     try:
         with _quiet():
             return optuna.storages.RDBStorage(
-                sa_url, engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True},
-                heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+                sa_url,
+                engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True},
+                heartbeat_interval=heartbeat_s,
+                grace_period=2 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+            )
     except sqlalchemy.exc.SQLAlchemyError as exc:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
         what = "cannot open" if sqlite else "cannot reach or log in to"
@@ -121,9 +130,17 @@ def open_storage(url: str | None, workspace: str | os.PathLike, *, heartbeat_s: 
         raise UserError(f"--storage {shown}: {' '.join(str(exc).split())[:300]}") from None
 
 
-def open_study(storage: optuna.storages.BaseStorage, name: str, *, directions: Sequence[str], target: dict,
-               resume: bool, named: bool, sampler: optuna.samplers.BaseSampler | None = None,
-               pruner: optuna.pruners.BasePruner | None = None) -> tuple[optuna.Study, bool]:
+def open_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    *,
+    directions: Sequence[str],
+    target: dict,
+    resume: bool,
+    named: bool,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> tuple[optuna.Study, bool]:
     """Create the study `name`, or load it to add trials to it. Returns (study, created).
 
     Args: directions: "maximize"/"minimize" per objective; target: what the study optimizes (command, model,
@@ -155,13 +172,17 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, *, directions: S
     recorded = _wait_for_target(study)
     if recorded != target:
         diff = sorted(k for k in set(recorded) | set(target) if recorded.get(k) != target.get(k))
-        raise UserError(f"study {name!r} holds another question ({', '.join(diff)} differ: "
-                        f"{', '.join(f'{k}={recorded.get(k)!r}' for k in diff)}); name a new one with --study")
+        raise UserError(
+            f"study {name!r} holds another question ({', '.join(diff)} differ: "
+            f"{', '.join(f'{k}={recorded.get(k)!r}' for k in diff)}); name a new one with --study"
+        )
     if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
         raise UserError(f"study {name!r} optimizes {[d.name.lower() for d in study.directions]}, not {directions}")
     if not (resume or named) and study.trials:
-        raise UserError(f"study {name!r} already has {len(study.trials)} trial(s); pass --resume to continue it, "
-                        f"or --study NAME for a new one")
+        raise UserError(
+            f"study {name!r} already has {len(study.trials)} trial(s); pass --resume to continue it, "
+            f"or --study NAME for a new one"
+        )
     return study, False
 
 
@@ -182,10 +203,14 @@ def check_fingerprint(study: optuna.Study, fp: dict, measures_latency: bool) -> 
         study.set_user_attr("machine_fingerprint", fp)
         recorded = study.user_attrs.get("machine_fingerprint")  # another worker may have written its own first
     if measures_latency and recorded != fp:
+
         def show(f: dict) -> str:
             return ", ".join(f"{k} {f.get(k)}" for k in ("cpu_model", "gpu", "threads") if k in f)
-        raise UserError(f"study {study.study_name!r} measures latency on another machine ({show(recorded)}); this "
-                        f"worker has {show(fp)}: run it there, or name a new study with --study")
+
+        raise UserError(
+            f"study {study.study_name!r} measures latency on another machine ({show(recorded)}); this "
+            f"worker has {show(fp)}: run it there, or name a new study with --study"
+        )
 
 
 def worker_name() -> str:
@@ -193,8 +218,13 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float | Sequence[float]], n_trials: int,
-               *, catch: tuple[type[Exception], ...] = ()) -> int:
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float | Sequence[float]],
+    n_trials: int,
+    *,
+    catch: tuple[type[Exception], ...] = (),
+) -> int:
     """Run trials of `objective` in this worker until the study holds `n_trials` finished ones (complete or
     pruned), counting those other workers are running. Before each trial the stale trials of killed workers are
     failed and queued again (heartbeats). Returns how many trials this worker ran.

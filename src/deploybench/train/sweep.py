@@ -6,6 +6,7 @@ recipe, the baseline the others are read against. Poor trials are pruned at epoc
 a pruned run is recorded as interrupted, never as a variant. Studies live in `--storage` (`store.studies`):
 several workers on one study each run trials until the study has `--trials` finished ones.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,6 +47,7 @@ PROGRESS_STEPS = 100  # trials report at % of their schedule done (see `_EpochRe
 class Dim:
     """One searched recipe field. `kind`: "log" (log-uniform float), "float", "int" or "choice". With `of_base`,
     `low` and `high` are multiples of the base recipe's value (rounded up and down for ints)."""
+
     field: str
     kind: str
     low: float = 0.0
@@ -56,7 +58,7 @@ class Dim:
 
 # The searched recipe. Epochs stay at or under the default's, so no trial takes longer than the baseline.
 SEARCH_SPACE: tuple[Dim, ...] = (
-    Dim("lr", "log", 0.01, 0.4),                        # peak (OneCycle) or initial (cosine, step)
+    Dim("lr", "log", 0.01, 0.4),  # peak (OneCycle) or initial (cosine, step)
     Dim("weight_decay", "log", 1e-5, 3e-3),
     Dim("label_smoothing", "float", 0.0, 0.2),
     Dim("batch_size", "choice", choices=(64, 128, 256)),
@@ -130,8 +132,15 @@ def make_pruner(name: str, max_steps: int = PROGRESS_STEPS) -> optuna.pruners.Ba
     raise UserError(f"unknown pruner {name!r}; choose one of: {', '.join(PRUNERS)}")
 
 
-def train_command(model: str, dataset: str, recipe: Recipe, *, data_dir: str | Path = "data",
-                  device: str | None = None, workers: int | None = None) -> str:
+def train_command(
+    model: str,
+    dataset: str,
+    recipe: Recipe,
+    *,
+    data_dir: str | Path = "data",
+    device: str | None = None,
+    workers: int | None = None,
+) -> str:
     """The `train` command line that trains `recipe` (the same variant id: it is found, not trained again)."""
     default = default_recipe(model)
     words = ["train", "--model", model, "--dataset", dataset]
@@ -175,25 +184,38 @@ class _EpochReporter:
         self.trained_epochs += 1
         self.trial.report(val_top1, round(PROGRESS_STEPS * epoch / self.epochs))
         if epoch < self.epochs and self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch} of {self.epochs}: validation top-1 "
-                                     f"{100 * val_top1:.2f}%")
+            raise optuna.TrialPruned(
+                f"pruned after epoch {epoch} of {self.epochs}: validation top-1 {100 * val_top1:.2f}%"
+            )
 
 
 @dataclass
 class SweepResult:
     """What a sweep found: the study, its best trial, recipe and variant, and the command that trains it."""
+
     study: optuna.Study
-    storage: str              # the storage, password hidden
-    ran: int                  # trials this worker ran
+    storage: str  # the storage, password hidden
+    ran: int  # trials this worker ran
     best: FrozenTrial | None  # None while no trial has completed
     recipe: Recipe | None
-    variant: Variant | None
+    variant: Variant | None  # None also when the best was trained in another worker's workspace
     command: str | None
     default: FrozenTrial | None  # the trial of the default recipe, when it has completed
 
 
-def _objective(ws: Workspace, study: optuna.Study, model: str, dataset: str, base: Recipe,
-               space: tuple[Dim, ...], *, data_dir, device, workers, log):
+def _objective(
+    ws: Workspace,
+    study: optuna.Study,
+    model: str,
+    dataset: str,
+    base: Recipe,
+    space: tuple[Dim, ...],
+    *,
+    data_dir,
+    device,
+    workers,
+    log,
+):
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_name())
         params = suggest(trial, space, base)
@@ -209,8 +231,9 @@ def _objective(ws: Workspace, study: optuna.Study, model: str, dataset: str, bas
         recipe = replace(base, **params)
         reporter = _EpochReporter(trial, recipe.epochs, log)
         try:
-            variant, created = train_model(ws, model, dataset, recipe, data_dir=data_dir, resume=None,
-                                           device=device, workers=workers, log=reporter)
+            variant, created = train_model(
+                ws, model, dataset, recipe, data_dir=data_dir, resume=None, device=device, workers=workers, log=reporter
+            )
         except (TrainingInterrupted, KeyboardInterrupt):
             study.enqueue_trial(params, user_attrs={"retry_of": trial.number})  # the next worker resumes the run
             raise
@@ -220,15 +243,28 @@ def _objective(ws: Workspace, study: optuna.Study, model: str, dataset: str, bas
             raise RuntimeError("train sweep found no epoch line in train_model's log: it cannot report or prune")
         trial.set_user_attr("variant_id", variant.id)
         value = variant.metrics["best_val_top1"]
-        log(f"trial {trial.number}: validation top-1 {100 * value:.2f}%"
-            f"{'' if created else ' (same recipe trained before)'}, variant {variant.id}")
+        log(
+            f"trial {trial.number}: validation top-1 {100 * value:.2f}%"
+            f"{'' if created else ' (same recipe trained before)'}, variant {variant.id}"
+        )
         return value
 
     return objective
 
 
-def _summarize(ws: Workspace, study: optuna.Study, model: str, dataset: str, base: Recipe, storage: str, ran: int,
-               *, data_dir, device, workers) -> SweepResult:
+def _summarize(
+    ws: Workspace,
+    study: optuna.Study,
+    model: str,
+    dataset: str,
+    base: Recipe,
+    storage: str,
+    ran: int,
+    *,
+    data_dir,
+    device,
+    workers,
+) -> SweepResult:
     """The best trial, its recipe, variant and command; stored on the study (user attrs) for every reader."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     default = next((t for t in trials if t.user_attrs.get("default_recipe")), None)
@@ -237,18 +273,36 @@ def _summarize(ws: Workspace, study: optuna.Study, model: str, dataset: str, bas
     best = max(trials, key=lambda t: (t.value, -t.number))
     recipe = replace(base, **best.params)
     command = train_command(model, dataset, recipe, data_dir=data_dir, device=device, workers=workers)
-    variant = ws.get_variant(best.user_attrs["variant_id"])
-    for key, value in (("best_trial", best.number), ("best_val_top1", best.value), ("best_recipe", recipe.to_dict()),
-                       ("best_variant_id", variant.id), ("best_command", command)):
+    variant = ws.find_variant(best.user_attrs["variant_id"])  # None when a worker of another workspace trained it
+    for key, value in (
+        ("best_trial", best.number),
+        ("best_val_top1", best.value),
+        ("best_recipe", recipe.to_dict()),
+        ("best_variant_id", best.user_attrs["variant_id"]),
+        ("best_command", command),
+    ):
         study.set_user_attr(key, value)
     return SweepResult(study, storage, ran, best, recipe, variant, command, default)
 
 
-def sweep(ws: Workspace, model: str, dataset: str, n_trials: int, *, storage: str | None = None,
-          study_name: str | None = None, resume: bool = False, pruner: str | optuna.pruners.BasePruner = "median",
-          space: tuple[Dim, ...] = SEARCH_SPACE, base: Recipe | None = None, data_dir: str | Path = "data",
-          device: str | None = None, workers: int | None = None, heartbeat_s: int = HEARTBEAT_S,
-          log=print) -> SweepResult:
+def sweep(
+    ws: Workspace,
+    model: str,
+    dataset: str,
+    n_trials: int,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    resume: bool = False,
+    pruner: str | optuna.pruners.BasePruner = "median",
+    space: tuple[Dim, ...] = SEARCH_SPACE,
+    base: Recipe | None = None,
+    data_dir: str | Path = "data",
+    device: str | None = None,
+    workers: int | None = None,
+    heartbeat_s: int = HEARTBEAT_S,
+    log=print,
+) -> SweepResult:
     """Tune `model`'s training recipe on `dataset` until the study has `n_trials` finished trials.
 
     Args: storage: `--storage URL` (None: the workspace's studies.db); study_name: `--study` (default
@@ -269,33 +323,47 @@ def sweep(ws: Workspace, model: str, dataset: str, n_trials: int, *, storage: st
     load_splits(dataset, data_dir, seed=base.seed, augment=False)  # missing or bad data: refused before any trial
     store = open_storage(storage, ws.root, heartbeat_s=heartbeat_s, must_exist=resume)
     searched = {d.field for d in space}
-    target = dict(command="train sweep", model=model, dataset=dataset, heartbeat_s=heartbeat_s,
-                  space=[asdict(d) for d in space],
-                  base={k: v for k, v in base.to_dict().items() if k not in searched})
+    target = dict(
+        command="train sweep",
+        model=model,
+        dataset=dataset,
+        heartbeat_s=heartbeat_s,
+        space=[asdict(d) for d in space],
+        base={k: v for k, v in base.to_dict().items() if k not in searched},
+    )
     with warnings.catch_warnings():  # constant_liar is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # A third of the trials (2 to 10) sampled at random before TPE models the rest; with several workers, the
         # constant liar keeps TPE from proposing the recipes other workers are running.
         sampler = optuna.samplers.TPESampler(n_startup_trials=max(2, min(10, n_trials // 3)), constant_liar=True)
-    study, created = open_study(store, study_name or f"train-sweep-{model}-{dataset}", directions=["maximize"],
-                                target=target, resume=resume, named=study_name is not None, sampler=sampler,
-                                pruner=pruner)
+    study, created = open_study(
+        store,
+        study_name or f"train-sweep-{model}-{dataset}",
+        directions=["maximize"],
+        target=target,
+        resume=resume,
+        named=study_name is not None,
+        sampler=sampler,
+        pruner=pruner,
+    )
     if created:
         study.enqueue_trial(base_params(space, base), user_attrs={"default_recipe": True})
     check_fingerprint(study, fingerprint(), measures_latency=False)
     shown = display_url(store.url)
     log(f"study {study.study_name} in {shown}: {_count(study)}; running until {n_trials} have finished")
-    objective = _objective(ws, study, model, dataset, base, space, data_dir=data_dir, device=device,
-                           workers=workers, log=log)
+    objective = _objective(
+        ws, study, model, dataset, base, space, data_dir=data_dir, device=device, workers=workers, log=log
+    )
     ran = run_trials(study, objective, n_trials)
-    return _summarize(ws, study, model, dataset, base, shown, ran, data_dir=data_dir, device=device,
-                      workers=workers)
+    return _summarize(ws, study, model, dataset, base, shown, ran, data_dir=data_dir, device=device, workers=workers)
 
 
 def _count(study: optuna.Study) -> str:
     trials = study.get_trials(deepcopy=False)
-    counts = {s: sum(t.state == s for t in trials)
-              for s in (*FINISHED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    counts = {
+        s: sum(t.state == s for t in trials)
+        for s in (*FINISHED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+    }
     return f"{len(trials)} trial(s): " + ", ".join(f"{n} {s.name.lower()}" for s, n in counts.items())
 
 
@@ -305,10 +373,19 @@ def report_lines(result: SweepResult) -> list[str]:
     if result.best is None:
         return lines + ["no trial has completed yet"]
     best, v = result.best, result.variant
-    baseline = (f"default recipe (trial {result.default.number}): {100 * result.default.value:.2f}%"
-                if result.default else "default recipe: not completed in this study")
-    lines += [f"best: trial {best.number}, validation top-1 {100 * best.value:.2f}% ({baseline}); test top-1 "
-              f"{100 * v.metrics['accuracy_top1']:.2f}%, variant {v.id}",
-              "recipe: " + " ".join(f"{k}={result.recipe.to_dict()[k]}" for k in best.params),
-              f"use it: {result.command}"]
+    tested = (
+        f"test top-1 {100 * v.metrics['accuracy_top1']:.2f}%, variant {v.id}"
+        if v
+        else f"variant {best.user_attrs['variant_id']} (in the workspace of worker {best.user_attrs['worker']})"
+    )
+    baseline = (
+        f"default recipe (trial {result.default.number}): {100 * result.default.value:.2f}%"
+        if result.default
+        else "default recipe: not completed in this study"
+    )
+    lines += [
+        f"best: trial {best.number}, validation top-1 {100 * best.value:.2f}% ({baseline}); {tested}",
+        "recipe: " + " ".join(f"{k}={result.recipe.to_dict()[k]}" for k in best.params),
+        f"use it: {result.command}",
+    ]
     return lines
