@@ -1,6 +1,7 @@
 """User-facing errors: the CLI prints them as one line and exits non-zero, never with a traceback."""
 
 import errno
+import sqlite3
 import traceback
 
 # OS errors that concern the workspace as a whole (full, read-only or forbidden disk): they stop any command.
@@ -9,6 +10,14 @@ WORKSPACE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.
 
 class UserError(Exception):
     """Bad input from the user (unknown name, missing file, mismatched checkpoint, ...)."""
+
+
+class DamagedStore(sqlite3.OperationalError):
+    """A workspace whose database (or a record read with it) is damaged or is not a deploybench store.
+
+    It is an `sqlite3.OperationalError` so that the CLI reports it as one line with exit status 1, as it does
+    every failure of the workspace's database; its message names the file and how to recover.
+    """
 
 
 def unknown_choice(kind: str, name: str, choices) -> UserError:
@@ -29,7 +38,7 @@ def check_input_shape(got, expected_chw, what: str) -> None:
 def failure_line(exc: BaseException) -> str:
     """A failure that is reported and contained, as one line: a UserError's own message, otherwise the
     exception's type and the first line of its message."""
-    if isinstance(exc, UserError):
+    if isinstance(exc, (UserError, DamagedStore)):
         return str(exc)
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     return f"{type(exc).__name__}: {first}"
@@ -37,5 +46,7 @@ def failure_line(exc: BaseException) -> str:
 
 def traceback_tail(exc: BaseException) -> str:
     """For the log of a contained failure: the last frames of an unexpected error's traceback, on new lines
-    (empty for a UserError, whose message says it all)."""
-    return "" if isinstance(exc, UserError) else "\n" + "".join(traceback.format_exception(exc)[-3:]).rstrip()
+    (empty for a UserError or a DamagedStore, whose message says it all)."""
+    if isinstance(exc, (UserError, DamagedStore)):
+        return ""
+    return "\n" + "".join(traceback.format_exception(exc)[-3:]).rstrip()

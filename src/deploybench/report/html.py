@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jinja2
 
+from deploybench.errors import DamagedStore
 from deploybench.profile.columns import (
     BY_KEY,
     COLUMNS,
@@ -20,7 +21,7 @@ from deploybench.profile.columns import (
 )
 from deploybench.profile.compare import compare_rows
 from deploybench.profile.pareto import ACCURACY, MACS, SIZE, mark_pareto
-from deploybench.report.plots import pareto_svg
+from deploybench.report.plots import confusion_svg, learning_curves_svg, pareto_svg
 from deploybench.store import Variant, Workspace, atomic_write_text
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("deploybench.report", "templates"),
@@ -100,18 +101,92 @@ def _lineage_tree(variants: list[Variant]) -> list[dict]:
     def node(v: Variant) -> dict:
         m = v.metrics
         return dict(id=v.id, stage=v.stage, format=v.format, size_bytes=v.size_bytes,
-                    accuracy=m.get("accuracy_top1"), agreement=m.get("agreement_top1"),
+                    accuracy=_number(m.get("accuracy_top1")), agreement=_number(m.get("agreement_top1")),
                     config={k: val for k, val in v.config.items() if not k.startswith("_") and k != "recipe"},
                     children=[node(c) for c in children[v.id]])
 
     return [node(v) for v in children[None]]
 
 
-def _read(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    text = path.read_text()
-    return text[text.index("<svg"):] if "<svg" in text else None
+def _number(value) -> float | None:
+    """`value` when it is a number, else None: metrics are read from the workspace and drawn as numbers."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "train_top1", "val_top1")
+PER_CLASS_KEYS = ("precision", "recall", "f1", "support")
+
+
+def _rows_with(rows, keys: tuple[str, ...], text_key: str | None = None) -> bool:
+    """Whether `rows` is a list of objects whose `keys` are numbers (and whose `text_key` is text)."""
+    return isinstance(rows, list) and all(
+        isinstance(r, dict) and all(_number(r.get(k)) is not None for k in keys)
+        and (text_key is None or isinstance(r.get(text_key), str)) for r in rows)
+
+
+def _confusion_fits(confusion, classes) -> bool:
+    """Whether `confusion` is a square matrix of counts with one row and column per name in `classes`."""
+    n = len(classes)
+    return isinstance(confusion, list) and len(confusion) == n and all(
+        isinstance(row, list) and len(row) == n
+        and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in row) for row in confusion)
+
+
+def _training_problem(record) -> str | None:
+    """What is wrong with a parsed training.json for the report; None when it has the shapes drawn from."""
+    if not isinstance(record, dict):
+        return "it is not a JSON object"
+    if not _rows_with(record.get("history", []), HISTORY_KEYS):
+        return "its history is not a list of epochs with numbers"
+    if not _rows_with(record.get("per_class", []), PER_CLASS_KEYS, "name"):
+        return "its per_class is not a list of named classes with numbers"
+    classes = record.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return "its classes are not a list of names"
+    if not _confusion_fits(record.get("confusion", []), classes):
+        return "its confusion is not a square matrix of counts, one row per class"
+    return None
+
+
+def _training_record(root: Variant) -> dict:
+    """The trained variant's training.json ({} when it has none), checked. A damaged one is a DamagedStore that
+    says how to recover."""
+    path = root.path / "training.json"
+    if not path.exists() and not path.is_symlink():
+        return {}
+    problem, record = None, {}
+    if path.is_symlink() or not path.is_file():
+        problem = "it is not a plain file"
+    else:
+        try:
+            record = json.loads(path.read_bytes())
+        except ValueError:  # also bytes that are not UTF-8
+            problem = "it is not JSON"
+        else:
+            problem = _training_problem(record)
+    if problem:
+        raise DamagedStore(
+            f"the training record {path} of variant {root.id} is damaged: {problem}. The report draws the learning "
+            f"curves, the confusion matrix and the per-class table from it. To recover, restore the file from a "
+            f"copy, or move the folder {root.path} aside and run the same train command again, which makes it anew")
+    return record
+
+
+def _layers(metrics: dict) -> tuple[list[dict], object]:
+    """The trained variant's 30 layers with the most MACs and the ops fvcore skipped, from its static profile."""
+    static = metrics.get("profile_static")
+    if not isinstance(static, dict):
+        return [], {}
+    layers = static.get("by_module")
+    layers = [r for r in layers if _rows_with([r], ("macs", "params"))] if isinstance(layers, list) else []
+    return sorted(layers, key=lambda r: -r["macs"])[:30], static.get("skipped_ops", {})
+
+
+def _training_figures(training: dict) -> tuple[str | None, str | None]:
+    """(learning curves, confusion matrix) as SVG drawn by the report from the record's numbers."""
+    history, classes = training.get("history", []), training.get("classes", [])
+    return (learning_curves_svg(history) if history else None,
+            confusion_svg(training["confusion"], classes) if classes else None)
 
 
 def _model_sections(ws: Workspace) -> list[dict]:
@@ -124,19 +199,16 @@ def _model_sections(ws: Workspace) -> list[dict]:
     for (model, dataset), vs in sorted(by_model.items()):
         trained = [v for v in vs if v.stage == "train"]
         root = trained[-1] if trained else None
-        training = json.loads((root.path / "training.json").read_text()) if root and \
-            (root.path / "training.json").is_file() else {}
-        static = (root.metrics.get("profile_static") or {}) if root else {}
+        training = _training_record(root) if root else {}
+        curves, confusion = _training_figures(training)
+        layers, skipped_ops = _layers(root.metrics) if root else ([], {})
         sections.append(dict(
-            model=model, dataset=dataset, root=root, lineage=_lineage_tree(vs),
-            curves=_read(root.path / "learning_curves.svg") if root else None,
-            confusion=_read(root.path / "confusion_matrix.svg") if root else None,
+            model=model, dataset=dataset, root=root, lineage=_lineage_tree(vs), curves=curves, confusion=confusion,
             per_class=training.get("per_class", []), history=training.get("history", []),
-            layers=sorted(static.get("by_module", []), key=lambda r: -r["macs"])[:30],
-            skipped_ops=static.get("skipped_ops", {}),
-            optimized=[dict(id=v.id, stages=v.chain, accuracy=v.metrics.get("accuracy_top1"),
-                            agreement=v.metrics.get("agreement_top1"),
-                            parent_accuracy=by_id[v.parent_id].metrics.get("accuracy_top1")
+            layers=layers, skipped_ops=skipped_ops,
+            optimized=[dict(id=v.id, stages=v.chain, accuracy=_number(v.metrics.get("accuracy_top1")),
+                            agreement=_number(v.metrics.get("agreement_top1")),
+                            parent_accuracy=_number(by_id[v.parent_id].metrics.get("accuracy_top1"))
                             if v.parent_id in by_id else None)
                        for v in vs if v.stage != "train"]))
     return sections

@@ -28,7 +28,8 @@ def safe_component(name: str) -> str:
     return candidate
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so that a rename into it survives a power loss (file systems that refuse it are let be)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -87,7 +88,7 @@ def atomic_save(path: str | os.PathLike):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 # Below this much free space, a failed write is taken to be the full disk's doing.
@@ -126,6 +127,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def temp_dir_for(final: str | os.PathLike) -> Path:
+    """A new empty temporary folder beside `final`, named `.<final>.<pid>.<random>.tmp` so that
+    `sweep_stale_dirs` can tell whether its writer is still alive."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, so that a rename of the folder never publishes unwritten data."""
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike):
     """Yield a temporary folder; on success it is renamed to `final` (which must not exist yet).
@@ -133,17 +152,12 @@ def atomic_dir(final: str | os.PathLike):
     On any failure the temporary folder is removed, so a half-written artifact never appears.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)
+    tmp = temp_dir_for(final)
     try:
         yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
+        fsync_tree(tmp)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
