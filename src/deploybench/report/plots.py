@@ -8,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from deploybench.train.plots import confusion_figure, learning_curves_figure  # noqa: E402
+
 plt.rcParams.update({"svg.fonttype": "none", "font.size": 9})
 
 
@@ -97,39 +99,13 @@ def _svg(fig) -> str:
     return svg[svg.index("<svg"):]
 
 
-# The training figures are drawn here again from training.json's numbers rather than taken from the variant's
+# The training figures are drawn again from training.json's numbers rather than taken from the variant's
 # SVG files: a file in a workspace is not markup the report can trust (an appended <script> would run).
 def learning_curves_svg(history: list[dict]) -> str:
-    """Loss and top-1 per epoch, train against validation. Args: training.json's history rows (epoch,
-    train_loss, val_loss, train_top1, val_top1). Returns the SVG markup."""
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    ax1.set(xlabel="epoch", ylabel="loss")
-    ax2.plot(epochs, [100 * h["train_top1"] for h in history], "o-", label="train")
-    ax2.plot(epochs, [100 * h["val_top1"] for h in history], "o-", label="validation")
-    ax2.set(xlabel="epoch", ylabel="top-1 (%)")
-    ax2.legend()
-    fig.tight_layout()
-    return _svg(fig)
+    """`train.plots.learning_curves_figure` as inline SVG markup."""
+    return _svg(learning_curves_figure(history))
 
 
 def confusion_svg(confusion: list[list[int]], classes: list[str]) -> str:
-    """The row-normalized confusion matrix with its counts. Args: the n x n counts (true class by row), the n
-    class names (user text, drawn as plain text). Returns the SVG markup."""
-    n = len(classes)
-    norm = [[c / max(1, sum(row)) for c in row] for row in confusion]
-    size = max(4.0, 0.45 * n)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if n <= 20:
-        ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=7, parse_math=False)
-        ax.set_yticks(range(n), classes, fontsize=7, parse_math=False)
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(confusion[i][j]), ha="center", va="center", fontsize=6,
-                        color="white" if norm[i][j] > 0.5 else "black")
-    ax.set(xlabel="predicted", ylabel="true")
-    fig.tight_layout()
-    return _svg(fig)
+    """`train.plots.confusion_figure` as inline SVG markup."""
+    return _svg(confusion_figure(confusion, classes))
