@@ -13,6 +13,15 @@ from deploybench.errors import WORKSPACE_ERRNOS, UserError
 from deploybench.store import Workspace, default_workspace
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors (unknown choice, missing or malformed option) are one line,
+    `<prog>: error: <message>`, and exit status 2, as every other refusal: not the whole usage block. Subparsers
+    made with `add_subparsers` are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=None,
                         help="workspace folder (default: $DEPLOYBENCH_WORKSPACE or ./workspace)")

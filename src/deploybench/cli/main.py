@@ -1,10 +1,17 @@
 """`deploybench`: one entry point for every command, plus `pipeline` (the main job)."""
 from __future__ import annotations
 
-import argparse
 import sys
 
-from deploybench.cli.common import add_common, comma_list, dataset_arg, int_list, open_workspace, run
+from deploybench.cli.common import (
+    ArgumentParser,
+    add_common,
+    comma_list,
+    dataset_arg,
+    int_list,
+    open_workspace,
+    run,
+)
 
 COMMANDS = {"train": "deploybench.cli.train", "optimize": "deploybench.cli.optimize",
             "profile": "deploybench.cli.profile_cmd"}
@@ -50,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
-    p = argparse.ArgumentParser(prog="deploybench", description="Train, optimize and profile image classifiers.",
-                                epilog="other commands: " + ", ".join(f"deploybench {c} ..." for c in COMMANDS))
+    p = ArgumentParser(prog="deploybench", description="Train, optimize and profile image classifiers.",
+                       epilog="other commands: " + ", ".join(f"deploybench {c} ..." for c in COMMANDS))
     sub = p.add_subparsers(dest="command", required=True)
     pp = sub.add_parser("pipeline", help="train -> optimize all -> profile -> report")
     add_common(pp)

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from deploybench.cli.common import (
+    ArgumentParser,
     add_checkpoint_option,
     add_common,
     checkpoint_variant,
@@ -13,7 +14,6 @@ from deploybench.cli.common import (
     run,
 )
 from deploybench.optimize.choices import CALIB_METHODS, PRUNE_IMPORTANCES, QUANT_METHODS
-
 
 
 def _target(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def _target(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="optimize", description="Quantize, prune and export recorded variants.")
+    p = ArgumentParser(prog="optimize", description="Quantize, prune and export recorded variants.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{quantize,prune,export,all}")
 
     q = sub.add_parser("quantize", help="int8 / reduced-precision variant")

@@ -6,6 +6,7 @@ import shlex
 import sys
 
 from deploybench.cli.common import (
+    ArgumentParser,
     add_checkpoint_option,
     add_common,
     checkpoint_variant,
@@ -19,7 +20,7 @@ from deploybench.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="profile", description="Profile variants on every backend and compare them.")
+    p = ArgumentParser(prog="profile", description="Profile variants on every backend and compare them.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="measure variants (latency, memory, accuracy, %% of peak) into the workspace")
     add_common(r)

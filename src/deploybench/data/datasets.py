@@ -109,7 +109,15 @@ def dataset_info(name: str, data_dir=None) -> DatasetInfo:
     classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir()))
     if not classes:
         raise UserError(f"image folder {root} has no class subfolders (expected {root}/<class>/*.png)")
+    _check_two_classes(root, classes)
     return DatasetInfo(name, len(classes), 3, 32, IMAGENET_MEAN, IMAGENET_STD, classes)
+
+
+def _check_two_classes(root: Path, classes) -> None:
+    """Refuse an image folder of fewer than two classes: a one-class classifier learns nothing and scores 100%."""
+    if len(classes) < 2:
+        raise UserError(f"image folder {root} has {len(classes)} class ({', '.join(classes)}); a classifier needs at "
+                        f"least two class subfolders ({root}/<class>/*.png)")
 
 
 def _one_line(e: Exception) -> str:
@@ -181,6 +189,7 @@ def _image_folder(root: Path, skipped: list) -> tvd.ImageFolder:
         raise UserError(f"cannot read image folder {root}: {_one_line(e)}") from e
     if not ds.samples:
         raise UserError(f"image folder {root} has no readable images (expected {root}/<class>/*.png)")
+    _check_two_classes(root, sorted({ds.classes[label] for _, label in ds.samples}))  # classes that have images
     return ds
 
 

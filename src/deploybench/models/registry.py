@@ -57,20 +57,74 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def get_model_info(name: str) -> ModelInfo:
-    """The registered info for `name`, or for a user architecture given as `package.module:factory`."""
+    """The registered info for `name`, or for a user architecture given as `package.module:factory`.
+
+    Raises UserError for an unknown name, and for a user architecture that cannot be imported or is no factory
+    (`_user_factory`): nothing it names is called here.
+    """
     _ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise UserError(f"cannot load user architecture {name!r}: {exc}") from None
-        if not callable(factory):
-            raise UserError(f"user architecture {name!r} is not callable")
-        return ModelInfo(name, "user", factory, "user architecture")
+        return ModelInfo(name, "user", _user_factory(name), "user architecture")
     raise unknown_choice("model", name, list(_REGISTRY) + ["package.module:factory"])
+
+
+# The arguments every factory is called with (`create_model`).
+REQUIRED_ARGS = ("num_classes", "in_channels")
+
+
+def _user_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory `package.module:factory` names, checked before anything calls it: an nn.Module class, or a
+    function written in Python, whose signature names `num_classes` and `in_channels`. A built-in (`os:system`)
+    or a function that takes anything (`subprocess:run`, via **kwargs) is refused, never called with our
+    arguments."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"user architecture {name!r} must be package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except (Exception, SystemExit) as exc:  # a module runs arbitrary code at import: a SyntaxError, a raise, exit()
+        raise UserError(f"cannot load user architecture {name!r}: importing {module_name} failed: "
+                        f"{_one_line(exc)}") from None
+    try:
+        factory = getattr(module, attr)
+    except Exception:  # AttributeError, or whatever a module's own __getattr__ raises
+        raise UserError(f"cannot load user architecture {name!r}: module {module_name} has no {attr!r}") from None
+    _check_factory(name, factory)
+    return factory
+
+
+def _check_factory(name: str, factory) -> None:
+    """Refuse a `factory` that is not an nn.Module class or a Python function from a source file, or whose
+    signature cannot take `num_classes` and `in_channels` by name."""
+    attr = name.partition(":")[2]
+    is_module_class = inspect.isclass(factory) and issubclass(factory, nn.Module)
+    if not (is_module_class or inspect.isfunction(factory)) or not _source_file(factory):
+        raise UserError(f"user architecture {name!r} is a {type(factory).__name__}, not an nn.Module class or a "
+                        f"function returning one, defined in a Python source file")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"user architecture {name!r} has no signature to check: {_one_line(exc)}") from None
+    # By name only: **kwargs would take anything, and a positional-only parameter cannot be passed by name.
+    named = {k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    absent = [arg for arg in REQUIRED_ARGS if arg not in named]
+    if absent:
+        raise UserError(f"user architecture {name!r} must take {' and '.join(REQUIRED_ARGS)} by name; "
+                        f"{attr}{inspect.signature(factory)} has no {' or '.join(absent)}")
+
+
+def _source_file(obj) -> str | None:
+    """The Python source file that defines `obj`, or None (a built-in, code made by exec)."""
+    try:
+        return inspect.getsourcefile(obj)
+    except TypeError:
+        return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def user_code_digest(name: str) -> str | None:
@@ -109,10 +163,23 @@ def create_model(name: str, num_classes: int, in_channels: int, image_size: int,
                         f"{', '.join(k for k in params if k not in ('num_classes', 'in_channels')) or 'none'})")
     if "image_size" in params or takes_any:
         kwargs["image_size"] = image_size
-    model = info.factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    model = _build(info, num_classes=num_classes, in_channels=in_channels, **kwargs)
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _build(info: ModelInfo, **kwargs):
+    """`info.factory(**kwargs)`; a user architecture that fails to build is one line (the zoo's own failures are
+    bugs, and keep their traceback)."""
+    if info.family != "user":
+        return info.factory(**kwargs)
+    try:
+        return info.factory(**kwargs)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"user architecture {info.name!r} failed to build: {_one_line(exc)}") from None
 
 
 def count_params(model: nn.Module) -> int:

@@ -6,7 +6,9 @@ it, the reason. Calibration always draws training images (`calibration_subset`),
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -240,6 +242,27 @@ def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
 
 
 # -- ONNX Runtime static QDQ int8 -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _ort_refusal(path: Path):
+    """ONNX Runtime's own errors (`onnxruntime_pybind11_state.Fail`, `InvalidGraph`, ...: an operator of a custom
+    domain it has no kernel for, a graph it rejects) as one UserError naming `path`; other errors pass through."""
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        why = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(exc).split()))[:240]
+        raise UserError(f"int8-ort cannot quantize {path}: ONNX Runtime refuses it ({why})") from None
+
+
+def _check_ort_loads(path: Path) -> None:
+    """Refuse, in one line, an ONNX model that ONNX Runtime cannot load (an operator of a custom domain, ...)."""
+    import onnxruntime as ort
+
+    with _ort_refusal(path):
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 @method("int8-ort")
 def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
     """S8S8 QDQ, per-channel weights, after `quant_pre_process` (shape inference + basic optimizations).
@@ -258,7 +281,8 @@ def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     cfg = stage.config
-    input_name = ort.InferenceSession(str(parent_onnx), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    with _ort_refusal(parent_onnx):
+        input_name = ort.InferenceSession(str(parent_onnx), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -271,10 +295,12 @@ def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
                  "percentile": CalibrationMethod.Percentile}[cfg.calib_method]
     with tempfile.TemporaryDirectory() as work:
         pre = Path(work) / "pre.onnx"
-        quant_pre_process(str(parent_onnx), str(pre))
-        quantize_static(str(pre), str(d / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
-                        reduce_range=bool(cfg.reduce_range), extra_options={"CalibTensorRangeSymmetric": False})
+        with _ort_refusal(parent_onnx):
+            quant_pre_process(str(parent_onnx), str(pre))
+            quantize_static(str(pre), str(d / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=calibrate, reduce_range=bool(cfg.reduce_range),
+                            extra_options={"CalibTensorRangeSymmetric": False})
     return dict(calibration_images=min(cfg.calib_size, len(data.splits.train)), calib_method=cfg.calib_method,
                 reduce_range=bool(cfg.reduce_range))
 
@@ -432,6 +458,7 @@ class QuantizeStage(Stage):
             raise UserError(reason)
         if spec.onnx_parent:
             parent = ensure_onnx(ws, parent, data_dir)
+            _check_ort_loads(onnx_path(parent))  # before the parent is run for its logits, or anything is written
         elif parent.format not in EAGER_FORMATS:
             raise UserError(f"quantize --method {self.config.method} needs an fp32 PyTorch variant (trained or "
                             f"pruned); {parent.id} is {parent.format}")

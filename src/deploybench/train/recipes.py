@@ -1,6 +1,7 @@
 """Training recipes: each architecture's defaults (in the model registry), overridden by CLI options."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from deploybench.errors import UserError
@@ -35,8 +36,11 @@ class Recipe:
         for field in ("weight_decay", "cutout", "limit_train"):
             if getattr(self, field) < 0:
                 bad(field, "0 or more")
-        if not self.lr > 0:
-            bad("lr", "above 0")
+        # NaN fails every comparison (`x < 0` lets it through) and infinity passes `> 0`: both train NaN weights.
+        if not math.isfinite(self.weight_decay):
+            bad("weight_decay", "0 or more and finite")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            bad("lr", "above 0 and finite")
         if not 0 <= self.label_smoothing < 1:
             bad("label_smoothing", "in [0, 1)")
         if not 0 <= self.seed < 2 ** 32:
