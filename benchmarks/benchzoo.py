@@ -5,6 +5,7 @@ A backend runs what it can: ONNX Runtime runs the ONNX export of the fp32 and pr
 variant; the torch backends run the PyTorch ones. A combination no backend format fits is skipped with the
 backend's own reason, as `profile run` records it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,20 +47,30 @@ def build_zoo(root) -> Zoo:
     zoo = Zoo(Workspace(root / "ws"), data_dir)
     export = get_stage("export")()
     for model in MODELS:
-        trained, _ = train_model(zoo.ws, model, "fashion-mnist", default_recipe(model, epochs=1, batch_size=32),
-                                 data_dir=data_dir, log=lambda *_: None)
+        trained, _ = train_model(
+            zoo.ws,
+            model,
+            "fashion-mnist",
+            default_recipe(model, epochs=1, batch_size=32),
+            data_dir=data_dir,
+            log=lambda *_: None,
+        )
         pruned = get_stage("prune")(ratio=0.5, finetune_epochs=0).run(zoo.ws, trained, data_dir)
         zoo.variants[model] = {
-            "fp32": trained, "fp32-onnx": export.run(zoo.ws, trained, data_dir),
+            "fp32": trained,
+            "fp32-onnx": export.run(zoo.ws, trained, data_dir),
             "int8-pt2e": get_stage("quantize")(method="int8-pt2e", calib_size=32).run(zoo.ws, trained, data_dir),
             "int8-ort": get_stage("quantize")(method="int8-ort", calib_size=32).run(zoo.ws, trained, data_dir),
-            "pruned": pruned, "pruned-onnx": export.run(zoo.ws, pruned, data_dir)}
+            "pruned": pruned,
+            "pruned-onnx": export.run(zoo.ws, pruned, data_dir),
+        }
     return zoo
 
 
 @dataclass(frozen=True)
 class Gate:
     """`fast` = (kind, backend) must run at least `min_speedup` times faster than `slow` on `model`."""
+
     model: str
     fast: tuple[str, str]
     slow: tuple[str, str]

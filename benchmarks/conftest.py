@@ -1,11 +1,19 @@
-"""Session fixtures of the benchmarks: the zoo of variants (see benchzoo) and loaded backends."""
+"""Session fixtures of the benchmarks: the zoo of variants (see benchzoo) and loaded backends; and the
+fingerprint of the measuring machine in every benchmark JSON, by which `make bench` picks its baseline
+(deploybench.platform.bench_baseline)."""
+
 import pytest
 import torch
 
 from benchzoo import THREADS, Zoo, build_zoo
+from deploybench.platform.bench_baseline import KEY, this_machine
 from deploybench.profile.backends import get_backend
 from deploybench.profile.static import input_shape, root_config
 from deploybench.store import Variant
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info[KEY] = this_machine(THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -39,4 +47,3 @@ def loaded(zoo):
     yield get
     for impl, _ in cache.values():
         impl.close()
-

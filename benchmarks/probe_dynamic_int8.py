@@ -6,6 +6,7 @@ torchao's `dynamic` (`int_mm_times`, at torch's default threads). Not part of th
 
     .venv/bin/python benchmarks/probe_dynamic_int8.py
 """
+
 import time
 
 import torch
@@ -42,14 +43,18 @@ def main() -> None:
 
     torch.set_num_threads(DEFAULT_THREADS)
     int8, fp32 = int_mm_times(runs=50)
-    print(f"optimize all's check, {'x'.join(map(str, INT_MM_SHAPE))}, {DEFAULT_THREADS} threads, median of 50: "
-          f"torch._int_mm {int8:.3f} ms, fp32 mm {fp32:.3f} ms ({fp32 / int8:.2f}x)")
+    print(
+        f"optimize all's check, {'x'.join(map(str, INT_MM_SHAPE))}, {DEFAULT_THREADS} threads, median of 50: "
+        f"torch._int_mm {int8:.3f} ms, fp32 mm {fp32:.3f} ms ({fp32 / int8:.2f}x)"
+    )
     torch.set_num_threads(1)
     from torch.profiler import profile
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
 
     fp32 = block()
     torchao = block()
@@ -62,11 +67,13 @@ def main() -> None:
     with torch.no_grad():
         reference = fp32(X)
         for name, module in (("fp32", fp32), ("torchao dynamic int8", torchao), ("PT2E dynamic int8", pt2e)):
-            eager = ms(lambda: module(X))
+            eager = ms(lambda: module(X))  # noqa: B023 (called at once)
             program = compiled(module)
             diff = (program(X) - reference).abs().max().item()
-            print(f"{name}: eager {eager:.1f} ms, compiled {ms(lambda: program(X)):.1f} ms, "
-                  f"largest difference from fp32 {diff:.4f} (outputs up to {reference.abs().max().item():.2f})")
+            print(
+                f"{name}: eager {eager:.1f} ms, compiled {ms(lambda: program(X)):.1f} ms, "  # noqa: B023
+                f"largest difference from fp32 {diff:.4f} (outputs up to {reference.abs().max().item():.2f})"
+            )
         with profile() as prof:
             torchao(X)
     events = prof.key_averages()

@@ -4,6 +4,7 @@ already in a workspace (read only: nothing is written to it). Not part of the su
 
     .venv/bin/python benchmarks/probe_dynamic_int8_accuracy.py --workspace WS --data-dir DATA VARIANT [VARIANT ...]
 """
+
 import argparse
 import time
 
@@ -32,10 +33,13 @@ def main() -> None:
         int8, int8_logits = predict(ExportedModule(_dynamic_pt2e_program(runnable(variant), data.example(2))), data)
         int8_s = time.perf_counter() - start
         agree = float((int8_logits.argmax(1) == fp32_logits.argmax(1)).float().mean())
-        print(f"{variant.model} [{vid[:8]}], {len(fp32_logits)} test images, {torch.get_num_threads()} threads: "
-              f"fp32 {100 * fp32.top1:.2f}% ({fp32_s:.0f} s), dynamic-pt2e {100 * int8.top1:.2f}% ({int8_s:.0f} s), "
-              f"top-1 agreement {100 * agree:.2f}%, largest logit difference "
-              f"{float((int8_logits - fp32_logits).abs().max()):.3f}", flush=True)
+        print(
+            f"{variant.model} [{vid[:8]}], {len(fp32_logits)} test images, {torch.get_num_threads()} threads: "
+            f"fp32 {100 * fp32.top1:.2f}% ({fp32_s:.0f} s), dynamic-pt2e {100 * int8.top1:.2f}% ({int8_s:.0f} s), "
+            f"top-1 agreement {100 * agree:.2f}%, largest logit difference "
+            f"{float((int8_logits - fp32_logits).abs().max()):.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmarks of MAC counting, ONNX export and one training step, each gated on a deterministic fact of what
 it produced (the count, a checked ONNX file, a finite loss); and the deterministic facts of the zoo's variants:
 parameters, MACs, sizes and accuracy on fixed data through each backend."""
+
 import onnx
 import pytest
 import torch
@@ -46,8 +47,9 @@ def test_training_step(benchmark, model):
 
     recipe = default_recipe(model)
     torch.manual_seed(0)
-    net = build_model(dict(model_config(model, dataset_info("fashion-mnist")), dataset="fashion-mnist",
-                           recipe=recipe.to_dict()))
+    net = build_model(
+        dict(model_config(model, dataset_info("fashion-mnist")), dataset="fashion-mnist", recipe=recipe.to_dict())
+    )
     opt = make_optimizer(net, recipe)
     sched = make_scheduler(opt, recipe, steps_per_epoch=10**6)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
