@@ -2,7 +2,9 @@
 
 A format registers a loader that returns a runnable `torch.nn.Module` (torch formats) or nothing for
 formats that only non-torch runtimes run (ONNX). Backends ask `load_module` / `onnx_path` and skip a
-variant whose format they cannot run.
+variant whose format they cannot run. Both check the variant first (`verify.verify_variant`): its files must be
+those the store recorded, and a format whose loader could run code from a hostile file (`needs_trust`) loads
+only what this account made, unless the user passed `--trust-artifacts`.
 """
 from __future__ import annotations
 
@@ -15,11 +17,15 @@ import torch.nn as nn
 from google.protobuf.message import DecodeError
 
 from deploybench.artifacts.checkpoint import extract_state_dict, load_checkpoint, load_weights
+from deploybench.artifacts.exported import load_program
+from deploybench.artifacts.verify import read_verified, verify_variant
 from deploybench.errors import UserError
 from deploybench.models.identity import build_model
 from deploybench.store import Variant
 
 _TORCH_LOADERS: dict[str, Callable[[Variant, str], nn.Module]] = {}
+# formats whose loader runs a deserializer that can execute code from a hostile file (torch.export's)
+_NEEDS_TRUST: set[str] = set()
 ONNX_FORMATS = {"onnx", "onnx-int8"}
 # fp32 eager modules: the formats whose params and MACs can be counted directly and that can be exported/pruned.
 EAGER_FORMATS = {"torch-state", "torch-pruned"}
@@ -29,12 +35,16 @@ class UnsupportedFormat(Exception):
     """This runtime cannot run a variant of this format (a recorded skip, not an error)."""
 
 
-def register_format(name: str):
+def register_format(name: str, *, needs_trust: bool = False):
     """Decorator registering `loader(variant, device) -> nn.Module` for format `name`. A loader needs `device`
-    only when moving its module there takes more than `.to(device)`, which `load_module` applies to all."""
+    only when moving its module there takes more than `.to(device)`, which `load_module` applies to all.
+    `needs_trust`: the loader's deserializer could run code from a hostile file, so a variant another account
+    made is refused unless trusted (`verify.verify_variant`)."""
 
     def wrap(loader):
         _TORCH_LOADERS[name] = loader
+        if needs_trust:
+            _NEEDS_TRUST.add(name)
         return loader
 
     return wrap
@@ -44,21 +54,29 @@ def torch_formats() -> set[str]:
     return set(_TORCH_LOADERS)
 
 
+def needs_trust(fmt: str) -> bool:
+    """Whether loading format `fmt` from a hostile file could run code (see `register_format`)."""
+    return fmt in _NEEDS_TRUST
+
+
 def load_module(variant: Variant, device: str = "cpu") -> nn.Module:
-    """The variant as a torch module in eval mode on `device`."""
+    """The variant as a torch module in eval mode on `device`, once `verify_variant` has passed it."""
     if variant.format not in _TORCH_LOADERS:
         raise UnsupportedFormat(f"format {variant.format} has no torch loader")
+    verify_variant(variant, needs_seal=needs_trust(variant.format))
     return _TORCH_LOADERS[variant.format](variant, device).to(device).eval()
 
 
 def onnx_path(variant: Variant) -> Path:
-    """The variant's model.onnx, checked by `check_onnx` before any runtime opens it."""
+    """The variant's model.onnx, checked by `check_onnx` and `verify_variant` before any runtime opens it.
+    `check_onnx` goes first: it reads nothing outside the folder, and its error says what is wrong with the file."""
     if variant.format not in ONNX_FORMATS:
         raise UnsupportedFormat(f"format {variant.format} is not ONNX")
     path = variant.path / "model.onnx"
     if not path.is_file():
         raise UserError(f"variant {variant.id}: {path} is missing")
     check_onnx(path)
+    verify_variant(variant, needs_seal=False)  # ONNX Runtime parses protobuf: no code from the file runs
     return path
 
 
@@ -200,8 +218,8 @@ class ExportedModule(nn.Module):
         return self.program(x)
 
 
-@register_format("torch-export")
-@register_format("torch-export-int8")
+@register_format("torch-export", needs_trust=True)
+@register_format("torch-export-int8", needs_trust=True)
 def _load_torch_export(variant: Variant, device: str) -> nn.Module:
     """A `torch.export` program (PT2E int8 and others) on `device`; runs eagerly, fast after torch.compile with
     freezing. A program also holds devices in its graph (torch.export asserts each input's device): `.to()` on
@@ -216,10 +234,9 @@ def _load_torch_export(variant: Variant, device: str) -> nn.Module:
         # speed.
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
 
-    path = variant.path / "model.pt2"
-    if not path.is_file():
-        raise UserError(f"variant {variant.id}: {path} is missing")
-    program = torch.export.load(path)
+    # One read: the bytes checked against the store's digest are the bytes loaded.
+    data = read_verified(variant, "model.pt2", needs_seal=True)
+    program = load_program(data, f"variant {variant.id}: {variant.path / 'model.pt2'}")
     if torch.device(device) != torch.device("cpu"):
         from torch.export.passes import move_to_device_pass
 

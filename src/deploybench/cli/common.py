@@ -9,6 +9,7 @@ import sys
 import threading
 from typing import Callable
 
+from deploybench.artifacts.verify import set_trusted
 from deploybench.errors import WORKSPACE_ERRNOS, UserError
 from deploybench.store import Workspace, default_workspace
 
@@ -26,6 +27,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=None,
                         help="workspace folder (default: $DEPLOYBENCH_WORKSPACE or ./workspace)")
     parser.add_argument("--data-dir", default="data", help="where datasets live (default: ./data)")
+    parser.add_argument("--trust-artifacts", action="store_true",
+                        help="load torch.export programs that another user or machine made (a workspace copied or "
+                             "imported from elsewhere); without it they are refused, since loading one can run code")
 
 
 # (workspace, row) of this command's line in each workspace it opened: `run` takes the line back out when the
@@ -36,6 +40,7 @@ _LOGGED: list[tuple[Workspace, int]] = []
 def open_workspace(args, record: bool = True) -> Workspace:
     """The workspace named by --workspace; `record` logs this command line in it (the report's provenance,
     which a report built by this very command includes); the line is removed again if the command fails."""
+    set_trusted(bool(getattr(args, "trust_artifacts", False)))  # before anything is loaded, children included
     ws = Workspace(args.workspace or default_workspace())
     if record:
         _LOGGED.append((ws, ws.log_command([os.path.basename(sys.argv[0])] + sys.argv[1:])))
