@@ -14,7 +14,7 @@ from deploybench.cli.common import (
 )
 
 COMMANDS = {"train": "deploybench.cli.train", "optimize": "deploybench.cli.optimize",
-            "profile": "deploybench.cli.profile_cmd"}
+            "profile": "deploybench.cli.profile_cmd", "search": "deploybench.cli.search"}
 
 
 def pipeline(args) -> int:

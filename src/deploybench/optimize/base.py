@@ -17,7 +17,7 @@ from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from deploybench.artifacts.formats import EAGER_FORMATS, load_module, torch_formats
 from deploybench.artifacts.runnable import runnable
@@ -123,6 +123,27 @@ def predict(model: nn.Module, data: StageData):
     rec = _Recorder(model.to(device) if device.type != "cpu" else model)
     result = evaluate(rec, data.test_loader, device, data.info.num_classes)
     return result, torch.cat(rec.outputs)
+
+
+def validation_result(variant: Variant, data_dir, images: int | None = None):
+    """Loss, top-1 and top-5 of a stored variant on the validation split (never the test split): what `search`
+    selects on, evaluated as `predict` evaluates the test split.
+
+    Args:
+        images: only the first `images` validation images (the split is a seeded random draw from the training
+            files, so these are a random sample too); None: all of them.
+    Returns:
+        the train engine's EvalResult.
+    """
+    data = stage_data(variant, data_dir)
+    val = data.splits.val
+    if images is not None and images < len(val):
+        val = Subset(val, range(images))
+    model = runnable(variant)
+    device = eval_device(model)
+    with torch.no_grad():
+        return evaluate(model.to(device) if device.type != "cpu" else model, DataLoader(val, batch_size=256), device,
+                        data.info.num_classes)
 
 
 _LOGITS: dict[tuple[str, str], torch.Tensor] = {}

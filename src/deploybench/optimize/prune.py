@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from deploybench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from deploybench.artifacts.formats import EAGER_FORMATS, load_module, shaped_state
@@ -63,6 +63,15 @@ class PruneConfig(StageConfig):
     finetune_lr: float | None = None  # default: 1/10 of the training recipe's peak lr
     calib_size: int = 256          # taylor: training images whose gradients rank the channels
     seed: int = 0
+    finetune_fraction: float = 1.0  # share of the training images each fine-tuning epoch draws (search screens at < 1)
+
+    def to_dict(self) -> dict:
+        """The options that enter the config and id; `finetune_fraction` only when below 1, so the ids of variants
+        made before the option existed stay the same."""
+        out = super().to_dict()
+        if out["finetune_fraction"] == 1.0:
+            del out["finetune_fraction"]
+        return out
 
 
 def _importance(name: str):
@@ -105,6 +114,15 @@ def _follow_head_schedule(pruner, attentions: list, ratio: float, steps: int) ->
         pruner.head_pruning_ratio_dict[m.qkv] = [0.0] + [
             (kept[k - 1] - kept[k] - 0.5) / kept[k - 1] if kept[k - 1] > kept[k] else 0.0
             for k in range(1, steps + 1)]
+
+
+def fraction_subset(train_set, fraction: float, seed: int):
+    """A seeded random `fraction` of `train_set` (at least one image); the set itself when `fraction` is 1."""
+    if fraction >= 1.0:
+        return train_set
+    n = max(1, round(len(train_set) * fraction))
+    picked = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:n]
+    return Subset(train_set, sorted(picked.tolist()))
 
 
 def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Module:
@@ -201,6 +219,8 @@ class PruneStage(Stage):
             raise UserError("--iterative-steps must be >= 1 and --finetune-epochs >= 0")
         if c.finetune_lr is not None and not c.finetune_lr > 0:
             raise UserError(f"--finetune-lr must be above 0, got {c.finetune_lr}")
+        if not 0.0 < c.finetune_fraction <= 1.0:
+            raise UserError(f"the fine-tuning fraction must be in (0, 1], got {c.finetune_fraction}")
 
     def run(self, ws: Workspace, parent: Variant, data_dir) -> Variant:
         if parent.format not in EAGER_FORMATS:
@@ -231,6 +251,7 @@ class PruneStage(Stage):
             if cfg.finetune_epochs:
                 train = load_splits(parent.dataset, data_dir, augment=recipe.augment, cutout=recipe.cutout,
                                     transfer=bool(parent.config.get("transfer"))).train
+                train = fraction_subset(train, cfg.finetune_fraction, cfg.seed)
                 history = finetune(model.to(device), teacher.to(device).eval() if cfg.distill else None, train,
                                    recipe, cfg.finetune_epochs, lr, cfg.seed, device=device, workers=workers,
                                    checkpoint=run_dir / "last.pt")

@@ -20,7 +20,7 @@ from deploybench.profile.latency import Protocol, finished_call, measure_latency
 from deploybench.profile.static import input_shape, root_config
 
 
-def _loaded(backend: str, variant, batch_size: int, threads: int):
+def loaded_backend(backend: str, variant, batch_size: int, threads: int):
     """`backend` loaded with `variant`; a backend that is not here, or cannot run the variant, is a one-line
     error (`profile run` records these as skips; a check that names them has nothing to measure)."""
     cls = get_backend(backend)
@@ -40,7 +40,7 @@ def cross_check(ws, variant, backend: str, batch_size: int, threads: int, protoc
     """{ours_ms, reference_ms, ratio, reference, rounds}: medians over alternated rounds of our p50 and the
     independent timer's median (ms)."""
     protocol = protocol or Protocol(warmup=3, min_runs=10, min_seconds=1.0)
-    impl = _loaded(backend, variant, batch_size, threads)
+    impl = loaded_backend(backend, variant, batch_size, threads)
     batch = torch.randn(batch_size, *input_shape(root_config(ws, variant)))
     inputs = impl.prepare(batch)
     if backend.startswith("ort-cpu"):
@@ -79,7 +79,7 @@ def paired_against(ws, variant, backend: str, base, base_backend: str, batch_siz
     (`paired_speedup`): the figure that survives a shared machine's drift."""
     calls = []
     for v, name in ((base, base_backend), (variant, backend)):
-        impl = _loaded(name, v, batch_size, threads)
+        impl = loaded_backend(name, v, batch_size, threads)
         inputs = impl.prepare(torch.randn(batch_size, *input_shape(root_config(ws, v))))
         impl.run(inputs)
         calls.append((impl, inputs))

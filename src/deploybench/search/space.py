@@ -1,0 +1,216 @@
+"""The search space, declared once: what a trial may choose (`search_space`, one table of `Dim`s) and what each
+backend can run (`BACKEND_SPACES`), so that a recipe a backend cannot run is never proposed.
+
+A trial's choices become a `TrialRecipe`, and the recipe becomes the ordinary stages (prune, quantize, export)
+run from the trained variant: a recipe made before is found by its content-addressed id and costs nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from deploybench.artifacts.formats import ONNX_FORMATS, torch_formats
+from deploybench.errors import UserError, unknown_choice
+from deploybench.optimize.base import Stage
+from deploybench.optimize.choices import CALIB_METHODS, PRUNE_IMPORTANCES, QUANT_METHODS
+from deploybench.optimize.export import ExportStage
+from deploybench.optimize.prune import PruneStage
+from deploybench.optimize.quantize import METHODS, QuantizeStage
+
+NO_QUANTIZATION = "none"
+
+
+@dataclass(frozen=True)
+class BackendSpace:
+    """What a backend runs: the quantization methods a trial may pick (`none` keeps fp32), whether its variants
+    are ONNX files (an export ends every chain), and whether a trial picks the thread count: an ONNX Runtime
+    session owns its thread pool, while torch's is one per process, shared with the fp32 variant it is timed
+    against, so torch backends run at the study's thread count."""
+
+    methods: tuple[str, ...]
+    onnx: bool
+    threads: bool
+
+    def runs(self, fmt: str) -> bool:
+        """Whether this backend runs variants of format `fmt`."""
+        return fmt in ONNX_FORMATS if self.onnx else fmt in torch_formats()
+
+
+BACKEND_SPACES: dict[str, BackendSpace] = {
+    "ort-cpu": BackendSpace((NO_QUANTIZATION, "int8-ort"), onnx=True, threads=True),
+    "ort-cuda": BackendSpace((NO_QUANTIZATION, "int8-ort"), onnx=True, threads=False),
+    "ort-tensorrt": BackendSpace((NO_QUANTIZATION, "int8-ort"), onnx=True, threads=False),
+    # Eager torch runs int8 programs through reference kernels, slower than fp32: only reduced precision here.
+    "torch-cpu": BackendSpace((NO_QUANTIZATION, "bf16"), onnx=False, threads=False),
+    "torch-compile-cpu": BackendSpace((NO_QUANTIZATION, "int8-pt2e", "dynamic-pt2e", "bf16"), onnx=False,
+                                      threads=False),
+    "torch-cuda": BackendSpace((NO_QUANTIZATION, "fp16", "bf16"), onnx=False, threads=False),
+    "torch-compile-cuda": BackendSpace((NO_QUANTIZATION, "fp16", "bf16"), onnx=False, threads=False),
+}
+
+
+def backend_space(backend: str) -> BackendSpace:
+    """The space of `backend`; a backend without one is a UserError listing those that have one."""
+    if backend not in BACKEND_SPACES:
+        raise unknown_choice("backend for search", backend, BACKEND_SPACES)
+    return BACKEND_SPACES[backend]
+
+
+def methods_here(backend: str) -> tuple[str, ...]:
+    """The backend's quantization methods that this machine can make and that would not only be slower here
+    (bf16 only where the CPU has it natively or on a GPU; the same rule `optimize all` follows)."""
+    return tuple(m for m in backend_space(backend).methods
+                 if m == NO_QUANTIZATION or METHODS[m].left_out_of_all() is None)
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One choice of a trial: categorical (`choices`) or numeric (`low`..`high`, ints unless a bound is a float,
+    `step` for floats), active only when `when(params chosen before it)` holds."""
+
+    name: str
+    choices: tuple = ()
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | None = None
+    when: Callable[[dict], bool] = lambda params: True
+    why: str = ""
+
+    def suggest(self, trial):
+        """Ask the Optuna trial for this choice."""
+        if self.choices:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if isinstance(self.low, float) or isinstance(self.high, float):
+            return trial.suggest_float(self.name, self.low, self.high, step=self.step)
+        return trial.suggest_int(self.name, self.low, self.high)
+
+
+def _pruned(p: dict) -> bool:
+    return p["prune_ratio"] > 0
+
+
+def _finetuned(p: dict) -> bool:
+    return _pruned(p) and p["finetune_epochs"] > 0
+
+
+def _calibrated(p: dict) -> bool:
+    return p["quantize"] in ("int8-ort", "int8-pt2e")
+
+
+def search_space(backend: str, *, max_threads: int, has_batchnorm: bool) -> tuple[Dim, ...]:
+    """The table of choices, in the order they are asked (a choice's `when` reads the ones before it).
+
+    Args:
+        backend: the target backend (its methods and whether threads are chosen).
+        max_threads: the most threads a trial may use (the machine's physical cores).
+        has_batchnorm: whether the model has BatchNorm layers (bn-scale importance ranks by their scales).
+    Returns:
+        the dims.
+    """
+    space = backend_space(backend)
+    return (
+        # 0.05 steps: finer ratios remove the same whole channels from small layers, and a repeated ratio is a
+        # repeated recipe, which costs nothing.
+        Dim("prune_ratio", low=0.0, high=0.8, step=0.05, why="share of channels removed; 0 is no pruning"),
+        Dim("importance", choices=tuple(i for i in PRUNE_IMPORTANCES if has_batchnorm or i != "bn-scale"),
+            when=_pruned, why="how channels are ranked"),
+        Dim("global_pruning", choices=(False, True), when=_pruned, why="rank across layers instead of per layer"),
+        Dim("iterative_steps", low=1, high=3, when=_pruned, why="prune in K steps"),
+        Dim("finetune_epochs", low=0, high=3, when=_pruned, why="fine-tuning epochs at full fidelity"),
+        Dim("distill", choices=(False, True), when=_finetuned, why="distill from the unpruned parent"),
+        Dim("quantize", choices=methods_here(backend), why="quantization method; none keeps fp32"),
+        Dim("calib_size", choices=(128, 256, 512, 1024), when=_calibrated, why="training images calibrated on"),
+        Dim("calib_method", choices=CALIB_METHODS, when=lambda p: p["quantize"] == "int8-ort",
+            why="int8-ort's range estimate"),
+        Dim("threads", low=1, high=max_threads, when=lambda p: space.threads and max_threads > 1,
+            why="intra-op threads of the session"),
+    )
+
+
+def suggest(trial, dims: tuple[Dim, ...]) -> dict:
+    """The active choices of `dims` drawn for `trial` (inactive ones are absent)."""
+    params: dict = {}
+    for dim in dims:
+        if dim.when(params):
+            params[dim.name] = dim.suggest(trial)
+    return params
+
+
+@dataclass(frozen=True)
+class TrialRecipe:
+    """A trial's recipe: its choices with the defaults of the inactive ones filled in."""
+
+    prune_ratio: float = 0.0
+    importance: str = "magnitude"
+    global_pruning: bool = False
+    iterative_steps: int = 1
+    finetune_epochs: int = 0
+    distill: bool = False
+    quantize: str = NO_QUANTIZATION
+    calib_size: int = 512
+    calib_method: str = "minmax"
+    threads: int = 1
+
+    @classmethod
+    def from_params(cls, params: dict, *, threads: int) -> "TrialRecipe":
+        """The recipe of Optuna `params`; `threads` where the trial did not choose them."""
+        return cls(**dict(dict(threads=threads), **params))
+
+    @property
+    def pruned(self) -> bool:
+        return self.prune_ratio > 0
+
+    @property
+    def screened(self) -> bool:
+        """Whether the recipe fine-tunes, the costly step that is screened at low fidelity first."""
+        return self.pruned and self.finetune_epochs > 0
+
+    def stages(self, space: BackendSpace, finetune_fraction: float = 1.0) -> list[Stage]:
+        """The stages that make the recipe's variant from the trained one. With `finetune_fraction` below 1 (the
+        screening rung), the fine-tuning is one epoch over that share of the training images."""
+        out: list[Stage] = []
+        if self.pruned:
+            screening = finetune_fraction < 1.0 and self.finetune_epochs > 0
+            out.append(PruneStage(ratio=round(self.prune_ratio, 4), importance=self.importance,
+                                  global_pruning=self.global_pruning, iterative_steps=self.iterative_steps,
+                                  finetune_epochs=1 if screening else self.finetune_epochs,
+                                  distill=self.distill and self.finetune_epochs > 0,
+                                  finetune_fraction=finetune_fraction if screening else None))
+        if self.quantize != NO_QUANTIZATION:
+            uses = QUANT_METHODS[self.quantize].options
+            out.append(QuantizeStage(method=self.quantize,
+                                     calib_size=self.calib_size if "calib_size" in uses else None,
+                                     calib_method=self.calib_method if "calib_method" in uses else None))
+        exports_itself = self.quantize != NO_QUANTIZATION and QUANT_METHODS[self.quantize].onnx_parent
+        if space.onnx and not exports_itself:  # int8-ort exports its parent first; other ONNX chains end so
+            out.append(ExportStage())
+        return out
+
+    def describe(self) -> str:
+        """One line, e.g. `prune 0.35 (magnitude, local, 1 step, 2 epochs, distilled) + int8-ort (512, minmax)`."""
+        parts = []
+        if self.pruned:
+            ft = (f"{self.finetune_epochs} epoch{'s' * (self.finetune_epochs != 1)}"
+                  + (", distilled" if self.distill else "") if self.finetune_epochs else "no fine-tuning")
+            parts.append(f"prune {self.prune_ratio:.2f} ({self.importance}, "
+                         f"{'global' if self.global_pruning else 'local'}, {self.iterative_steps} "
+                         f"step{'s' * (self.iterative_steps != 1)}, {ft})")
+        if self.quantize != NO_QUANTIZATION:
+            uses = QUANT_METHODS[self.quantize].options
+            calib = [str(self.calib_size)] * ("calib_size" in uses) + [self.calib_method] * ("calib_method" in uses)
+            parts.append(self.quantize + (f" ({', '.join(calib)})" if calib else ""))
+        return " + ".join(parts) or "fp32 as trained"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_objectives(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` if they are `latency` and `accuracy`, optionally `size`; else a UserError."""
+    known = ("latency", "accuracy", "size")
+    for name in names:
+        if name not in known:
+            raise unknown_choice("objective", name, known)
+    if len(set(names)) != len(names) or not {"latency", "accuracy"} <= set(names):
+        raise UserError(f"--objectives takes latency,accuracy and optionally size, once each; got {','.join(names)}")
+    return tuple(names)

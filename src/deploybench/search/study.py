@@ -1,0 +1,335 @@
+"""`run_search`: create or continue an Optuna study whose trials are recipes of the stages, then summarize it.
+
+The study is named (by default after its model, dataset, backend, batch size and budget) and stored (by default in
+the workspace's `search.db`). Running the same command again, or with `--resume`, continues it up to `trials`
+finished trials; several processes given the same study and storage share it, each trial recorded once. A study
+records what it searches and the machine it measures on; a worker with other settings or on other hardware is
+refused. SIGTERM ends the running trial (recorded as failed and queued again, so the next run makes that recipe
+first, its finished stages found in the store) and stops the search with `SearchInterrupted`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import optuna
+from optuna.trial import TrialState
+
+from deploybench.artifacts.formats import load_module
+from deploybench.errors import UserError, failure_line, traceback_tail
+from deploybench.models import get_model_info
+from deploybench.optimize.base import resolve_parent
+from deploybench.optimize.export import ensure_onnx
+from deploybench.platform import fingerprint, physical_cores
+from deploybench.profile.backends import get_backend
+from deploybench.search.fidelity import Fidelity
+from deploybench.search.measure import LatencyProtocol, PairedTimer
+from deploybench.search.objective import OBJECTIVES, SearchContext, run_trial
+from deploybench.search.results import change_pts, search_results
+from deploybench.search.space import backend_space, check_objectives, methods_here, search_space
+from deploybench.store import Variant, Workspace
+from deploybench.store.studies import (
+    FINISHED,
+    check_fingerprint,
+    display_url,
+    open_storage,
+    open_study,
+    run_trials,
+    storage_url,
+    worker_name,
+)
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """SIGTERM stopped the search; what finished is kept (a KeyboardInterrupt, so no `except Exception` in a stage
+    swallows it)."""
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """What `deploybench search` is asked (its options, see docs/cli.md)."""
+
+    model: str
+    dataset: str
+    backend: str
+    batch_size: int = 1
+    budget_pts: float = 1.0
+    trials: int = 24
+    time_limit_s: float | None = None
+    objectives: tuple[str, ...] = ("latency", "accuracy")
+    sampler: str = "nsga2"
+    study: str | None = None
+    storage: str | None = None
+    resume: bool = False
+    seed: int = 0
+    quick: bool = False           # the short latency protocol (tests; its numbers are not honest)
+    fidelity: Fidelity = field(default_factory=Fidelity)
+
+    @property
+    def study_name(self) -> str:
+        return self.study or (f"{self.model}-{self.dataset}-{self.backend}-b{self.batch_size}"
+                              f"-budget{self.budget_pts:g}")
+
+
+def check_spec(spec: SearchSpec) -> None:
+    """Refuse a search that cannot run, before any work or write: unknown model or backend, a backend this machine
+    cannot run, a budget below 0, out-of-range counts, unknown objectives or sampler, a bad storage URL."""
+    get_model_info(spec.model)
+    cls = get_backend(spec.backend)
+    backend_space(spec.backend)
+    ok, why = cls.available()
+    if not ok:
+        raise UserError(f"--backend {spec.backend} cannot run any variant on this machine: {why}")
+    if not math.isfinite(spec.budget_pts) or spec.budget_pts < 0:
+        raise UserError(f"--budget is the accuracy loss allowed in points, 0 or more; got {spec.budget_pts:g}")
+    if spec.batch_size < 1 or spec.trials < 1:
+        raise UserError(f"--batch-size and --trials must be 1 or more, got {spec.batch_size} and {spec.trials}")
+    if spec.time_limit_s is not None and not spec.time_limit_s > 0:
+        raise UserError(f"--time-limit must be above 0, got {spec.time_limit_s:g} s")
+    check_objectives(spec.objectives)
+    if spec.sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {spec.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    if not spec.study_name.strip():
+        raise UserError("--study needs a name")
+    if spec.storage is not None:
+        storage_url(spec.storage, ".")
+
+
+def _nsga2(trials: int, seed: int) -> optuna.samplers.BaseSampler:
+    # A generation of a third of the trials: Optuna's default of 50 would leave a 24-trial search all random.
+    return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, trials // 3)), seed=seed)
+
+
+def _tpe(trials: int, seed: int) -> optuna.samplers.BaseSampler:
+    # constant_liar: a worker does not propose what another is running; group: the conditional choices.
+    return optuna.samplers.TPESampler(n_startup_trials=max(3, trials // 4), multivariate=True, group=True,
+                                      constant_liar=True, seed=seed)
+
+
+SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {"nsga2": _nsga2, "tpe": _tpe}
+
+
+def _target(spec: SearchSpec, root: Variant, dims) -> dict:
+    """What a study searches (`store.studies.open_study` compares it on every load): every worker agrees on all of
+    it, the space and the fidelity schedule included."""
+    return dict(command="search", model=spec.model, dataset=spec.dataset, backend=spec.backend,
+                batch_size=spec.batch_size, budget_pts=float(spec.budget_pts), objectives=list(spec.objectives),
+                root_variant=root.id, fidelity=spec.fidelity.to_dict(),
+                space=[dict(name=d.name, choices=list(d.choices), low=d.low, high=d.high, step=d.step) for d in dims])
+
+
+def _describe(target: dict) -> str:
+    return (f"{target['model']} on {target['dataset']} from variant {target['root_variant']}, {target['backend']} "
+            f"batch {target['batch_size']}, budget {target['budget_pts']:g} pts, objectives "
+            f"{','.join(target['objectives'])}")
+
+
+_STORAGE_CODE = (f"{os.sep}sqlalchemy{os.sep}", f"{os.sep}optuna{os.sep}storages{os.sep}")
+
+
+def _in_storage_call(frame) -> bool:
+    """Whether `frame` runs inside the study storage's code, where an exception would leave its session open."""
+    while frame is not None:
+        if any(part in frame.f_code.co_filename for part in _STORAGE_CODE):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _Sigterm:
+    """SIGTERM during a trial's work raises SearchInterrupted there (Optuna records the trial as failed, and its
+    recipe is queued again). Inside a call of the study's storage, or between trials, it is held: the trial stops at
+    its next step (`check`), or the search after the trial being recorded is stored."""
+
+    def __init__(self):
+        self.trial_number: int | None = None
+        self.pending = False
+
+    def handler(self, signum, frame):
+        if self.trial_number is not None and not _in_storage_call(frame):
+            raise SearchInterrupted(f"stopped by SIGTERM during trial {self.trial_number}")
+        self.pending = True
+
+    def check(self) -> None:
+        """Raise a held SIGTERM inside a trial (called between its steps)."""
+        if self.pending and self.trial_number is not None:
+            raise SearchInterrupted(f"stopped by SIGTERM during trial {self.trial_number}")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, self.handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Objective:
+    """Optuna's objective around `run_trial`: notes the running trial for SIGTERM and the log, records a broken
+    recipe's error (the trial fails, the search goes on) and queues an interrupted recipe again."""
+
+    def __init__(self, ctx: SearchContext, gate: _Sigterm, log):
+        self.ctx, self.gate, self.log = ctx, gate, log
+        self.last: int | None = None
+        self.requeued: int | None = None  # the trial whose recipe an interruption queued again
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        self.last = trial.number
+        if self.gate.pending:  # it came while Optuna was making this trial: it ends before drawing a recipe
+            trial.set_user_attr("error", "stopped by SIGTERM before its recipe was drawn")
+            raise SearchInterrupted("stopped by SIGTERM")
+        trial.set_user_attr("worker", worker_name())
+        self.gate.trial_number = trial.number
+        try:
+            return run_trial(trial, self.ctx)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            if trial.params:  # the next run (any worker) makes this recipe first; its finished stages are found
+                trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                self.requeued = trial.number
+            raise
+        except Exception as exc:  # noqa: BLE001  a broken recipe is recorded as a failed trial; the others go on
+            trial.set_user_attr("error", failure_line(exc))
+            if tail := traceback_tail(exc):
+                self.log(f"trial {trial.number} failed:{tail}")
+            raise
+        finally:
+            self.gate.trial_number = None
+
+
+def _trial_line(trial: optuna.trial.FrozenTrial, budget_pts: float) -> str:
+    """One line per finished trial."""
+    a = trial.user_attrs
+    head = f"trial {trial.number} {a.get('recipe', '')}"
+    if a.get("result"):
+        r = a["result"]
+        ok = "within" if r["val_drop_pts"] <= budget_pts else "over"
+        made = "made" if r.get("made_now") else "found in the store"
+        how = (f"; {a['promotion']}" if a.get("promotion") else "") + (
+            f"; same recipe as trial {a['same_as']}" if a.get("same_as") is not None else "")
+        return (f"{head}, {r['threads']} thread(s): val top-1 {100 * r['val_top1']:.2f}% "
+                f"({change_pts(r['val_drop_pts'])} pts, {ok} budget), {r['speedup']:.2f}x over fp32 "
+                f"(p50 {r['latency_ms_p50']:.3f} ms), variant {r['variant_id']} ({made}){how}, "
+                f"{a.get('seconds', 0):.0f} s")
+    if trial.state == TrialState.PRUNED and a.get("rung0"):
+        r = a["rung0"]
+        return (f"{head}: screened out at rung 0 (val top-1 {100 * r['val_top1']:.2f}% on {r['val_images']} images, "
+                f"{r['speedup']:.2f}x): {a.get('promotion')}, {a.get('seconds', 0):.0f} s")
+    return f"{head}: {trial.state.name.lower()}" + (f": {a['error']}" if a.get("error") else "")
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna's own per-trial log lines off (this module prints its own), its experimental notices too."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def _context(ws: Workspace, spec: SearchSpec, root: Variant, data_dir, threads: int, dims, log) -> SearchContext:
+    space = backend_space(spec.backend)
+    base = ensure_onnx(ws, root, data_dir) if space.onnx else root
+    protocol = LatencyProtocol.quick() if spec.quick else LatencyProtocol()
+    timer = PairedTimer(ws, base, spec.backend, spec.batch_size, threads, protocol)
+    return SearchContext(ws=ws, data_dir=str(data_dir), root=root, base=base, space=space, dims=dims,
+                         budget_pts=spec.budget_pts, objectives=tuple(spec.objectives), fidelity=spec.fidelity,
+                         max_threads=threads, timer=timer, log=log)
+
+
+def _count(study: optuna.Study) -> int:
+    """Trials finished or running (what `run_trials` counts towards the target)."""
+    return sum(t.state in FINISHED or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def run_search(ws: Workspace, spec: SearchSpec, data_dir, *, log: Callable[[str], None] = print) -> dict:
+    """Run (or continue) the search `spec` on the trained `spec.model` in `ws`, then summarize it.
+
+    Args:
+        data_dir: where the dataset lives (the trained variant must be made from its files).
+        log: where progress lines go (one per trial).
+    Returns:
+        the summary of `results.search_results` (front, winner, comparison with `optimize all`), also stored.
+    Raises:
+        UserError before any work for bad input; SearchInterrupted on SIGTERM.
+    """
+    check_spec(spec)
+    start_s = time.perf_counter()
+    root = resolve_parent(ws, spec.model, spec.dataset, None, data_dir)
+    threads = physical_cores()
+    has_bn = any("BatchNorm" in type(m).__name__ for m in load_module(root).modules())
+    dims = search_space(spec.backend, max_threads=threads, has_batchnorm=has_bn)
+    target = _target(spec, root, dims)
+    with _quiet_optuna():
+        store = open_storage(spec.storage, ws.root, must_exist=spec.resume)
+        shown = display_url(store.url)
+        study, _ = open_study(store, spec.study_name, directions=[OBJECTIVES[o][0] for o in spec.objectives],
+                              target=target, resume=spec.resume, named=spec.study is not None)
+        check_fingerprint(study, fingerprint(threads), measures_latency=True)
+        log(f"search: {_describe(target)}: study {spec.study_name!r} in {shown}, {_count(study)} of {spec.trials} "
+            f"trials finished or running; methods here: {', '.join(methods_here(spec.backend))}")
+        ctx = _context(ws, spec, root, data_dir, threads, dims, log)
+        # Stdout is the summary's: what the stages' libraries print (ONNX Runtime's calibrators) goes to stderr.
+        with ctx.timer, contextlib.redirect_stdout(sys.stderr):
+            ran, failed = _optimize(study, ctx, spec, log)
+            summary = search_results(ws, study, ctx, spec_dict=dict(
+                study=spec.study_name, storage=shown, storage_in_workspace=spec.storage is None,
+                sampler=spec.sampler, trials=spec.trials, quick=spec.quick, data_dir=str(data_dir)), log=log)
+    summary.update(ran_this_run=ran, failed_trials_this_run=failed, wall_s=time.perf_counter() - start_s)
+    return summary
+
+
+def _again(spec: SearchSpec) -> str:
+    return ("run the same command to continue" if spec.study or spec.resume else
+            "run the same command with --resume to continue")
+
+
+def _optimize(study: optuna.Study, ctx: SearchContext, spec: SearchSpec, log) -> tuple[int, int]:
+    """Run trials, one at a time, until the study holds `spec.trials` finished or running ones (with other workers
+    counted), or the time limit has passed. Returns (trials run here, how many of them failed)."""
+    study.sampler = SAMPLERS[spec.sampler](spec.trials, spec.seed + len(study.get_trials(deepcopy=False)))
+    gate = _Sigterm()
+    ctx.between_steps = gate.check
+    objective = _Objective(ctx, gate, log)
+    deadline = None if spec.time_limit_s is None else time.monotonic() + spec.time_limit_s
+    ran = failed = 0
+    with gate.installed():
+        while True:
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial no longer counts as running
+            count = _count(study)
+            if count >= spec.trials:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                log(f"time limit of {spec.time_limit_s:g} s reached: no new trial started")
+                break
+            try:  # one trial at a time through `run_trials`, which also fails the trials of dead workers
+                run_trials(study, objective, min(spec.trials, count + 1), catch=(Exception,))
+            except SearchInterrupted as exc:
+                queued = (f"trial {objective.requeued} is recorded as failed and its recipe queued again"
+                          if objective.requeued is not None else "no recipe was started")
+                raise SearchInterrupted(f"{exc}; what finished is kept, {queued}: {_again(spec)}") from None
+            if objective.last is not None:
+                trial = study.get_trials(deepcopy=False)[objective.last]
+                log(_trial_line(trial, spec.budget_pts))
+                ran, failed = ran + 1, failed + (trial.state == TrialState.FAIL)
+                objective.last = None
+            if gate.pending:
+                raise SearchInterrupted(f"stopped by SIGTERM between trials: {_again(spec)}")
+    return ran, failed

@@ -1,0 +1,137 @@
+"""`deploybench.search`: a tiny search end to end (lenet on the tiny Fashion-MNIST, 3 trials, low fidelity, the
+quick latency protocol), a repeated recipe that makes no new variant, the space per backend, the promotion rule,
+and a worker on other hardware refused."""
+import json
+import shutil
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from deploybench.artifacts.formats import ONNX_FORMATS
+from deploybench.errors import UserError
+from deploybench.platform import fingerprint, physical_cores
+from deploybench.report.search_sections import search_report_sections
+from deploybench.search import BACKEND_SPACES, Fidelity, SearchSpec, TrialRecipe, run_search, search_space, summary_path
+from deploybench.search.fidelity import promotion
+from deploybench.store import Workspace
+
+LOW = Fidelity(screen_fraction=0.5, screen_val_images=3)
+# A budget of 100 points: on 6 validation images of a 1-epoch lenet any loss is a multiple of 16.7 points.
+TINY = dict(model="lenet", dataset="fashion-mnist", backend="ort-cpu", budget_pts=100.0, quick=True, fidelity=LOW)
+
+
+def _storage(root) -> str:
+    return f"sqlite:///{root / 'studies.db'}"
+
+
+@pytest.fixture(scope="module")
+def searched(_trained_lenet_workspace, tiny_fashion_mnist, tmp_path_factory):
+    """(workspace root, trained variant id, data_dir, summary) after a 3-trial search (made once per module)."""
+    src, vid = _trained_lenet_workspace
+    root = tmp_path_factory.mktemp("searched") / "ws"
+    shutil.copytree(src, root)
+    summary = run_search(Workspace(root), SearchSpec(**TINY, trials=3), tiny_fashion_mnist, log=lambda line: None)
+    return root, vid, tiny_fashion_mnist, summary
+
+
+@pytest.fixture
+def searched_copy(searched, tmp_path):
+    root, vid, data_dir, summary = searched
+    shutil.copytree(root, tmp_path / "ws")
+    return Workspace(tmp_path / "ws"), vid, data_dir, summary
+
+
+@pytest.mark.timeout(600)
+def test_a_tiny_search_end_to_end(searched):
+    root, trained_id, _, summary = searched
+    ws = Workspace(root)
+    assert summary["counts"]["complete"] + summary["counts"]["pruned"] == 3 and summary["counts"]["fail"] == 0
+    study = optuna.load_study(study_name=summary["study"], storage=_storage(root))
+    assert study.user_attrs["machine_fingerprint"] == fingerprint(physical_cores())
+    assert study.user_attrs["target"]["command"] == "search"
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done
+    for t in done:  # every trial's variant is an ordinary variant, made by the stages from the trained one
+        v = ws.get_variant(t.user_attrs["variant_id"])
+        assert v.format in ONNX_FORMATS and ws.lineage(v)[0].id == trained_id
+        assert t.values[0] == t.user_attrs["result"]["speedup"] > 0
+    screened = [t for t in study.trials if "rung0" in t.user_attrs]
+    assert screened, "seed 0 draws recipes that fine-tune: some are screened"
+    for t in screened:  # rung 0: one epoch over half the training images, 3 validation images
+        low = ws.lineage(ws.get_variant(t.user_attrs["rung0"]["variant_id"]))
+        prune = next(v for v in low if v.stage == "prune")
+        assert (prune.config["finetune_epochs"], prune.config["finetune_fraction"]) == (1, 0.5)
+        assert t.user_attrs["rung0"]["val_images"] == 3
+    fastest = max(done, key=lambda t: (t.values[0], t.values[1]))
+    assert summary["winner"]["variant_id"] == fastest.user_attrs["variant_id"]
+    assert summary["front"] and all(r["test_top1"] == ws.get_variant(r["variant_id"]).metrics["accuracy_top1"]
+                                    for r in summary["front"])
+    best = summary["optimize_all"]["best"]
+    assert best is not None and summary["optimize_all"]["winner_speedup_over_best"] > 0
+    assert json.loads(summary_path(ws, summary["study"]).read_text())["winner"] == summary["winner"]
+    (section,) = search_report_sections(ws)
+    assert section["front"] == summary["front"] and "<svg" in section["front_svg"] and "<svg" in section["history_svg"]
+
+
+@pytest.mark.timeout(600)
+def test_a_trial_repeating_a_recipe_makes_no_new_variant(searched_copy):
+    ws, _, data_dir, summary = searched_copy
+    study = optuna.load_study(study_name=summary["study"], storage=_storage(ws.root))
+    first = next(t for t in study.trials if t.state == TrialState.COMPLETE)
+    study.enqueue_trial(first.params)  # the same recipe: its outcome is taken over
+    other_threads = "threads" in first.params
+    if other_threads:  # the same variant timed at other threads: made by the stages, found by its id
+        study.enqueue_trial(dict(first.params, threads=2 if first.params["threads"] == 1 else 1))
+    variants = {v.id for v in ws.variants()}
+    run_search(ws, SearchSpec(**TINY, trials=4 + other_threads, resume=True), data_dir, log=lambda line: None)
+    assert {v.id for v in ws.variants()} == variants
+    again = optuna.load_study(study_name=summary["study"], storage=_storage(ws.root)).trials
+    assert again[3].user_attrs["same_as"] == first.number
+    assert again[3].user_attrs["variant_id"] == first.user_attrs["variant_id"] and again[3].values == first.values
+    if other_threads:
+        result = again[4].user_attrs["result"]
+        assert result["variant_id"] == first.user_attrs["variant_id"] and not result["made_now"]
+
+
+def test_a_worker_on_other_hardware_is_refused(searched_copy):
+    ws, _, data_dir, summary = searched_copy
+    study = optuna.load_study(study_name=summary["study"], storage=_storage(ws.root))
+    study.set_user_attr("machine_fingerprint", dict(fingerprint(physical_cores()), cpu_model="Other CPU"))
+    with pytest.raises(UserError, match="measures latency on another machine") as err:
+        run_search(ws, SearchSpec(**TINY, trials=4, resume=True), data_dir, log=lambda line: None)
+    assert "\n" not in str(err.value)
+
+
+def test_each_backend_is_offered_only_what_it_runs():
+    for backend, space in BACKEND_SPACES.items():
+        dims = {d.name: d for d in search_space(backend, max_threads=2, has_batchnorm=True)}
+        for method in dims["quantize"].choices:
+            recipe = TrialRecipe(prune_ratio=0.5, finetune_epochs=1, quantize=method)
+            chain = recipe.stages(space)
+            if space.onnx:  # ONNX runtimes: every chain ends in an ONNX file
+                assert chain[-1].name in ("export", "quantize")
+                assert chain[-1].name == "export" or method == "int8-ort"
+            else:
+                assert all(s.name != "export" for s in chain) and method != "int8-ort"
+    assert "bn-scale" not in search_space("ort-cpu", max_threads=2, has_batchnorm=False)[1].choices
+
+
+def test_screening_makes_one_epoch_over_a_fraction_and_keeps_existing_ids():
+    space = BACKEND_SPACES["ort-cpu"]
+    recipe = TrialRecipe(prune_ratio=0.5, finetune_epochs=2, distill=True)
+    low, full = recipe.stages(space, 0.2)[0].config, recipe.stages(space)[0].config
+    assert (low.finetune_epochs, low.finetune_fraction, full.finetune_epochs) == (1, 0.2, 2)
+    assert "finetune_fraction" not in full.to_dict()  # a full fine-tune keeps the config (and id) it always had
+    assert low.to_dict()["finetune_fraction"] == 0.2
+
+
+def test_promotion_keeps_the_best_third_of_rung_0():
+    fid = Fidelity(eta=3, slack_pts=5.0)
+    point = lambda speedup, top1, drop=0.0: dict(speedup=speedup, val_top1=top1, val_drop_pts=drop)
+    assert promotion(point(2.0, 0.8), [], 1.0, fid)[0]  # the first one always goes on
+    peers = [point(3.0, 0.9), point(1.0, 0.5)]
+    assert not promotion(point(2.0, 0.8), peers, 1.0, fid)[0]  # dominated by the first peer
+    assert promotion(point(4.0, 0.95), peers, 1.0, fid)[0]
+    ok, why = promotion(point(9.0, 0.1, drop=30.0), peers, 1.0, fid)
+    assert not ok and "budget + slack" in why
