@@ -235,3 +235,18 @@ def test_a_row_context_replaces_positional_arguments():
     assert row["metrics"]["pct_of_peak"] == pytest.approx(0.8) and row["metrics"]["accuracy_top1"] == 0.5
     assert row["metrics"]["protocol"] == {"p": 1} and row["metrics"]["memory_isolated"] is False
     assert _row(ctx, 1, dict(error="boom"), None)["metrics"] == dict(skipped="failed: boom", error=True)
+
+
+def test_a_refusal_found_while_measuring_stores_no_static_metrics(trained_workspace, monkeypatch):
+    """A refusal only a backend meets (its load) comes after the checks: the variant's static metrics are stored
+    with its first rows, so none are stored."""
+    from deploybench.errors import UserError
+    from deploybench.profile import runner
+
+    ws, trained, data_dir = trained_workspace
+    _store_ceiling(ws, 1e12)
+    monkeypatch.setattr(runner, "measure_combo_safe", lambda **job: dict(user_error="refused by the backend"))
+    with pytest.raises(UserError, match="refused by the backend"):
+        runner.profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
+                                data_dir=data_dir, isolate=False, log=lambda _: None)
+    assert "profile_static" not in ws.get_variant(trained.id).metrics and ws.measurements() == []

@@ -1,9 +1,16 @@
 """`profile_variants`: every (variant, backend, batch size) measured and stored, one transaction per
 (variant, backend).
 
-A run is planned (`_plan`: thread count, protocol, backends, environment, the machine's ceilings), run one
-(variant, backend) at a time (`_run_backend`: one job per batch size, in a child process or here) and recorded
-(`_record`: one row per batch size, stored in one transaction, and logged).
+A run is planned (`_plan`: thread count, protocol, backends, environment), each variant prepared (`_prepare`:
+its files, its model loading, its static metrics), then the machine's ceilings measured (`_ceilings`) and each
+(variant, backend) run in turn (`_run_backend`: one job per batch size, in a child process or here) and recorded
+(`_record`: one row per batch size, stored in one transaction, and logged). Every check that can refuse the run
+comes before the first write to the store, so a refused run leaves the workspace as it was; a variant's static
+metrics are stored with its first rows.
+
+A child process measures in a process group of its own, and dies with this process (Linux's parent-death
+signal, even when this one is killed with SIGKILL); while it runs, `WORKERS_DIR/<pid>.json` under the workspace
+records it, so that a later run reports a child still running there (it competes for the cores).
 
 A combination a backend cannot run is stored as a row whose metrics are `{"skipped": reason}` (and
 `"error": true` when it failed rather than being unsupported), so `profile compare` shows why it is missing.
@@ -13,12 +20,14 @@ stored (`latency.measure_until_stable`); one still unstable is stored with `stab
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -30,6 +39,7 @@ from deploybench.data import data_keys
 from deploybench.errors import UserError
 from deploybench.models.identity import code_changed
 from deploybench.platform.env import environment, physical_cores, same_setup
+from deploybench.platform.process import child_dies_with_parent, parent_pid, process_argv
 from deploybench.profile import machine
 from deploybench.profile.accuracy import backend_accuracy, test_split
 from deploybench.profile.backends import available_backends, get_backend
@@ -39,9 +49,12 @@ from deploybench.profile.latency import Protocol, measure_latency, measure_until
 from deploybench.profile.memory import PeakRSS
 from deploybench.profile.static import input_shape, root_config, static_metrics
 from deploybench.store import Variant, Workspace
+from deploybench.store.atomic import atomic_write_text
 
 DEFAULT_BATCH_SIZES = (1, 64)
 CHILD_TIMEOUT_S = 3600
+WORKER_MODULE = "deploybench.profile.worker"
+WORKERS_DIR = ".profiling"  # under the workspace: `<pid>.json` for each running child (`_record_worker`)
 _STATIC_KEYS = ("params", "macs", "flops", "size_bytes", "files_bytes", "macs_source", "macs_unavailable",
                 "skipped_ops")
 
@@ -95,11 +108,35 @@ def checked_batch_sizes(batch_sizes: Iterable[int]) -> list[int]:
 
 
 def _preflight(variants: list[Variant]) -> None:
-    """Refuse a run over a spoiled artifact before anything is measured or stored: every ONNX file is checked
-    (malformed, external data outside its folder) by `formats.onnx_path`."""
+    """Refuse a run over a spoiled artifact before anything is measured or stored: every file a variant lists
+    must be there, and every ONNX file is checked (malformed, external data outside its folder) by
+    `formats.onnx_path`."""
     for variant in variants:
+        _check_files(variant)
         if variant.format in formats.ONNX_FORMATS:
             formats.onnx_path(variant)
+
+
+def _check_files(variant: Variant) -> None:
+    """Refuse a variant one of whose listed files is missing (whatever its format)."""
+    missing = [name for name in variant.files if not (variant.path / name).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more of its files)" if len(missing) > 1 else ""
+        raise UserError(f"variant {variant.id}: {variant.path / missing[0]} is missing{more}; the variant is "
+                        f"damaged, make it again")
+
+
+def _check_loads(variant: Variant) -> None:
+    """Refuse a variant whose model does not load (a UserError: corrupt, truncated, not these weights) before
+    anything is stored. ONNX files are checked by `_preflight`; formats no torch loader reads, by no backend."""
+    if variant.format not in formats.torch_formats():
+        return
+    try:
+        formats.load_module(variant)
+    except UserError:
+        raise
+    except Exception:  # not a refusal: the backend's load fails alike, and that is recorded as a failed row
+        pass
 
 
 def _in_child(job: dict) -> dict:
@@ -107,18 +144,107 @@ def _in_child(job: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="deploybench-profile-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps(job))
-        env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]))
-        try:
-            proc = subprocess.run([sys.executable, "-m", "deploybench.profile.worker", str(job_path),
-                                   str(result_path)], env=env, capture_output=True, text=True,
-                                  timeout=CHILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:  # run() has killed the child
+        argv = [sys.executable, "-m", WORKER_MODULE, str(job_path), str(result_path)]
+        proc = _run_worker(argv, Path(job["workspace"]), dict(os.environ, OMP_NUM_THREADS=str(job["threads"])))
+        if proc is None:
             return dict(error=f"profiling process ran past its {CHILD_TIMEOUT_S} s limit and was stopped",
                         timed_out=True)
         if not result_path.is_file():
             tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
             return dict(error=f"profiling process exited with status {proc.returncode}: {' | '.join(tail)}")
         return json.loads(result_path.read_text())
+
+
+def _run_worker(argv: list[str], root: Path, env: dict) -> subprocess.CompletedProcess | None:
+    """Run the worker to its end, in a process group of its own and recorded under the workspace `root` while it
+    runs; None when it ran past `CHILD_TIMEOUT_S`. However this call ends (a timeout, Ctrl-C, SIGTERM), the
+    worker and whatever it started are killed: a terminal's Ctrl-C no longer reaches its own group."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=child_dies_with_parent())
+    try:
+        _record_worker(root, proc.pid, argv, parent=os.getpid())
+        try:
+            out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return None
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    finally:
+        _stop_group(proc)
+        _forget_worker(root, proc.pid)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Kill the worker's process group unless the worker was reaped (its pid, which names the group, is ours
+    only until then), reap it and close its pipes."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        pipe.close()
+
+
+def _record_worker(root: Path, pid: int, argv: list[str], parent: int) -> None:
+    """Write `root/WORKERS_DIR/<pid>.json` atomically: the child's pid, its parent's and its command line, which
+    tells a process that reuses the pid from the child (`_other_workers`)."""
+    path = Path(root) / WORKERS_DIR / f"{pid}.json"
+    text = json.dumps(dict(pid=pid, parent=parent, argv=list(argv)))
+    for attempt in range(3):
+        try:
+            atomic_write_text(path, text)
+            return
+        except FileNotFoundError:  # another run removed the folder, found empty, between its making and the write
+            if attempt == 2:
+                raise
+
+
+def _forget_worker(root: Path, pid: int) -> None:
+    """Remove a child's record, and the folder once it holds none."""
+    folder = Path(root) / WORKERS_DIR
+    with contextlib.suppress(OSError):  # a record left behind is removed by the next run, its process gone
+        (folder / f"{pid}.json").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: another run's children are recorded there
+        folder.rmdir()
+
+
+def _other_workers(root: Path) -> list[dict]:
+    """The records of children of other runs still running in the workspace `root` (the process of the pid runs
+    the recorded command line); the records of those that ended are removed. None where /proc is not there."""
+    folder = Path(root) / WORKERS_DIR
+    if not folder.is_dir() or process_argv(os.getpid()) is None:
+        return []
+    running = []
+    for path in sorted(folder.glob("*.json")):
+        if path.is_symlink() or not path.is_file():  # not written by a run (a FIFO would block the read)
+            continue
+        record = _read_record(path)
+        if record is not None and process_argv(record["pid"]) == record["argv"]:
+            running.append(record)
+        else:
+            with contextlib.suppress(OSError):  # a read-only workspace: the record stays, nothing else is wrong
+                path.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+    return running
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+        return record if isinstance(record.get("pid"), int) and isinstance(record.get("argv"), list) else None
+    except (OSError, ValueError, AttributeError):  # half a file from a writer without rename, or not ours
+        return None
+
+
+def _warn_of_other_workers(root: Path, log) -> None:
+    """One warning line naming the children of other runs still running here: they compete for the cores."""
+    running = _other_workers(root)
+    if not running:
+        return
+    parts = [f"pid {r['pid']} (of the run with pid {r['parent']})" if parent_pid(r["pid"]) == r.get("parent")
+             else f"pid {r['pid']} (its run is gone: `kill {r['pid']}` stops it)" for r in running]
+    log(f"warning: profiling process(es) of other runs still running in this workspace: {', '.join(parts)}; "
+        f"they compete for the cores, latencies will be inflated")
 
 
 def _resolve_backends(names: Iterable[str] | None, log) -> list[str]:
@@ -143,7 +269,7 @@ class RunPlan:
     protocol: dict  # `Protocol` as a dict, as recorded in each row
     backends: list[str]
     env: dict  # `environment(threads)`
-    peaks: dict  # device -> `machine.machine_peak`
+    peaks: dict  # device -> `machine.machine_peak`, filled in by `_ceilings` once every check has passed
     data_dir: str
     isolate: bool
 
@@ -163,6 +289,19 @@ class RowContext:
     scalars: dict  # static metrics and data keys
 
 
+@dataclass(frozen=True)
+class VariantWork:
+    """One variant's part of a run, settled before anything is stored (`_prepare`)."""
+
+    variant: Variant
+    not_measured: str | None = None  # why the variant is left out
+    kept: dict = field(default_factory=dict)  # {backend: rows} kept from an earlier run (reuse)
+    to_measure: list[str] = field(default_factory=list)  # the backends to measure it on
+    static: dict | None = None  # `static_metrics`, stored with its first rows; None when nothing is measured
+    scalars: dict = field(default_factory=dict)  # static metrics and data keys of its rows
+    dtype: str | None = None  # `machine.compute_dtype`
+
+
 def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[str] | None = None, *,
                      batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES, threads: int | None = None,
                      quick: bool = False, data_dir: str | os.PathLike = "data", isolate: bool = True,
@@ -180,15 +319,18 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     """
     plan = _plan(ws, variants, backends, batch_sizes, threads, quick, data_dir, isolate, log)
     latest = latest_measurements(ws) if reuse else None  # read once: this run only adds rows for other pairs
+    work = [_prepare(ws, variant, plan, latest) for variant in variants]  # every refusal comes by here
+    _warn_of_other_workers(ws.root, log)
+    plan = replace(plan, peaks=_ceilings(ws, plan))  # the first write to the store
     stored: list[dict] = []
-    for variant in variants:
-        stored += _profile_variant(ws, variant, plan, latest, log)
+    for item in work:
+        stored += _profile_variant(ws, item, plan, log)
     return stored
 
 
 def _plan(ws: Workspace, variants: list[Variant], backends: Iterable[str] | None, batch_sizes: Iterable[int],
           threads: int | None, quick: bool, data_dir, isolate: bool, log) -> RunPlan:
-    """Check the inputs and settle what the run shares; measures a ceiling the workspace lacks."""
+    """Check the inputs and settle what the run shares, the ceilings aside (`_ceilings`); writes nothing."""
     threads = threads or physical_cores()
     sizes = checked_batch_sizes(batch_sizes)[::-1]
     _preflight(variants)
@@ -196,8 +338,13 @@ def _plan(ws: Workspace, variants: list[Variant], backends: Iterable[str] | None
     names = _resolve_backends(backends, log)
     env = environment(threads)
     _warn_if_loaded(env, log)
-    peaks = {dev: machine.machine_peak(ws, dev, threads) for dev in sorted({get_backend(n).device for n in names})}
-    return RunPlan(threads, sizes, protocol, names, env, peaks, str(data_dir), isolate)
+    return RunPlan(threads, sizes, protocol, names, env, {}, str(data_dir), isolate)
+
+
+def _ceilings(ws: Workspace, plan: RunPlan) -> dict:
+    """{device: `machine.machine_peak`} of the plan's backends; measures and stores one the workspace lacks."""
+    devices = sorted({get_backend(n).device for n in plan.backends})
+    return {dev: machine.machine_peak(ws, dev, plan.threads) for dev in devices}
 
 
 def _warn_if_loaded(env: dict, log) -> None:
@@ -207,30 +354,42 @@ def _warn_if_loaded(env: dict, log) -> None:
             f"cores, latencies will be inflated (recorded in the environment)")
 
 
-def _profile_variant(ws: Workspace, variant: Variant, plan: RunPlan, latest: dict | None, log) -> list[dict]:
-    """The rows of one variant on every backend of `plan`: kept ones (when `latest` is given: reuse) and new
-    ones, measured and stored."""
+def _prepare(ws: Workspace, variant: Variant, plan: RunPlan, latest: dict | None) -> VariantWork:
+    """What to do with one variant (its rows to keep when `latest` is given: reuse), after the checks that can
+    refuse it: its model must load, and its static metrics are computed. Writes nothing."""
     if code_changed(variant.config):  # its weights belong to code that is gone: nothing honest to measure
-        log(f"{_label(variant)}: not measured, the code of its user architecture changed since it was made")
-        return []
+        return VariantWork(variant, not_measured="the code of its user architecture changed since it was made")
     data = data_keys(variant.dataset, plan.data_dir)  # accuracy is measured on these files
     kept = _kept(latest, variant, plan, data) if latest is not None else {}
+    to_measure = [name for name in plan.backends if name not in kept]
+    if not to_measure:  # nothing to measure: no model loaded, no MAC count
+        return VariantWork(variant, kept=kept)
+    static = static_metrics(ws, variant)
+    if static.get("macs_source") != variant.id:  # the count loaded another variant's module, or failed
+        _check_loads(variant)
+    scalars = dict({k: static[k] for k in _STATIC_KEYS if k in static}, **data)
+    return VariantWork(variant, kept=kept, to_measure=to_measure, static=static, scalars=scalars,
+                       dtype=machine.compute_dtype(variant, ws.lineage(variant)))
+
+
+def _profile_variant(ws: Workspace, work: VariantWork, plan: RunPlan, log) -> list[dict]:
+    """The rows of one prepared variant on every backend of `plan`: kept ones and new ones, measured and stored
+    (its static metrics just before its first rows)."""
+    variant = work.variant
+    if work.not_measured:
+        log(f"{_label(variant)}: not measured, {work.not_measured}")
+        return []
     rows: list[dict] = []
-    for name, old in kept.items():
+    for name, old in work.kept.items():
         log(f"{_label(variant)} {name}: kept from an earlier run of this code")
         rows += old
-    to_measure = [name for name in plan.backends if name not in kept]
-    if not to_measure:
-        return rows  # nothing to measure: no model loaded, no MAC count, no write to the store
-    static = static_metrics(ws, variant)
-    ws.update_metrics(variant.id, {"profile_static": static})
-    scalars = dict({k: static[k] for k in _STATIC_KEYS if k in static}, **data)
-    dtype = machine.compute_dtype(variant, ws.lineage(variant))
-    for name in to_measure:
+    for i, name in enumerate(work.to_measure):
         cls = get_backend(name)
         ctx = RowContext(variant, cls, plan.threads, plan.env, plan.isolate, plan.protocol,
-                         plan.peaks.get(cls.device) or {}, dtype, scalars)
+                         plan.peaks.get(cls.device) or {}, work.dtype, work.scalars)
         results, accuracy = _run_backend(ws, ctx, plan)
+        if i == 0:  # after its first measurement, which may still refuse the variant
+            ws.update_metrics(variant.id, {"profile_static": work.static})
         rows += _record(ws, ctx, results, accuracy, log)
     return rows
 
