@@ -5,9 +5,9 @@
 unpickler, unpickles opaque constants with `pickle.loads` and TorchBind objects with TorchScript's unpickler,
 loads AOTInductor shared libraries, parses symbolic shapes with `sympy.sympify` (which calls `eval`), resolves node
 targets by walking attributes of `torch`, `operator` and `math`, and `ExportedProgram.module()` calls `exec` on the
-program's guards code. `load_program` reads an archive only when each of these is plain data, and runs
-`torch.export.load` with every `torch.load` forced to `weights_only=True` (torchao registers its tensor subclasses
-with the safe unpickler, so quantized weights still load).
+program's guards code. `load_program` reads an archive only when each of these is plain data (allow-lists of
+names and tokens), and runs `torch.export.load` with every `torch.load` forced to `weights_only=True` (torchao
+registers its tensor subclasses with the safe unpickler, so quantized weights still load).
 """
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ _SYMBOL = re.compile(r"[a-z]+[0-9]+")  # s0, u3, s31: the names torch gives shap
 _SYMBOL_STRING = re.compile(r"""(['"])[a-z]+[0-9]+\1""")
 _EXPR_OPS = {"(", ")", ",", "+", "-", "*", "/", "%", "**", "//", "=", "==", "!=", "<", "<=", ">", ">="}
 _PLAIN_TOKENS = {tokenize.NUMBER, tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER}
+# Guards code compares input sizes (`L['x'].size()[0] <= 64`); it is exec'd inside `torch._assert(GUARD, "...")`,
+# so it holds no newline, double quote or backslash, which could close that call or its message.
+_GUARD_NAMES = {"L", "size", "stride", "storage_offset", "math", "floor", "ceil", "trunc", "sqrt", "inf", "max", "min",
+                "abs", "int", "float", "Max", "Min", "Abs", "Mod", "FloorDiv", "CeilDiv", "PythonMod", "True",
+                "False", "None", "and", "or", "not"}
+_GUARD_OPS = _EXPR_OPS - {"="} | {"[", "]", "."}
+_NAME_STRING = re.compile(r"'[A-Za-z_][A-Za-z0-9_]*'")
 
 
 def _expr_problem(expr) -> str | None:
@@ -64,6 +71,25 @@ def _expr_problem(expr) -> str | None:
         if tok.type == tokenize.OP and tok.string in _EXPR_OPS:
             continue
         if tok.type == tokenize.STRING and _SYMBOL_STRING.fullmatch(tok.string):
+            continue
+        return f"holds {tok.string[:40]!r}"
+    return None
+
+
+def _guard_problem(guard) -> str | None:
+    """Why a line of guards code is not a comparison of input sizes (None when it is)."""
+    if not isinstance(guard, str):
+        return "is not text"
+    if any(c in guard for c in '\n\r"\\'):
+        return "holds a newline, a double quote or a backslash"
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(guard).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return "does not parse"
+    for tok in tokens:
+        if (tok.type in _PLAIN_TOKENS or (tok.type == tokenize.NAME and tok.string in _GUARD_NAMES)
+                or (tok.type == tokenize.OP and tok.string in _GUARD_OPS)
+                or (tok.type == tokenize.STRING and _NAME_STRING.fullmatch(tok.string))):
             continue
         return f"holds {tok.string[:40]!r}"
     return None
@@ -96,8 +122,10 @@ def _json_problem(doc) -> str | None:
     """The first thing in a program's JSON that torch would turn into code: guards code, a symbolic expression
     that is not arithmetic, a node target that is not an allowed operator, a constant that is no tensor."""
     for key, value in _walk(doc):
-        if key == "guards_code" and value:
-            return "it holds guards code, which ExportedProgram.module() would exec"
+        if key == "guards_code":
+            guards = value if isinstance(value, list) else [value]
+            if why := next(filter(None, map(_guard_problem, guards)), None):
+                return f"its guards code, which ExportedProgram.module() execs, {why}"
         if key == "expr_str" and (why := _expr_problem(value)):
             return f"a symbolic shape {why}"
         if key == "target" and (why := _target_problem(value)):
