@@ -121,3 +121,23 @@ def test_time_limits_read_units():
     assert [search_cli.duration_s(t) for t in ("90", "90s", "60m", "2h")] == [90, 90, 3600, 7200]
     with pytest.raises(argparse.ArgumentTypeError):
         search_cli.duration_s("soon")
+
+
+@pytest.mark.timeout(900)
+def test_two_workers_on_one_study_record_each_trial_once(trained_workspace):
+    ws, _, data_dir = trained_workspace
+    argv = [sys.executable, "-m", "deploybench.cli.search", *_argv(ws, data_dir, "--trials", "4", "--study", "two")]
+    workers = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=800) for w in workers]
+    for w, (_, err) in zip(workers, outputs, strict=True):
+        assert w.returncode == 0, err[-3000:]
+    trials = _trials(ws, "two")
+    finished = [t for t in trials if t.state in FINISHED]
+    # Workers that look at the same moment may each start the last trial (store.studies.run_trials).
+    assert 4 <= len(finished) <= 5 and len(finished) == len(trials)
+    for i, t in enumerate(finished):  # a recipe drawn twice is worked on once: the later trial takes it over
+        if any(t.params == u.params for u in finished[:i]):
+            assert t.user_attrs.get("same_as") is not None
+    for t in finished:
+        if t.state == TrialState.COMPLETE:
+            assert ws.get_variant(t.user_attrs["variant_id"])

@@ -10,6 +10,7 @@ first, its finished stages found in the store) and stops the search with `Search
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -19,10 +20,12 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 from deploybench.artifacts.formats import load_module
 from deploybench.errors import UserError, failure_line, traceback_tail
@@ -254,6 +257,25 @@ def _context(ws: Workspace, spec: SearchSpec, root: Variant, data_dir, threads: 
                          max_threads=threads, timer=timer, log=log)
 
 
+@contextlib.contextmanager
+def _one_opener(url: str) -> Iterator[None]:
+    """Workers of one SQLite storage open it one at a time (a lock on its folder, so nothing is written for it):
+    Optuna makes its tables on the first open, and two processes making them at once fail ("table alembic_version
+    already exists")."""
+    if not url.startswith("sqlite"):
+        yield
+        return
+    folder = Path(make_url(url).database).parent
+    fd = os.open(folder, os.O_RDONLY) if folder.is_dir() else None  # a missing folder is open_storage's to refuse
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _count(study: optuna.Study) -> int:
     """Trials finished or running (what `run_trials` counts towards the target)."""
     return sum(t.state in FINISHED or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
@@ -278,10 +300,11 @@ def run_search(ws: Workspace, spec: SearchSpec, data_dir, *, log: Callable[[str]
     dims = search_space(spec.backend, max_threads=threads, has_batchnorm=has_bn)
     target = _target(spec, root, dims)
     with _quiet_optuna():
-        store = open_storage(spec.storage, ws.root, must_exist=spec.resume)
+        with _one_opener(storage_url(spec.storage, ws.root)):
+            store = open_storage(spec.storage, ws.root, must_exist=spec.resume)
+            study, _ = open_study(store, spec.study_name, directions=[OBJECTIVES[o][0] for o in spec.objectives],
+                                  target=target, resume=spec.resume, named=spec.study is not None)
         shown = display_url(store.url)
-        study, _ = open_study(store, spec.study_name, directions=[OBJECTIVES[o][0] for o in spec.objectives],
-                              target=target, resume=spec.resume, named=spec.study is not None)
         check_fingerprint(study, fingerprint(threads), measures_latency=True)
         log(f"search: {_describe(target)}: study {spec.study_name!r} in {shown}, {_count(study)} of {spec.trials} "
             f"trials finished or running; methods here: {', '.join(methods_here(spec.backend))}")
