@@ -20,7 +20,8 @@ TINY_SPACE = (Dim("lr", "log", 0.01, 0.2), Dim("epochs", "int", 1, 2))
 def _sweep(ws, data, n, **kw):
     kw.setdefault("space", TINY_SPACE)
     kw.setdefault("base", default_recipe("lenet", epochs=2))
-    return sweep(ws, "lenet", "fashion-mnist", n, data_dir=data, log=lambda line: None, **kw)
+    kw.setdefault("log", lambda line: None)
+    return sweep(ws, "lenet", "fashion-mnist", n, data_dir=data, **kw)
 
 
 def _study(ws_dir, name="train-sweep-lenet-fashion-mnist"):
@@ -55,18 +56,20 @@ def test_cli_sweep_picks_the_best_validation_top1_and_prints_a_command_that_trai
 
 
 def test_pruning_stops_a_run_which_is_recorded_as_interrupted_and_never_trained_again(tmp_path, tiny_fashion_mnist):
-    ws = Workspace(tmp_path)
-    # Below 100% validation top-1 is hopeless here: every run is stopped after its first epoch of three.
+    ws, lines = Workspace(tmp_path), []
+    # A threshold above 100% validation top-1 makes every run hopeless: each stops after its first epoch of three.
     result = _sweep(
         ws,
         tiny_fashion_mnist,
         2,
         space=(Dim("epochs", "choice", choices=(3,)),),
-        pruner=optuna.pruners.ThresholdPruner(lower=1.0),
+        pruner=optuna.pruners.ThresholdPruner(lower=1.01),
+        log=lines.append,
     )
     first, second = result.study.trials
     assert first.state == second.state == optuna.trial.TrialState.PRUNED and result.best is None
     assert first.user_attrs["trained_epochs"] == 1 and list(first.intermediate_values) == [33]
+    assert any(line.startswith("trial 0: pruned after epoch 1 of 3: validation top-1") for line in lines), lines
     # The same recipe again is answered from the study: no training at all.
     assert second.user_attrs["trained_epochs"] == 0 and second.user_attrs["same_as"] == 0
     assert second.intermediate_values == first.intermediate_values

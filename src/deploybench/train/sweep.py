@@ -234,6 +234,9 @@ def _objective(
             variant, created = train_model(
                 ws, model, dataset, recipe, data_dir=data_dir, resume=None, device=device, workers=workers, log=reporter
             )
+        except optuna.TrialPruned as stop:
+            log(f"trial {trial.number}: {stop}")
+            raise
         except (TrainingInterrupted, KeyboardInterrupt):
             study.enqueue_trial(params, user_attrs={"retry_of": trial.number})  # the next worker resumes the run
             raise
