@@ -180,6 +180,10 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite: nothing it would make is worth storing."""
+
+
 def train_one_epoch(model, loader, opt, sched, scaler, device, recipe: Recipe, *, on_step: Callable | None = None,
                     loss_fn: Callable | None = None, desc: str = "train", skip: int = 0) -> dict:
     """One pass over `loader`, less its first `skip` batches; returns mean loss, accuracy and images/s.
@@ -196,12 +200,16 @@ def train_one_epoch(model, loader, opt, sched, scaler, device, recipe: Recipe, *
             logits = model(x)
             loss = (loss_fn(logits, x, y) if loss_fn else
                     F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing))
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):  # no step is taken on it: the weights stay the last finite ones
+            raise TrainingDiverged(f"training diverged: the loss became {loss_value} at step {skip + i + 1} of "
+                                   f"{desc}; no variant is stored (try a lower --lr)")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
         sched.step()
-        loss_sum += loss.item() * len(y)
+        loss_sum += loss_value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",

@@ -18,7 +18,8 @@ from deploybench.models import count_params, create_model
 from deploybench.models.identity import model_config
 from deploybench.store import Variant, Workspace
 from deploybench.train import plots
-from deploybench.train.engine import EvalResult, TrainState, default_workers, device_keys, evaluate, fit
+from deploybench.train.engine import (EvalResult, TrainingDiverged, TrainState, default_workers, device_keys, evaluate,
+                                      fit)
 from deploybench.train.recipes import Recipe, default_recipe
 
 
@@ -126,6 +127,27 @@ def _build(plan: _Plan, recipe: Recipe) -> tuple[nn.Module, Dataset]:
     return net, train_set
 
 
+def _check_forward(plan: _Plan, net: nn.Module) -> None:
+    """One forward pass over two training images, in eval mode: a model whose forward raises, or whose output is
+    not one logit per class, is one UserError before a run folder or a store record exists."""
+    x = torch.stack([plan.splits.train[i][0] for i in range(min(2, len(plan.splits.train)))])
+    classes = plan.splits.info.num_classes
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            out = net.eval()(x)
+    except Exception as exc:  # noqa: BLE001  any failure of user code is the model's, reported in one line
+        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise UserError(f"{plan.model}: a forward pass on a batch of {plan.dataset} images {tuple(x.shape)} "
+                        f"failed: {type(exc).__name__}: {why}") from None
+    finally:
+        net.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"{plan.model}: its forward pass returns {shape} for a batch of {len(x)}, "
+                        f"not ({len(x)}, {classes}) logits")
+
+
 def _epoch_logger(writer, log) -> Callable[[dict], None]:
     """`on_epoch` for `fit`: the epoch's figures to TensorBoard and one line to `log`."""
     def on_epoch(row: dict) -> None:
@@ -147,6 +169,12 @@ def _fit_recorded(ws: Workspace, plan: _Plan, net: nn.Module, train_set: Dataset
     try:
         return fit(net, train_set, plan.splits.val, plan.splits.info.num_classes, recipe, plan.run_dir,
                    device=plan.device, resume=resume, workers=plan.workers, on_epoch=_epoch_logger(writer, log))
+    except TrainingDiverged:
+        # Resuming would only diverge again from the same state: the run is closed and its folder removed.
+        ws.finish_training_run(plan.variant_id, "diverged")
+        writer.close()
+        shutil.rmtree(plan.run_dir, ignore_errors=True)
+        raise
     except BaseException:
         ws.finish_training_run(plan.variant_id, "interrupted")
         raise
@@ -209,8 +237,9 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     existing = ws.stored_variant(plan.variant_id)
     if existing is not None:
         return existing, False
-    resume = _resume_or_restart(plan, resume, restart)
     net, train_set = _build(plan, recipe)
+    _check_forward(plan, net)  # before anything is written: a model that cannot run leaves no run behind
+    resume = _resume_or_restart(plan, resume, restart)
     ws.start_training_run(plan.variant_id, model, plan.dataset, plan.config)
     splits = plan.splits
     log(f"training {model} ({count_params(net):,} params) on {plan.dataset}: {len(train_set)} train / "
