@@ -73,3 +73,25 @@ def test_pipeline_rejects_unknown_models_before_work(tmp_path, capsys):
     assert deploybench_main.main(argv) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
     assert Workspace(tmp_path / "ws").variants() == []
+
+
+def test_a_damaged_store_stops_the_whole_run(tmp_path, tiny_fashion_mnist, capsys, monkeypatch):
+    # One model's failure lets the others go on; a damaged store is every model's: the run stops at once.
+    import deploybench.pipeline as pipeline
+    from deploybench.errors import DamagedStore
+
+    tried = []
+
+    def damaged(ws, model, *args, **kwargs):
+        tried.append(model)
+        raise DamagedStore(f"{ws.root / 'deploybench.db'} is damaged: test")
+
+    monkeypatch.setattr(pipeline, "train_model", damaged)
+    argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet,simple-cnn", "--epochs", "1", "--quick",
+            "--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist), "--out",
+            str(tmp_path / "index.html")]
+    assert deploybench_main.main(argv) == 1
+    err = capsys.readouterr().err
+    assert tried == ["lenet"]
+    assert [line for line in err.splitlines() if line.startswith("error:")] == \
+        [f"error: workspace database: {tmp_path / 'ws' / 'deploybench.db'} is damaged: test"]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from deploybench.data import canonical_dataset
-from deploybench.errors import WORKSPACE_ERRNOS, failure_line, traceback_tail
+from deploybench.errors import WORKSPACE_ERRNOS, DamagedStore, failure_line, traceback_tail
 from deploybench.optimize.pipeline import optimize_all
 from deploybench.platform.progress import progress
 from deploybench.profile.runner import profile_variants
@@ -49,8 +49,8 @@ def _run_model(ws: Workspace, model: str, dataset: str, summary: dict, bar, *, d
                          data_dir=data_dir, reuse=True, log=say)  # a rerun measures only what is new
         bar.update()
     except Exception as exc:  # noqa: BLE001  one model that fails must not stop the others
-        if isinstance(exc, TrainingInterrupted) or getattr(exc, "errno", None) in WORKSPACE_ERRNOS:
-            raise  # SIGTERM (checkpointed, resumable) or a full/read-only disk: stop the whole run
+        if isinstance(exc, (TrainingInterrupted, DamagedStore)) or getattr(exc, "errno", None) in WORKSPACE_ERRNOS:
+            raise  # SIGTERM (checkpointed, resumable), a damaged store or a full/read-only disk: stop the whole run
         summary["failed"].append(f"{model}: {phase}: {failure_line(exc)}")
         say(f"{model}: {phase} failed: {failure_line(exc)}" + traceback_tail(exc))
         bar.update(len(PHASES) - PHASES.index(phase))  # the phases it will not run
