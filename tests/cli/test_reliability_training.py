@@ -47,3 +47,22 @@ def test_a_run_whose_loss_diverges_stops_in_one_line_and_stores_no_variant(train
     run = reopened.training_runs()[-1]
     assert run["status"] == "diverged"
     assert not reopened.run_dir("lenet", "fashion-mnist", run["id"]).exists()  # a rerun starts afresh
+
+
+def test_two_identical_trainings_at_once_make_one_variant(tmp_path, tiny_fashion_mnist):
+    import subprocess
+    import sys
+
+    ws_root = tmp_path / "ws"
+    code = ("import sys; from deploybench.cli.train import main; sys.exit(main(['--model', 'lenet', '--dataset', "
+            f"'fashion-mnist', '--epochs', '1', '--batch-size', '16', '--workspace', {str(ws_root)!r}, "
+            f"'--data-dir', {str(tiny_fashion_mnist)!r}]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert all("Traceback" not in out + err for out, err in outs)
+    ws = Workspace(ws_root, create=False)
+    assert len([v for v in ws.variants() if v.stage == "train"]) == 1
+    assert [r["status"] for r in ws.training_runs()] == ["done"]
+    assert sum("training lenet (" in out + err for out, err in outs) == 1  # trained once, found by the other

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import hashlib
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 from deploybench.errors import UserError
 
@@ -161,3 +164,30 @@ def atomic_dir(final: str | os.PathLike):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(final.parent)
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | os.PathLike, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) on `lock_path` for the block, creating the file if needed. When
+    another process holds it, `on_wait()` is called once and the block waits for it; the OS releases the lock
+    of a process that dies, so a crashed holder never blocks the next one."""
+    path = Path(lock_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def lock_path_for(workspace: str | os.PathLike, name: str) -> Path:
+    """Where the lock named `name` of `workspace` lives: in the temporary folder, not in the workspace (a lock
+    file is no part of what a workspace holds, and a refused command must leave the workspace as it was)."""
+    key = hashlib.sha256(f"{Path(workspace).resolve()}\0{name}".encode()).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / "deploybench-locks" / f"{key}.lock"

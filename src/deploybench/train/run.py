@@ -17,6 +17,7 @@ from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.identity import model_config
 from deploybench.store import Variant, Workspace
+from deploybench.store.atomic import exclusive, lock_path_for
 from deploybench.train import plots
 from deploybench.train.engine import (EvalResult, TrainingDiverged, TrainState, default_workers, device_keys, evaluate,
                                       fit)
@@ -239,13 +240,19 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
         return existing, False
     net, train_set = _build(plan, recipe)
     _check_forward(plan, net)  # before anything is written: a model that cannot run leaves no run behind
-    resume = _resume_or_restart(plan, resume, restart)
-    ws.start_training_run(plan.variant_id, model, plan.dataset, plan.config)
-    splits = plan.splits
-    log(f"training {model} ({count_params(net):,} params) on {plan.dataset}: {len(train_set)} train / "
-        f"{len(splits.val)} val / {len(splits.test)} test images, {recipe.epochs} epochs, device {plan.device}")
-    state = _fit_recorded(ws, plan, net, train_set, recipe, resume, log)
-    return _record(ws, plan, net, state, log)
+    # One process trains one recipe at a time; a second waits, then finds the first's variant.
+    with exclusive(lock_path_for(ws.root, f"train/{plan.variant_id}"),
+                   on_wait=lambda: log(f"another process is training this recipe of {model}; waiting for it")):
+        existing = ws.stored_variant(plan.variant_id)
+        if existing is not None:
+            return existing, False
+        resume = _resume_or_restart(plan, resume, restart)
+        ws.start_training_run(plan.variant_id, model, plan.dataset, plan.config)
+        splits = plan.splits
+        log(f"training {model} ({count_params(net):,} params) on {plan.dataset}: {len(train_set)} train / "
+            f"{len(splits.val)} val / {len(splits.test)} test images, {recipe.epochs} epochs, device {plan.device}")
+        state = _fit_recorded(ws, plan, net, train_set, recipe, resume, log)
+        return _record(ws, plan, net, state, log)
 
 
 def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, *, data_dir: str | Path = "data",
