@@ -14,7 +14,8 @@ from deploybench.cli.common import (
 )
 
 COMMANDS = {"train": "deploybench.cli.train", "optimize": "deploybench.cli.optimize",
-            "profile": "deploybench.cli.profile_cmd", "search": "deploybench.cli.search"}
+            "profile": "deploybench.cli.profile_cmd", "search": "deploybench.cli.search",
+            "bundle": "deploybench.cli.bundle", "import": "deploybench.cli.import_cmd"}
 
 
 def pipeline(args) -> int:

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dataset", type=dataset_arg, help="only this dataset")
     c.add_argument("--backend", help="only this backend")
     c.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table")
+    c.add_argument("--machine", metavar="SLUG", help="only measurements of this machine (see `profile results`)")
     res = sub.add_parser("results", help="write OUT/<machine>.md: one results file per machine in the store")
     add_common(res)
     res.add_argument("--out", default="docs/results", help="folder of the results files (default: docs/results)")
@@ -145,7 +146,7 @@ def _compare(args) -> int:
     if unknown:  # a typo would otherwise read as "no measurements"
         raise UserError(f"no variants of {', '.join(map(repr, unknown))} in {ws.root}; models here: "
                         f"{', '.join(here) or 'none'}")
-    rows = compare_rows(ws, args.model, args.backend, args.dataset)
+    rows = compare_rows(ws, args.model, args.backend, args.dataset, machine=args.machine)
     print(render(rows, args.format))
     return 0
 

@@ -73,9 +73,21 @@ def compare_rows(ws: Workspace, models: list[str] | None = None, backend: str | 
                  dataset: str | None = None, include_skipped: bool = True, machine: str | None = None) -> list[dict]:
     """Rows for `profile compare` (keys: `KEYS`, plus `test_images`, `runs`, `compute_dtype`, `measured_at`),
     from the measurements of one machine (slug) when `machine` is given. Skipped combinations have `skipped`
-    set to the reason and no metrics; they are never on the front."""
-    latest = latest_measurements(ws, machine)
+    set to the reason and no metrics; they are never on the front. Each row names its `machine`; baselines and
+    fronts are per machine, since latencies of two machines are not comparable (an imported workspace)."""
     variants = {v.id: v for v in ws.variants()}
+    rows = []
+    for slug in [machine] if machine else machines(ws):
+        rows += _machine_rows(latest_measurements(ws, slug), variants, slug)
+    measured = [r for r in rows if r["skipped"] is None]
+    mark_pareto(measured, DEFAULT_OBJECTIVES, group_by=("machine", "dataset", "backend", "batch_size"))
+    keep = [r for r in rows if (not models or r["model"] in models) and (not backend or r["backend"] == backend)
+            and (not dataset or r["dataset"] == dataset) and (include_skipped or r["skipped"] is None)]
+    return keep
+
+
+def _machine_rows(latest: dict, variants: dict, slug: str) -> list[dict]:
+    """The rows of one machine's latest measurements, with baselines from that machine only."""
     rows, by_key = [], {}
     for (vid, be, bs), m in sorted(latest.items(), key=lambda kv: (variants[kv[0][0]].created_at, kv[0][1:])):
         v = variants[vid]
@@ -84,20 +96,17 @@ def compare_rows(ws: Workspace, models: list[str] | None = None, backend: str | 
                    backend=be, device=m["device"], batch_size=bs, threads=m["threads"],
                    **{k: metrics.get(k) for k in _METRIC_KEYS},
                    pareto=False, baseline=None, speedup=None, accuracy_change=None, no_real_speedup=False,
-                   skipped=metrics.get("skipped"), measured_at=m["created_at"])
+                   skipped=metrics.get("skipped"), measured_at=m["created_at"], machine=slug)
         if row["stable"] is None:
             row["stable"] = False
         by_key[(vid, be, bs)] = row
         rows.append(row)
-    measured = [r for r in rows if r["skipped"] is None]
-    for r in measured:
-        base = _baseline(r, variants, by_key)
-        if base is not None:
-            _against(r, base)
-    mark_pareto(measured, DEFAULT_OBJECTIVES)
-    keep = [r for r in rows if (not models or r["model"] in models) and (not backend or r["backend"] == backend)
-            and (not dataset or r["dataset"] == dataset) and (include_skipped or r["skipped"] is None)]
-    return keep
+    for r in rows:
+        if r["skipped"] is None:
+            base = _baseline(r, variants, by_key)
+            if base is not None:
+                _against(r, base)
+    return rows
 
 
 def _measured(row) -> bool:

@@ -67,9 +67,9 @@ def recommendations(rows: list[dict]) -> list[dict]:
     groups = defaultdict(list)
     for r in rows:
         if r.get("latency_ms_p50") is not None and r.get("accuracy_top1") is not None and r.get("stable"):
-            groups[(r["dataset"], r["backend"], r["batch_size"])].append(r)
+            groups[(r["dataset"], r["backend"], r["batch_size"], r.get("machine", ""))].append(r)  # never mix machines
     out = []
-    for (dataset, backend, bs), rs in sorted(groups.items()):
+    for (dataset, backend, bs, machine), rs in sorted(groups.items()):
         best = max(r["accuracy_top1"] for r in rs)
         picks = []
         for pts in THRESHOLDS_POINTS:
@@ -77,7 +77,7 @@ def recommendations(rows: list[dict]) -> list[dict]:
             pick = min(ok, key=lambda r: r["latency_ms_p50"])
             picks.append(dict(points=pts, label=_label(pick), variant=pick["variant"],
                               latency_ms_p50=pick["latency_ms_p50"], accuracy_top1=pick["accuracy_top1"]))
-        out.append(dict(dataset=dataset, backend=backend, batch_size=bs, best=best, picks=picks))
+        out.append(dict(dataset=dataset, backend=backend, batch_size=bs, machine=machine, best=best, picks=picks))
     return out
 
 
@@ -236,9 +236,11 @@ def build_report(ws: Workspace, out: str | Path = "reports/index.html") -> Path:
     latency_plots = []
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["dataset"], r["backend"], r["batch_size"])].append(r)
-    for (dataset, backend, bs), rs in sorted(groups.items()):
-        latency_plots.append(dict(title=f"{dataset} · {backend} · batch {bs}", svg=pareto_svg(
+        groups[(r["dataset"], r["backend"], r["batch_size"], r.get("machine", ""))].append(r)  # one front per machine
+    several = len({key[3] for key in groups}) > 1
+    for (dataset, backend, bs, machine), rs in sorted(groups.items()):
+        where = f" · {machine}" if several else ""
+        latency_plots.append(dict(title=f"{dataset} · {backend} · batch {bs}{where}", machine=machine, svg=pareto_svg(
             rs, "latency_ms_p50", "latency p50 (ms), 95% CI", f"accuracy vs latency — {backend}, batch {bs}")))
     pts = _variant_points(ws, rows)
     static_plots = [dict(title="accuracy vs size", svg=pareto_svg(pts, "size_bytes", "size on disk (bytes)",
