@@ -14,7 +14,7 @@ from deploybench.cli.common import (
 )
 
 COMMANDS = {"train": "deploybench.cli.train", "optimize": "deploybench.cli.optimize",
-            "profile": "deploybench.cli.profile_cmd", "search": "deploybench.cli.search",
+            "profile": "deploybench.cli.profile_cmd", "search": "deploybench.cli.search", "app": "deploybench.cli.app",
             "bundle": "deploybench.cli.bundle", "import": "deploybench.cli.import_cmd"}
 
 
