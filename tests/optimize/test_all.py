@@ -12,8 +12,8 @@ CI_FULL = {"lenet", "custom"}
 
 def test_all_covers_every_required_chain():
     names = [c.name for c in default_chains()]
-    assert names == ["export", "quantize:int8-pt2e", "quantize:int8-ort", "quantize:dynamic", "quantize:dynamic-pt2e",
-                     "quantize:bf16", "quantize:fp16", "quantize:qat", "prune", "prune→int8-pt2e", "prune→export",
+    assert names == ["export", "quantize:int8-pt2e", "quantize:int8-ort", "quantize:int8-nncf", "quantize:dynamic",
+                     "quantize:dynamic-pt2e", "quantize:bf16", "quantize:fp16", "quantize:qat", "prune", "prune→int8-pt2e", "prune→export",
                      "prune→export→int8-ort"]
 
 
@@ -32,9 +32,9 @@ def test_every_architecture_goes_through_optimize_all(tmp_path, tiny_fashion_mni
     skipped = {k for k, v in status.items() if v[0] == "skipped"}
     assert skipped <= {"quantize:fp16", "quantize:qat", "quantize:bf16", "quantize:dynamic"}
     variants = {v.id: v for r in results for v in r.variants}
-    # export, int8-pt2e, export→int8-ort, dynamic-pt2e, prune, prune→int8-pt2e, prune→export,
+    # export, int8-pt2e, export→int8-ort, export→int8-nncf, dynamic-pt2e, prune, prune→int8-pt2e, prune→export,
     # prune→export→int8-ort (+ torchao's dynamic, bf16, fp16 and QAT where they run)
-    assert len(variants) == 8 + sum(f"quantize:{m}" not in skipped for m in ("dynamic", "bf16", "fp16", "qat"))
+    assert len(variants) == 9 + sum(f"quantize:{m}" not in skipped for m in ("dynamic", "bf16", "fp16", "qat"))
     table = summary_table(root, results)
     assert all(v.id in table for v in variants.values())
     pruned = next(v for v in variants.values() if v.stages == ["train", "prune"])

@@ -21,7 +21,7 @@ def _logits(backend_name, variant, ws, batch_size=4, threads=1):
 
 def test_registry_lists_every_runtime_and_cpu_ones_are_available():
     assert backend_names() == ["torch-cpu", "torch-cuda", "torch-compile-cpu", "torch-compile-cuda", "ort-cpu",
-                               "ort-cuda", "ort-tensorrt"]
+                               "ort-cuda", "ort-tensorrt", "openvino-cpu"]
     assert {"torch-cpu", "torch-compile-cpu", "ort-cpu"} <= set(available_backends())
 
 

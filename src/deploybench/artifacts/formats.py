@@ -1,10 +1,10 @@
 """Variant formats: how each kind of artifact reloads in a fresh process, without unpickling code.
 
 A format registers a loader that returns a runnable `torch.nn.Module` (torch formats) or nothing for
-formats that only non-torch runtimes run (ONNX). Backends ask `load_module` / `onnx_path` and skip a
-variant whose format they cannot run. Both check the variant first (`verify.verify_variant`): its files must be
-those the store recorded, and a format whose loader could run code from a hostile file (`needs_trust`) loads
-only what this account made, unless the user passed `--trust-artifacts`.
+formats that only non-torch runtimes run (ONNX, OpenVINO IR). Backends ask `load_module` / `onnx_path` /
+`openvino_ir_path` and skip a variant whose format they cannot run. All check the variant first
+(`verify.verify_variant`): its files must be those the store recorded, and a format whose loader could run code
+from a hostile file (`needs_trust`) loads only what this account made, unless the user passed `--trust-artifacts`.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ _TORCH_LOADERS: dict[str, Callable[[Variant, str], nn.Module]] = {}
 # formats whose loader runs a deserializer that can execute code from a hostile file (torch.export's)
 _NEEDS_TRUST: set[str] = set()
 ONNX_FORMATS = {"onnx", "onnx-int8"}
+OPENVINO_FORMATS = {"openvino-ir"}  # model.xml + model.bin, read by OpenVINO
 # fp32 eager modules: the formats whose params and MACs can be counted directly and that can be exported/pruned.
 EAGER_FORMATS = {"torch-state", "torch-pruned"}
 
@@ -78,6 +79,18 @@ def onnx_path(variant: Variant) -> Path:
     check_onnx(path)
     verify_variant(variant, needs_seal=False)  # ONNX Runtime parses protobuf: no code from the file runs
     return path
+
+
+def openvino_ir_path(variant: Variant) -> Path:
+    """The variant's model.xml (its weights in model.bin beside it), checked by `verify_variant` before OpenVINO
+    opens it. OpenVINO parses XML and raw weights: no code from the files runs (no extensions are loaded)."""
+    if variant.format not in OPENVINO_FORMATS:
+        raise UnsupportedFormat(f"format {variant.format} is not OpenVINO IR")
+    for name in ("model.xml", "model.bin"):
+        if not (variant.path / name).is_file():
+            raise UserError(f"variant {variant.id}: {variant.path / name} is missing")
+    verify_variant(variant, needs_seal=False)
+    return variant.path / "model.xml"
 
 
 def _tensors(graph):

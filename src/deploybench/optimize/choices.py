@@ -25,6 +25,7 @@ QUANT_METHODS: dict[str, QuantMethod] = {m.name: m for m in (
     QuantMethod("int8-pt2e", "torch-export-int8", "int8", options=("calib_size", "seed")),
     QuantMethod("int8-ort", "onnx-int8", "int8", options=("calib_size", "calib_method", "reduce_range", "seed"),
                 onnx_parent=True),
+    QuantMethod("int8-nncf", "openvino-ir", "int8", options=("calib_size", "seed"), onnx_parent=True),
     QuantMethod("dynamic", "torch-export", "int8"),
     QuantMethod("dynamic-pt2e", "torch-export-int8", "int8"),
     QuantMethod("bf16", "torch-bf16", "bfloat16"),

@@ -1,4 +1,4 @@
-"""`quantize`: one stage, a table of methods (int8-pt2e, int8-ort, dynamic, dynamic-pt2e, qat, fp16, bf16).
+"""`quantize`: one stage, a table of methods (int8-pt2e, int8-ort, int8-nncf, dynamic, dynamic-pt2e, qat, fp16, bf16).
 
 Each method is a function `(stage, parent module or file, data, tmp_dir) -> extra metrics` plus the format it
 writes, the options it uses (only those enter the variant's config and id) and, where the machine cannot run
@@ -303,6 +303,37 @@ def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
                             extra_options={"CalibTensorRangeSymmetric": False})
     return dict(calibration_images=min(cfg.calib_size, len(data.splits.train)), calib_method=cfg.calib_method,
                 reduce_range=bool(cfg.reduce_range))
+
+
+# -- NNCF post-training int8 for OpenVINO --------------------------------------------------------------------------
+def _nncf_missing() -> str | None:
+    """Why int8-nncf cannot run here (nncf or openvino does not import), or None."""
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError as exc:
+        return f"int8-nncf needs the nncf and openvino packages ({exc})"
+    return None
+
+
+@method("int8-nncf", unavailable=_nncf_missing)
+def _int8_nncf(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
+    """NNCF's post-training quantization (default preset: symmetric int8 activations, per-channel weights) of the
+    fp32 ONNX model as OpenVINO reads it, calibrated on the same training images as the other int8 methods,
+    saved as IR (model.xml + model.bin)."""
+    import nncf
+    import openvino as ov
+
+    cfg = stage.config
+    calib = data.calibration(cfg.calib_size, cfg.seed)
+    # One image per item: NNCF's subset_size counts items, and its statistics assume a batch of one.
+    dataset = nncf.Dataset(DataLoader(calib, batch_size=1), lambda item: item[0].numpy().astype(np.float32))
+    model = ov.Core().read_model(str(parent_onnx))
+    quantized = nncf.quantize(model, dataset, subset_size=len(calib))
+    # compress_to_fp16=False: the weights NNCF left in fp32 stay fp32 on disk (the default halves them).
+    ov.save_model(quantized, str(d / "model.xml"), compress_to_fp16=False)
+    return dict(calibration_images=len(calib), quantizer="nncf.quantize (OpenVINO)",
+                nncf_version=nncf.__version__, openvino_version=ov.get_version())
 
 
 # -- dynamic int8 of Linear layers -----------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ def measure_combo(workspace: str, variant_id: str, backend: str, batch_size: int
             impl.load(variant, batch_size, threads)
             timing = Protocol(**protocol)
             metrics = measure_until_stable(lambda: measure_latency(impl, batch, batch_size, timing), timing)
+        metrics.update(impl.run_facts())
         gpu_peak = impl.peak_memory_bytes()
         metrics.update(peak_mem_bytes=gpu_peak if gpu_peak is not None else rss.growth_bytes,
                        peak_mem_kind="cuda_max_allocated" if gpu_peak is not None else "rss_growth")
@@ -476,16 +477,26 @@ def _reusable(latest: dict, variant: Variant, cls, plan: RunPlan, data: dict) ->
 def _row(ctx: RowContext, batch_size: int, res: dict, accuracy: dict | None) -> dict:
     """The row to store for one batch size's result `res` (metrics, a skip or an error)."""
     if "metrics" in res:
-        metrics = dict(res["metrics"], **(accuracy or {}), **ctx.scalars, compute_dtype=ctx.dtype,
+        dtype = _row_dtype(ctx.dtype, res["metrics"].get("runtime_compute_dtype"))
+        metrics = dict(res["metrics"], **(accuracy or {}), **ctx.scalars, compute_dtype=dtype,
                        memory_isolated=ctx.isolated, protocol=ctx.protocol)
         metrics.update(machine.peak_metrics(metrics.get("macs"), batch_size, metrics["latency_ms_p50"], ctx.peak,
-                                            ctx.dtype))
+                                            dtype))
     elif "skipped" in res:
         metrics = dict(skipped=res["skipped"])
     else:
         metrics = dict(skipped=f"failed: {res.get('error')}", error=True)
     return dict(variant_id=ctx.variant.id, backend=ctx.cls.name, device=ctx.cls.device, batch_size=batch_size,
                 threads=ctx.threads, metrics=metrics, environment=ctx.env)
+
+
+def _row_dtype(variant_dtype: str | None, runtime_dtype: str | None) -> str | None:
+    """The dtype a row computed in: the variant's, unless the runtime lowered an fp32 (or unrecorded) variant to
+    a reduced precision of its own accord (OpenVINO runs fp32 in bf16 on CPUs with native bf16), which is then
+    the dtype its % of peak is measured against."""
+    if runtime_dtype and variant_dtype in (None, "float32"):
+        return runtime_dtype
+    return variant_dtype
 
 
 def _label(variant: Variant) -> str:

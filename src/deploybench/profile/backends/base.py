@@ -78,6 +78,11 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Wait for all queued work (no-op on CPU)."""
 
+    def run_facts(self) -> dict:
+        """What the runtime chose for the loaded model and a row should record (settings it reports back, the
+        precision it really computes in as `runtime_compute_dtype`); {} when it chooses nothing of its own."""
+        return {}
+
     def peak_memory_bytes(self) -> int | None:
         """Device peak memory since load, when the device tracks it (GPU); None on CPU (RSS is used)."""
         return None
@@ -94,7 +99,7 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
     return cls
 
 
-_MODULES = ("torch_eager", "torch_compile", "onnxruntime")  # in the listing's order
+_MODULES = ("torch_eager", "torch_compile", "onnxruntime", "openvino")  # in the listing's order
 
 
 def _ensure_loaded() -> None:
@@ -104,7 +109,7 @@ def _ensure_loaded() -> None:
 
 
 def backend_names() -> list[str]:
-    """Every registered backend, in registry order (eager, compile, ONNX Runtime; CPU before CUDA)."""
+    """Every registered backend, in registry order (eager, compile, ONNX Runtime, OpenVINO; CPU before CUDA)."""
     _ensure_loaded()
     return list(_BACKENDS)
 
