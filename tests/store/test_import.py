@@ -105,3 +105,14 @@ def test_compare_cli_filters_by_machine(two_workspaces, capsys):
     slug = machines(here)[0]
     assert profile_main(["compare", "--workspace", str(here.root), "--machine", slug, "--format", "json"]) == 0
     assert '"variant"' in capsys.readouterr().out
+
+
+def test_report_draws_one_latency_front_per_machine(two_workspaces, tmp_path):
+    from deploybench.report import build_report
+
+    here, other = two_workspaces
+    import_workspace(here, other.root)
+    _measure(here, here.variants()[0].id, HERE_ENV, 5.0)
+    html = build_report(here, tmp_path / "index.html").read_text()
+    for slug in machines(here):
+        assert f"torch-cpu · batch 1 · {slug}" in html
