@@ -4,14 +4,12 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torchvision.datasets as tvd
 import yaml
 from PIL import Image
 
-from deploybench.artifacts.formats import torch_formats
 from deploybench.artifacts.runnable import runnable
 from deploybench.bundle import build_bundle
 from deploybench.cli.bundle import main as bundle_main
@@ -70,7 +68,8 @@ def test_isolated_interpreter_cannot_import_deploybench(tmp_path):
 def test_onnx_bundle_predicts_like_the_suite(onnx_workspace, test_pngs, tmp_path):
     ws, _, onnx_variant, data_dir = onnx_workspace
     out = build_bundle(ws, onnx_variant.id, tmp_path / "bundle", data_dir=data_dir)
-    assert {"model.onnx", "config.json", "README.md", "predict.py", "requirements.txt"} <= {p.name for p in out.iterdir()}
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "config.json", "README.md", "predict.py", "requirements.txt"} <= names
     config = json.loads((out / "config.json").read_text())
     assert config["input"]["shape"] == [1, 1, 28, 28] and config["input"]["layout"] == "NCHW"
     assert config["classes"] == list(dataset_info("fashion-mnist").classes)
@@ -88,9 +87,30 @@ def test_torch_bundle_is_a_program_that_predicts_like_the_suite(trained_workspac
     assert bundle_predictions(out, test_pngs) == suite_predictions(trained, test_pngs)
 
 
-@pytest.mark.skipif("openvino-ir" not in torch_formats(), reason="the openvino-ir format has not landed")
-def test_openvino_bundle_predicts_like_the_suite():
-    pytest.skip("no fixture makes an openvino-ir variant yet")
+def _openvino_ir_variant(ws, onnx_variant):
+    """An `openvino-ir` child of the ONNX variant (fp32 model.xml + model.bin); skips where that format or
+    OpenVINO is not there."""
+    from deploybench.artifacts import formats
+
+    if "openvino-ir" not in getattr(formats, "OPENVINO_FORMATS", ()):
+        pytest.skip("the openvino-ir format has not landed")
+    ov = pytest.importorskip("openvino")
+
+    def write(d):
+        ov.save_model(ov.convert_model(str(onnx_variant.path / "model.onnx")), str(d / "model.xml"),
+                      compress_to_fp16=False)
+
+    variant, _ = ws.create_variant(model=onnx_variant.model, dataset=onnx_variant.dataset, stage="convert",
+                                   config=dict(to="openvino-ir"), parent=onnx_variant, fmt="openvino-ir", write=write)
+    return variant
+
+
+def test_openvino_bundle_predicts_like_the_suite(onnx_workspace, test_pngs, tmp_path):
+    ws, _, onnx_variant, data_dir = onnx_workspace
+    ir = _openvino_ir_variant(ws, onnx_variant)
+    out = build_bundle(ws, ir.id, tmp_path / "bundle", data_dir=data_dir)
+    assert (out / "model.xml").is_file() and (out / "model.bin").is_file()
+    assert bundle_predictions(out, test_pngs) == suite_predictions(ir, test_pngs)
 
 
 def test_model_card_front_matter_follows_the_hub_layout(onnx_workspace, tmp_path):
