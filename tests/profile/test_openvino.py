@@ -76,7 +76,8 @@ def test_ir_variant_of_int8_nncf_runs_and_reports_int8_layers(onnx_workspace):
     x = torch.randn(5, 1, 28, 28)
     out, facts = _run("openvino-cpu", ir, x)
     assert out.shape == (5, 10) and torch.isfinite(out).all()
-    assert facts["runtime_compute_dtype"] == "int8" and any(p in ("i8", "u8") for p in facts["runtime_layer_precisions"])
+    assert facts["runtime_compute_dtype"] == "int8"
+    assert any(p in ("i8", "u8") for p in facts["runtime_layer_precisions"])
     # the stage evaluated it through the same runtime: its recorded predictions are OpenVINO's
     from deploybench.artifacts.runnable import runnable
     with torch.no_grad():
@@ -102,7 +103,8 @@ def test_a_profile_row_records_the_runtime_precision_and_its_dtype(onnx_workspac
 
     ws, trained, onnx_variant, data_dir = onnx_workspace
     metrics = measure_combo(str(ws.root), onnx_variant.id, "openvino-cpu", 2, 1,
-                            dict(warmup=1, min_runs=3, min_seconds=0, max_attempts=1), str(data_dir), with_accuracy=False)
+                            dict(warmup=1, min_runs=3, min_seconds=0, max_attempts=1), str(data_dir),
+                            with_accuracy=False)
     assert metrics["inference_num_threads"] == 1 and metrics["runtime_precision"]
     assert _row_dtype("float32", metrics["runtime_compute_dtype"]) == metrics["runtime_compute_dtype"]
     assert _row_dtype("int8", "bfloat16") == "int8" and _row_dtype("float32", None) == "float32"
@@ -122,3 +124,13 @@ def test_without_openvino_the_backend_is_unavailable_with_the_reason(monkeypatch
     ok, why = get_backend("openvino-cpu").available()
     assert not ok and why.startswith("openvino is not installed")
     assert "openvino-cpu" not in available_backends()
+
+
+def test_cross_check_times_openvino_against_a_plain_infer_loop_and_pairs_with_ort(onnx_workspace):
+    from deploybench.profile.crosscheck import cross_check, paired_against
+    from deploybench.profile.latency import Protocol
+
+    ws, trained, onnx_variant, _ = onnx_workspace
+    r = cross_check(ws, onnx_variant, "openvino-cpu", 2, 1, Protocol.quick(), rounds=2)
+    assert r["reference"] == "plain openvino infer loop" and r["ours_ms"] > 0 and r["reference_ms"] > 0
+    assert paired_against(ws, onnx_variant, "openvino-cpu", onnx_variant, "ort-cpu", 2, 1) > 0

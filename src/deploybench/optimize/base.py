@@ -32,7 +32,7 @@ from deploybench.train.engine import evaluate
 
 # Keys of a trained variant's config that rebuild the architecture; every derived variant carries them.
 MODEL_KEYS = ("arch", "arch_sha256", "num_classes", "in_channels", "image_size", "transfer", "mean", "std", "dataset")
-_LIBRARIES = ("torch", "torchao", "torch-pruning", "onnx", "onnxruntime", "onnxscript", "fvcore")
+_LIBRARIES = ("torch", "torchao", "torch-pruning", "onnx", "onnxruntime", "onnxscript", "fvcore", "openvino", "nncf")
 
 
 # -- registry ------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Trust check of the latency protocol: our p50 against an independent timer, in the same process.
 
 torch backends are compared with `torch.utils.benchmark.Timer` (same threads, `blocked_autorange`), ONNX
-Runtime with a plain `session.run` loop. The two alternate over `rounds` rounds (ours, reference, ours, ...)
-and the medians of the per-round figures are compared: on a shared VM the speed of the same call drifts by
-tens of percent within a minute, and timing one after the other would compare two moments, not two timers.
+Runtime with a plain `session.run` loop, OpenVINO with a plain `request.infer` loop. The two alternate over
+`rounds` rounds (ours, reference, ours, ...) and the medians of the per-round figures are compared: on a shared
+VM the speed of the same call drifts by tens of percent within a minute, and timing one after the other would
+compare two moments, not two timers.
 Use it on a quiet machine.
 """
 from __future__ import annotations
@@ -35,6 +36,17 @@ def loaded_backend(backend: str, variant, batch_size: int, threads: int):
     return impl
 
 
+def _plain_loop_ms(call, protocol: Protocol) -> float:
+    """Median ms of `call` timed alone, at least `min_runs` times and `min_seconds` long."""
+    times = []
+    start = time.perf_counter()
+    while len(times) < protocol.min_runs or time.perf_counter() - start < protocol.min_seconds:
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
 def cross_check(ws, variant, backend: str, batch_size: int, threads: int, protocol: Protocol | None = None,
                 rounds: int = 5) -> dict:
     """{ours_ms, reference_ms, ratio, reference, rounds}: medians over alternated rounds of our p50 and the
@@ -48,13 +60,13 @@ def cross_check(ws, variant, backend: str, batch_size: int, threads: int, protoc
         what = "plain onnxruntime loop"
 
         def reference() -> float:
-            times = []
-            start = time.perf_counter()
-            while len(times) < protocol.min_runs or time.perf_counter() - start < protocol.min_seconds:
-                t0 = time.perf_counter()
-                session.run([out], inputs)
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times) * 1e3
+            return _plain_loop_ms(lambda: session.run([out], inputs), protocol)
+    elif backend == "openvino-cpu":
+        request = impl.request
+        what = "plain openvino infer loop"
+
+        def reference() -> float:
+            return _plain_loop_ms(lambda: request.infer([inputs]), protocol)
     else:
         from torch.utils.benchmark import Timer
 
