@@ -11,6 +11,7 @@ import json
 import warnings
 from pathlib import Path
 
+import matplotlib
 import matplotlib.pyplot as plt
 
 from deploybench.report.plots import _svg
@@ -94,8 +95,12 @@ def _importance_svgs(summary: dict) -> list[dict]:
             for i, (name, direction) in enumerate(zip(summary.get("objectives", []), directions, strict=True)):
                 # Optuna's default evaluator ranks what makes a target low: a maximized objective is negated.
                 sign = -1.0 if direction == "maximize" else 1.0
-                ax = plot_param_importances(study, target=lambda t, i=i, s=sign: s * t.values[i], target_name=name)
-                out.append(dict(objective=name, svg=_svg(ax.figure)))
+                with matplotlib.rc_context():  # Optuna switches matplotlib to ggplot for good: not the report's plots
+                    ax = plot_param_importances(study, target=lambda t, i=i, s=sign: s * t.values[i],
+                                                target_name=name)
+                    ax.figure.set_size_inches(5.6, 3.6)
+                    ax.figure.tight_layout()  # its parameter names are cut off otherwise
+                    out.append(dict(objective=name, svg=_svg(ax.figure)))
     except Exception:  # noqa: BLE001  too few trials, a moved workspace: the table stands in
         plt.close("all")
         return []
