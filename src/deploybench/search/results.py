@@ -16,12 +16,10 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from deploybench.optimize.choices import QUANT_METHODS
-from deploybench.optimize.export import ExportStage
 from deploybench.optimize.pipeline import default_chains, run_chains
-from deploybench.optimize.quantize import QuantizeStage
 from deploybench.platform import machine_slug
 from deploybench.search.objective import OBJECTIVES, SearchContext, measure
+from deploybench.search.space import output_format
 from deploybench.store import Workspace, atomic_write_text
 
 SUMMARY_DIR = "search"
@@ -83,18 +81,12 @@ def winner(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return max(feasible, key=lambda t: (t.user_attrs["result"]["speedup"], t.user_attrs["result"]["val_top1"]))
 
 
-def _output_format(stage) -> str:
-    if isinstance(stage, QuantizeStage):
-        return QUANT_METHODS[stage.config.method].fmt
-    return "onnx" if isinstance(stage, ExportStage) else "torch-pruned"
-
-
 def optimize_all_comparison(ws: Workspace, study: optuna.Study, ctx: SearchContext, best: dict,
                             log: Callable[[str], None]) -> dict:
     """The best `optimize all` variant within the budget on validation (the fastest, at the study's threads), made
     by its chains that end in a format the backend runs (found in the store after `optimize all`), and the winner's
     paired speed-up over it."""
-    chains = [c for c in default_chains() if ctx.space.runs(_output_format(c.steps[-1]))]
+    chains = [c for c in default_chains() if ctx.space.runs(output_format(c.steps[-1]))]
     results = run_chains(ws, ctx.root, ctx.data_dir, chains, progress=False, log=log)
     candidates = []
     for r in results:

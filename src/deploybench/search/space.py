@@ -9,44 +9,60 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from deploybench.artifacts.formats import ONNX_FORMATS, torch_formats
 from deploybench.errors import UserError, unknown_choice
 from deploybench.optimize.base import Stage
 from deploybench.optimize.choices import CALIB_METHODS, PRUNE_IMPORTANCES, QUANT_METHODS
 from deploybench.optimize.export import ExportStage
 from deploybench.optimize.prune import PruneStage
 from deploybench.optimize.quantize import METHODS, QuantizeStage
+from deploybench.profile.backends import get_backend
 
 NO_QUANTIZATION = "none"
 
 
 @dataclass(frozen=True)
+class _Format:
+    """Stands for a variant of format `format` when a backend is asked whether it runs it."""
+
+    format: str
+
+
+@dataclass(frozen=True)
 class BackendSpace:
     """What a backend runs: the quantization methods a trial may pick (`none` keeps fp32), whether its variants
-    are ONNX files (an export ends every chain), and whether a trial picks the thread count: an ONNX Runtime
-    session owns its thread pool, while torch's is one per process, shared with the fp32 variant it is timed
-    against, so torch backends run at the study's thread count."""
+    are ONNX exports or made from one (an export ends every other chain), and whether a trial picks the thread
+    count: an ONNX Runtime session or OpenVINO compiled model owns its threads, while torch has one pool per
+    process, shared with the fp32 variant it is timed against, so torch backends run at the study's thread count."""
 
+    name: str
     methods: tuple[str, ...]
     onnx: bool
     threads: bool
 
     def runs(self, fmt: str) -> bool:
-        """Whether this backend runs variants of format `fmt`."""
-        return fmt in ONNX_FORMATS if self.onnx else fmt in torch_formats()
+        """Whether the backend runs variants of format `fmt` (its own `supports`)."""
+        return get_backend(self.name).supports(_Format(fmt))[0]
 
 
-BACKEND_SPACES: dict[str, BackendSpace] = {
-    "ort-cpu": BackendSpace((NO_QUANTIZATION, "int8-ort"), onnx=True, threads=True),
-    "ort-cuda": BackendSpace((NO_QUANTIZATION, "int8-ort"), onnx=True, threads=False),
-    "ort-tensorrt": BackendSpace((NO_QUANTIZATION, "int8-ort"), onnx=True, threads=False),
+BACKEND_SPACES: dict[str, BackendSpace] = {s.name: s for s in (
+    BackendSpace("ort-cpu", (NO_QUANTIZATION, "int8-ort"), onnx=True, threads=True),
+    BackendSpace("ort-cuda", (NO_QUANTIZATION, "int8-ort"), onnx=True, threads=False),
+    BackendSpace("ort-tensorrt", (NO_QUANTIZATION, "int8-ort"), onnx=True, threads=False),
+    BackendSpace("openvino-cpu", (NO_QUANTIZATION, "int8-nncf", "int8-ort"), onnx=True, threads=True),
     # Eager torch runs int8 programs through reference kernels, slower than fp32: only reduced precision here.
-    "torch-cpu": BackendSpace((NO_QUANTIZATION, "bf16"), onnx=False, threads=False),
-    "torch-compile-cpu": BackendSpace((NO_QUANTIZATION, "int8-pt2e", "dynamic-pt2e", "bf16"), onnx=False,
-                                      threads=False),
-    "torch-cuda": BackendSpace((NO_QUANTIZATION, "fp16", "bf16"), onnx=False, threads=False),
-    "torch-compile-cuda": BackendSpace((NO_QUANTIZATION, "fp16", "bf16"), onnx=False, threads=False),
-}
+    BackendSpace("torch-cpu", (NO_QUANTIZATION, "bf16"), onnx=False, threads=False),
+    BackendSpace("torch-compile-cpu", (NO_QUANTIZATION, "int8-pt2e", "dynamic-pt2e", "bf16"), onnx=False,
+                 threads=False),
+    BackendSpace("torch-cuda", (NO_QUANTIZATION, "fp16", "bf16"), onnx=False, threads=False),
+    BackendSpace("torch-compile-cuda", (NO_QUANTIZATION, "fp16", "bf16"), onnx=False, threads=False),
+)}
+
+
+def output_format(stage: Stage) -> str:
+    """The format of the variant `stage` makes."""
+    if isinstance(stage, QuantizeStage):
+        return QUANT_METHODS[stage.config.method].fmt
+    return "onnx" if isinstance(stage, ExportStage) else "torch-pruned"
 
 
 def backend_space(backend: str) -> BackendSpace:
@@ -182,7 +198,7 @@ class TrialRecipe:
                                      calib_size=self.calib_size if "calib_size" in uses else None,
                                      calib_method=self.calib_method if "calib_method" in uses else None))
         exports_itself = self.quantize != NO_QUANTIZATION and QUANT_METHODS[self.quantize].onnx_parent
-        if space.onnx and not exports_itself:  # int8-ort exports its parent first; other ONNX chains end so
+        if space.onnx and not exports_itself:  # int8-ort and int8-nncf export their parent first
             out.append(ExportStage())
         return out
 
