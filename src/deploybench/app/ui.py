@@ -31,6 +31,12 @@ def _message(exc: Exception) -> str:
     return f"**Error:** {type(exc).__name__}: {exc}"
 
 
+def _magnified(pixels: np.ndarray, side: int = 224) -> np.ndarray:
+    """Small inputs (28x28) blown up with whole-pixel blocks, so the user sees exactly the pixels the models see."""
+    factor = max(1, side // max(pixels.shape[:2]))
+    return pixels.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 class App:
     """The event handlers, each on a fresh read of the store."""
 
@@ -48,7 +54,7 @@ class App:
         except Exception as exc:  # noqa: BLE001 - every failure is a message in the UI
             return None, "", _message(exc), {}
         data = dict(truth=out["truth"], disagree=out["disagree"], results=out["results"])
-        return out["input"], predict.results_html(out), "", data
+        return _magnified(out["input"]), predict.results_html(out), "", data
 
     def predict_file(self, upload, index, ids):
         """Predict on an uploaded file (a path Gradio chose), or on test image `index` without one."""
@@ -99,7 +105,8 @@ class App:
         ids = list(dict.fromkeys(r["variant"] for r in rows))
         labels = {v: lbl for lbl, v in predict.variant_choices(self.ws())}
         msg = "" if rows else "No measurements for this choice yet (`deploybench profile run`)."
-        return chart, explore.table_frame(rows), gr.Dropdown(choices=[(labels.get(i, i), i) for i in ids]), msg
+        cards = gr.Dropdown(choices=[(labels.get(i, i), i) for i in ids], value=ids[0] if ids else None)
+        return chart, explore.table_frame(rows), cards, msg
 
     def card(self, variant_id):
         try:
@@ -168,8 +175,9 @@ def build_app(workspace: str | os.PathLike, data_dir: str | os.PathLike = "data"
                 machine = gr.Dropdown(label="machine", allow_custom_value=True)
                 backend = gr.Dropdown(label="backend", value=ALL, allow_custom_value=True)
                 batch = gr.Dropdown(label="batch size", value=ALL, allow_custom_value=True)
-                x = gr.Dropdown(list(explore.AXES), value="latency_ms_p50", label="x axis")
-                y = gr.Dropdown(list(explore.AXES), value="accuracy_top1", label="y axis")
+                axes = [(explore.axis_title(k), k) for k in explore.AXES]
+                x = gr.Dropdown(axes, value="latency_ms_p50", label="x axis")
+                y = gr.Dropdown(axes, value="accuracy_top1", label="y axis")
                 refresh = gr.Button("Refresh")
             chart = gr.ScatterPlot(x="x", y="y", color="front",
                                    tooltip=["variant", "chain", "backend", "batch", "x", "y"],
