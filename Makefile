@@ -7,7 +7,7 @@ DATA   := data
 WS     := workspace
 DEMO_MODELS ?= lenet
 
-.PHONY: setup data browser postgres demo test test-all bench bench-baseline clean
+.PHONY: setup data browser postgres demo lint test test-all bench bench-baseline clean
 
 setup: $(STAMP)
 
@@ -53,13 +53,19 @@ postgres:
 	  else echo "install postgresql to run the PostgreSQL study test"; fi; \
 	fi
 
-# CI's suite: everything but the `slow` tests (optimize all over the five big architectures), then the
-# benchmarks with their gates and the comparison against the committed baseline.
-test: setup browser postgres
+# Lint, format and the layer contract first (seconds), so a broken rule fails before the long suite.
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
+
+# CI's suite: lint, everything but the `slow` tests (optimize all over the larger architectures), then the
+# benchmarks with their same-run gates.
+test: setup browser postgres lint
 	$(PY) -m pytest -q -m "not slow" tests
 	$(MAKE) --no-print-directory bench
 
-test-all: setup browser postgres
+test-all: setup browser postgres lint
 	$(PY) -m pytest -q tests
 	$(MAKE) --no-print-directory bench
 

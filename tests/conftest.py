@@ -1,4 +1,5 @@
 """Tiny datasets written in the real on-disk formats, so the real torchvision loaders read them."""
+
 import pickle
 
 import numpy as np
@@ -7,7 +8,8 @@ import torch
 from PIL import Image
 
 from deploybench.data import dataset_info
-from ondisk import images as _images, write_fashion_mnist
+from ondisk import images as _images
+from ondisk import write_fashion_mnist
 
 
 def _pickle(path, obj):
@@ -37,13 +39,29 @@ def tiny_cifar10(tmp_path_factory):
     for i in range(1, 6):
         labels = [(8 * (i - 1) + j) % 10 for j in range(8)]
         data = _images(rng, labels, (3072,), 10)
-        _pickle(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "labels": labels,
-                                              "data": data, "filenames": [f"{i}_{j}.png" for j in range(8)]})
+        _pickle(
+            folder / f"data_batch_{i}",
+            {
+                "batch_label": f"training batch {i} of 5",
+                "labels": labels,
+                "data": data,
+                "filenames": [f"{i}_{j}.png" for j in range(8)],
+            },
+        )
     labels = [j % 10 for j in range(20)]
-    _pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": labels,
-                                    "data": _images(rng, labels, (3072,), 10), "filenames": []})
-    _pickle(folder / "batches.meta", {"label_names": list(dataset_info("cifar10").classes),
-                                      "num_cases_per_batch": 8, "num_vis": 3072})
+    _pickle(
+        folder / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": labels,
+            "data": _images(rng, labels, (3072,), 10),
+            "filenames": [],
+        },
+    )
+    _pickle(
+        folder / "batches.meta",
+        {"label_names": list(dataset_info("cifar10").classes), "num_cases_per_batch": 8, "num_vis": 3072},
+    )
     return root
 
 
@@ -56,10 +74,23 @@ def tiny_cifar100(tmp_path_factory):
     rng = np.random.RandomState(0)
     for split, n in (("train", 200), ("test", 100)):
         fine = [j % 100 for j in range(n)]
-        _pickle(folder / split, {"batch_label": split, "fine_labels": fine, "coarse_labels": [f // 5 for f in fine],
-                                 "data": _images(rng, fine, (3072,), 100), "filenames": []})
-    _pickle(folder / "meta", {"fine_label_names": list(dataset_info("cifar100").classes),
-                              "coarse_label_names": [f"coarse_{i}" for i in range(20)]})
+        _pickle(
+            folder / split,
+            {
+                "batch_label": split,
+                "fine_labels": fine,
+                "coarse_labels": [f // 5 for f in fine],
+                "data": _images(rng, fine, (3072,), 100),
+                "filenames": [],
+            },
+        )
+    _pickle(
+        folder / "meta",
+        {
+            "fine_label_names": list(dataset_info("cifar100").classes),
+            "coarse_label_names": [f"coarse_{i}" for i in range(20)],
+        },
+    )
     return root
 
 
@@ -122,12 +153,26 @@ def make_onnx_variant(ws, parent, *, dynamic_batch=True, stage="export"):
 
     def write(d):
         kwargs = dict(dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}) if dynamic_batch else {}
-        torch.onnx.export(module, (torch.zeros(2, *shape),), str(d / "model.onnx"), dynamo=False,
-                          input_names=["input"], output_names=["logits"], opset_version=17, **kwargs)
+        torch.onnx.export(
+            module,
+            (torch.zeros(2, *shape),),
+            str(d / "model.onnx"),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=17,
+            **kwargs,
+        )
 
-    variant, _ = ws.create_variant(model=parent.model, dataset=parent.dataset, stage=stage,
-                                   config=dict(model_keys(parent), opset=17, dynamic=dynamic_batch), parent=parent,
-                                   fmt="onnx", write=write)
+    variant, _ = ws.create_variant(
+        model=parent.model,
+        dataset=parent.dataset,
+        stage=stage,
+        config=dict(model_keys(parent), opset=17, dynamic=dynamic_batch),
+        parent=parent,
+        fmt="onnx",
+        write=write,
+    )
     return variant
 
 

@@ -1,4 +1,5 @@
 """Tiny datasets written in the real on-disk formats (shared by the tests and the benchmarks)."""
+
 import struct
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The main job end to end on tiny data: train → optimize all → profile → report."""
+
 from deploybench.cli import main as deploybench_main
 from deploybench.store import Workspace
 
@@ -9,9 +10,26 @@ def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys, monkeypatch):
     real = runner.environment  # a committed, clean code state, whatever the checkout running the tests
     monkeypatch.setattr(runner, "environment", lambda threads: dict(real(threads), commit="0123abc"))
     out = tmp_path / "report" / "index.html"
-    argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--epochs", "1", "--quick",
-            "--backends", "torch-cpu,ort-cpu", "--batch-sizes", "4", "--out", str(out),
-            "--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
+    argv = [
+        "pipeline",
+        "--dataset",
+        "fashion-mnist",
+        "--models",
+        "lenet",
+        "--epochs",
+        "1",
+        "--quick",
+        "--backends",
+        "torch-cpu,ort-cpu",
+        "--batch-sizes",
+        "4",
+        "--out",
+        str(out),
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--data-dir",
+        str(tiny_fashion_mnist),
+    ]
     assert deploybench_main.main(argv) == 0
     captured = capsys.readouterr()
     printed = captured.out
@@ -20,13 +38,19 @@ def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys, monkeypatch):
     assert "\r" not in captured.out + captured.err
     lines = captured.out.splitlines() + captured.err.splitlines()
     assert [line for line in lines if line.startswith("pipeline ")] == [
-        "pipeline 1/4: lenet: train", "pipeline 2/4: lenet: optimize all", "pipeline 3/4: lenet: profile",
-        "pipeline 4/4: report"]
+        "pipeline 1/4: lenet: train",
+        "pipeline 2/4: lenet: optimize all",
+        "pipeline 3/4: lenet: profile",
+        "pipeline 4/4: report",
+    ]
     assert sum(line.startswith("epoch ") for line in lines) == 1
     from deploybench.optimize.pipeline import default_chains
 
-    chains = [line for line in lines if line.startswith("lenet: optimize all ") or " skipped: " in line
-              or line.startswith("lenet: chain ")]
+    chains = [
+        line
+        for line in lines
+        if line.startswith("lenet: optimize all ") or " skipped: " in line or line.startswith("lenet: chain ")
+    ]
     assert len(chains) == len(default_chains())
     assert len(lines) < 120
     from deploybench.optimize.quantize import METHODS
@@ -55,9 +79,26 @@ def test_a_failing_model_is_reported_and_the_others_go_on(tmp_path, tiny_fashion
     # Two models that fail in training (cheap): the second is still tried after the first fails, both are
     # reported on one line each, and the report is written for what there is.
     out = tmp_path / "index.html"
-    argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "tests_user_arch:broken,tests_user_arch:broken",
-            "--epochs", "1", "--quick", "--backends", "torch-cpu", "--batch-sizes", "4", "--out", str(out),
-            "--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
+    argv = [
+        "pipeline",
+        "--dataset",
+        "fashion-mnist",
+        "--models",
+        "tests_user_arch:broken,tests_user_arch:broken",
+        "--epochs",
+        "1",
+        "--quick",
+        "--backends",
+        "torch-cpu",
+        "--batch-sizes",
+        "4",
+        "--out",
+        str(out),
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--data-dir",
+        str(tiny_fashion_mnist),
+    ]
     assert deploybench_main.main(argv) == 1  # something failed: like `optimize all`, exit 1
     captured = capsys.readouterr()
     failed = [line for line in captured.out.splitlines() if line.startswith("failed: ")]
@@ -87,11 +128,25 @@ def test_a_damaged_store_stops_the_whole_run(tmp_path, tiny_fashion_mnist, capsy
         raise DamagedStore(f"{ws.root / 'deploybench.db'} is damaged: test")
 
     monkeypatch.setattr(pipeline, "train_model", damaged)
-    argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet,simple-cnn", "--epochs", "1", "--quick",
-            "--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist), "--out",
-            str(tmp_path / "index.html")]
+    argv = [
+        "pipeline",
+        "--dataset",
+        "fashion-mnist",
+        "--models",
+        "lenet,simple-cnn",
+        "--epochs",
+        "1",
+        "--quick",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--data-dir",
+        str(tiny_fashion_mnist),
+        "--out",
+        str(tmp_path / "index.html"),
+    ]
     assert deploybench_main.main(argv) == 1
     err = capsys.readouterr().err
     assert tried == ["lenet"]
-    assert [line for line in err.splitlines() if line.startswith("error:")] == \
-        [f"error: workspace database: {tmp_path / 'ws' / 'deploybench.db'} is damaged: test"]
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: workspace database: {tmp_path / 'ws' / 'deploybench.db'} is damaged: test"
+    ]

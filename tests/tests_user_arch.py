@@ -1,4 +1,5 @@
 """A user architecture module for the `package.module:factory` tests."""
+
 import torch
 import torch.nn as nn
 

@@ -3,6 +3,7 @@
 Run again on the same workspace, it redoes nothing that is done: trained and optimized variants are found by
 their content-addressed ids, and measurements taken by the same committed code with the same libraries,
 hardware, threads and protocol are kept, so an interrupted `--models all` goes on where it stopped."""
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,20 @@ from deploybench.train.run import train_model
 PHASES = ("train", "optimize", "profile")
 
 
-def _run_model(ws: Workspace, model: str, dataset: str, summary: dict, bar, *, data_dir, epochs, backends,
-               batch_sizes, quick: bool, say) -> str | None:
+def _run_model(
+    ws: Workspace,
+    model: str,
+    dataset: str,
+    summary: dict,
+    bar,
+    *,
+    data_dir,
+    epochs,
+    backends,
+    batch_sizes,
+    quick: bool,
+    say,
+) -> str | None:
     """Train, optimize and profile one model, counting each phase on `bar` and adding to `summary`.
 
     Returns:
@@ -34,8 +47,9 @@ def _run_model(ws: Workspace, model: str, dataset: str, summary: dict, bar, *, d
     phase = "train"
     try:
         bar.milestone(f"{model}: train")
-        root, _ = train_model(ws, model, dataset, default_recipe(model, epochs=epochs), data_dir=data_dir,
-                              resume=None, log=say)  # an interrupted run of an earlier pipeline goes on
+        root, _ = train_model(
+            ws, model, dataset, default_recipe(model, epochs=epochs), data_dir=data_dir, resume=None, log=say
+        )  # an interrupted run of an earlier pipeline goes on
         summary["models"][model] = root.metrics.get("accuracy_top1")
         bar.update()
         phase = "optimize"
@@ -45,8 +59,16 @@ def _run_model(ws: Workspace, model: str, dataset: str, summary: dict, bar, *, d
         bar.update()
         phase = "profile"
         bar.milestone(f"{model}: profile")
-        profile_variants(ws, ws.variants(model, dataset), backends, batch_sizes=batch_sizes, quick=quick,
-                         data_dir=data_dir, reuse=True, log=say)  # a rerun measures only what is new
+        profile_variants(
+            ws,
+            ws.variants(model, dataset),
+            backends,
+            batch_sizes=batch_sizes,
+            quick=quick,
+            data_dir=data_dir,
+            reuse=True,
+            log=say,
+        )  # a rerun measures only what is new
         bar.update()
     except Exception as exc:  # noqa: BLE001  one model that fails must not stop the others
         if isinstance(exc, (TrainingInterrupted, DamagedStore)) or getattr(exc, "errno", None) in WORKSPACE_ERRNOS:
@@ -58,9 +80,19 @@ def _run_model(ws: Workspace, model: str, dataset: str, summary: dict, bar, *, d
     return None
 
 
-def run_pipeline(ws: Workspace, dataset: str, models: list[str], *, data_dir: str | Path = "data",
-                 epochs: int | None = None, backends: list[str] | None = None, batch_sizes=(1, 64),
-                 quick: bool = False, report: str | Path = "reports/index.html", log=print) -> dict:
+def run_pipeline(
+    ws: Workspace,
+    dataset: str,
+    models: list[str],
+    *,
+    data_dir: str | Path = "data",
+    epochs: int | None = None,
+    backends: list[str] | None = None,
+    batch_sizes=(1, 64),
+    quick: bool = False,
+    report: str | Path = "reports/index.html",
+    log=print,
+) -> dict:
     """Run every phase for every model under one progress display; returns a summary with the report's path.
 
     A model whose training, chains or profiling fail is reported in `summary["failed"]` and the other models
@@ -74,8 +106,19 @@ def run_pipeline(ws: Workspace, dataset: str, models: list[str], *, data_dir: st
     say = bar.write if log is print else log
     for n, model in enumerate(models):
         start_s = time.perf_counter()
-        failed = _run_model(ws, model, dataset, summary, bar, data_dir=data_dir, epochs=epochs, backends=backends,
-                            batch_sizes=batch_sizes, quick=quick, say=say)
+        failed = _run_model(
+            ws,
+            model,
+            dataset,
+            summary,
+            bar,
+            data_dir=data_dir,
+            epochs=epochs,
+            backends=backends,
+            batch_sizes=batch_sizes,
+            quick=quick,
+            say=say,
+        )
         summary["seconds"][model] = time.perf_counter() - start_s
         ended = f"stopped at {failed} after" if failed else "finished in"
         say(f"{model} {ended} {summary['seconds'][model] / 60:.1f} min ({n + 1} of {len(models)} models)")

@@ -1,5 +1,6 @@
 """A workspace for the app (trained lenet, its ONNX export, stored measurements) and the app served from it in a
 subprocess on a free port, once per test module."""
+
 import os
 import shutil
 import socket
@@ -22,10 +23,24 @@ STARTUP_S = 60
 
 
 def _metrics(p50, acc, size):
-    return dict(accuracy_top1=acc, accuracy_top5=0.9, test_images=20, params=61706, macs=400_000, flops=800_000,
-                size_bytes=size, latency_ms_p50=p50, latency_ms_p90=p50 * 1.1, latency_ms_p99=p50 * 1.2,
-                latency_ms_ci95=[p50 * 0.99, p50 * 1.01], throughput_per_s=1000 / p50, peak_mem_bytes=1 << 20,
-                pct_of_peak=10.0, stable=True, runs=50)
+    return dict(
+        accuracy_top1=acc,
+        accuracy_top5=0.9,
+        test_images=20,
+        params=61706,
+        macs=400_000,
+        flops=800_000,
+        size_bytes=size,
+        latency_ms_p50=p50,
+        latency_ms_p90=p50 * 1.1,
+        latency_ms_p99=p50 * 1.2,
+        latency_ms_ci95=[p50 * 0.99, p50 * 1.01],
+        throughput_per_s=1000 / p50,
+        peak_mem_bytes=1 << 20,
+        pct_of_peak=10.0,
+        stable=True,
+        runs=50,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +55,20 @@ def app_workspace(_trained_lenet_workspace, tmp_path_factory, tiny_fashion_mnist
     trained = ws.get_variant(vid)
     onnx = ExportStage().run(ws, trained, tiny_fashion_mnist)
     env = dict(cpu_model="test cpu", torch="2.x")
-    ws.add_measurements([dict(variant_id=v.id, backend=be, device="cpu", batch_size=1, threads=2,
-                              metrics=_metrics(p50, 0.5, v.size_bytes), environment=env)
-                         for v, be, p50 in ((trained, "torch-cpu", 2.0), (trained, "ort-cpu", 1.5),
-                                            (onnx, "ort-cpu", 1.0))])
+    ws.add_measurements(
+        [
+            dict(
+                variant_id=v.id,
+                backend=be,
+                device="cpu",
+                batch_size=1,
+                threads=2,
+                metrics=_metrics(p50, 0.5, v.size_bytes),
+                environment=env,
+            )
+            for v, be, p50 in ((trained, "torch-cpu", 2.0), (trained, "ort-cpu", 1.5), (onnx, "ort-cpu", 1.0))
+        ]
+    )
     return root, vid, onnx.id, tiny_fashion_mnist
 
 
@@ -62,9 +87,24 @@ def app_url(app_workspace, tmp_path_factory):
     local = "127.0.0.1,localhost"
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY=local, no_proxy=local)
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "deploybench.cli.main", "app", "--workspace", str(root),
-                                 "--data-dir", str(data_dir), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deploybench.cli.main",
+                "app",
+                "--workspace",
+                str(root),
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + STARTUP_S

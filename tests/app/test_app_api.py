@@ -1,4 +1,5 @@
 """`deploybench app` served in a subprocess, driven through `gradio_client`: predict, explore, card, training."""
+
 import pytest
 
 from conftest import suite_top1
@@ -13,8 +14,9 @@ def client(app_url):
 
 def test_predict_png_two_variants_matches_suite(client, app_workspace, test_png):
     root, trained, onnx, _ = app_workspace
-    picture, html, message, data = client.predict(gradio_client.handle_file(str(test_png)), None, [trained, onnx],
-                                                  api_name="/predict")
+    picture, html, message, data = client.predict(
+        gradio_client.handle_file(str(test_png)), None, [trained, onnx], api_name="/predict"
+    )
     assert message == ""
     assert [r["variant"] for r in data["results"]] == [trained, onnx]
     for r in data["results"]:
@@ -32,8 +34,9 @@ def test_predict_test_image_by_index(client, app_workspace):
 
 def test_predict_text_file_is_a_message(client, app_workspace, text_file):
     _, trained, _, _ = app_workspace
-    picture, html, message, data = client.predict(gradio_client.handle_file(str(text_file)), None, [trained],
-                                                  api_name="/predict")
+    picture, html, message, data = client.predict(
+        gradio_client.handle_file(str(text_file)), None, [trained], api_name="/predict"
+    )
     assert "not an image" in message and picture is None and html == ""
 
 
@@ -44,8 +47,9 @@ def test_predict_refuses_unknown_variant(client):
 
 def test_explore_returns_rows(client, app_workspace):
     _, trained, onnx, _ = app_workspace
-    chart, table, _, message = client.predict(None, "ort-cpu", "1", "latency_ms_p50", "accuracy_top1",
-                                              api_name="/explore")
+    chart, table, _, message = client.predict(
+        None, "ort-cpu", "1", "latency_ms_p50", "accuracy_top1", api_name="/explore"
+    )
     assert message == ""
     ids = {row[-1] for row in table["data"]}
     assert ids == {trained, onnx}

@@ -1,5 +1,6 @@
 """`deploybench app` in headless Chromium: upload a PNG, choose two variants, predict, compare the top-1 shown with
 the suite's; a text file gets a message; a screenshot for the docs."""
+
 import shutil
 from pathlib import Path
 
@@ -8,8 +9,9 @@ import pytest
 from conftest import suite_top1
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                                reason="needs Debian's chromium + chromium-driver (make test installs them as root)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER), reason="needs Debian's chromium + chromium-driver (make test installs them as root)"
+)
 WAIT_S = 30
 
 
@@ -20,9 +22,18 @@ def driver(tmp_path):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1400"]:
+    for flag in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,1400",
+    ]:
         opts.add_argument(flag)
     d = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
     try:
@@ -40,13 +51,20 @@ def _open(driver, url, ids):
     driver.get(url)
     wait = WebDriverWait(driver, WAIT_S)
     # the page's load events refresh the dropdowns from the store: choose only once they are done
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#predict-variants") and not d.find_elements(
-        By.CSS_SELECTOR, "[data-testid='status-tracker']:not(.hide)"))
+    wait.until(
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, "#predict-variants")
+            and not d.find_elements(By.CSS_SELECTOR, "[data-testid='status-tracker']:not(.hide)")
+        )
+    )
     box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#predict-variants input")))
     for vid in ids:
         box.click()
-        option = wait.until(ec.element_to_be_clickable(
-            (By.CSS_SELECTOR, f"li[data-testid='dropdown-option'][aria-label$='{vid[:10]}']")))
+        option = wait.until(
+            ec.element_to_be_clickable(
+                (By.CSS_SELECTOR, f"li[data-testid='dropdown-option'][aria-label$='{vid[:10]}']")
+            )
+        )
         option.click()
     driver.find_element(By.TAG_NAME, "h1").click()  # close the option list, which would swallow the next click
     wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, "li[data-testid='dropdown-option']")))
@@ -58,7 +76,8 @@ def _upload(driver, wait, path: Path):
     from selenium.webdriver.support import expected_conditions as ec
 
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#predict-upload input[type=file]"))).send_keys(
-        str(path))
+        str(path)
+    )
     # the file's row appears once the upload is done (its name may be split into stem and extension)
     wait.until(lambda d: path.stem in "".join(d.find_element(By.ID, "predict-upload").text.split()))
     driver.find_element(By.ID, "predict-button").click()
@@ -80,8 +99,10 @@ def _predict_png_and_text(driver, app_url, root, trained, onnx, test_png, text_f
     wait = _open(driver, app_url, [trained, onnx])
     _upload(driver, wait, test_png)
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#predict-results .db-top1")))
-    shown = {el.get_attribute("data-variant"): el.find_element(By.CLASS_NAME, "db-top1").text
-             for el in driver.find_elements(By.CSS_SELECTOR, "#predict-results .db-variant")}
+    shown = {
+        el.get_attribute("data-variant"): el.find_element(By.CLASS_NAME, "db-top1").text
+        for el in driver.find_elements(By.CSS_SELECTOR, "#predict-results .db-variant")
+    }
     assert shown == {vid: suite_top1(root, vid, test_png) for vid in (trained, onnx)}
     shot = Path("reports") / "screenshots"
     shot.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """The app's input conversion and refusals, in process (no server)."""
+
 import numpy as np
 import pytest
 from PIL import Image

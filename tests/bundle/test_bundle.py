@@ -1,5 +1,6 @@
 """`deploybench bundle`: the bundle's predict.py, run in an isolated interpreter that cannot import deploybench,
 predicts what the suite's own runnable predicts on the same images."""
+
 import json
 import subprocess
 import sys
@@ -42,14 +43,17 @@ def suite_predictions(variant, paths) -> list[int]:
 
 # `python -I` drops the working folder and user site from sys.path, but an editable install's .pth still puts
 # deploybench on it: the runner blocks the package too, so an import of it in predict.py fails.
-_BLOCKED = ("import runpy, sys; sys.modules['deploybench'] = None; sys.argv = sys.argv[1:]; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')")
+_BLOCKED = (
+    "import runpy, sys; sys.modules['deploybench'] = None; sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 
 
 def isolated(*argv: str, cwd) -> subprocess.CompletedProcess:
     """Run a script in a fresh interpreter, `python -I`, where deploybench cannot be imported."""
-    return subprocess.run([sys.executable, "-I", "-c", _BLOCKED, *argv], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-I", "-c", _BLOCKED, *argv], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def bundle_predictions(bundle, paths) -> list[int]:
@@ -97,11 +101,19 @@ def _openvino_ir_variant(ws, onnx_variant):
     ov = pytest.importorskip("openvino")
 
     def write(d):
-        ov.save_model(ov.convert_model(str(onnx_variant.path / "model.onnx")), str(d / "model.xml"),
-                      compress_to_fp16=False)
+        ov.save_model(
+            ov.convert_model(str(onnx_variant.path / "model.onnx")), str(d / "model.xml"), compress_to_fp16=False
+        )
 
-    variant, _ = ws.create_variant(model=onnx_variant.model, dataset=onnx_variant.dataset, stage="convert",
-                                   config=dict(to="openvino-ir"), parent=onnx_variant, fmt="openvino-ir", write=write)
+    variant, _ = ws.create_variant(
+        model=onnx_variant.model,
+        dataset=onnx_variant.dataset,
+        stage="convert",
+        config=dict(to="openvino-ir"),
+        parent=onnx_variant,
+        fmt="openvino-ir",
+        write=write,
+    )
     return variant
 
 
@@ -115,10 +127,26 @@ def test_openvino_bundle_predicts_like_the_suite(onnx_workspace, test_pngs, tmp_
 
 def test_model_card_front_matter_follows_the_hub_layout(onnx_workspace, tmp_path):
     ws, _, onnx_variant, data_dir = onnx_workspace
-    ws.add_measurements([dict(variant_id=onnx_variant.id, backend="ort-cpu", device="cpu", batch_size=1, threads=1,
-                              metrics=dict(accuracy_top1=0.25, accuracy_top5=0.75, latency_ms_p50=0.5,
-                                           latency_ms_p90=0.6, throughput_per_s=2000.0, stable=True),
-                              environment=dict(cpu_model="Test CPU", cpu_flags=["avx2"], gpu=None))])
+    ws.add_measurements(
+        [
+            dict(
+                variant_id=onnx_variant.id,
+                backend="ort-cpu",
+                device="cpu",
+                batch_size=1,
+                threads=1,
+                metrics=dict(
+                    accuracy_top1=0.25,
+                    accuracy_top5=0.75,
+                    latency_ms_p50=0.5,
+                    latency_ms_p90=0.6,
+                    throughput_per_s=2000.0,
+                    stable=True,
+                ),
+                environment=dict(cpu_model="Test CPU", cpu_flags=["avx2"], gpu=None),
+            )
+        ]
+    )
     out = build_bundle(ws, onnx_variant.id, tmp_path / "bundle", data_dir=data_dir)
     text = (out / "README.md").read_text()
     meta = yaml.safe_load(text.split("---\n")[1])

@@ -1,5 +1,6 @@
 """Every command and subcommand prints its help and exits 0 (argparse %-formats help strings: a bare "%" in
 one makes `--help` end in a traceback)."""
+
 import argparse
 
 import pytest

@@ -5,6 +5,7 @@ Cases: external checkpoints (code-executing pickle, truncated, random bytes, ano
 class count) through every command that takes a model; ONNX files that are malformed or whose external data
 points outside their folder; wrong input shapes; unknown names; a full disk and a read-only workspace.
 """
+
 import hashlib
 import os
 import pickle
@@ -26,8 +27,11 @@ from deploybench.models import create_model
 
 def snapshot(root: Path) -> dict:
     """Every file's sha256 (the database aside) and every row of every table, in order."""
-    files = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith("deploybench.db")}
+    files = {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith("deploybench.db")
+    }
     con = sqlite3.connect(root / "deploybench.db")
     tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
     rows = {t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
@@ -85,13 +89,22 @@ def _bad_checkpoint(kind: str, tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
     raise AssertionError(kind)
 
 
-CHECKPOINT_KINDS = ["executes-code", "code-in-torch-zip", "truncated", "random-bytes", "other-architecture",
-                    "other-class-count", "missing-file"]
+CHECKPOINT_KINDS = [
+    "executes-code",
+    "code-in-torch-zip",
+    "truncated",
+    "random-bytes",
+    "other-architecture",
+    "other-class-count",
+    "missing-file",
+]
 COMMANDS = {
     "train": (train_cli.main, ["--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1"]),
     "optimize-quantize": (optimize_cli.main, ["quantize", "--model", "lenet", "--dataset", "fashion-mnist"]),
-    "optimize-prune": (optimize_cli.main, ["prune", "--model", "lenet", "--dataset", "fashion-mnist",
-                                           "--ratio", "0.5"]),
+    "optimize-prune": (
+        optimize_cli.main,
+        ["prune", "--model", "lenet", "--dataset", "fashion-mnist", "--ratio", "0.5"],
+    ),
     "optimize-export": (optimize_cli.main, ["export", "--model", "lenet", "--dataset", "fashion-mnist"]),
     "optimize-all": (optimize_cli.main, ["all", "--model", "lenet", "--dataset", "fashion-mnist"]),
     "profile-run": (profile_cli.main, ["run", "--model", "lenet", "--dataset", "fashion-mnist", "--quick"]),
@@ -105,8 +118,11 @@ def test_bad_checkpoint_is_refused_everywhere(command, kind, trained_workspace, 
     path, expected = _bad_checkpoint(kind, tmp_path)
     before = snapshot(ws.root)
     main, argv = COMMANDS[command]
-    refused(lambda: main(argv + ["--checkpoint", str(path), "--workspace", str(ws.root), "--data-dir", str(data_dir)]),
-            capsys, *expected)
+    refused(
+        lambda: main(argv + ["--checkpoint", str(path), "--workspace", str(ws.root), "--data-dir", str(data_dir)]),
+        capsys,
+        *expected,
+    )
     assert not (tmp_path / "executed").exists(), "the pickle's code ran"
     assert snapshot(ws.root) == before
 
@@ -117,9 +133,26 @@ def test_bad_pretrained_weights_are_refused(kind, trained_workspace, tmp_path, c
     ws, _, data_dir = trained_workspace
     path, expected = _bad_checkpoint(kind, tmp_path)
     before = snapshot(ws.root)
-    refused(lambda: train_cli.main(["--model", "resnet18", "--dataset", "fashion-mnist", "--epochs", "1",
-                                    "--pretrained", str(path), "--workspace", str(ws.root),
-                                    "--data-dir", str(data_dir)]), capsys, *expected)
+    refused(
+        lambda: train_cli.main(
+            [
+                "--model",
+                "resnet18",
+                "--dataset",
+                "fashion-mnist",
+                "--epochs",
+                "1",
+                "--pretrained",
+                str(path),
+                "--workspace",
+                str(ws.root),
+                "--data-dir",
+                str(data_dir),
+            ]
+        ),
+        capsys,
+        *expected,
+    )
     assert not (tmp_path / "executed").exists(), "the pickle's code ran"
     assert snapshot(ws.root) == before
 
@@ -132,9 +165,27 @@ def test_starting_weights_are_known_by_their_bytes_not_their_name(trained_worksp
         torch.manual_seed(seed)
         (tmp_path / str(seed)).mkdir(exist_ok=True)
         torch.save(create_model("lenet", 10, 1, 28).state_dict(), tmp_path / str(seed) / "start.pt")
-        assert train_cli.main(["--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "16",
-                               "--checkpoint", str(tmp_path / str(seed) / "start.pt"), "--workspace", str(ws.root),
-                               "--data-dir", str(data_dir)]) == 0
+        assert (
+            train_cli.main(
+                [
+                    "--model",
+                    "lenet",
+                    "--dataset",
+                    "fashion-mnist",
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "16",
+                    "--checkpoint",
+                    str(tmp_path / str(seed) / "start.pt"),
+                    "--workspace",
+                    str(ws.root),
+                    "--data-dir",
+                    str(data_dir),
+                ]
+            )
+            == 0
+        )
         out = capsys.readouterr()
         started = [v for v in ws.variants("lenet") if v.stage == "train" and v.config["init_checkpoint"]]
         trained.setdefault(seed, []).append((len(started), "already trained" in out.out + out.err))
@@ -173,8 +224,11 @@ def test_what_is_made_is_known_by_its_data_files(trained_workspace, tmp_path, ca
     empty = tmp_path / "third"
     shutil.copytree(other, empty)
     (empty / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(bytes(raw[:8]) + bytes(len(raw) - 8))
-    refused(lambda: optimize_cli.main(["export"] + common + ["--data-dir", str(empty)]), capsys,
-            "no trained lenet on fashion-mnist made from the data files in")
+    refused(
+        lambda: optimize_cli.main(["export"] + common + ["--data-dir", str(empty)]),
+        capsys,
+        "no trained lenet on fashion-mnist made from the data files in",
+    )
     # One parent, exported with each data folder: two exports, each evaluated on its own files.
     for d in (data_dir, other):
         assert optimize_cli.main(["export", "--variant", trained.id] + common + ["--data-dir", str(d)]) == 0
@@ -196,8 +250,25 @@ def test_a_good_checkpoint_is_imported_once_and_used(trained_workspace, tmp_path
         raise AssertionError("an imported checkpoint was evaluated again")
 
     monkeypatch.setattr(run, "evaluate", no_second_evaluation)
-    assert profile_cli.main(["run", "--model", "lenet", "--dataset", "fashion-mnist", "--quick", "--backends",
-                             "torch-cpu", "--batch-sizes", "4", "--in-process"] + common) == 0
+    assert (
+        profile_cli.main(
+            [
+                "run",
+                "--model",
+                "lenet",
+                "--dataset",
+                "fashion-mnist",
+                "--quick",
+                "--backends",
+                "torch-cpu",
+                "--batch-sizes",
+                "4",
+                "--in-process",
+            ]
+            + common
+        )
+        == 0
+    )
     imported = [v for v in ws.variants("lenet") if v.stage == "import"]
     assert len(imported) == 1 and imported[0].metrics["accuracy_top1"] == trained.metrics["accuracy_top1"]
     export = [v for v in ws.variants("lenet") if v.parent_id == imported[0].id]
@@ -260,8 +331,19 @@ def test_spoiled_onnx_is_refused_before_reading_outside(spoiled_onnx, how, comma
     before = snapshot(ws.root)
     common = ["--workspace", str(ws.root), "--data-dir", str(data_dir)]
     if command == "profile-run":
-        argv = ["run", "--model", "lenet", "--variant", variant.id, "--quick", "--backends", "ort-cpu",
-                "--batch-sizes", "4", "--in-process"]
+        argv = [
+            "run",
+            "--model",
+            "lenet",
+            "--variant",
+            variant.id,
+            "--quick",
+            "--backends",
+            "ort-cpu",
+            "--batch-sizes",
+            "4",
+            "--in-process",
+        ]
         main = profile_cli.main
     else:
         argv = ["quantize", "--model", "lenet", "--method", "int8-ort", "--variant", variant.id, "--calib-size", "8"]
@@ -273,8 +355,14 @@ def test_spoiled_onnx_is_refused_before_reading_outside(spoiled_onnx, how, comma
 
 # -- wrong input shapes ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["torch-cpu", "ort-cpu"])
-@pytest.mark.parametrize("shape,detail", [((4, 3, 28, 28), "3 channels, the model takes 1"),
-                                          ((4, 1, 32, 32), "got (4, 1, 32, 32)"), ((1, 28, 28), "got (1, 28, 28)")])
+@pytest.mark.parametrize(
+    "shape,detail",
+    [
+        ((4, 3, 28, 28), "3 channels, the model takes 1"),
+        ((4, 1, 32, 32), "got (4, 1, 32, 32)"),
+        ((1, 28, 28), "got (1, 28, 28)"),
+    ],
+)
 def test_wrong_input_shape_names_both_shapes(onnx_workspace, backend, shape, detail):
     from deploybench.errors import UserError
     from deploybench.profile.backends import get_backend
@@ -288,8 +376,8 @@ def test_wrong_input_shape_names_both_shapes(onnx_workspace, backend, shape, det
 
 
 def test_wrong_input_shape_for_an_onnx_session(onnx_workspace):
-    from deploybench.errors import UserError
     from deploybench.artifacts.runnable import runnable
+    from deploybench.errors import UserError
 
     _, _, onnx_variant, _ = onnx_workspace
     with pytest.raises(UserError, match=r"expected an input of shape \(batch, 1, 28, 28\), got \(2, 3, 28, 28\)"):
@@ -297,13 +385,16 @@ def test_wrong_input_shape_for_an_onnx_session(onnx_workspace):
 
 
 # -- unknown names list the valid choices ----------------------------------------------------------------------------
-@pytest.mark.parametrize("main,argv,listed", [
-    (optimize_cli.main, ["export", "--model", "resnet99"], "unknown model 'resnet99'; choose one of:"),
-    (profile_cli.main, ["run", "--model", "resnet99"], "unknown model 'resnet99'; choose one of:"),
-    (profile_cli.main, ["run", "--backends", "tensorflow"], "unknown backend 'tensorflow'; choose one of:"),
-    (main_cli.main, ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet,nope"], "unknown model 'nope'"),
-    (main_cli.main, ["pipeline", "--dataset", "mnist-9", "--models", "lenet"], "unknown dataset 'mnist-9'"),
-])
+@pytest.mark.parametrize(
+    "main,argv,listed",
+    [
+        (optimize_cli.main, ["export", "--model", "resnet99"], "unknown model 'resnet99'; choose one of:"),
+        (profile_cli.main, ["run", "--model", "resnet99"], "unknown model 'resnet99'; choose one of:"),
+        (profile_cli.main, ["run", "--backends", "tensorflow"], "unknown backend 'tensorflow'; choose one of:"),
+        (main_cli.main, ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet,nope"], "unknown model 'nope'"),
+        (main_cli.main, ["pipeline", "--dataset", "mnist-9", "--models", "lenet"], "unknown dataset 'mnist-9'"),
+    ],
+)
 def test_unknown_names_list_the_choices(main, argv, listed, trained_workspace, capsys):
     ws, _, data_dir = trained_workspace
     before = snapshot(ws.root)
@@ -326,33 +417,71 @@ OUT_OF_RANGE = {
     "device-bogus": (train_cli.main, TRAIN + ["--device", "bogus"], "--device must be cpu or cuda"),
     "device-meta": (train_cli.main, TRAIN + ["--device", "meta"], "--device must be cpu or cuda"),
     "device-cuda-9": (train_cli.main, TRAIN + ["--device", "cuda:9"], "no such CUDA device here"),
-    "qat-epochs-0": (optimize_cli.main, ["quantize", "--model", "lenet", "--method", "qat", "--qat-epochs", "0"],
-                     "qat needs --qat-epochs of 1 or more"),
+    "qat-epochs-0": (
+        optimize_cli.main,
+        ["quantize", "--model", "lenet", "--method", "qat", "--qat-epochs", "0"],
+        "qat needs --qat-epochs of 1 or more",
+    ),
     "opset-99": (optimize_cli.main, ["export", "--model", "lenet", "--opset", "99"], "--opset must be between 7"),
-    "check-batch-0": (profile_cli.main, ["check", "--variant", "VID", "--backend", "torch-cpu", "--batch-size", "0"],
-                      "--batch-size must be at least 1, got 0"),
-    "check-threads-0": (profile_cli.main, ["check", "--variant", "VID", "--backend", "torch-cpu", "--threads", "0"],
-                        "--threads must be at least 1, got 0"),
-    "check-unsupported-format": (profile_cli.main, ["check", "--variant", "VID", "--backend", "ort-cpu"],
-                                 "ort-cpu cannot run", "is not ONNX"),
+    "check-batch-0": (
+        profile_cli.main,
+        ["check", "--variant", "VID", "--backend", "torch-cpu", "--batch-size", "0"],
+        "--batch-size must be at least 1, got 0",
+    ),
+    "check-threads-0": (
+        profile_cli.main,
+        ["check", "--variant", "VID", "--backend", "torch-cpu", "--threads", "0"],
+        "--threads must be at least 1, got 0",
+    ),
+    "check-unsupported-format": (
+        profile_cli.main,
+        ["check", "--variant", "VID", "--backend", "ort-cpu"],
+        "ort-cpu cannot run",
+        "is not ONNX",
+    ),
     "report-out-folder": (profile_cli.main, ["report", "--out", "TMP"], "is a folder; name the file"),
-    "report-out-under-a-file": (profile_cli.main, ["report", "--out", "TMP/file.txt/index.html"],
-                                "file.txt is a file, not a folder"),
-    "pipeline-out-folder": (main_cli.main, ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--out",
-                                            "TMP"], "is a folder; name the file"),
-    "report-out-unwritable": (profile_cli.main, ["report", "--out", "/proc/index.html"],
-                              "cannot write /proc/index.html: No such file or directory in /proc"),
-    "pipeline-out-unwritable": (main_cli.main, ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet",
-                                                "--out", "/proc/index.html"], "cannot write /proc/index.html"),
-    "check-against-malformed": (profile_cli.main, ["check", "--variant", "VID", "--backend", "torch-cpu",
-                                                   "--against", "VID"], "--against takes VARIANT:BACKEND"),
-    "check-against-unknown-variant": (profile_cli.main, ["check", "--variant", "VID", "--backend", "torch-cpu",
-                                                         "--against", "nope:torch-cpu"], "no variant 'nope'"),
-    "compare-unknown-model": (profile_cli.main, ["compare", "--model", "lenet", "lenett"],
-                              "no variants of 'lenett' in", "models here: lenet"),
+    "report-out-under-a-file": (
+        profile_cli.main,
+        ["report", "--out", "TMP/file.txt/index.html"],
+        "file.txt is a file, not a folder",
+    ),
+    "pipeline-out-folder": (
+        main_cli.main,
+        ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--out", "TMP"],
+        "is a folder; name the file",
+    ),
+    "report-out-unwritable": (
+        profile_cli.main,
+        ["report", "--out", "/proc/index.html"],
+        "cannot write /proc/index.html: No such file or directory in /proc",
+    ),
+    "pipeline-out-unwritable": (
+        main_cli.main,
+        ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--out", "/proc/index.html"],
+        "cannot write /proc/index.html",
+    ),
+    "check-against-malformed": (
+        profile_cli.main,
+        ["check", "--variant", "VID", "--backend", "torch-cpu", "--against", "VID"],
+        "--against takes VARIANT:BACKEND",
+    ),
+    "check-against-unknown-variant": (
+        profile_cli.main,
+        ["check", "--variant", "VID", "--backend", "torch-cpu", "--against", "nope:torch-cpu"],
+        "no variant 'nope'",
+    ),
+    "compare-unknown-model": (
+        profile_cli.main,
+        ["compare", "--model", "lenet", "lenett"],
+        "no variants of 'lenett' in",
+        "models here: lenet",
+    ),
     "compare-unknown-backend": (profile_cli.main, ["compare", "--backend", "ort"], "unknown backend 'ort'"),
-    "pipeline-backend": (main_cli.main, ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet",
-                                         "--backends", "torch-cpu,nope"], "unknown backend 'nope'"),
+    "pipeline-backend": (
+        main_cli.main,
+        ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--backends", "torch-cpu,nope"],
+        "unknown backend 'nope'",
+    ),
 }
 
 
@@ -392,14 +521,23 @@ def test_pipeline_batch_sizes_and_epochs_are_checked_before_any_work(trained_wor
 
     ws, _, data_dir = trained_workspace
     monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: pytest.fail("the pipeline ran"))
-    common = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--workspace", str(ws.root),
-              "--data-dir", str(data_dir)]
+    common = [
+        "pipeline",
+        "--dataset",
+        "fashion-mnist",
+        "--models",
+        "lenet",
+        "--workspace",
+        str(ws.root),
+        "--data-dir",
+        str(data_dir),
+    ]
     with pytest.raises(SystemExit) as exc:  # not integers: the parser's usage error
         main_cli.main(common + ["--batch-sizes", "1,x"])
     assert exc.value.code == 2
     capsys.readouterr()
     for bad, text in (("0", "batch sizes must be integers of 1 or more, got 0"), (",", "got none")):
-        refused(lambda: main_cli.main(common + ["--batch-sizes", bad]), capsys, text)
+        refused(lambda bad=bad: main_cli.main(common + ["--batch-sizes", bad]), capsys, text)
     refused(lambda: main_cli.main(common + ["--epochs", "0"]), capsys, "--epochs must be 1 or more, got 0")
 
 
@@ -435,9 +573,24 @@ def test_full_disk_clear_error_and_earlier_artifacts_untouched(small_disk, capsy
     with open(filler, "wb") as f:  # leave ~100 KiB: enough for the database, not for an ONNX export
         free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
         f.write(b"\0" * max(0, free - 100 * 1024))
-    refused(lambda: optimize_cli.main(["export", "--model", "lenet", "--dataset", "fashion-mnist",
-                                       "--workspace", str(root), "--data-dir", str(data_dir)]),
-            capsys, "No space left on device", code=1)
+    refused(
+        lambda: optimize_cli.main(
+            [
+                "export",
+                "--model",
+                "lenet",
+                "--dataset",
+                "fashion-mnist",
+                "--workspace",
+                str(root),
+                "--data-dir",
+                str(data_dir),
+            ]
+        ),
+        capsys,
+        "No space left on device",
+        code=1,
+    )
     filler.unlink()
     assert snapshot(root) == before
 
@@ -448,9 +601,24 @@ def test_read_only_workspace_clear_error(small_disk, capsys):
     proc = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True)
     if proc.returncode:
         pytest.skip(f"cannot remount read-only: {proc.stderr.decode().strip()}")
-    refused(lambda: optimize_cli.main(["export", "--model", "lenet", "--dataset", "fashion-mnist",
-                                       "--workspace", str(root), "--data-dir", str(data_dir)]),
-            capsys, "workspace is not writable: Read-only file system", code=1)
+    refused(
+        lambda: optimize_cli.main(
+            [
+                "export",
+                "--model",
+                "lenet",
+                "--dataset",
+                "fashion-mnist",
+                "--workspace",
+                str(root),
+                "--data-dir",
+                str(data_dir),
+            ]
+        ),
+        capsys,
+        "workspace is not writable: Read-only file system",
+        code=1,
+    )
     subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)  # SQLite reads a WAL database read-write
     assert snapshot(root) == before
 
@@ -479,9 +647,29 @@ def test_sigterm_outside_training_is_one_line_and_leaves_the_workspace_as_it_was
 
     ws, _, data = trained_workspace
     before = snapshot(ws.root)
-    r = subprocess.run([sys.executable, "-c", TERM_CHILD, "2", "optimize", "prune", "--model", "lenet", "--ratio",
-                        "0.5", "--finetune-epochs", "1", "--workspace", str(ws.root), "--data-dir", str(data)],
-                       cwd=tmp_path, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            TERM_CHILD,
+            "2",
+            "optimize",
+            "prune",
+            "--model",
+            "lenet",
+            "--ratio",
+            "0.5",
+            "--finetune-epochs",
+            "1",
+            "--workspace",
+            str(ws.root),
+            "--data-dir",
+            str(data),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 143, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("interrupted: stopped by SIGTERM; what was finished")

@@ -8,6 +8,7 @@ unpickler, an ONNX file by its check; with `--trust-artifacts`, every way a torc
 (a pickled weight, pickled sample inputs, an opaque constant, guards code, a symbolic shape) is still refused.
 An untampered workspace profiles every format, and a program made elsewhere loads once trusted.
 """
+
 import hashlib
 import io
 import json
@@ -30,8 +31,16 @@ from deploybench.cli import optimize as optimize_cli
 from deploybench.cli import profile_cmd as profile_cli
 from deploybench.store.provenance import KEY_ENV, files_digest
 
-FORMATS = ["torch-state", "torch-pruned", "torch-bf16", "torch-fp16", "torch-export", "torch-export-int8", "onnx",
-           "onnx-int8"]
+FORMATS = [
+    "torch-state",
+    "torch-pruned",
+    "torch-bf16",
+    "torch-fp16",
+    "torch-export",
+    "torch-export-int8",
+    "onnx",
+    "onnx-int8",
+]
 PROGRAMS = ["torch-export", "torch-export-int8"]
 # How a torch.export program carries code; each runs it through plain torch.export.load (see the control test).
 PROGRAM_ATTACKS = ["pickled-weight", "sample-inputs", "opaque-constant", "guards-code", "sympy"]
@@ -50,19 +59,37 @@ def _every_format(tmp_path_factory, tiny_fashion_mnist):
 
     root = tmp_path_factory.mktemp("formats") / "ws"
     ws = Workspace(root)
-    trained, _ = train_model(ws, "lenet", "fashion-mnist", default_recipe("lenet", epochs=1),
-                             data_dir=tiny_fashion_mnist, resume=None, log=lambda *_: None)
+    trained, _ = train_model(
+        ws,
+        "lenet",
+        "fashion-mnist",
+        default_recipe("lenet", epochs=1),
+        data_dir=tiny_fashion_mnist,
+        resume=None,
+        log=lambda *_: None,
+    )
     common = ["--model", "lenet", "--workspace", str(root), "--data-dir", str(tiny_fashion_mnist)]
-    for argv in (["quantize", "--method", "dynamic"], ["quantize", "--method", "int8-pt2e", "--calib-size", "8"],
-                 ["quantize", "--method", "bf16"], ["prune", "--ratio", "0.5", "--finetune-epochs", "1"],
-                 ["quantize", "--method", "int8-ort", "--calib-size", "8"]):
+    for argv in (
+        ["quantize", "--method", "dynamic"],
+        ["quantize", "--method", "int8-pt2e", "--calib-size", "8"],
+        ["quantize", "--method", "bf16"],
+        ["prune", "--ratio", "0.5", "--finetune-epochs", "1"],
+        ["quantize", "--method", "int8-ort", "--calib-size", "8"],
+    ):
         assert optimize_cli.main(argv + common) == 0, argv
 
     def write_fp16(d: Path) -> None:  # the fp16 stage needs a GPU; its file is the same shaped state in fp16
         torch.save(shaped_state(load_module(trained).half()), d / "model.pt")
 
-    ws.create_variant(model="lenet", dataset=trained.dataset, stage="quantize", parent=trained, fmt="torch-fp16",
-                      config=dict(model_keys(trained), method="fp16"), write=write_fp16)
+    ws.create_variant(
+        model="lenet",
+        dataset=trained.dataset,
+        stage="quantize",
+        parent=trained,
+        fmt="torch-fp16",
+        config=dict(model_keys(trained), method="fp16"),
+        write=write_fp16,
+    )
     ids = {}
     for v in ws.variants("lenet"):
         ids.setdefault(v.format, v.id)
@@ -188,8 +215,12 @@ def test_changed_artifact_is_refused_before_loading(fmt, name, every_format, cap
     variant = variants[fmt]
     edit_onnx(variant) if fmt.startswith("onnx") else plant(variant, marker)
     before = snapshot(root)
-    refused(command(name, variant, root, data_dir), capsys, f"variant {variant.id}: its files do not match the "
-            "digest the store recorded (the bytes of its files changed); refusing to load it")
+    refused(
+        command(name, variant, root, data_dir),
+        capsys,
+        f"variant {variant.id}: its files do not match the "
+        "digest the store recorded (the bytes of its files changed); refusing to load it",
+    )
     assert not marker.exists(), "the planted artifact's code ran"
     assert snapshot(root) == before
 
@@ -221,16 +252,23 @@ def test_files_added_removed_or_linked_out_are_refused(fmt, how, name, every_for
     expected, file_name = _tamper(variant, how, tmp_path / "outside.fifo")
     before = snapshot(root)
     if name == "optimize":
-        refused(command(name, variant, root, data_dir), capsys, f"variant {variant.id}: its files do not match the "
-                f"digest the store recorded ({expected}); refusing to load it")
+        refused(
+            command(name, variant, root, data_dir),
+            capsys,
+            f"variant {variant.id}: its files do not match the "
+            f"digest the store recorded ({expected}); refusing to load it",
+        )
     else:  # profiling checks that every listed file is there first, in words of its own
         refused(command(name, variant, root, data_dir), capsys, f"variant {variant.id}", file_name)
     assert snapshot(root) == before
 
 
 # -- the store and the file replaced together ------------------------------------------------------------------
-REFUSALS = {"torch-export": "was not made by this user on this machine", "onnx": "is not a valid ONNX model",
-            "torch-state": "not a plain weights file that loads with weights_only=True"}
+REFUSALS = {
+    "torch-export": "was not made by this user on this machine",
+    "onnx": "is not a valid ONNX model",
+    "torch-state": "not a plain weights file that loads with weights_only=True",
+}
 
 
 @pytest.mark.parametrize("name", ["profile-run", "optimize"])
@@ -256,8 +294,11 @@ def test_trusted_program_still_runs_no_code(fmt, how, every_format, capsys):
     plant(variant, marker, how)
     rerecord(root, variant)
     before = snapshot(root)
-    refused(command("profile-run", variant, root, data_dir, "--trust-artifacts"), capsys,
-            f"variant {variant.id}: {variant.path / 'model.pt2'} refused:")
+    refused(
+        command("profile-run", variant, root, data_dir, "--trust-artifacts"),
+        capsys,
+        f"variant {variant.id}: {variant.path / 'model.pt2'} refused:",
+    )
     assert not marker.exists(), "the planted program's code ran"
     assert snapshot(root) == before
 
@@ -279,10 +320,14 @@ def test_planted_programs_do_run_code_through_plain_torch_export_load(every_form
     so the tests above refuse real attacks."""
     _, variants, _, _ = every_format
     for how in PROGRAM_ATTACKS:
-        hostile_program(variants["torch-export"].path / "model.pt2", tmp_path / f"{how}.pt2", how,
-                        tmp_path / f"{how}.ran")
-    subprocess.run([sys.executable, "-c", CONTROL] + [str(tmp_path / f"{how}.pt2") for how in PROGRAM_ATTACKS],
-                   capture_output=True, timeout=240)
+        hostile_program(
+            variants["torch-export"].path / "model.pt2", tmp_path / f"{how}.pt2", how, tmp_path / f"{how}.ran"
+        )
+    subprocess.run(
+        [sys.executable, "-c", CONTROL] + [str(tmp_path / f"{how}.pt2") for how in PROGRAM_ATTACKS],
+        capture_output=True,
+        timeout=240,
+    )
     ran = [how for how in PROGRAM_ATTACKS if (tmp_path / f"{how}.ran").exists()]
     assert ran == PROGRAM_ATTACKS, "some planted programs ran no code through plain torch.export.load"
 
@@ -302,15 +347,32 @@ def test_pipeline_over_planted_artifacts_runs_no_code(planted, every_format, tmp
             plant(variant, marker)
         if planted == "programs-and-store" and fmt in PROGRAMS:
             rerecord(root, variant)
-    argv = ["pipeline", "--dataset", "fashion-mnist", "--models", "lenet", "--epochs", "1", "--quick", "--backends",
-            "torch-cpu,ort-cpu", "--batch-sizes", "4", "--out", str(tmp_path / "report" / "index.html")]
+    argv = [
+        "pipeline",
+        "--dataset",
+        "fashion-mnist",
+        "--models",
+        "lenet",
+        "--epochs",
+        "1",
+        "--quick",
+        "--backends",
+        "torch-cpu,ort-cpu",
+        "--batch-sizes",
+        "4",
+        "--out",
+        str(tmp_path / "report" / "index.html"),
+    ]
     assert main_cli.main(argv + common(root, data_dir)) == 1  # what failed is reported, as `optimize all` does
     out = capsys.readouterr().out
     assert not marker.exists(), "a planted artifact's code ran"
     assert [v.stage for v in Workspace(root).variants("lenet")].count("train") == 1  # the planted root was used
     failed = [line for line in out.splitlines() if line.startswith("failed: lenet: profile: ")]
-    expected = ("its files do not match the digest" if planted == "every-format"
-                else "was not made by this user on this machine")
+    expected = (
+        "its files do not match the digest"
+        if planted == "every-format"
+        else "was not made by this user on this machine"
+    )
     assert len(failed) == 1 and ("is not a valid ONNX model" in failed[0] or expected in failed[0]), out
     assert expected in out
 
@@ -347,8 +409,12 @@ def test_program_made_elsewhere_loads_only_when_trusted(every_format, tmp_path, 
     monkeypatch.setenv(KEY_ENV, str(tmp_path / "another-key"))
     program = variants["torch-export-int8"]
     before = snapshot(root)
-    refused(command("profile-run", program, root, data_dir), capsys, f"variant {program.id}: this torch-export-int8 "
-            "program was not made by this user on this machine", "pass --trust-artifacts")
+    refused(
+        command("profile-run", program, root, data_dir),
+        capsys,
+        f"variant {program.id}: this torch-export-int8 program was not made by this user on this machine",
+        "pass --trust-artifacts",
+    )
     assert snapshot(root) == before
     assert command("profile-run", variants["torch-state"], root, data_dir)() == 0
     isolated = ["run", "--quick", "--backends", "torch-cpu", "--batch-sizes", "4", "--variant", program.id]

@@ -5,6 +5,7 @@ Cases: checkpoints that are cut short, keyed by integers, sparse, meta, non-fini
 user architectures that are built-ins, take anything, fail to import or take no arguments; an ONNX model with an
 operator of a custom domain; invalid choices at the parser; non-finite hyperparameters; a one-class image folder.
 """
+
 import contextlib
 import io
 import os
@@ -43,7 +44,7 @@ def _zip_declaring_huge_entry(path: Path) -> None:
     at = data.find(b"PK\x01\x02")
     while at != -1:
         name_len = struct.unpack_from("<H", data, at + 28)[0]
-        if data[at + 46:at + 46 + name_len].decode() == entry.filename:
+        if data[at + 46 : at + 46 + name_len].decode() == entry.filename:
             struct.pack_into("<II", data, at + 20, 0xFFFFFFF0, 0xFFFFFFF0)
         at = data.find(b"PK\x01\x02", at + 4)
     path.write_bytes(bytes(data))
@@ -88,7 +89,7 @@ def _hostile_checkpoint(kind: str, tmp_path: Path) -> tuple[Path, tuple[str, ...
         return path, ("does not fit this model", "dtype mismatch", "0.weight torch.complex64 vs torch.float32")
     if kind == "huge-sparse-file":  # 64 GiB of holes: read into memory, it would exhaust it
         torch.save(state, path, _use_new_zipfile_serialization=False)
-        os.truncate(path, 64 * 1024 ** 3)
+        os.truncate(path, 64 * 1024**3)
         return path, ("68,719,476,736 bytes, over the", "it is not read")
     if kind == "zip-entry-declares-huge":
         _zip_declaring_huge_entry(path)
@@ -96,8 +97,19 @@ def _hostile_checkpoint(kind: str, tmp_path: Path) -> tuple[Path, tuple[str, ...
     raise AssertionError(kind)
 
 
-CHECKPOINT_KINDS = ["legacy-truncated", "legacy-truncated-data", "integer-keys", "mixed-keys", "sparse", "meta",
-                    "nan", "inf", "complex", "huge-sparse-file", "zip-entry-declares-huge"]
+CHECKPOINT_KINDS = [
+    "legacy-truncated",
+    "legacy-truncated-data",
+    "integer-keys",
+    "mixed-keys",
+    "sparse",
+    "meta",
+    "nan",
+    "inf",
+    "complex",
+    "huge-sparse-file",
+    "zip-entry-declares-huge",
+]
 
 
 @pytest.mark.parametrize("kind", CHECKPOINT_KINDS)
@@ -107,8 +119,11 @@ def test_hostile_checkpoint_is_one_line_everywhere(command, kind, trained_worksp
     path, expected = _hostile_checkpoint(kind, tmp_path)
     before = snapshot(ws.root)
     main, argv = COMMANDS[command]
-    refused(lambda: main(argv + ["--checkpoint", str(path), "--workspace", str(ws.root), "--data-dir", str(data_dir)]),
-            capsys, *expected)
+    refused(
+        lambda: main(argv + ["--checkpoint", str(path), "--workspace", str(ws.root), "--data-dir", str(data_dir)]),
+        capsys,
+        *expected,
+    )
     assert snapshot(ws.root) == before
     assert not [v for v in ws.variants() if v.stage == "import"], "the weights were imported"
 
@@ -118,9 +133,26 @@ def test_hostile_pretrained_weights_are_one_line(kind, trained_workspace, tmp_pa
     ws, _, data_dir = trained_workspace
     path, expected = _hostile_checkpoint(kind, tmp_path)
     before = snapshot(ws.root)
-    refused(lambda: train_cli.main(["--model", "resnet18", "--dataset", "fashion-mnist", "--epochs", "1",
-                                    "--pretrained", str(path), "--workspace", str(ws.root),
-                                    "--data-dir", str(data_dir)]), capsys, expected[0])
+    refused(
+        lambda: train_cli.main(
+            [
+                "--model",
+                "resnet18",
+                "--dataset",
+                "fashion-mnist",
+                "--epochs",
+                "1",
+                "--pretrained",
+                str(path),
+                "--workspace",
+                str(ws.root),
+                "--data-dir",
+                str(data_dir),
+            ]
+        ),
+        capsys,
+        expected[0],
+    )
     assert snapshot(ws.root) == before
 
 
@@ -141,13 +173,29 @@ def test_hostile_checkpoint_in_a_real_process(kind, trained_workspace, tmp_path)
     ws, _, data_dir = trained_workspace
     path, expected = _hostile_checkpoint(kind, tmp_path)
     before = snapshot(ws.root)
-    r = subprocess.run([sys.executable, "-c", CHILD, "train", *TRAIN, "--checkpoint", str(path),
-                        "--workspace", str(ws.root), "--data-dir", str(data_dir)],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            "train",
+            *TRAIN,
+            "--checkpoint",
+            str(path),
+            "--workspace",
+            str(ws.root),
+            "--data-dir",
+            str(data_dir),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     assert all(text in r.stderr for text in expected), r.stderr
-    assert int(r.stdout.split()[-1]) < 2 * 1024 ** 2  # KiB: under 2 GiB
+    assert int(r.stdout.split()[-1]) < 2 * 1024**2  # KiB: under 2 GiB
     assert snapshot(ws.root) == before
 
 
@@ -200,8 +248,9 @@ def calls_recorded(*functions):
 
 @pytest.mark.parametrize("arch", USER_ARCHS)
 @pytest.mark.parametrize("command", ["train", "profile-run"])
-def test_hostile_user_architecture_is_one_line_and_never_called(arch, command, trained_workspace, tmp_path, capsys,
-                                                                  monkeypatch):
+def test_hostile_user_architecture_is_one_line_and_never_called(
+    arch, command, trained_workspace, tmp_path, capsys, monkeypatch
+):
     ws, _, data_dir = trained_workspace
     for name, code in USER_MODULES.items():
         (tmp_path / f"{name}.py").write_text(code)
@@ -229,49 +278,109 @@ def test_onnx_custom_op_domain_is_one_line(trained_workspace, capsys):
     ws, trained, data_dir = trained_workspace
 
     def write(d: Path) -> None:
-        torch.onnx.export(create_model("lenet", 10, 1, 28).eval(), (torch.zeros(2, 1, 28, 28),), str(d / "model.onnx"),
-                          dynamo=False, input_names=["input"], output_names=["logits"], opset_version=17,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            create_model("lenet", 10, 1, 28).eval(),
+            (torch.zeros(2, 1, 28, 28),),
+            str(d / "model.onnx"),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
         model = onnx.load(str(d / "model.onnx"))
         last = model.graph.node[-1]
         last.output[0] = "raw_logits"  # the logits now pass through the custom operator
-        model.graph.node.append(helper.make_node("FancyIdentity", ["raw_logits"], ["logits"],
-                                                 domain="com.example.custom"))
+        model.graph.node.append(
+            helper.make_node("FancyIdentity", ["raw_logits"], ["logits"], domain="com.example.custom")
+        )
         model.opset_import.append(helper.make_opsetid("com.example.custom", 1))
         onnx.save(model, str(d / "model.onnx"))
 
-    variant, _ = ws.create_variant(model="lenet", dataset="fashion-mnist", stage="export", parent=trained, fmt="onnx",
-                                   config=dict(model_keys(trained), opset=17, dynamic=True, custom_op=True),
-                                   write=write)
+    variant, _ = ws.create_variant(
+        model="lenet",
+        dataset="fashion-mnist",
+        stage="export",
+        parent=trained,
+        fmt="onnx",
+        config=dict(model_keys(trained), opset=17, dynamic=True, custom_op=True),
+        write=write,
+    )
     before = snapshot(ws.root)
-    refused(lambda: optimize_cli.main(["quantize", "--model", "lenet", "--method", "int8-ort", "--variant",
-                                       variant.id, "--calib-size", "8", "--workspace", str(ws.root),
-                                       "--data-dir", str(data_dir)]),
-            capsys, "int8-ort cannot quantize", "ONNX Runtime refuses it", "com.example.custom:FancyIdentity")
+    refused(
+        lambda: optimize_cli.main(
+            [
+                "quantize",
+                "--model",
+                "lenet",
+                "--method",
+                "int8-ort",
+                "--variant",
+                variant.id,
+                "--calib-size",
+                "8",
+                "--workspace",
+                str(ws.root),
+                "--data-dir",
+                str(data_dir),
+            ]
+        ),
+        capsys,
+        "int8-ort cannot quantize",
+        "ONNX Runtime refuses it",
+        "com.example.custom:FancyIdentity",
+    )
     assert snapshot(ws.root) == before
 
 
 # -- invalid choices at the parser: one line, not the usage block -----------------------------------------------------
 PARSER_ERRORS = {
-    "quantize-method": (optimize_cli.main, ["quantize", "--model", "lenet", "--method", "int9"],
-                        "optimize quantize: error: argument --method: invalid choice: 'int9' (choose from 'int8-pt2e'"),
-    "calib-method": (optimize_cli.main, ["quantize", "--model", "lenet", "--calib-method", "median"],
-                     "optimize quantize: error: argument --calib-method: invalid choice: 'median'"),
-    "prune-no-ratio": (optimize_cli.main, ["prune", "--model", "lenet"],
-                       "optimize prune: error: the following arguments are required: --ratio"),
-    "optimize-subcommand": (optimize_cli.main, ["shrink"],
-                            "optimize: error: argument {quantize,prune,export,all}: invalid choice: 'shrink'"),
-    "train-optimizer": (train_cli.main, TRAIN + ["--optimizer", "adam"],
-                        "train: error: argument --optimizer: invalid choice: 'adam' (choose from 'sgd', 'adamw')"),
-    "train-epochs-not-int": (train_cli.main, TRAIN + ["--epochs", "two"],
-                             "train: error: argument --epochs: invalid int value: 'two'"),
-    "compare-format": (profile_cli.main, ["compare", "--format", "xml"],
-                       "profile compare: error: argument --format: invalid choice: 'xml'"),
-    "profile-batch-sizes": (profile_cli.main, ["run", "--batch-sizes", "1,x"],
-                            "profile run: error: argument --batch-sizes: expected comma-separated integers"),
+    "quantize-method": (
+        optimize_cli.main,
+        ["quantize", "--model", "lenet", "--method", "int9"],
+        "optimize quantize: error: argument --method: invalid choice: 'int9' (choose from 'int8-pt2e'",
+    ),
+    "calib-method": (
+        optimize_cli.main,
+        ["quantize", "--model", "lenet", "--calib-method", "median"],
+        "optimize quantize: error: argument --calib-method: invalid choice: 'median'",
+    ),
+    "prune-no-ratio": (
+        optimize_cli.main,
+        ["prune", "--model", "lenet"],
+        "optimize prune: error: the following arguments are required: --ratio",
+    ),
+    "optimize-subcommand": (
+        optimize_cli.main,
+        ["shrink"],
+        "optimize: error: argument {quantize,prune,export,all}: invalid choice: 'shrink'",
+    ),
+    "train-optimizer": (
+        train_cli.main,
+        TRAIN + ["--optimizer", "adam"],
+        "train: error: argument --optimizer: invalid choice: 'adam' (choose from 'sgd', 'adamw')",
+    ),
+    "train-epochs-not-int": (
+        train_cli.main,
+        TRAIN + ["--epochs", "two"],
+        "train: error: argument --epochs: invalid int value: 'two'",
+    ),
+    "compare-format": (
+        profile_cli.main,
+        ["compare", "--format", "xml"],
+        "profile compare: error: argument --format: invalid choice: 'xml'",
+    ),
+    "profile-batch-sizes": (
+        profile_cli.main,
+        ["run", "--batch-sizes", "1,x"],
+        "profile run: error: argument --batch-sizes: expected comma-separated integers",
+    ),
     "deploybench-command": (main_cli.main, ["pipelines"], "deploybench: error: argument command: invalid choice"),
-    "deploybench-routed": (main_cli.main, ["optimize", "quantize", "--model", "lenet", "--method", "int9"],
-                           "optimize quantize: error: argument --method: invalid choice"),
+    "deploybench-routed": (
+        main_cli.main,
+        ["optimize", "quantize", "--model", "lenet", "--method", "int9"],
+        "optimize quantize: error: argument --method: invalid choice",
+    ),
 }
 
 
@@ -289,21 +398,27 @@ def test_parser_errors_are_one_line(case, trained_workspace, capsys):
 
 
 # -- hyperparameters that train garbage -------------------------------------------------------------------------------
-@pytest.mark.parametrize("option,value,expected", [
-    ("--lr", "inf", "--lr must be above 0 and finite, got inf"),
-    ("--lr", "nan", "--lr must be above 0 and finite, got nan"),
-    ("--lr=-inf", None, "--lr must be above 0 and finite, got -inf"),
-    ("--weight-decay", "nan", "--weight-decay must be 0 or more and finite, got nan"),
-    ("--weight-decay", "inf", "--weight-decay must be 0 or more and finite, got inf"),
-    ("--label-smoothing", "nan", "--label-smoothing must be in [0, 1), got nan"),
-    ("--label-smoothing", "1", "--label-smoothing must be in [0, 1), got 1.0"),
-])
+@pytest.mark.parametrize(
+    "option,value,expected",
+    [
+        ("--lr", "inf", "--lr must be above 0 and finite, got inf"),
+        ("--lr", "nan", "--lr must be above 0 and finite, got nan"),
+        ("--lr=-inf", None, "--lr must be above 0 and finite, got -inf"),
+        ("--weight-decay", "nan", "--weight-decay must be 0 or more and finite, got nan"),
+        ("--weight-decay", "inf", "--weight-decay must be 0 or more and finite, got inf"),
+        ("--label-smoothing", "nan", "--label-smoothing must be in [0, 1), got nan"),
+        ("--label-smoothing", "1", "--label-smoothing must be in [0, 1), got 1.0"),
+    ],
+)
 def test_non_finite_hyperparameters_are_refused(option, value, expected, trained_workspace, capsys):
     ws, _, data_dir = trained_workspace
     before = snapshot(ws.root)
     option = [option] if value is None else [option, value]
-    refused(lambda: train_cli.main(TRAIN + option + ["--workspace", str(ws.root), "--data-dir", str(data_dir)]),
-            capsys, expected)
+    refused(
+        lambda: train_cli.main(TRAIN + option + ["--workspace", str(ws.root), "--data-dir", str(data_dir)]),
+        capsys,
+        expected,
+    )
     assert snapshot(ws.root) == before
 
 
@@ -321,11 +436,14 @@ def _image_folder(root: Path, classes: dict[str, int], splits=("train", "test"))
     return root
 
 
-@pytest.mark.parametrize("layout,expected", [
-    ("train-test", "has 1 class (cats); a classifier needs at least two"),
-    ("pool", "has 1 class (cats); a classifier needs at least two"),
-    ("second-class-empty", "has 1 class (cats); a classifier needs at least two"),
-])
+@pytest.mark.parametrize(
+    "layout,expected",
+    [
+        ("train-test", "has 1 class (cats); a classifier needs at least two"),
+        ("pool", "has 1 class (cats); a classifier needs at least two"),
+        ("second-class-empty", "has 1 class (cats); a classifier needs at least two"),
+    ],
+)
 def test_one_class_image_folder_is_refused(layout, expected, trained_workspace, tmp_path, capsys):
     ws, _, data_dir = trained_workspace
     if layout == "train-test":
@@ -335,6 +453,22 @@ def test_one_class_image_folder_is_refused(layout, expected, trained_workspace, 
     else:
         folder = _image_folder(tmp_path / "pets", {"cats": 4, "dogs": 0})
     before = snapshot(ws.root)
-    refused(lambda: train_cli.main(["--model", "lenet", "--dataset", f"imagefolder:{folder}", "--epochs", "1",
-                                    "--workspace", str(ws.root), "--data-dir", str(data_dir)]), capsys, expected)
+    refused(
+        lambda: train_cli.main(
+            [
+                "--model",
+                "lenet",
+                "--dataset",
+                f"imagefolder:{folder}",
+                "--epochs",
+                "1",
+                "--workspace",
+                str(ws.root),
+                "--data-dir",
+                str(data_dir),
+            ]
+        ),
+        capsys,
+        expected,
+    )
     assert snapshot(ws.root) == before

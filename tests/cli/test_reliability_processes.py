@@ -1,6 +1,7 @@
 """Reliability of `profile run`'s processes and refusals: a measuring child dies with its parent (even one killed
 with SIGKILL), a child left by another run is reported, and a refused run writes nothing (every check that can
 refuse comes before the first write to the store)."""
+
 import json
 import os
 import re
@@ -16,17 +17,26 @@ from test_reliability import refused, snapshot
 from deploybench.cli import profile_cmd as profile_cli
 
 WORKER = "deploybench.profile.worker"
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux") or not Path("/proc/self/cmdline").exists(),
-                                reason="parent-death signal and /proc are Linux's")
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not Path("/proc/self/cmdline").exists(),
+    reason="parent-death signal and /proc are Linux's",
+)
 
 
 def _store_ceiling(ws, threads: int = 1) -> None:
     """A stored CPU ceiling, so that the run times no GEMM before it starts its children."""
     from deploybench.profile import machine
 
-    ws.set_machine(machine.peak_key("cpu", threads),
-                   {"float32": 1e12, "by_runtime": {"float32": {"onnxruntime": 1e12}}, "method": machine.PEAK_METHOD,
-                    "hardware": machine._hardware("cpu"), "threads": threads})
+    ws.set_machine(
+        machine.peak_key("cpu", threads),
+        {
+            "float32": 1e12,
+            "by_runtime": {"float32": {"onnxruntime": 1e12}},
+            "method": machine.PEAK_METHOD,
+            "hardware": machine._hardware("cpu"),
+            "threads": threads,
+        },
+    )
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -79,10 +89,30 @@ def test_a_child_dies_with_its_parent_killed_by_sigkill(trained_workspace, tmp_p
     burning a core until its full-protocol measurement ends."""
     ws, trained, data_dir = trained_workspace
     _store_ceiling(ws)
-    parent = subprocess.Popen([sys.executable, "-c", RUN_CLI, "profile", "run", "--variant", trained.id, "--backends",
-                               "torch-cpu", "--batch-sizes", "64", "--threads", "1", "--workspace", str(ws.root),
-                               "--data-dir", str(data_dir)], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            RUN_CLI,
+            "profile",
+            "run",
+            "--variant",
+            trained.id,
+            "--backends",
+            "torch-cpu",
+            "--batch-sizes",
+            "64",
+            "--threads",
+            "1",
+            "--workspace",
+            str(ws.root),
+            "--data-dir",
+            str(data_dir),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     workers = []
     try:
         workers = _wait_for(lambda: _workers_of(parent.pid) or parent.poll() is not None, 180)
@@ -140,14 +170,22 @@ def test_the_hook_is_none_where_there_is_no_parent_death_signal(monkeypatch):
 def _fake_worker(tmp_path: Path, name: str) -> subprocess.Popen:
     """A sleeping process whose command line reads like a profiling worker's."""
     job = tmp_path / f"{name}.json"
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", WORKER, str(job),
-                             str(tmp_path / f"{name}-result.json")])
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(60)",
+            "-m",
+            WORKER,
+            str(job),
+            str(tmp_path / f"{name}-result.json"),
+        ]
+    )
 
 
 @linux_only
 @pytest.mark.timeout(120)
-def test_running_workers_of_other_runs_are_reported_in_one_warning_and_dead_ones_forgotten(trained_workspace,
-                                                                                          tmp_path):
+def test_running_workers_of_other_runs_are_reported_in_one_warning_and_dead_ones_forgotten(trained_workspace, tmp_path):
     from deploybench.profile import runner
 
     ws, trained, data_dir = trained_workspace
@@ -162,8 +200,17 @@ def test_running_workers_of_other_runs_are_reported_in_one_warning_and_dead_ones
         impostor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a reused pid
         runner._record_worker(ws.root, impostor.pid, orphan.args, parent=gone.pid)
         lines = []
-        runner.profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
-                                data_dir=data_dir, isolate=False, log=lines.append)
+        runner.profile_variants(
+            ws,
+            [trained],
+            ["torch-cpu"],
+            batch_sizes=(2,),
+            threads=1,
+            quick=True,
+            data_dir=data_dir,
+            isolate=False,
+            log=lines.append,
+        )
         (warning,) = [line for line in lines if "profiling process" in line]
         assert warning.startswith("warning: ") and "\n" not in warning
         assert f"pid {orphan.pid} (its run is gone: `kill {orphan.pid}` stops it)" in warning
@@ -183,8 +230,17 @@ def test_a_measured_child_leaves_no_pid_file_and_no_folder(trained_workspace):
 
     ws, trained, data_dir = trained_workspace
     _store_ceiling(ws)
-    (row,) = runner.profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
-                                     data_dir=data_dir, isolate=True, log=lambda _: None)
+    (row,) = runner.profile_variants(
+        ws,
+        [trained],
+        ["torch-cpu"],
+        batch_sizes=(2,),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=True,
+        log=lambda _: None,
+    )
     assert row["metrics"]["memory_isolated"] is True and "skipped" not in row["metrics"]
     assert not (ws.root / runner.WORKERS_DIR).exists()
 
@@ -205,10 +261,19 @@ def test_a_child_past_its_time_limit_is_stopped_with_its_whole_group(trained_wor
 
     monkeypatch.setattr(runner.subprocess, "Popen", popen)
     monkeypatch.setattr(runner, "CHILD_TIMEOUT_S", 0.5)
-    (row,) = runner.profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
-                                     data_dir=data_dir, isolate=True, log=lambda _: None)
+    (row,) = runner.profile_variants(
+        ws,
+        [trained],
+        ["torch-cpu"],
+        batch_sizes=(2,),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=True,
+        log=lambda _: None,
+    )
     assert "ran past its 0.5 s limit" in row["metrics"]["skipped"]
-    (proc, kw), = started
+    ((proc, kw),) = started
     assert kw.get("start_new_session") is True
     assert proc.returncode == -signal.SIGKILL
     with pytest.raises(ProcessLookupError):
@@ -238,8 +303,13 @@ def test_a_refused_run_leaves_the_stored_metrics_as_they_were(trained_workspace,
     ws, trained, data_dir = trained_workspace
     expected = _spoil(trained, how)
     before = snapshot(ws.root)
-    refused(lambda: profile_cli.main(RUN + ["--variant", trained.id, "--workspace", str(ws.root),
-                                            "--data-dir", str(data_dir)]), capsys, expected)
+    refused(
+        lambda: profile_cli.main(
+            RUN + ["--variant", trained.id, "--workspace", str(ws.root), "--data-dir", str(data_dir)]
+        ),
+        capsys,
+        expected,
+    )
     assert snapshot(ws.root) == before
     assert ws.get_variant(trained.id).metrics == trained.metrics
 
@@ -250,9 +320,30 @@ def test_a_spoiled_variant_is_refused_before_any_other_is_measured(onnx_workspac
     ws, trained, onnx_variant, data_dir = onnx_workspace
     expected = _spoil(trained, "truncated")
     before = snapshot(ws.root)
-    refused(lambda: profile_cli.main(["run", "--quick", "--backends", "torch-cpu,ort-cpu", "--batch-sizes", "4",
-                                      "--threads", "1", "--variant", onnx_variant.id, "--variant", trained.id,
-                                      "--workspace", str(ws.root), "--data-dir", str(data_dir)]), capsys, expected)
+    refused(
+        lambda: profile_cli.main(
+            [
+                "run",
+                "--quick",
+                "--backends",
+                "torch-cpu,ort-cpu",
+                "--batch-sizes",
+                "4",
+                "--threads",
+                "1",
+                "--variant",
+                onnx_variant.id,
+                "--variant",
+                trained.id,
+                "--workspace",
+                str(ws.root),
+                "--data-dir",
+                str(data_dir),
+            ]
+        ),
+        capsys,
+        expected,
+    )
     assert snapshot(ws.root) == before
 
 
@@ -263,8 +354,13 @@ def test_every_file_a_variant_lists_must_be_there(onnx_workspace, which, name, c
     assert name in variant.files
     (variant.path / name).unlink()
     before = snapshot(ws.root)
-    refused(lambda: profile_cli.main(RUN + ["--variant", variant.id, "--in-process", "--workspace", str(ws.root),
-                                            "--data-dir", str(data_dir)]), capsys, f"{variant.path / name} is missing")
+    refused(
+        lambda: profile_cli.main(
+            RUN + ["--variant", variant.id, "--in-process", "--workspace", str(ws.root), "--data-dir", str(data_dir)]
+        ),
+        capsys,
+        f"{variant.path / name} is missing",
+    )
     assert snapshot(ws.root) == before
 
 

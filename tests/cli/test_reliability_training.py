@@ -1,6 +1,7 @@
 """Training that cannot go well stops before it writes, or stores nothing: a user architecture whose forward
 raises (or returns the wrong shape) is one `error:` line before any run folder or record exists, and a run whose
 loss becomes NaN or infinite stops with one line and stores no variant."""
+
 from test_reliability import refused, snapshot
 
 from deploybench.cli import train as train_cli
@@ -20,8 +21,21 @@ BROKEN = (
 
 
 def _train(ws_root, data_dir, *argv):
-    return lambda: train_cli.main(["--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "16",
-                                   "--workspace", str(ws_root), "--data-dir", str(data_dir), *argv])
+    return lambda: train_cli.main(
+        [
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--workspace",
+            str(ws_root),
+            "--data-dir",
+            str(data_dir),
+            *argv,
+        ]
+    )
 
 
 def test_a_forward_that_raises_is_one_line_before_any_run_folder(trained_workspace, tmp_path, capsys, monkeypatch):
@@ -29,10 +43,16 @@ def test_a_forward_that_raises_is_one_line_before_any_run_folder(trained_workspa
     (tmp_path / "broken_nets.py").write_text(BROKEN)
     monkeypatch.syspath_prepend(str(tmp_path))
     before = snapshot(ws.root)
-    refused(_train(ws.root, data_dir, "--model", "broken_nets:Raises"), capsys,
-            "broken_nets:Raises: a forward pass on a batch of fashion-mnist images (2, 1, 28, 28) failed: RuntimeError")
-    refused(_train(ws.root, data_dir, "--model", "broken_nets:WrongShape"), capsys,
-            "returns (2, 1, 28, 3) for a batch of 2, not (2, 10) logits")
+    refused(
+        _train(ws.root, data_dir, "--model", "broken_nets:Raises"),
+        capsys,
+        "broken_nets:Raises: a forward pass on a batch of fashion-mnist images (2, 1, 28, 28) failed: RuntimeError",
+    )
+    refused(
+        _train(ws.root, data_dir, "--model", "broken_nets:WrongShape"),
+        capsys,
+        "returns (2, 1, 28, 3) for a batch of 2, not (2, 10) logits",
+    )
     assert snapshot(ws.root) == before
     assert not (ws.root / "runs" / "broken_nets:Raises").exists()
 
@@ -40,8 +60,13 @@ def test_a_forward_that_raises_is_one_line_before_any_run_folder(trained_workspa
 def test_a_run_whose_loss_diverges_stops_in_one_line_and_stores_no_variant(trained_workspace, capsys):
     ws, _, data_dir = trained_workspace
     variants = {v.id for v in ws.variants()}
-    refused(_train(ws.root, data_dir, "--model", "lenet", "--lr", "1e30", "--seed", "3"), capsys,
-            "training diverged: the loss became", "no variant is stored", code=2)
+    refused(
+        _train(ws.root, data_dir, "--model", "lenet", "--lr", "1e30", "--seed", "3"),
+        capsys,
+        "training diverged: the loss became",
+        "no variant is stored",
+        code=2,
+    )
     reopened = Workspace(ws.root, create=False)
     assert {v.id for v in reopened.variants()} == variants
     run = reopened.training_runs()[-1]
@@ -54,11 +79,15 @@ def test_two_identical_trainings_at_once_make_one_variant(tmp_path, tiny_fashion
     import sys
 
     ws_root = tmp_path / "ws"
-    code = ("import sys; from deploybench.cli.train import main; sys.exit(main(['--model', 'lenet', '--dataset', "
-            f"'fashion-mnist', '--epochs', '1', '--batch-size', '16', '--workspace', {str(ws_root)!r}, "
-            f"'--data-dir', {str(tiny_fashion_mnist)!r}]))")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    code = (
+        "import sys; from deploybench.cli.train import main; sys.exit(main(['--model', 'lenet', '--dataset', "
+        f"'fashion-mnist', '--epochs', '1', '--batch-size', '16', '--workspace', {str(ws_root)!r}, "
+        f"'--data-dir', {str(tiny_fashion_mnist)!r}]))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     assert all("Traceback" not in out + err for out, err in outs)

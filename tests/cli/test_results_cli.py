@@ -1,4 +1,5 @@
 """`deploybench profile results`: one Markdown file per machine in the store, named by its machine slug."""
+
 import pytest
 
 from deploybench.cli.main import main
@@ -7,16 +8,31 @@ from deploybench.platform import cpu_model, fingerprint, machine_slug
 LIBRARIES = {"torch": "2.9.0", "onnxruntime": "1.23.0"}
 # A machine whose stored environment names its kernel flags, one that names none (another CPU model than this
 # one, so this machine's flags must not be taken) and this machine (stored without flags: its own are taken).
-OTHER = dict(cpu_model="Other Vendor CPU 9000", cpu_flags=["avx2", "avx512f", "avx512_vnni", "fma"],
-             gpu="NVIDIA H100 80GB HBM3")
+OTHER = dict(
+    cpu_model="Other Vendor CPU 9000", cpu_flags=["avx2", "avx512f", "avx512_vnni", "fma"], gpu="NVIDIA H100 80GB HBM3"
+)
 OLD = dict(cpu_model="Old CPU", gpu=None)
 
 
 def _metrics(p50):
-    return dict(accuracy_top1=0.9108, accuracy_top5=0.99, test_images=20, params=61_706, macs=416_520,
-                flops=833_040, size_bytes=250_000, latency_ms_p50=p50, latency_ms_p90=p50 * 1.1,
-                latency_ms_p99=p50 * 1.3, latency_ms_ci95=[p50 * 0.98, p50 * 1.02], throughput_per_s=1000 / p50,
-                peak_mem_bytes=5_242_880, pct_of_peak=38.3, stable=True, runs=50)
+    return dict(
+        accuracy_top1=0.9108,
+        accuracy_top5=0.99,
+        test_images=20,
+        params=61_706,
+        macs=416_520,
+        flops=833_040,
+        size_bytes=250_000,
+        latency_ms_p50=p50,
+        latency_ms_p90=p50 * 1.1,
+        latency_ms_p99=p50 * 1.3,
+        latency_ms_ci95=[p50 * 0.98, p50 * 1.02],
+        throughput_per_s=1000 / p50,
+        peak_mem_bytes=5_242_880,
+        pct_of_peak=38.3,
+        stable=True,
+        runs=50,
+    )
 
 
 @pytest.fixture
@@ -26,10 +42,27 @@ def three_machines(trained_workspace):
     here = dict(cpu_model=cpu_model(), gpu=None)
     rows, p50s = [], {}
     for machine, p50 in ((here, 3.141), (OTHER, 0.123), (OLD, 7.777)):
-        env = dict(machine, physical_cores=4, cpu_count=8, threads=2, python="3.11.7", platform="Linux x86_64",
-                   libraries=LIBRARIES, commit="abc123def")
-        rows.append(dict(variant_id=trained.id, backend="torch-cpu", device="cpu", batch_size=1, threads=2,
-                         metrics=_metrics(p50), environment=env))
+        env = dict(
+            machine,
+            physical_cores=4,
+            cpu_count=8,
+            threads=2,
+            python="3.11.7",
+            platform="Linux x86_64",
+            libraries=LIBRARIES,
+            commit="abc123def",
+        )
+        rows.append(
+            dict(
+                variant_id=trained.id,
+                backend="torch-cpu",
+                device="cpu",
+                batch_size=1,
+                threads=2,
+                metrics=_metrics(p50),
+                environment=env,
+            )
+        )
         flags = machine.get("cpu_flags", fingerprint()["cpu_flags"] if machine is here else [])
         p50s[machine_slug(dict(machine, cpu_flags=flags))] = p50
     rows.append(dict(rows[0], backend="ort-cpu", metrics={"skipped": "ort-cpu runs ONNX variants only"}))
@@ -48,31 +81,40 @@ def test_results_writes_one_file_per_machine(three_machines, tmp_path, capsys):
         text = (out / f"{slug}.md").read_text()
         lines = text.splitlines()
         assert lines[0] == f"# deploybench results: {slug}"
-        for needle in ["- **CPU**: ", "- **Cores**: 4 physical, 8 logical; threads used: 2", "torch 2.9.0",
-                       "onnxruntime 1.23.0", "- **Commit**: abc123def",
-                       f"`deploybench profile results --workspace {ws.root} --out {out}`",
-                       "## fashion-mnist", "### torch-cpu, batch 1", "| Model | Chain | Threads | Top-1 % |",
-                       "| 91.08 |", "| 38.3 | 5.0 MB |", "- most accurate: lenet train"]:
+        for needle in [
+            "- **CPU**: ",
+            "- **Cores**: 4 physical, 8 logical; threads used: 2",
+            "torch 2.9.0",
+            "onnxruntime 1.23.0",
+            "- **Commit**: abc123def",
+            f"`deploybench profile results --workspace {ws.root} --out {out}`",
+            "## fashion-mnist",
+            "### torch-cpu, batch 1",
+            "| Model | Chain | Threads | Top-1 % |",
+            "| 91.08 |",
+            "| 38.3 | 5.0 MB |",
+            "- most accurate: lenet train",
+        ]:
             assert needle in text, (slug, needle)
         # Never another machine's numbers in this machine's table.
         assert [f"{other:.3f}" in text for other in p50s.values()] == [other == p50 for other in p50s.values()]
     other = (out / "other-vendor-9000-avx512-vnni-nvidia-h100-80gb.md").read_text()
     assert "Other Vendor CPU 9000; kernel flags: avx2, avx512_vnni, avx512f, fma" in other
     assert "- **GPU**: NVIDIA H100 80GB HBM3" in other and "ort-cpu runs ONNX variants only" not in other
-    mine = (out / f"{machine_slug(dict(cpu_model=cpu_model(), cpu_flags=fingerprint()['cpu_flags']))}.md")
+    mine = out / f"{machine_slug(dict(cpu_model=cpu_model(), cpu_flags=fingerprint()['cpu_flags']))}.md"
     assert "Skipped:" in mine.read_text() and "ort-cpu runs ONNX variants only" in mine.read_text()
 
 
-def test_rerunning_replaces_the_files_and_the_default_folder_is_docs_results(three_machines, tmp_path,
-                                                                          monkeypatch, capsys):
+def test_rerunning_replaces_the_files_and_the_default_folder_is_docs_results(
+    three_machines, tmp_path, monkeypatch, capsys
+):
     ws, p50s = three_machines
     monkeypatch.chdir(tmp_path)
     assert main(["profile", "results", "--workspace", str(ws.root)]) == 0
     folder = tmp_path / "docs" / "results"
     first = {p.name: p.read_text() for p in folder.iterdir()}
     assert sorted(first) == sorted(f"{slug}.md" for slug in p50s)
-    assert all(f"`deploybench profile results --workspace {ws.root}` (replaces this file)" in t
-               for t in first.values())
+    assert all(f"`deploybench profile results --workspace {ws.root}` (replaces this file)" in t for t in first.values())
     assert main(["profile", "results", "--workspace", str(ws.root)]) == 0
     assert {p.name: p.read_text() for p in folder.iterdir()} == first  # no dates: the same store, the same files
 

@@ -1,5 +1,6 @@
 """`deploybench search` from the command line: SIGTERM ends a trial cleanly and the same command continues the study
 (a real subprocess), and every bad input is one `error:` line, a non-zero exit and the workspace unchanged."""
+
 import argparse
 import hashlib
 import signal
@@ -19,15 +20,35 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def _argv(ws, data_dir, *extra: str) -> list[str]:
-    return ["--workspace", str(ws.root), "--data-dir", str(data_dir), "--model", "lenet", "--dataset",
-            "fashion-mnist", "--backend", "ort-cpu", "--budget", "100", "--quick", "--screen-fraction", "0.5",
-            "--screen-val-images", "3", *extra]
+    return [
+        "--workspace",
+        str(ws.root),
+        "--data-dir",
+        str(data_dir),
+        "--model",
+        "lenet",
+        "--dataset",
+        "fashion-mnist",
+        "--backend",
+        "ort-cpu",
+        "--budget",
+        "100",
+        "--quick",
+        "--screen-fraction",
+        "0.5",
+        "--screen-val-images",
+        "3",
+        *extra,
+    ]
 
 
 def snapshot(root: Path) -> dict:
     """Every file's sha256 (databases aside) and every row of deploybench.db's tables."""
-    files = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(("deploybench.db", "studies"))}
+    files = {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(("deploybench.db", "studies"))
+    }
     con = sqlite3.connect(root / "deploybench.db")
     tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
     rows = {t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
@@ -66,7 +87,7 @@ def test_sigterm_ends_a_trial_and_the_same_command_continues(trained_workspace):
     assert sum(t.state in FINISHED for t in after) == 4
     for n, t in before.items():  # what finished is kept as it was, never run again
         assert (after[n].state, after[n].params, after[n].values) == (t.state, t.params, t.values)
-    new = after[len(before):]
+    new = after[len(before) :]
     assert new and all(t.number > max(before) for t in new)
     for t in interrupted:  # an interrupted recipe is made once more, by one later trial
         assert [r.number for r in new if r.user_attrs.get("retry_of") == t.number and r.params == t.params]
@@ -82,16 +103,19 @@ def refused(argv: list[str], capsys, *expected: str) -> str:
     return err
 
 
-@pytest.mark.parametrize("extra,expected", [
-    (["--storage", "not a url"], ("is not a URL",)),
-    (["--storage", "mysql://u@h/db"], ("unsupported scheme",)),
-    (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], ("cannot reach", "***")),
-    (["--backend", "tpu"], ("unknown backend 'tpu'",)),
-    (["--budget", "-1"], ("--budget",)),
-    (["--model", "nosuch"], ("unknown model 'nosuch'",)),
-    (["--objectives", "latency"], ("--objectives",)),
-    (["--resume"], ("nothing to resume",)),
-])
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["--storage", "not a url"], ("is not a URL",)),
+        (["--storage", "mysql://u@h/db"], ("unsupported scheme",)),
+        (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], ("cannot reach", "***")),
+        (["--backend", "tpu"], ("unknown backend 'tpu'",)),
+        (["--budget", "-1"], ("--budget",)),
+        (["--model", "nosuch"], ("unknown model 'nosuch'",)),
+        (["--objectives", "latency"], ("--objectives",)),
+        (["--resume"], ("nothing to resume",)),
+    ],
+)
 def test_bad_input_is_one_error_line_and_writes_nothing(trained_workspace, capsys, extra, expected):
     ws, _, data_dir = trained_workspace
     argv = _argv(ws, data_dir)
@@ -99,7 +123,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(trained_workspace, capsy
         if extra[i] in argv and i + 1 < len(extra):
             argv[argv.index(extra[i]) + 1] = extra[i + 1]
         else:
-            argv += extra[i:i + 2]
+            argv += extra[i : i + 2]
     before = snapshot(ws.root)
     err = refused(argv, capsys, *expected)
     assert "secret" not in err

@@ -1,4 +1,5 @@
 """The `train` and `deploybench` front ends: listing, one-line errors, non-zero exits."""
+
 import json
 
 import pytest
@@ -19,30 +20,47 @@ def test_list_models_table_defaults_to_cifar10(capsys):
     assert "2,659,402" in out and "11,181,642" in out and "62,006" in out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--model", "nope", "--dataset", "cifar10"], "choose one of: custom"),
-    (["--model", "lenet", "--dataset", "mnist-3d"], "choose one of: cifar10, cifar100, fashion-mnist"),
-    (["--model", "lenet"], "needs --model and --dataset"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "nope", "--dataset", "cifar10"], "choose one of: custom"),
+        (["--model", "lenet", "--dataset", "mnist-3d"], "choose one of: cifar10, cifar100, fashion-mnist"),
+        (["--model", "lenet"], "needs --model and --dataset"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     assert train_cli.main(argv + ["--workspace", str(tmp_path / "ws"), "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("option,weights,expected", [
-    ("--checkpoint", ("simple-cnn", 10, 1, 28), ("does not fit this model", "missing")),
-    ("--pretrained", ("resnet18", 1000, 3, 224), ("model 'lenet' takes no pretrained",)),
-])
-def test_starting_weights_that_do_not_fit_are_one_line(option, weights, expected, tmp_path, tiny_fashion_mnist,
-                                                       capsys):
+@pytest.mark.parametrize(
+    "option,weights,expected",
+    [
+        ("--checkpoint", ("simple-cnn", 10, 1, 28), ("does not fit this model", "missing")),
+        ("--pretrained", ("resnet18", 1000, 3, 224), ("model 'lenet' takes no pretrained",)),
+    ],
+)
+def test_starting_weights_that_do_not_fit_are_one_line(option, weights, expected, tmp_path, tiny_fashion_mnist, capsys):
     import torch
 
     from deploybench.models import create_model
 
     torch.save(create_model(*weights).state_dict(), tmp_path / "weights.pt")
-    argv = ["--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1", "--data-dir", str(tiny_fashion_mnist),
-            "--workspace", str(tmp_path / "ws"), option, str(tmp_path / "weights.pt")]
+    argv = [
+        "--model",
+        "lenet",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(tiny_fashion_mnist),
+        "--workspace",
+        str(tmp_path / "ws"),
+        option,
+        str(tmp_path / "weights.pt"),
+    ]
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert all(text in err for text in expected) and err.count("\n") == 1, err
@@ -75,12 +93,22 @@ def test_a_user_architecture_is_known_by_its_code(tmp_path, tiny_fashion_mnist, 
     from deploybench.cli import optimize as optimize_cli
     from deploybench.store import Workspace
 
-    code = ("import torch.nn as nn\n\n\ndef net(num_classes, in_channels):\n    return nn.Sequential(nn.Conv2d("
-            "in_channels, 4, 3), nn.{act}(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))\n")
+    code = (
+        "import torch.nn as nn\n\n\ndef net(num_classes, in_channels):\n    return nn.Sequential(nn.Conv2d("
+        "in_channels, 4, 3), nn.{act}(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))\n"
+    )
     (tmp_path / "my_arch.py").write_text(code.format(act="ReLU"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    common = ["--model", "my_arch:net", "--dataset", "fashion-mnist", "--workspace", str(tmp_path / "ws"),
-              "--data-dir", str(tiny_fashion_mnist)]
+    common = [
+        "--model",
+        "my_arch:net",
+        "--dataset",
+        "fashion-mnist",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--data-dir",
+        str(tiny_fashion_mnist),
+    ]
     train = common + ["--epochs", "1", "--batch-size", "16"]
     assert train_cli.main(train) == 0 and ": trained," in capsys.readouterr().out
     assert train_cli.main(train) == 0 and "already trained" in capsys.readouterr().out
@@ -100,8 +128,10 @@ def test_a_user_architecture_is_known_by_its_code(tmp_path, tiny_fashion_mnist, 
     assert export.parent_id != first.id
     from deploybench.cli import profile_cmd
 
-    assert profile_cmd.main(["run", "--quick", "--in-process", "--backends", "torch-cpu", "--batch-sizes", "2"]
-                            + common) == 0
+    assert (
+        profile_cmd.main(["run", "--quick", "--in-process", "--backends", "torch-cpu", "--batch-sizes", "2"] + common)
+        == 0
+    )
     out = capsys.readouterr()
     assert f"[{first.id[:8]}]: not measured, the code of its user architecture changed" in out.out + out.err
     measured = {m["variant_id"] for m in Workspace(tmp_path / "ws").measurements()}

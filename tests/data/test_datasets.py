@@ -4,9 +4,17 @@ import shutil
 import pytest
 import torch
 
-from deploybench.data import (DATASET_NAMES, calibration_subset, data_digest, dataset_info, eval_transform,
-                              load_splits, prepare_fashion_mnist, train_transform)
-from deploybench.data import fashion_mnist
+from deploybench.data import (
+    DATASET_NAMES,
+    calibration_subset,
+    data_digest,
+    dataset_info,
+    eval_transform,
+    fashion_mnist,
+    load_splits,
+    prepare_fashion_mnist,
+    train_transform,
+)
 from deploybench.errors import UserError
 
 # name: (fixture, channels, image size, classes, train pool, test images)
@@ -185,8 +193,7 @@ def test_the_published_fashion_mnist_has_no_digest(tmp_path):
 def test_image_folder_digest_follows_linked_class_folders(tiny_imagefolder, tmp_path):
     import os
 
-    from deploybench.data import canonical_dataset
-    from deploybench.data import datasets
+    from deploybench.data import canonical_dataset, datasets
 
     pool = tmp_path / "pool"
     shutil.copytree(tiny_imagefolder / "train", pool)

@@ -1,4 +1,5 @@
 """Every zoo model builds for every dataset, trains one step through the real loaders, and keeps its size."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,9 +13,16 @@ from deploybench.models import count_params, create_model, list_models
 EXACT_PARAMS = {"custom": 2_659_402, "resnet18": 11_181_642, "lenet": 62_006}
 # Our own architectures: pinned so an accidental change shows; resnet44v2 is its true count (the ~2.7M its
 # source quotes does not match that source's own stage spec).
-PINNED_PARAMS = {"resnet18-cifar": 11_173_962, "resnet44v2": 5_917_226, "simple-cnn": 98_114,
-                 "vit-small": 14_244_490, "dilated-cnn": 134_954, "depthwise-cnn": 99_530,
-                 "depthwise-res-cnn": 217_226, "mobilenetv2": 2_236_682}
+PINNED_PARAMS = {
+    "resnet18-cifar": 11_173_962,
+    "resnet44v2": 5_917_226,
+    "simple-cnn": 98_114,
+    "vit-small": 14_244_490,
+    "dilated-cnn": 134_954,
+    "depthwise-cnn": 99_530,
+    "depthwise-res-cnn": 217_226,
+    "mobilenetv2": 2_236_682,
+}
 
 
 def test_registry_lists_every_seed_architecture():
@@ -29,8 +37,12 @@ def test_parameter_counts_on_cifar10(name):
 
 @pytest.fixture(scope="module")
 def all_datasets(tiny_cifar10, tiny_cifar100, tiny_fashion_mnist, tiny_imagefolder):
-    return {"cifar10": tiny_cifar10, "cifar100": tiny_cifar100, "fashion-mnist": tiny_fashion_mnist,
-            f"imagefolder:{tiny_imagefolder}": tiny_imagefolder}
+    return {
+        "cifar10": tiny_cifar10,
+        "cifar100": tiny_cifar100,
+        "fashion-mnist": tiny_fashion_mnist,
+        f"imagefolder:{tiny_imagefolder}": tiny_imagefolder,
+    }
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "fashion-mnist", "imagefolder"])
@@ -53,7 +65,7 @@ def test_trains_one_step_on_every_dataset(name, dataset, all_datasets):
     opt.step()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
 
 
 def test_user_architecture_from_module_path():

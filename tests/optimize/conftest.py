@@ -1,4 +1,5 @@
 """Helpers for the optimize tests: reloading variants in a fresh process, random-weight roots for any arch."""
+
 import json
 import subprocess
 import sys
@@ -28,14 +29,19 @@ print(json.dumps(digests))
 def reload_fresh(tmp_path):
     """reload_fresh(ws, variants, data_dir): assert each reloads in a new process with the recorded predictions
     and the same logits as an in-process reload."""
+
     def check(ws, variants, data_dir):
         from deploybench.artifacts.runnable import runnable
         from deploybench.optimize.base import predict, stage_data
 
         out = tmp_path / "logits"
         out.mkdir(exist_ok=True)
-        proc = subprocess.run([sys.executable, "-c", _RELOAD, str(ws.root), str(data_dir), str(out),
-                               *[v.id for v in variants]], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", _RELOAD, str(ws.root), str(data_dir), str(out), *[v.id for v in variants]],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         digests = json.loads(proc.stdout.strip().splitlines()[-1])
         for v in variants:
@@ -60,9 +66,14 @@ def _random_root(ws, arch, data_dir, dataset="fashion-mnist"):
     from deploybench.models.identity import build_model, model_config
 
     info = dataset_info(dataset, data_dir)
-    config = dict(model_config(arch, info), dataset=dataset, recipe=dict(
-        __import__("deploybench.train.recipes", fromlist=["default_recipe"]).default_recipe(arch).to_dict(),
-        batch_size=16))
+    config = dict(
+        model_config(arch, info),
+        dataset=dataset,
+        recipe=dict(
+            __import__("deploybench.train.recipes", fromlist=["default_recipe"]).default_recipe(arch).to_dict(),
+            batch_size=16,
+        ),
+    )
     torch.manual_seed(0)
     model = build_model(config).eval()
 
@@ -73,5 +84,6 @@ def _random_root(ws, arch, data_dir, dataset="fashion-mnist"):
         result = predict(model, _stage_data(dataset, str(data_dir), False))[0]
         return dict(accuracy_top1=result.top1, params=count_params(model))
 
-    return ws.create_variant(model=arch, dataset=dataset, stage="train", config=config, parent=None,
-                             fmt="torch-state", write=write)[0]
+    return ws.create_variant(
+        model=arch, dataset=dataset, stage="train", config=config, parent=None, fmt="torch-state", write=write
+    )[0]

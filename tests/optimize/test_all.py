@@ -1,4 +1,5 @@
 """`optimize all` over every zoo architecture on tiny data (random-weight roots; the big ones are slow)."""
+
 import pytest
 
 from deploybench.models import list_models
@@ -12,20 +13,34 @@ CI_FULL = {"lenet", "custom"}
 
 def test_all_covers_every_required_chain():
     names = [c.name for c in default_chains()]
-    assert names == ["export", "quantize:int8-pt2e", "quantize:int8-ort", "quantize:int8-nncf", "quantize:dynamic",
-                     "quantize:dynamic-pt2e", "quantize:bf16", "quantize:fp16", "quantize:qat", "prune", "prune→int8-pt2e", "prune→export",
-                     "prune→export→int8-ort"]
+    assert names == [
+        "export",
+        "quantize:int8-pt2e",
+        "quantize:int8-ort",
+        "quantize:int8-nncf",
+        "quantize:dynamic",
+        "quantize:dynamic-pt2e",
+        "quantize:bf16",
+        "quantize:fp16",
+        "quantize:qat",
+        "prune",
+        "prune→int8-pt2e",
+        "prune→export",
+        "prune→export→int8-ort",
+    ]
 
 
-@pytest.mark.parametrize("arch", [a if a in CI_FULL else pytest.param(a, marks=pytest.mark.slow)
-                                  for a in list_models()])
+@pytest.mark.parametrize(
+    "arch", [a if a in CI_FULL else pytest.param(a, marks=pytest.mark.slow) for a in list_models()]
+)
 def test_every_architecture_goes_through_optimize_all(tmp_path, tiny_fashion_mnist, reload_fresh, random_root, arch):
     from deploybench.store import Workspace
 
     ws = Workspace(tmp_path / "ws")
     root = random_root(ws, arch, tiny_fashion_mnist)
-    results = optimize_all(ws, root, tiny_fashion_mnist, progress=False, log=lambda *_: None, finetune_epochs=1,
-                           calib_size=16)  # QAT runs only when int8-pt2e loses > 1 point (tested on lenet)
+    results = optimize_all(
+        ws, root, tiny_fashion_mnist, progress=False, log=lambda *_: None, finetune_epochs=1, calib_size=16
+    )  # QAT runs only when int8-pt2e loses > 1 point (tested on lenet)
     status = {r.name: (r.status, r.message) for r in results}
     failed = {k: v for k, v in status.items() if v[0] == "failed"}
     assert not failed, failed
@@ -58,12 +73,18 @@ def test_a_failing_chain_does_not_stop_the_others(trained_workspace, monkeypatch
     import deploybench.optimize.export as export
 
     monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)
-    chains = [c for c in default_chains(finetune_epochs=0, calib_size=8)
-              if c.name in ("export", "quantize:dynamic-pt2e", "prune→export")]
+    chains = [
+        c
+        for c in default_chains(finetune_epochs=0, calib_size=8)
+        if c.name in ("export", "quantize:dynamic-pt2e", "prune→export")
+    ]
     before = {v.id for v in ws.variants()}
     results = run_chains(ws, trained, data_dir, chains, progress=False, log=lambda *_: None)
-    assert [(r.name, r.status) for r in results] == [("export", "failed"), ("quantize:dynamic-pt2e", "ok"),
-                                                     ("prune→export", "failed")]
+    assert [(r.name, r.status) for r in results] == [
+        ("export", "failed"),
+        ("quantize:dynamic-pt2e", "ok"),
+        ("prune→export", "failed"),
+    ]
     made = {v.id for v in ws.variants()} - before
     assert made == {results[1].variants[0].id, results[2].variants[0].id}  # dynamic and the prune step, nothing else
     assert "failed: export: ONNX export" in summary_table(trained, results)

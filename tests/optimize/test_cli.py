@@ -1,4 +1,5 @@
 """The `optimize` command: thin front end, one-line errors with exit 2."""
+
 import pytest
 
 from deploybench.cli.optimize import main
@@ -8,15 +9,26 @@ def _args(ws, data_dir, *rest):
     return [*rest, "--workspace", str(ws.root), "--data-dir", str(data_dir)]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["quantize", "--model", "custom"], "error: no trained custom on fashion-mnist in {ws}; "
-                                        "train it first with: train --model custom --dataset fashion-mnist"),
-    (["quantize", "--model", "lenet", "--dataset", "cifar10"], "error: no trained lenet on cifar10 in {ws}; "
-                                                               "train it first with: train --model lenet --dataset cifar10"),
-    (["prune", "--model", "lenet", "--ratio", "1.5"], "error: --ratio must be between 0 and 1 (exclusive), got 1.5"),
-    (["export", "--model", "lenet", "--variant", "ffff"], "error: no variant 'ffff' in {ws}"),
-    (["quantize", "--model", "lenet", "--calib-size", "0"], "error: --calib-size must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["quantize", "--model", "custom"],
+            "error: no trained custom on fashion-mnist in {ws}; "
+            "train it first with: train --model custom --dataset fashion-mnist",
+        ),
+        (
+            ["quantize", "--model", "lenet", "--dataset", "cifar10"],
+            "error: no trained lenet on cifar10 in {ws}; train it first with: train --model lenet --dataset cifar10",
+        ),
+        (
+            ["prune", "--model", "lenet", "--ratio", "1.5"],
+            "error: --ratio must be between 0 and 1 (exclusive), got 1.5",
+        ),
+        (["export", "--model", "lenet", "--variant", "ffff"], "error: no variant 'ffff' in {ws}"),
+        (["quantize", "--model", "lenet", "--calib-size", "0"], "error: --calib-size must be at least 1"),
+    ],
+)
 def test_errors_are_one_line(trained_workspace, capsys, argv, message):
     ws, _, data_dir = trained_workspace
     assert main(_args(ws, data_dir, *argv)) == 2
@@ -46,8 +58,20 @@ def test_bad_choice_is_argparse_exit_2(trained_workspace):
 
 def test_prune_cli_records_a_variant(trained_workspace, capsys):
     ws, trained, data_dir = trained_workspace
-    argv = _args(ws, data_dir, "prune", "--model", "lenet", "--ratio", "0.5", "--importance", "lamp", "--global",
-                 "--finetune-epochs", "0")
+    argv = _args(
+        ws,
+        data_dir,
+        "prune",
+        "--model",
+        "lenet",
+        "--ratio",
+        "0.5",
+        "--importance",
+        "lamp",
+        "--global",
+        "--finetune-epochs",
+        "0",
+    )
     assert main(argv) == 0
     out = capsys.readouterr().out
     [v] = [v for v in ws.variants("lenet") if v.stage == "prune"]

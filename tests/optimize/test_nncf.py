@@ -1,4 +1,5 @@
 """int8-nncf: NNCF post-training int8 of the ONNX export, as OpenVINO IR, evaluated and reloadable like any variant."""
+
 import pytest
 
 pytest.importorskip("nncf")

@@ -1,5 +1,6 @@
 """Pruning: `vit-small` loses whole attention heads, the ones with the least importance, on every schedule; an
 interrupted fine-tuning resumes after its last epoch."""
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -36,7 +37,7 @@ def _silence_heads(model, heads):
                     rows = slice(part * WIDTH + h * HEAD_DIM, part * WIDTH + (h + 1) * HEAD_DIM)
                     block.attn.qkv.weight[rows] = 0
                     block.attn.qkv.bias[rows] = 0
-                block.attn.proj.weight[:, h * HEAD_DIM:(h + 1) * HEAD_DIM] = 0
+                block.attn.proj.weight[:, h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
 
 
 @pytest.mark.parametrize("importance", ["magnitude", "lamp"])
@@ -85,13 +86,14 @@ def test_pruned_vit_reloads_in_a_fresh_process(tmp_path, tiny_fashion_mnist, ran
 
 
 def test_an_interrupted_finetuning_resumes_after_its_last_epoch_with_the_weights_of_an_uninterrupted_one(
-        trained_workspace, monkeypatch):
+    trained_workspace, monkeypatch
+):
     # A large model's fine-tuning epochs are long: a stop must not throw away the ones already finished.
     import shutil
 
+    from deploybench.artifacts.formats import load_module
     from deploybench.optimize import prune
     from deploybench.optimize.base import get_stage
-    from deploybench.artifacts.formats import load_module
     from deploybench.store import Workspace
 
     ws, trained, data_dir = trained_workspace
@@ -132,14 +134,15 @@ def test_an_interrupted_finetuning_resumes_after_its_last_epoch_with_the_weights
 
 
 def test_a_checkpoint_of_other_shapes_is_set_aside_and_the_finetuning_starts_from_the_pruned_weights(
-        trained_workspace, monkeypatch):
+    trained_workspace, monkeypatch
+):
     # A checkpoint left by another pruning of the same parent (here ratio 0.5, planted where ratio 0.25's goes)
     # fits only in part: lenet's last bias has 10 entries either way. Nothing of it may reach the model.
     import shutil
 
+    from deploybench.artifacts.formats import load_module
     from deploybench.optimize import prune
     from deploybench.optimize.base import get_stage
-    from deploybench.artifacts.formats import load_module
     from deploybench.store import Workspace
 
     ws, trained, data_dir = trained_workspace

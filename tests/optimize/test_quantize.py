@@ -1,5 +1,6 @@
 """PT2E int8: architectures whose modules are called more than once per forward (torchvision's ResNets), and
 the compiled int8 kernels a profiling process really runs."""
+
 import subprocess
 import sys
 
@@ -33,8 +34,11 @@ def test_each_call_gets_its_own_partition_and_the_resnet_quantizes():
     prepared = prepare_pt2e(graph, _x86_quantizer())
     prepared(x)
     converted = convert_pt2e(prepared)
-    quantized_convs = sum(1 for n in converted.graph.nodes if n.target is torch.ops.aten.conv2d.default
-                          and "dequantize" in str(n.args[0].target))
+    quantized_convs = sum(
+        1
+        for n in converted.graph.nodes
+        if n.target is torch.ops.aten.conv2d.default and "dequantize" in str(n.args[0].target)
+    )
     assert quantized_convs == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())  # every conv is int8
     ref, out = model(x), converted(x)
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
@@ -58,28 +62,33 @@ print("qconv" if "onednn.qconv" in code else "-", "qlinear" if "onednn.qlinear" 
 """
 
 
-@pytest.mark.parametrize("method, kernels", [
-    ("int8-pt2e", ["qconv", "qlinear", "-"]),  # static: every conv and linear in int8
-    ("dynamic-pt2e", ["-", "qlinear", "fp32-conv"]),  # dynamic: the linears only, as torchao's `dynamic`
-])
-def test_a_profiling_process_compiles_int8_programs_to_onednn_int8_kernels(tmp_path, tiny_fashion_mnist,
-                                                                           random_root, method, kernels):
+@pytest.mark.parametrize(
+    "method, kernels",
+    [
+        ("int8-pt2e", ["qconv", "qlinear", "-"]),  # static: every conv and linear in int8
+        ("dynamic-pt2e", ["-", "qlinear", "fp32-conv"]),  # dynamic: the linears only, as torchao's `dynamic`
+    ],
+)
+def test_a_profiling_process_compiles_int8_programs_to_onednn_int8_kernels(
+    tmp_path, tiny_fashion_mnist, random_root, method, kernels
+):
     # Without torchao's x86 inductor passes (registered by importing its quantizer, which a process that
     # only loads the program never does), every int8 layer compiles to dequantize -> fp32 conv -> quantize.
     from deploybench.optimize.quantize import QuantizeStage
     from deploybench.store import Workspace
 
     ws = Workspace(tmp_path / "ws")
-    int8 = QuantizeStage(method=method).run(ws, random_root(ws, "simple-cnn", tiny_fashion_mnist),
-                                            tiny_fashion_mnist)
-    proc = subprocess.run([sys.executable, "-c", _COMPILED_KERNELS, str(ws.root), int8.id], capture_output=True,
-                          text=True, timeout=600)
+    int8 = QuantizeStage(method=method).run(ws, random_root(ws, "simple-cnn", tiny_fashion_mnist), tiny_fashion_mnist)
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPILED_KERNELS, str(ws.root), int8.id], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == kernels
 
 
-def test_an_exported_program_is_loaded_onto_the_device_with_the_devices_in_its_graph(tmp_path, tiny_fashion_mnist,
-                                                                                    random_root):
+def test_an_exported_program_is_loaded_onto_the_device_with_the_devices_in_its_graph(
+    tmp_path, tiny_fashion_mnist, random_root
+):
     # torch.export writes each input's device into the graph (aten._assert_tensor_metadata(..., device=cpu)).
     # `.to('cuda')` on the program's module moves the weights only, and torchao's dynamic int8 program then
     # fails on torch-cuda with "Tensor device mismatch! Expected: cpu, Got: cuda:0".
@@ -89,8 +98,9 @@ def test_an_exported_program_is_loaded_onto_the_device_with_the_devices_in_its_g
     from deploybench.store import Workspace
 
     ws = Workspace(tmp_path / "ws")
-    dynamic = QuantizeStage(method="dynamic").run(ws, random_root(ws, "simple-cnn", tiny_fashion_mnist),
-                                                  tiny_fashion_mnist)
+    dynamic = QuantizeStage(method="dynamic").run(
+        ws, random_root(ws, "simple-cnn", tiny_fashion_mnist), tiny_fashion_mnist
+    )
     module = load_module(dynamic, "meta")
     graph_devices = {str(n.kwargs["device"]) for n in module.program.graph.nodes if "device" in n.kwargs}
     assert graph_devices == {"meta"}

@@ -1,10 +1,11 @@
 """Each stage on the tiny trained lenet: recorded variant, reuse, fresh-process reload, parity, atomic failure."""
+
 import pytest
 import torch
 
+from deploybench.artifacts.formats import load_module
 from deploybench.errors import UserError
 from deploybench.optimize.base import eval_device, get_stage, list_stages
-from deploybench.artifacts.formats import load_module
 from deploybench.optimize.quantize import METHODS
 from deploybench.train.engine import CUDA_LOADER_WORKERS
 
@@ -27,11 +28,12 @@ def made(_trained_lenet_workspace, tiny_fashion_mnist, tmp_path_factory):
     for method in ("int8-pt2e", "int8-ort", "dynamic", "dynamic-pt2e", "bf16", "qat"):
         out[method] = get_stage("quantize")(method=method, calib_size=16).run(ws, trained, tiny_fashion_mnist)
     for importance in ("magnitude", "taylor", "lamp"):
-        out[f"prune-{importance}"] = get_stage("prune")(ratio=0.5, importance=importance, finetune_epochs=1,
-                                                        distill=True, iterative_steps=2).run(ws, trained,
-                                                                                             tiny_fashion_mnist)
-    out["prune-int8-ort"] = get_stage("quantize")(method="int8-ort", calib_size=8).run(ws, out["prune-magnitude"],
-                                                                                      tiny_fashion_mnist)
+        out[f"prune-{importance}"] = get_stage("prune")(
+            ratio=0.5, importance=importance, finetune_epochs=1, distill=True, iterative_steps=2
+        ).run(ws, trained, tiny_fashion_mnist)
+    out["prune-int8-ort"] = get_stage("quantize")(method="int8-ort", calib_size=8).run(
+        ws, out["prune-magnitude"], tiny_fashion_mnist
+    )
     return ws, trained, tiny_fashion_mnist, out
 
 
@@ -54,10 +56,16 @@ def test_a_stage_found_in_the_store_evaluates_nothing(made, monkeypatch):
     for module in (base, export):
         monkeypatch.setattr(module, "predict", refuse)
     assert get_stage("export")().run(ws, trained, data_dir).id == out["export"].id
-    assert get_stage("quantize")(method="int8-ort", calib_size=8).run(ws, out["prune-magnitude"], data_dir).id \
-        == out["prune-int8-ort"].id  # through ensure_onnx's export of the pruned parent
-    assert get_stage("prune")(ratio=0.5, importance="lamp", finetune_epochs=1, distill=True,
-                              iterative_steps=2).run(ws, trained, data_dir).id == out["prune-lamp"].id
+    assert (
+        get_stage("quantize")(method="int8-ort", calib_size=8).run(ws, out["prune-magnitude"], data_dir).id
+        == out["prune-int8-ort"].id
+    )  # through ensure_onnx's export of the pruned parent
+    assert (
+        get_stage("prune")(ratio=0.5, importance="lamp", finetune_epochs=1, distill=True, iterative_steps=2)
+        .run(ws, trained, data_dir)
+        .id
+        == out["prune-lamp"].id
+    )
 
 
 def _check_recorded(ws, v, parent, stage, fmt):
@@ -91,8 +99,10 @@ def test_export_parity_and_reuse(made):
     assert m["exporter"] == "dynamo" and m["opset"] == 18
     assert m["parity_agreement_top1"] == 1.0 and m["parity_max_abs_logit_error"] < 1e-4
     import onnx
+
     onnx.checker.check_model(str(v.path / "model.onnx"), full_check=True)
     import onnxruntime as ort  # the batch axis is dynamic
+
     sess = ort.InferenceSession(str(v.path / "model.onnx"), providers=["CPUExecutionProvider"])
     for n in (1, 7):
         assert sess.run(None, {sess.get_inputs()[0].name: torch.randn(n, 1, 28, 28).numpy()})[0].shape == (n, 10)
@@ -101,14 +111,17 @@ def test_export_parity_and_reuse(made):
     assert again.id == v.id and again.created_at == v.created_at and len(ws.variants()) == before
 
 
-@pytest.mark.parametrize("method,fmt,stages", [
-    ("int8-pt2e", "torch-export-int8", ["train", "quantize"]),
-    ("int8-ort", "onnx-int8", ["train", "export", "quantize"]),
-    ("dynamic", "torch-export", ["train", "quantize"]),
-    ("dynamic-pt2e", "torch-export-int8", ["train", "quantize"]),
-    ("bf16", "torch-bf16", ["train", "quantize"]),
-    ("qat", "torch-export-int8", ["train", "quantize"]),
-])
+@pytest.mark.parametrize(
+    "method,fmt,stages",
+    [
+        ("int8-pt2e", "torch-export-int8", ["train", "quantize"]),
+        ("int8-ort", "onnx-int8", ["train", "export", "quantize"]),
+        ("dynamic", "torch-export", ["train", "quantize"]),
+        ("dynamic-pt2e", "torch-export-int8", ["train", "quantize"]),
+        ("bf16", "torch-bf16", ["train", "quantize"]),
+        ("qat", "torch-export-int8", ["train", "quantize"]),
+    ],
+)
 def test_quantize_methods(made, method, fmt, stages):
     ws, trained, data_dir, out = made
     v = out[method]
@@ -145,6 +158,7 @@ def test_int8_ort_reduce_range_defaults_to_the_cpu_and_is_part_of_the_id(made):
 def test_int8_programs_hold_only_int8_weights(made, method):
     v = made[3][method]
     import torchao.quantization.pt2e  # noqa: F401
+
     program = torch.export.load(str(v.path / "model.pt2"))
     big = {k: t.dtype for k, t in program.state_dict.items() if t.dim() >= 2}
     assert big and set(big.values()) == {torch.int8}, big
@@ -154,6 +168,7 @@ def test_dynamic_pt2e_makes_only_the_linear_weights_int8(made):
     # As torchao's `dynamic`: nn.Linear only (lenet's three), its convolutions stay in fp32.
     v = made[3]["dynamic-pt2e"]
     import torchao.quantization.pt2e  # noqa: F401
+
     weights = torch.export.load(str(v.path / "model.pt2")).state_dict.values()
     assert {t.dtype for t in weights if t.dim() == 2} == {torch.int8}  # Linear
     assert {t.dtype for t in weights if t.dim() == 4} == {torch.float32}  # Conv2d

@@ -1,4 +1,5 @@
 """The environment recorded with measurements: library versions under their alias, what makes two setups equal."""
+
 import importlib.metadata
 
 from deploybench.platform.env import package_version, same_setup

@@ -1,4 +1,5 @@
 """Each backend on the tiny trained lenet: it loads, runs, agrees with eager torch, and skips what it cannot run."""
+
 import pytest
 import torch
 
@@ -20,8 +21,16 @@ def _logits(backend_name, variant, ws, batch_size=4, threads=1):
 
 
 def test_registry_lists_every_runtime_and_cpu_ones_are_available():
-    assert backend_names() == ["torch-cpu", "torch-cuda", "torch-compile-cpu", "torch-compile-cuda", "ort-cpu",
-                               "ort-cuda", "ort-tensorrt", "openvino-cpu"]
+    assert backend_names() == [
+        "torch-cpu",
+        "torch-cuda",
+        "torch-compile-cpu",
+        "torch-compile-cuda",
+        "ort-cpu",
+        "ort-cuda",
+        "ort-tensorrt",
+        "openvino-cpu",
+    ]
     assert {"torch-cpu", "torch-compile-cpu", "ort-cpu"} <= set(available_backends())
 
 
@@ -42,10 +51,16 @@ def test_tensorrt_without_its_libraries_is_unavailable_with_the_reason(tmp_path,
     capi = tmp_path / "onnxruntime" / "capi"
     capi.mkdir(parents=True)
     (capi / "libonnxruntime_providers_tensorrt.so").write_bytes(b"not a shared object")
-    fake = type("FakeOrt", (), {"__file__": str(tmp_path / "onnxruntime" / "__init__.py"),
-                                "get_available_providers": staticmethod(
-                                    lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                             "CPUExecutionProvider"])})
+    fake = type(
+        "FakeOrt",
+        (),
+        {
+            "__file__": str(tmp_path / "onnxruntime" / "__init__.py"),
+            "get_available_providers": staticmethod(
+                lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+            ),
+        },
+    )
     monkeypatch.setattr(backend_module, "_ort", lambda: fake)
     monkeypatch.setattr(backend_module, "cuda_available", lambda: (True, ""))
     ok, why = get_backend("ort-tensorrt").available()

@@ -1,4 +1,5 @@
 """`profile compare`: JSON keys, baselines, the no-real-speed-up flag and the noise-aware Pareto front."""
+
 import json
 
 import pytest
@@ -9,14 +10,36 @@ from deploybench.profile.compare import compare_rows
 from deploybench.profile.pareto import ACCURACY, LATENCY, SIZE, dominates, pareto_front
 from deploybench.profile.runner import profile_variants
 
-JSON_KEYS = {"model", "dataset", "variant", "stages", "chain", "backend", "device", "batch_size", "threads",
-             "accuracy_top1", "params", "macs", "size_bytes", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
-             "latency_ms_ci95", "throughput_per_s", "peak_mem_bytes", "pct_of_peak", "stable", "pareto"}
+JSON_KEYS = {
+    "model",
+    "dataset",
+    "variant",
+    "stages",
+    "chain",
+    "backend",
+    "device",
+    "batch_size",
+    "threads",
+    "accuracy_top1",
+    "params",
+    "macs",
+    "size_bytes",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "latency_ms_ci95",
+    "throughput_per_s",
+    "peak_mem_bytes",
+    "pct_of_peak",
+    "stable",
+    "pareto",
+}
 
 
 def _row(acc, ci, size=100, n=10_000, **kw):
-    return dict(accuracy_top1=acc, latency_ms_p50=sum(ci) / 2, latency_ms_ci95=list(ci), size_bytes=size,
-                test_images=n, **kw)
+    return dict(
+        accuracy_top1=acc, latency_ms_p50=sum(ci) / 2, latency_ms_ci95=list(ci), size_bytes=size, test_images=n, **kw
+    )
 
 
 def test_differences_within_noise_do_not_dominate():
@@ -25,17 +48,28 @@ def test_differences_within_noise_do_not_dominate():
     assert not dominates(_row(0.902, (0.5, 0.6)), _row(0.950, (1.0, 1.2)))  # faster but clearly less accurate
     assert dominates(_row(0.901, (0.5, 0.6)), base)  # faster beyond noise, accuracy within noise (se 0.3 pt)
     assert dominates(_row(0.920, (1.1, 1.3)), base)  # more accurate beyond noise, latency within noise
-    assert pareto_front([_row(0.90, (1.0, 1.2)), _row(0.89, (0.5, 0.6)), _row(0.80, (0.7, 0.8)),
-                         _row(None, (0.1, 0.2))]) == [True, True, False, False]
-    assert pareto_front([_row(0.80, (0.7, 0.8), size=1), _row(0.89, (0.5, 0.6), size=9)],
-                        [ACCURACY, LATENCY, SIZE]) == [True, True]
+    assert pareto_front(
+        [_row(0.90, (1.0, 1.2)), _row(0.89, (0.5, 0.6)), _row(0.80, (0.7, 0.8)), _row(None, (0.1, 0.2))]
+    ) == [True, True, False, False]
+    assert pareto_front(
+        [_row(0.80, (0.7, 0.8), size=1), _row(0.89, (0.5, 0.6), size=9)], [ACCURACY, LATENCY, SIZE]
+    ) == [True, True]
 
 
 @pytest.fixture
 def profiled(onnx_workspace):
     ws, trained, onnx_variant, data_dir = onnx_workspace
-    profile_variants(ws, [trained, onnx_variant], ["torch-cpu", "ort-cpu"], batch_sizes=(1, 4), threads=1,
-                     quick=True, data_dir=data_dir, isolate=False, log=lambda _: None)
+    profile_variants(
+        ws,
+        [trained, onnx_variant],
+        ["torch-cpu", "ort-cpu"],
+        batch_sizes=(1, 4),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=False,
+        log=lambda _: None,
+    )
     return ws, trained, onnx_variant
 
 
@@ -50,8 +84,9 @@ def test_compare_json_has_every_key_and_a_baseline_for_the_export(profiled, caps
     assert export["stages"] == ["train", "export"] and export["chain"] == "train+export"
     assert export["backend"] == "ort-cpu"
     assert export["baseline"] == f"{trained.id}@torch-cpu"  # no ancestor runs on ort-cpu: the root's eager row
-    base = next(r for r in measured if r["variant"] == trained.id and r["backend"] == "torch-cpu"
-                and r["batch_size"] == 4)
+    base = next(
+        r for r in measured if r["variant"] == trained.id and r["backend"] == "torch-cpu" and r["batch_size"] == 4
+    )
     assert export["accuracy_change"] == 0
     # a speed-up is given only between stable timings (quick runs on a busy machine may not be)
     if export["stable"] and base["stable"]:

@@ -1,4 +1,5 @@
 """Latency statistics on synthetic timings (exact), and the timing loop's stopping rule."""
+
 import pytest
 
 from deploybench.profile.latency import Protocol, latency_stats, median_ci_ranks, time_runs
@@ -77,6 +78,7 @@ def test_paired_speedup_waits_out_the_other_runtimes_threads():
                 time.sleep(wait)  # the other runtime's threads still hold the cores
             time.sleep(seconds)
             cores["held_by"], cores["until"] = name, time.perf_counter() + 0.02
+
         return call
 
     assert paired_speedup(runtime("fp32", 0.004), runtime("int8", 0.001), pairs=9) == pytest.approx(4.0, rel=0.35)
@@ -88,9 +90,26 @@ def test_profile_check_against_prints_a_paired_speedup(onnx_workspace, capsys):
     from deploybench.cli import profile_cmd
 
     ws, trained, onnx_variant, _ = onnx_workspace
-    assert profile_cmd.main(["check", "--variant", onnx_variant.id, "--backend", "ort-cpu", "--batch-size", "4",
-                             "--threads", "1", "--against", f"{trained.id}:torch-cpu",
-                             "--workspace", str(ws.root)]) == 0
+    assert (
+        profile_cmd.main(
+            [
+                "check",
+                "--variant",
+                onnx_variant.id,
+                "--backend",
+                "ort-cpu",
+                "--batch-size",
+                "4",
+                "--threads",
+                "1",
+                "--against",
+                f"{trained.id}:torch-cpu",
+                "--workspace",
+                str(ws.root),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "ratio" in out and f"speed-up over {trained.id} on torch-cpu:" in out
 

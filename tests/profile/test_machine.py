@@ -1,4 +1,5 @@
 """Ceiling FLOP/s bookkeeping and % of peak (pure arithmetic; GEMMs are stubbed unless a test says otherwise)."""
+
 import pytest
 
 from deploybench.profile import machine
@@ -20,22 +21,27 @@ def test_pct_of_peak_is_achieved_flops_over_the_dtype_peak():
 
 
 def test_the_ceiling_names_the_runtime_that_reached_it():
-    peak = {"float32": 2e11, "int8": 4e11,
-            "by_runtime": {"float32": {"torch": 1e11, "onnxruntime": 2e11}, "int8": {"onednn": 4e11, "torch": 1e9}}}
+    peak = {
+        "float32": 2e11,
+        "int8": 4e11,
+        "by_runtime": {"float32": {"torch": 1e11, "onnxruntime": 2e11}, "int8": {"onednn": 4e11, "torch": 1e9}},
+    }
     assert peak_reference(peak, "float32") == Ceiling(2e11, "float32", "onnxruntime")
     assert peak_reference(peak, "int8") == Ceiling(4e11, "int8", "onednn")
     assert peak_reference(peak, None) == Ceiling(None, None, None)
     # 1 M MACs x batch 10 in 1 ms = 2e10 FLOP/s: 10% of the fp32 ceiling, which the row records
-    assert peak_metrics(10**6, 10, 1.0, peak, "float32") == dict(pct_of_peak=pytest.approx(10.0), peak_flops=2e11,
-                                                                 peak_dtype="float32", peak_runtime="onnxruntime")
+    assert peak_metrics(10**6, 10, 1.0, peak, "float32") == dict(
+        pct_of_peak=pytest.approx(10.0), peak_flops=2e11, peak_dtype="float32", peak_runtime="onnxruntime"
+    )
 
 
 def test_a_percentage_above_100_is_refused_with_its_reason():
     peak = {"float32": 1e11, "by_runtime": {"float32": {"torch": 1e11}}}
     m = peak_metrics(10**9, 10, 100.0, peak, "float32")  # 2e11 FLOP/s achieved over a 1e11 ceiling
     assert m["pct_of_peak"] is None
-    assert m["pct_of_peak_invalid"] == ("achieved 200 GFLOP/s exceeds the measured ceiling 100 GFLOP/s of dtype "
-                                        "float32 (runtime torch)")
+    assert m["pct_of_peak_invalid"] == (
+        "achieved 200 GFLOP/s exceeds the measured ceiling 100 GFLOP/s of dtype float32 (runtime torch)"
+    )
     assert m["peak_flops"] == 1e11 and m["peak_runtime"] == "torch"
     assert "pct_of_peak_invalid" not in peak_metrics(10**9, 10, 200.0, peak, "float32")  # exactly 100%: a ceiling
 
@@ -54,13 +60,17 @@ def test_compute_dtype_is_what_the_making_stage_recorded_never_a_guess_from_name
     assert pct_of_peak(10**6, 1, 1.0, {"float32": 1e12}, None) is None
 
 
-def test_machine_peak_is_measured_once_per_machine_and_again_when_hardware_or_method_change(trained_workspace,
-                                                                                           monkeypatch):
+def test_machine_peak_is_measured_once_per_machine_and_again_when_hardware_or_method_change(
+    trained_workspace, monkeypatch
+):
     ws, _, _ = trained_workspace
     calls = []
     monkeypatch.setattr(machine, "_MEASURED", {})
-    monkeypatch.setattr(machine, "measure_peak", lambda device, threads: calls.append((device, threads)) or
-                        {"float32": 1e11, "method": machine.PEAK_METHOD})
+    monkeypatch.setattr(
+        machine,
+        "measure_peak",
+        lambda device, threads: calls.append((device, threads)) or {"float32": 1e11, "method": machine.PEAK_METHOD},
+    )
     first = machine_peak(ws, "cpu", 1)
     assert first["float32"] == 1e11 and first["threads"] == 1 and first["hardware"] == machine._hardware("cpu")
     assert ws.get_machine(machine.peak_key("cpu", 1)) == first == ws.get_machine("peak_flops/cpu/1")

@@ -1,5 +1,6 @@
 """openvino-cpu: runs ONNX and OpenVINO IR variants of lenet, agrees with ONNX Runtime, records threads and the
 precision it really computes in, and says why where openvino cannot import."""
+
 import pytest
 import torch
 
@@ -80,6 +81,7 @@ def test_ir_variant_of_int8_nncf_runs_and_reports_int8_layers(onnx_workspace):
     assert any(p in ("i8", "u8") for p in facts["runtime_layer_precisions"])
     # the stage evaluated it through the same runtime: its recorded predictions are OpenVINO's
     from deploybench.artifacts.runnable import runnable
+
     with torch.no_grad():
         torch.testing.assert_close(runnable(ir)(x), out)
 
@@ -102,9 +104,16 @@ def test_a_profile_row_records_the_runtime_precision_and_its_dtype(onnx_workspac
     from deploybench.profile.runner import _row_dtype, measure_combo
 
     ws, trained, onnx_variant, data_dir = onnx_workspace
-    metrics = measure_combo(str(ws.root), onnx_variant.id, "openvino-cpu", 2, 1,
-                            dict(warmup=1, min_runs=3, min_seconds=0, max_attempts=1), str(data_dir),
-                            with_accuracy=False)
+    metrics = measure_combo(
+        str(ws.root),
+        onnx_variant.id,
+        "openvino-cpu",
+        2,
+        1,
+        dict(warmup=1, min_runs=3, min_seconds=0, max_attempts=1),
+        str(data_dir),
+        with_accuracy=False,
+    )
     assert metrics["inference_num_threads"] == 1 and metrics["runtime_precision"]
     assert _row_dtype("float32", metrics["runtime_compute_dtype"]) == metrics["runtime_compute_dtype"]
     assert _row_dtype("int8", "bfloat16") == "int8" and _row_dtype("float32", None) == "float32"

@@ -1,11 +1,18 @@
 """The noise-aware Pareto front: a point wins or loses only beyond measurement noise, and a timing that is not
 stable takes no part in a front with latency."""
+
 from deploybench.profile.pareto import ACCURACY, LATENCY, SIZE, dominates, mark_pareto, pareto_front
 
 
 def _row(acc, ci, stable=True, size=100, n=10_000):
-    return dict(accuracy_top1=acc, latency_ms_p50=sum(ci) / 2, latency_ms_ci95=list(ci), stable=stable,
-                size_bytes=size, test_images=n)
+    return dict(
+        accuracy_top1=acc,
+        latency_ms_p50=sum(ci) / 2,
+        latency_ms_ci95=list(ci),
+        stable=stable,
+        size_bytes=size,
+        test_images=n,
+    )
 
 
 def test_an_unstable_row_is_never_on_the_front_and_dominates_nothing():

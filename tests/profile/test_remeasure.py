@@ -1,6 +1,7 @@
 """An unstable timing is measured again before it is stored: bounded attempts, a pause before each, the most
 stable kept, the number of attempts recorded; what stays unstable is stored as such and wins no front.
 Timings are injected (`latency_stats` of synthetic times), so every outcome is fixed."""
+
 import pytest
 
 from deploybench.profile.latency import Protocol, latency_stats, measure_until_stable
@@ -71,8 +72,17 @@ def injected(monkeypatch):
 def _profile(ws, trained, data_dir, lines):
     from deploybench.profile.runner import profile_variants
 
-    (row,) = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
-                              data_dir=data_dir, isolate=False, log=lines.append)
+    (row,) = profile_variants(
+        ws,
+        [trained],
+        ["torch-cpu"],
+        batch_sizes=(2,),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=False,
+        log=lines.append,
+    )
     return row
 
 

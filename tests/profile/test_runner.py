@@ -1,5 +1,6 @@
 """profile_variants end to end on tiny lenet: rows, skips with reasons, accuracy through the backend, memory in
 a child process, and the store's environment."""
+
 import pytest
 import torch
 
@@ -12,8 +13,17 @@ def _by(rows, variant, backend, batch):
 
 def test_every_combination_is_measured_or_skipped_with_a_reason(onnx_workspace):
     ws, trained, onnx_variant, data_dir = onnx_workspace
-    rows = profile_variants(ws, [trained, onnx_variant], ["torch-cpu", "ort-cpu"], batch_sizes=(1, 4), threads=1,
-                            quick=True, data_dir=data_dir, isolate=False, log=lambda _: None)
+    rows = profile_variants(
+        ws,
+        [trained, onnx_variant],
+        ["torch-cpu", "ort-cpu"],
+        batch_sizes=(1, 4),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=False,
+        log=lambda _: None,
+    )
     assert len(rows) == 8 and len(ws.measurements()) == 8
     assert "no torch loader" in _by(rows, onnx_variant, "torch-cpu", 1)["metrics"]["skipped"]
     assert "not ONNX" in _by(rows, trained, "ort-cpu", 4)["metrics"]["skipped"]
@@ -39,8 +49,17 @@ def test_every_combination_is_measured_or_skipped_with_a_reason(onnx_workspace):
 
 def test_memory_is_measured_in_a_child_process(trained_workspace):
     ws, trained, data_dir = trained_workspace
-    (row,) = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
-                              data_dir=data_dir, isolate=True, log=lambda _: None)
+    (row,) = profile_variants(
+        ws,
+        [trained],
+        ["torch-cpu"],
+        batch_sizes=(2,),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=True,
+        log=lambda _: None,
+    )
     m = row["metrics"]
     assert m["memory_isolated"] is True and m["peak_mem_kind"] == "rss_growth" and m["peak_mem_bytes"] > 0
     assert m["accuracy_top1"] == pytest.approx(trained.metrics["accuracy_top1"])
@@ -52,16 +71,34 @@ def test_unavailable_backends_are_left_out_with_a_message(trained_workspace, mon
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     ws, trained, data_dir = trained_workspace
     lines = []
-    rows = profile_variants(ws, [trained], ["torch-cuda"], batch_sizes=(1,), threads=1, quick=True,
-                            data_dir=data_dir, isolate=False, log=lines.append)
+    rows = profile_variants(
+        ws,
+        [trained],
+        ["torch-cuda"],
+        batch_sizes=(1,),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=False,
+        log=lines.append,
+    )
     assert rows == [] and "torch-cuda: unavailable here" in lines[0]
 
 
 @pytest.mark.gpu
 def test_on_a_gpu_rows_record_device_memory_and_the_gpu(trained_workspace):
     ws, trained, data_dir = trained_workspace
-    (row,) = profile_variants(ws, [trained], ["torch-cuda"], batch_sizes=(2,), threads=1, quick=True,
-                              data_dir=data_dir, isolate=True, log=lambda _: None)
+    (row,) = profile_variants(
+        ws,
+        [trained],
+        ["torch-cuda"],
+        batch_sizes=(2,),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=True,
+        log=lambda _: None,
+    )
     m = row["metrics"]
     assert "skipped" not in m, m.get("skipped")
     assert m["peak_mem_kind"] == "cuda_max_allocated" and m["peak_mem_bytes"] > 0
@@ -80,8 +117,9 @@ def test_reuse_keeps_rows_of_the_same_code_and_protocol_and_remeasures_otherwise
 
     def rows_after(**kw):
         run = dict(dict(batch_sizes=(1, 2), threads=1, quick=True, isolate=False), **kw)
-        got = profile_variants(ws, [trained], ["torch-cpu", "ort-cpu"], data_dir=data_dir, reuse=True,
-                               log=lines.append, **run)
+        got = profile_variants(
+            ws, [trained], ["torch-cpu", "ort-cpu"], data_dir=data_dir, reuse=True, log=lines.append, **run
+        )
         return got, len(ws.measurements())
 
     lines = []
@@ -90,13 +128,18 @@ def test_reuse_keeps_rows_of_the_same_code_and_protocol_and_remeasures_otherwise
     with monkeypatch.context() as m:  # everything kept: the model is not even loaded to count its MACs
         m.setattr(runner, "static_metrics", lambda *a: pytest.fail("static metrics recomputed"))
         again, n = rows_after()
-    assert n == 4 and lines[-2:] == [f"lenet/fashion-mnist train [{trained.id[:8]}] {b}: kept from an earlier run "
-                                     f"of this code" for b in ("torch-cpu", "ort-cpu")]
+    assert n == 4 and lines[-2:] == [
+        f"lenet/fashion-mnist train [{trained.id[:8]}] {b}: kept from an earlier run of this code"
+        for b in ("torch-cpu", "ort-cpu")
+    ]
     assert [r["metrics"].get("latency_ms_p50") for r in again] == [r["metrics"].get("latency_ms_p50") for r in first]
     # Measured again: a new batch size, other threads, isolated vs in-process; the ONNX backend's "not ONNX"
     # skips do not depend on any of that beyond the threads, so they are kept when only isolation changes.
-    for kw, added in ((dict(batch_sizes=(1, 4)), 4), (dict(batch_sizes=(1, 4), threads=2), 4),
-                      (dict(batch_sizes=(1, 4), threads=2, isolate=True), 2)):
+    for kw, added in (
+        (dict(batch_sizes=(1, 4)), 4),
+        (dict(batch_sizes=(1, 4), threads=2), 4),
+        (dict(batch_sizes=(1, 4), threads=2, isolate=True), 2),
+    ):
         assert rows_after(**kw)[1] == n + added, kw
         n += added
     for c in ("4567def", "4567def-dirty", "4567def-dirty", None):  # another, uncommitted or unknown code state
@@ -123,8 +166,18 @@ def test_rows_are_kept_only_for_the_data_files_they_were_measured_on(trained_wor
     labels = other / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:8] + bytes(10 - 1 - b for b in labels.read_bytes()[8:]))
     for d, kept in ((data_dir, False), (data_dir, True), (other, False), (other, True)):
-        (row,) = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
-                                  data_dir=d, isolate=False, reuse=True, log=lambda _: None)
+        (row,) = profile_variants(
+            ws,
+            [trained],
+            ["torch-cpu"],
+            batch_sizes=(2,),
+            threads=1,
+            quick=True,
+            data_dir=d,
+            isolate=False,
+            reuse=True,
+            log=lambda _: None,
+        )
         assert ("id" in row) is kept, (d, kept)  # rows read back from the store carry their id
     accuracy = {r["metrics"]["data_sha256"]: r["metrics"]["accuracy_top1"] for r in ws.measurements(trained.id)}
     assert len(accuracy) == 2  # each data folder's own accuracy, both stored
@@ -135,15 +188,25 @@ def test_a_profiling_process_past_its_time_limit_is_stopped_and_recorded_as_fail
 
     monkeypatch.setattr(runner, "CHILD_TIMEOUT_S", 0.5)  # a fresh interpreter takes longer to import torch
     ws, trained, data_dir = trained_workspace
-    rows = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(1, 4), threads=1, quick=True,
-                            data_dir=data_dir, isolate=True, log=lambda _: None)
+    rows = profile_variants(
+        ws,
+        [trained],
+        ["torch-cpu"],
+        batch_sizes=(1, 4),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=True,
+        log=lambda _: None,
+    )
     for row in rows:
         assert row["metrics"]["error"] is True
         assert row["metrics"]["skipped"] == "failed: profiling process ran past its 0.5 s limit and was stopped"
 
 
 def test_after_a_process_ran_out_of_time_the_smaller_batch_is_timed_without_repeating_the_accuracy_pass(
-        trained_workspace, monkeypatch):
+    trained_workspace, monkeypatch
+):
     """The larger batch goes first and carries the accuracy pass over the test split; when its process runs
     out of time, the next one would start that pass again at a smaller batch, which is only slower. It times
     the variant only, and its row says why accuracy is missing."""
@@ -160,14 +223,24 @@ def test_after_a_process_ran_out_of_time_the_smaller_batch_is_timed_without_repe
 
     monkeypatch.setattr(runner, "_in_child", child)
     lines = []
-    rows = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(1, 4), threads=1, quick=True,
-                            data_dir=data_dir, isolate=True, log=lines.append)
+    rows = profile_variants(
+        ws,
+        [trained],
+        ["torch-cpu"],
+        batch_sizes=(1, 4),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=True,
+        log=lines.append,
+    )
     assert [(j["batch_size"], j["with_accuracy"]) for j in jobs] == [(4, True), (1, False)]
     small, large = _by(rows, trained, "torch-cpu", 1)["metrics"], _by(rows, trained, "torch-cpu", 4)["metrics"]
     assert large["error"] is True and "ran past" in large["skipped"]
     assert small["latency_ms_p50"] > 0 and "accuracy_top1" not in small
-    assert small["accuracy_unmeasured"] == ("the batch-4 process, which had the accuracy pass to make, ran past "
-                                            "its 3600 s limit")
+    assert small["accuracy_unmeasured"] == (
+        "the batch-4 process, which had the accuracy pass to make, ran past its 3600 s limit"
+    )
     line = next(line for line in lines if "batch 1: p50" in line)
     assert line.endswith(f"accuracy not measured ({small['accuracy_unmeasured']})")
 
@@ -176,9 +249,16 @@ def _store_ceiling(ws, flops, threads=1):
     """A stored float32 ceiling for this CPU, as `machine_peak` would keep it (no GEMM timed)."""
     from deploybench.profile import machine
 
-    ws.set_machine(machine.peak_key("cpu", threads),
-                   {"float32": flops, "by_runtime": {"float32": {"onnxruntime": flops}}, "method": machine.PEAK_METHOD,
-                    "hardware": machine._hardware("cpu"), "threads": threads})
+    ws.set_machine(
+        machine.peak_key("cpu", threads),
+        {
+            "float32": flops,
+            "by_runtime": {"float32": {"onnxruntime": flops}},
+            "method": machine.PEAK_METHOD,
+            "hardware": machine._hardware("cpu"),
+            "threads": threads,
+        },
+    )
 
 
 def test_a_quick_run_measures_against_the_full_ceiling_never_a_tiny_gemm(trained_workspace, monkeypatch):
@@ -194,8 +274,17 @@ def test_a_quick_run_measures_against_the_full_ceiling_never_a_tiny_gemm(trained
         monkeypatch.setattr(machine, name, gemm)
     monkeypatch.setattr(machine, "_MEASURED", {})
     ws, trained, data_dir = trained_workspace
-    (row,) = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
-                              data_dir=data_dir, isolate=False, log=lambda _: None)
+    (row,) = profile_variants(
+        ws,
+        [trained],
+        ["torch-cpu"],
+        batch_sizes=(2,),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=False,
+        log=lambda _: None,
+    )
     assert sorted(set(sizes)) == [256, 512]  # grown as in a full run: a 256 GEMM at 1 GFLOP/s takes 0.03 s
     assert ws.get_machine("peak_flops/cpu/1")["gemm_n"]["float32"] == 512
     assert row["metrics"]["peak_flops"] == 1e9 and row["metrics"]["protocol"]["min_runs"] == 5
@@ -205,17 +294,36 @@ def test_a_percentage_above_the_ceiling_is_stored_as_none_with_a_warning(trained
     ws, trained, data_dir = trained_workspace
     _store_ceiling(ws, 1e3)  # far below what lenet reaches: the ceiling is wrong, not the row
     lines = []
-    (row,) = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
-                              data_dir=data_dir, isolate=False, log=lines.append)
+    (row,) = profile_variants(
+        ws,
+        [trained],
+        ["torch-cpu"],
+        batch_sizes=(2,),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=False,
+        log=lines.append,
+    )
     m = row["metrics"]
     assert m["pct_of_peak"] is None and m["peak_flops"] == 1e3 and m["peak_runtime"] == "onnxruntime"
-    assert "exceeds the measured ceiling 1e-06 GFLOP/s of dtype float32 (runtime onnxruntime)" in \
-        m["pct_of_peak_invalid"]
+    assert (
+        "exceeds the measured ceiling 1e-06 GFLOP/s of dtype float32 (runtime onnxruntime)" in m["pct_of_peak_invalid"]
+    )
     warning = next(line for line in lines if line.startswith("warning:") and "% of peak" in line)
     assert "torch-cpu batch 2: % of peak not stored" in warning and m["pct_of_peak_invalid"] in warning
     _store_ceiling(ws, 1e18)
-    (row,) = profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
-                              data_dir=data_dir, isolate=False, log=lambda _: None)
+    (row,) = profile_variants(
+        ws,
+        [trained],
+        ["torch-cpu"],
+        batch_sizes=(2,),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=False,
+        log=lambda _: None,
+    )
     assert 0 < row["metrics"]["pct_of_peak"] < 100 and "pct_of_peak_invalid" not in row["metrics"]
 
 
@@ -227,8 +335,17 @@ def test_a_row_context_replaces_positional_arguments():
         name, device = "torch-cpu", "cpu"
 
     variant = Variant("v1", None, "m", "d", "train", {}, "torch-state", [], 0, "")
-    ctx = RowContext(variant=variant, cls=Cls, threads=1, env={"threads": 1}, isolated=False, protocol={"p": 1},
-                     peak={"float32": 1e12}, dtype="float32", scalars={"macs": 10**6})
+    ctx = RowContext(
+        variant=variant,
+        cls=Cls,
+        threads=1,
+        env={"threads": 1},
+        isolated=False,
+        protocol={"p": 1},
+        peak={"float32": 1e12},
+        dtype="float32",
+        scalars={"macs": 10**6},
+    )
     stats = dict(latency_ms_p50=1.0, stable=True)
     row = _row(ctx, 4, dict(metrics=stats), {"accuracy_top1": 0.5})
     assert (row["variant_id"], row["backend"], row["device"], row["batch_size"]) == ("v1", "torch-cpu", "cpu", 4)
@@ -247,6 +364,15 @@ def test_a_refusal_found_while_measuring_stores_no_static_metrics(trained_worksp
     _store_ceiling(ws, 1e12)
     monkeypatch.setattr(runner, "measure_combo_safe", lambda **job: dict(user_error="refused by the backend"))
     with pytest.raises(UserError, match="refused by the backend"):
-        runner.profile_variants(ws, [trained], ["torch-cpu"], batch_sizes=(2,), threads=1, quick=True,
-                                data_dir=data_dir, isolate=False, log=lambda _: None)
+        runner.profile_variants(
+            ws,
+            [trained],
+            ["torch-cpu"],
+            batch_sizes=(2,),
+            threads=1,
+            quick=True,
+            data_dir=data_dir,
+            isolate=False,
+            log=lambda _: None,
+        )
     assert "profile_static" not in ws.get_variant(trained.id).metrics and ws.measurements() == []

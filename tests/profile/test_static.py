@@ -1,5 +1,6 @@
 """Static metrics: fvcore MACs (trust target: resnet18), parameters, model size, and ONNX variants counted
 through their torch ancestor."""
+
 import torch
 import torchvision
 

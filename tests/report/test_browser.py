@@ -1,4 +1,5 @@
 """Open the report in headless Chromium: no console errors, sorting by a header click works, a screenshot."""
+
 import shutil
 from pathlib import Path
 
@@ -7,8 +8,9 @@ import pytest
 from deploybench.report import build_report
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                                reason="needs Debian's chromium + chromium-driver (make test installs them as root)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER), reason="needs Debian's chromium + chromium-driver (make test installs them as root)"
+)
 
 
 def test_report_in_headless_chromium(report_workspace, tmp_path):
@@ -19,9 +21,18 @@ def test_report_in_headless_chromium(report_workspace, tmp_path):
     out = build_report(report_workspace, tmp_path / "index.html")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000"]:
+    for flag in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,1000",
+    ]:
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
@@ -32,8 +43,10 @@ def test_report_in_headless_chromium(report_workspace, tmp_path):
         table = driver.find_element(By.ID, "variants")
         header = table.find_elements(By.CSS_SELECTOR, "thead th")[10]  # p50 ms
         assert header.text == "p50 ms"
-        column = lambda: [float(r.find_elements(By.TAG_NAME, "td")[10].text)  # noqa: E731
-                          for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        column = lambda: [
+            float(r.find_elements(By.TAG_NAME, "td")[10].text)  # noqa: E731
+            for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")
+        ]
         header.click()
         assert column() == sorted(column())
         header.click()

@@ -1,5 +1,6 @@
 """The HTML report: self-contained, escaped, built from the store alone, with recommendations; its variants
 table shows every cell as the CLI table and Markdown do."""
+
 import re
 from html.parser import HTMLParser
 
@@ -16,17 +17,41 @@ def test_report_is_self_contained_and_escapes_user_strings(report_workspace, tmp
     assert "&lt;script&gt;alert(" in html or "\\u003cscript\\u003e" in html
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing loaded from outside
     assert html.count("<svg") >= 4  # latency fronts for 2 batch sizes + size + MACs, plus training figures
-    for needle in ["Recommendations", "Pareto front", "no real speed-up", "Lineage", "Per-class", "Provenance",
-                   "test cpu", "profile run --model"]:
+    for needle in [
+        "Recommendations",
+        "Pareto front",
+        "no real speed-up",
+        "Lineage",
+        "Per-class",
+        "Provenance",
+        "test cpu",
+        "profile run --model",
+    ]:
         assert needle in html, needle
     assert oct(out.stat().st_mode & 0o777) == "0o644"
 
 
 def test_recommendations_pick_the_fastest_within_each_threshold():
-    rows = [dict(dataset="d", backend="b", batch_size=1, variant=v, model="m", stages=["train", s], chain=f"train+{s}",
-                 latency_ms_p50=lat, accuracy_top1=acc, stable=stable)
-            for v, s, lat, acc, stable in [("a", "fp32", 10.0, 0.90, True), ("b", "int8", 4.0, 0.896, True),
-                                           ("c", "prune", 1.0, 0.885, True), ("d", "int8", 0.5, 0.899, False)]]
+    rows = [
+        dict(
+            dataset="d",
+            backend="b",
+            batch_size=1,
+            variant=v,
+            model="m",
+            stages=["train", s],
+            chain=f"train+{s}",
+            latency_ms_p50=lat,
+            accuracy_top1=acc,
+            stable=stable,
+        )
+        for v, s, lat, acc, stable in [
+            ("a", "fp32", 10.0, 0.90, True),
+            ("b", "int8", 4.0, 0.896, True),
+            ("c", "prune", 1.0, 0.885, True),
+            ("d", "int8", 0.5, 0.899, False),
+        ]
+    ]
     (rec,) = recommendations(rows)
     # within 0.5, 1 and 2 points of 90%; "d" would be fastest everywhere, but its timing is unstable
     assert [p["variant"] for p in rec["picks"]] == ["b", "b", "c"]
@@ -48,14 +73,16 @@ def test_labels_of_front_points_at_one_spot_do_not_overprint_each_other():
         return out
 
     names = ["lenet:fp32", "lenet:quantize[int8-pt2e]", "lenet:quantize[dynamic]"]
-    points = [dict(accuracy_top1=acc, macs=416_520, label=name, pareto=True)
-              for name, acc in zip(names, (0.8649, 0.8657, 0.8653), strict=True)]
+    points = [
+        dict(accuracy_top1=acc, macs=416_520, label=name, pareto=True)
+        for name, acc in zip(names, (0.8649, 0.8657, 0.8653), strict=True)
+    ]
     points.append(dict(accuracy_top1=0.8354, macs=133_740, label="lenet:prune", pareto=True))
     texts = drawn(points)
     boxes = [(x, y - LABEL_PT, x + 0.5 * LABEL_PT * len(n), y) for n, (x, y) in texts.items() if n.startswith("lenet")]
     assert len(boxes) == 4
     for i, a in enumerate(boxes):  # SVG y grows downwards
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
     # Most accurate on top (smallest SVG y).
     assert texts["lenet:quantize[int8-pt2e]"][1] < texts["lenet:quantize[dynamic]"][1] < texts["lenet:fp32"][1]
@@ -110,17 +137,20 @@ def cli_table(text: str) -> tuple[list[str], list[list[str]]]:
     lines = text.splitlines()
     rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
     spans = [(m.start(), m.end()) for m in re.finditer(r"-+", lines[rule])]
-    body = lines[rule + 1:lines.index("", rule)]
+    body = lines[rule + 1 : lines.index("", rule)]
 
     def split(line):
-        return [line[a:b if i + 1 < len(spans) else None].strip() for i, (a, b) in enumerate(spans)]
+        return [line[a : b if i + 1 < len(spans) else None].strip() for i, (a, b) in enumerate(spans)]
 
     return split(lines[rule - 1]), [split(line) for line in body]
 
 
 def markdown_table(text: str) -> tuple[list[str], list[list[str]]]:
-    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-            for line in text.splitlines() if line.startswith("|")]
+    rows = [
+        [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        for line in text.splitlines()
+        if line.startswith("|")
+    ]
     return rows[0], rows[2:]
 
 

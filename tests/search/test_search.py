@@ -1,6 +1,7 @@
 """`deploybench.search`: a tiny search end to end (lenet on the tiny Fashion-MNIST, 3 trials, low fidelity, the
 quick latency protocol), a repeated recipe that makes no new variant, the space per backend, the promotion rule,
 and a worker on other hardware refused."""
+
 import json
 import shutil
 
@@ -66,8 +67,9 @@ def test_a_tiny_search_end_to_end(searched):
         assert t.user_attrs["rung0"]["val_images"] == 3
     fastest = max(done, key=lambda t: (t.values[0], t.values[1]))
     assert summary["winner"]["variant_id"] == fastest.user_attrs["variant_id"]
-    assert summary["front"] and all(r["test_top1"] == ws.get_variant(r["variant_id"]).metrics["accuracy_top1"]
-                                    for r in summary["front"])
+    assert summary["front"] and all(
+        r["test_top1"] == ws.get_variant(r["variant_id"]).metrics["accuracy_top1"] for r in summary["front"]
+    )
     best = summary["optimize_all"]["best"]
     assert best is not None and summary["optimize_all"]["winner_speedup_over_best"] > 0
     assert json.loads(summary_path(ws, summary["study"]).read_text())["winner"] == summary["winner"]

@@ -1,6 +1,7 @@
 """A damaged store is refused, never written to: a database file that is empty, garbage, truncated or not
 deploybench's; rows whose JSON or names do not hold up (ids, file names, model names are checked as user input
 is); variant prefixes whose LIKE wildcards would match other ids; and two writers making one variant at once."""
+
 import json
 import os
 import sqlite3
@@ -26,8 +27,19 @@ def stored(tmp_path) -> tuple[Workspace, object]:
     """A workspace holding one variant, a measurement, a training run, a command and a machine fact."""
     ws = Workspace(tmp_path / "ws")
     v, _ = ws.create_variant(**ARGS, write=write_files)
-    ws.add_measurements([dict(variant_id=v.id, backend="torch-cpu", device="cpu", batch_size=1, threads=1,
-                              metrics={"latency_ms_p50": 1.0}, environment={"cpu": "x"})])
+    ws.add_measurements(
+        [
+            dict(
+                variant_id=v.id,
+                backend="torch-cpu",
+                device="cpu",
+                batch_size=1,
+                threads=1,
+                metrics={"latency_ms_p50": 1.0},
+                environment={"cpu": "x"},
+            )
+        ]
+    )
     ws.start_training_run(v.id, "lenet", "cifar10", {"lr": 1})
     ws.log_command(["train", "--model", "lenet"])
     ws.set_machine("peak", {"float32": 1.0})
@@ -125,30 +137,60 @@ def test_a_store_of_an_earlier_version_gets_the_tables_added_since(tmp_path):
 
 # Each: (SQL that damages one row, the reading that meets it, text the error names).
 ROW_DAMAGE = {
-    "config-not-json": ("UPDATE variants SET config = '{\"_lineage\": [\"train\"'", lambda ws, v: ws.variants(),
-                        "its config is not JSON"),
-    "metrics-a-list": ("UPDATE variants SET metrics = '[0.5]'", lambda ws, v: ws.get_variant(v.id),
-                       "its metrics is an array, not an object"),
-    "files-outside": ("UPDATE variants SET files = '[\"../../../../outside.onnx\"]'", lambda ws, v: ws.variants(),
-                      "'../../../../outside.onnx' is not a path inside the variant's folder"),
-    "files-absolute": ("UPDATE variants SET files = '[\"/etc/passwd\"]'", lambda ws, v: ws.variants(),
-                       "'/etc/passwd' is not a path inside"),
-    "id-with-dotdot": ("UPDATE variants SET id = '../../../evil'", lambda ws, v: ws.variants(),
-                       "its id is not 16 lowercase hex digits"),
+    "config-not-json": (
+        'UPDATE variants SET config = \'{"_lineage": ["train"\'',
+        lambda ws, v: ws.variants(),
+        "its config is not JSON",
+    ),
+    "metrics-a-list": (
+        "UPDATE variants SET metrics = '[0.5]'",
+        lambda ws, v: ws.get_variant(v.id),
+        "its metrics is an array, not an object",
+    ),
+    "files-outside": (
+        "UPDATE variants SET files = '[\"../../../../outside.onnx\"]'",
+        lambda ws, v: ws.variants(),
+        "'../../../../outside.onnx' is not a path inside the variant's folder",
+    ),
+    "files-absolute": (
+        "UPDATE variants SET files = '[\"/etc/passwd\"]'",
+        lambda ws, v: ws.variants(),
+        "'/etc/passwd' is not a path inside",
+    ),
+    "id-with-dotdot": (
+        "UPDATE variants SET id = '../../../evil'",
+        lambda ws, v: ws.variants(),
+        "its id is not 16 lowercase hex digits",
+    ),
     "parent-id": ("UPDATE variants SET parent_id = 'a%'", lambda ws, v: ws.variants(), "is not a variant id"),
     "model-name": ("UPDATE variants SET model = '../x'", lambda ws, v: ws.variants(), "cannot be used in a path"),
-    "lineage": ("UPDATE variants SET config = '{\"_lineage\": \"train\"}'", lambda ws, v: ws.variants(),
-                "_lineage is not a list"),
-    "training-run": ("UPDATE training_runs SET config = 'not json'", lambda ws, v: ws.training_runs(),
-                     "training_runs row"),
-    "measurement": ("UPDATE measurements SET metrics = '[]'", lambda ws, v: ws.measurements(),
-                    "measurements row 1: its metrics is an array"),
-    "measurement-variant": ("UPDATE measurements SET variant_id = '../x'", lambda ws, v: ws.measurements(),
-                            "its variant_id is not a variant id"),
+    "lineage": (
+        'UPDATE variants SET config = \'{"_lineage": "train"}\'',
+        lambda ws, v: ws.variants(),
+        "_lineage is not a list",
+    ),
+    "training-run": (
+        "UPDATE training_runs SET config = 'not json'",
+        lambda ws, v: ws.training_runs(),
+        "training_runs row",
+    ),
+    "measurement": (
+        "UPDATE measurements SET metrics = '[]'",
+        lambda ws, v: ws.measurements(),
+        "measurements row 1: its metrics is an array",
+    ),
+    "measurement-variant": (
+        "UPDATE measurements SET variant_id = '../x'",
+        lambda ws, v: ws.measurements(),
+        "its variant_id is not a variant id",
+    ),
     "command": ("UPDATE commands SET argv = '{\"a\": 1}'", lambda ws, v: ws.commands(), "commands row 1"),
     "machine": ("UPDATE machine SET value = '1.5'", lambda ws, v: ws.get_machine("peak"), "its value is a number"),
-    "update-metrics": ("UPDATE variants SET metrics = 'null'", lambda ws, v: ws.update_metrics(v.id, {"a": 1}),
-                       "its metrics is null"),
+    "update-metrics": (
+        "UPDATE variants SET metrics = 'null'",
+        lambda ws, v: ws.update_metrics(v.id, {"a": 1}),
+        "its metrics is null",
+    ),
 }
 
 
@@ -158,8 +200,10 @@ def test_a_row_that_does_not_hold_up_is_a_damaged_store(kind, tmp_path):
     sql, read, text = ROW_DAMAGE[kind]
     tamper(ws, sql)
     con = sqlite3.connect(ws.db_path)
-    before = {t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()
-              for t in ("variants", "measurements", "training_runs", "commands", "machine")}
+    before = {
+        t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()
+        for t in ("variants", "measurements", "training_runs", "commands", "machine")
+    }
     con.close()
     with pytest.raises(DamagedStore) as info:
         read(Workspace(ws.root), v)
@@ -183,8 +227,9 @@ def test_like_prefix_takes_wildcards_literally():
     con = sqlite3.connect(":memory:")
     con.execute("CREATE TABLE t (id TEXT)")
     con.executemany("INSERT INTO t VALUES (?)", [("5313cca5",), ("%cca5",), ("a_b\\c",), ("axb\\c",)])
-    match = lambda prefix: [r[0] for r in con.execute("SELECT id FROM t WHERE id LIKE ? ESCAPE '\\'",
-                                                      (_like_prefix(prefix),))]
+    match = lambda prefix: [
+        r[0] for r in con.execute("SELECT id FROM t WHERE id LIKE ? ESCAPE '\\'", (_like_prefix(prefix),))
+    ]
     assert match("%cca") == ["%cca5"] and match("a_b\\") == ["a_b\\c"] and match("5313") == ["5313cca5"]
 
 
@@ -241,8 +286,12 @@ print(json.dumps([v.id, created]))
 
 def test_two_processes_making_one_variant_at_once_both_get_it(tmp_path):
     ws = Workspace(tmp_path / "ws")
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(ws.root), "2"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(ws.root), "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=120) for p in procs]
     for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0 and "Traceback" not in err, err

@@ -1,5 +1,6 @@
 """`deploybench import`: idempotent, refuses conflicting ids and tampered artifacts with nothing written, keeps
 each measurement's machine, and never puts two machines on one front."""
+
 import hashlib
 import shutil
 
@@ -16,16 +17,35 @@ HERE_ENV = dict(cpu_model="Home Vendor CPU 1", cpu_flags=["avx512f"], gpu=None)
 
 
 def _measure(ws, variant_id, env, p50):
-    ws.add_measurements([dict(variant_id=variant_id, backend="torch-cpu", device="cpu", batch_size=1, threads=1,
-                              metrics=dict(accuracy_top1=0.5, latency_ms_p50=p50, latency_ms_ci95=[p50, p50],
-                                           stable=True, macs=100, size_bytes=1000),
-                              environment=env)])
+    ws.add_measurements(
+        [
+            dict(
+                variant_id=variant_id,
+                backend="torch-cpu",
+                device="cpu",
+                batch_size=1,
+                threads=1,
+                metrics=dict(
+                    accuracy_top1=0.5,
+                    latency_ms_p50=p50,
+                    latency_ms_ci95=[p50, p50],
+                    stable=True,
+                    macs=100,
+                    size_bytes=1000,
+                ),
+                environment=env,
+            )
+        ]
+    )
 
 
 def snapshot(ws: Workspace) -> tuple:
     """Everything an import could change: the rows of both tables and every artifact's bytes."""
-    files = {str(p.relative_to(ws.root)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in ws.artifacts.rglob("*") if p.is_file()}
+    files = {
+        str(p.relative_to(ws.root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in ws.artifacts.rglob("*")
+        if p.is_file()
+    }
     variants = sorted((v.id, v.sha256, v.seal) for v in ws.variants())
     rows = sorted((m["variant_id"], m["backend"], str(m["environment"]), m["created_at"]) for m in ws.measurements())
     return variants, rows, files
@@ -84,8 +104,10 @@ def test_measurements_keep_their_machine_and_form_their_own_front(two_workspaces
     import_workspace(here, other.root)
     trained = here.variants()[0]
     _measure(here, trained.id, HERE_ENV, 5.0)  # slower here: it must not be dominated by the other machine's rows
-    assert {m["environment"]["cpu_model"] for m in here.measurements()} == {OTHER_ENV["cpu_model"],
-                                                                            HERE_ENV["cpu_model"]}
+    assert {m["environment"]["cpu_model"] for m in here.measurements()} == {
+        OTHER_ENV["cpu_model"],
+        HERE_ENV["cpu_model"],
+    }
     slugs = machines(here)
     assert len(slugs) == 2
     rows = compare_rows(here)

@@ -1,4 +1,5 @@
 """The workspace store: content-addressed variants, atomic folders, all-or-nothing writes."""
+
 import signal
 import sqlite3
 import subprocess
@@ -18,14 +19,23 @@ def write_files(d):
 
 def test_variant_is_content_addressed_and_reused(tmp_path):
     ws = Workspace(tmp_path / "ws")
-    a, created = ws.create_variant(model="lenet", dataset="cifar10", stage="train", config={"lr": 1}, parent=None,
-                                   fmt="onnx", write=write_files)
+    a, created = ws.create_variant(
+        model="lenet", dataset="cifar10", stage="train", config={"lr": 1}, parent=None, fmt="onnx", write=write_files
+    )
     assert created and a.files == ["model.onnx", "model.onnx.data"] and a.size_bytes == 5 + 70
-    again, created = ws.create_variant(model="lenet", dataset="cifar10", stage="train", config={"lr": 1},
-                                       parent=None, fmt="onnx", write=lambda d: pytest.fail("must be reused"))
+    again, created = ws.create_variant(
+        model="lenet",
+        dataset="cifar10",
+        stage="train",
+        config={"lr": 1},
+        parent=None,
+        fmt="onnx",
+        write=lambda d: pytest.fail("must be reused"),
+    )
     assert not created and again.id == a.id
-    child, _ = ws.create_variant(model="lenet", dataset="cifar10", stage="prune", config={"ratio": 0.5}, parent=a,
-                                 fmt="onnx", write=write_files)
+    child, _ = ws.create_variant(
+        model="lenet", dataset="cifar10", stage="prune", config={"ratio": 0.5}, parent=a, fmt="onnx", write=write_files
+    )
     assert child.parent_id == a.id and child.stages == ["train", "prune"]
     assert [v.id for v in ws.lineage(child)] == [a.id, child.id]
     ws.update_metrics(child.id, {"agreement_top1": 0.99})
@@ -40,8 +50,9 @@ def test_failed_write_leaves_nothing(tmp_path):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        ws.create_variant(model="lenet", dataset="cifar10", stage="train", config={}, parent=None, fmt="x",
-                          write=broken)
+        ws.create_variant(
+            model="lenet", dataset="cifar10", stage="train", config={}, parent=None, fmt="x", write=broken
+        )
     assert ws.variants() == []
     assert not any(p.is_file() for p in (tmp_path / "ws").rglob("*") if p.parent != tmp_path / "ws")
 
@@ -82,16 +93,17 @@ with ws.transaction() as con:
 
 def test_killed_multi_row_write_leaves_all_or_nothing(tmp_path):
     ws = Workspace(tmp_path / "ws")
-    v, _ = ws.create_variant(model="lenet", dataset="cifar10", stage="train", config={}, parent=None, fmt="x",
-                             write=write_files)
-    ws.add_measurements([dict(variant_id=v.id, backend="b", device="cpu", batch_size=1, threads=1, metrics={},
-                              environment={})])
+    v, _ = ws.create_variant(
+        model="lenet", dataset="cifar10", stage="train", config={}, parent=None, fmt="x", write=write_files
+    )
+    ws.add_measurements(
+        [dict(variant_id=v.id, backend="b", device="cpu", batch_size=1, threads=1, metrics={}, environment={})]
+    )
     r = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path / "ws")])
     assert r.returncode == -signal.SIGKILL
     assert len(ws.measurements()) == 1  # the killed transaction left no row
     con = sqlite3.connect(ws.db_path)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-
 
 
 KILLED_DURING_WRITE = r"""
@@ -112,6 +124,7 @@ def test_folder_of_a_killed_writer_is_swept(tmp_path):
     assert [p.name.endswith(".tmp") for p in parent.iterdir()] == [True]  # what SIGKILL leaves behind
     ws = Workspace(tmp_path / "ws")
     assert ws.variants() == []
-    v, created = ws.create_variant(model="lenet", dataset="cifar10", stage="train", config={"other": 1}, parent=None,
-                                   fmt="x", write=write_files)
+    v, created = ws.create_variant(
+        model="lenet", dataset="cifar10", stage="train", config={"other": 1}, parent=None, fmt="x", write=write_files
+    )
     assert created and [p.name for p in parent.iterdir()] == [v.id]

@@ -1,4 +1,5 @@
 """Progress output: bars on a terminal; in a log (output captured, not a terminal) plain lines, no redraws."""
+
 import io
 
 import deploybench.platform.progress as progress_module

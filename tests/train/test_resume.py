@@ -1,4 +1,5 @@
 """Killed, interrupted and resumed training runs reach exactly the weights of an uninterrupted run (CPU)."""
+
 import json
 import signal
 import subprocess
@@ -9,8 +10,18 @@ import torch
 
 from deploybench.store import Workspace
 
-ARGS = ["--model", "simple-cnn", "--dataset", "fashion-mnist", "--epochs", "2", "--batch-size", "8",
-        "--checkpoint-every", "2"]
+ARGS = [
+    "--model",
+    "simple-cnn",
+    "--dataset",
+    "fashion-mnist",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--checkpoint-every",
+    "2",
+]
 
 # Runs the real `train` CLI in a child process after arming a fault: after `after` calls of `hook`,
 # the process kills itself (SIGKILL, or SIGTERM which the trainer handles), optionally mid-write.
@@ -48,13 +59,19 @@ sys.exit(main(sys.argv[3:]))
 
 
 def train_cli(args, cwd, **kw):
-    return subprocess.run([sys.executable, "-m", "deploybench.cli.train", *args], cwd=cwd, capture_output=True,
-                          text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "deploybench.cli.train", *args], cwd=cwd, capture_output=True, text=True, **kw
+    )
 
 
 def faulty_run(mode, after, args, cwd):
-    return subprocess.run([sys.executable, "-c", CHILD, mode, str(after), *args], cwd=cwd, capture_output=True,
-                          text=True, start_new_session=True)  # its own process group, for "term-group"
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(after), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+    )  # its own process group, for "term-group"
 
 
 def final_weights(ws_dir):
@@ -110,8 +127,15 @@ def test_the_main_job_continues_an_interrupted_run(reference, tmp_path, tiny_fas
     assert faulty_run("term", 10, args, tmp_path).returncode == 143
     recipe = default_recipe("simple-cnn", epochs=2, batch_size=8, checkpoint_every=2)
     logged = []
-    variant, created = train_model(Workspace(tmp_path / "ws"), "simple-cnn", "fashion-mnist", recipe,
-                                   data_dir=tiny_fashion_mnist, resume=None, log=logged.append)
+    variant, created = train_model(
+        Workspace(tmp_path / "ws"),
+        "simple-cnn",
+        "fashion-mnist",
+        recipe,
+        data_dir=tiny_fashion_mnist,
+        resume=None,
+        log=logged.append,
+    )
     assert created and variant.id == reference[1].id
     weights, _ = final_weights(tmp_path / "ws")
     assert all(torch.equal(weights[k], reference[0][k]) for k in reference[0])
@@ -124,8 +148,9 @@ def test_rerun_reuses_and_resume_without_run_is_refused(reference, tmp_path, tin
     args = ARGS + ["--workspace", str(ref_ws), "--data-dir", str(tiny_fashion_mnist)]
     again = train_cli(args, cwd=tmp_path)
     assert again.returncode == 0 and "already trained" in again.stdout
-    nothing = train_cli(ARGS + ["--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist), "--resume"],
-                        cwd=tmp_path)
+    nothing = train_cli(
+        ARGS + ["--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist), "--resume"], cwd=tmp_path
+    )
     assert nothing.returncode == 2 and "nothing to resume" in nothing.stderr
 
 
@@ -148,14 +173,16 @@ def test_trains_on_an_image_folder(tmp_path, tiny_imagefolder):
 
     ws = Workspace(tmp_path / "ws")
     dataset = f"imagefolder:{tiny_imagefolder}"
-    variant, created = train_model(ws, "simple-cnn", dataset, default_recipe("simple-cnn", epochs=1, batch_size=8),
-                                   log=lambda *_: None)
+    variant, created = train_model(
+        ws, "simple-cnn", dataset, default_recipe("simple-cnn", epochs=1, batch_size=8), log=lambda *_: None
+    )
     assert created and variant.dataset == dataset and variant.metrics["params"] > 0
     assert variant.path.parent.name.startswith("imagefolder-") and variant.path.is_relative_to(ws.artifacts)
 
 
-def test_loader_workers_are_recorded_and_a_resumed_run_reaches_the_same_weights(reference, tmp_path,
-                                                                                 tiny_fashion_mnist):
+def test_loader_workers_are_recorded_and_a_resumed_run_reaches_the_same_weights(
+    reference, tmp_path, tiny_fashion_mnist
+):
     # With data-loading workers the augmentation comes from the workers' own random streams: another variant
     # than the same recipe without them, reproducible, and a SIGTERM mid-epoch resumes to the same weights.
     def args(ws):
@@ -179,8 +206,10 @@ def test_loader_workers_are_recorded_and_a_resumed_run_reaches_the_same_weights(
     history = [json.loads((v.path / "training.json").read_text())["history"] for v in (variant, cut)]
     assert "resumed_at_step" in history[1][-1] and history[1][-1]["val_loss"] == history[0][-1]["val_loss"]
 
-    bad = train_cli(ARGS + ["--workspace", str(tmp_path / "bad"), "--data-dir", str(tiny_fashion_mnist),
-                            "--workers", "-1"], cwd=tmp_path)
+    bad = train_cli(
+        ARGS + ["--workspace", str(tmp_path / "bad"), "--data-dir", str(tiny_fashion_mnist), "--workers", "-1"],
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2 and "--workers" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad" / "runs").exists()
 
@@ -193,15 +222,18 @@ def test_trains_on_a_gpu_with_mixed_precision_and_stores_cpu_weights(tmp_path, t
     recipe = default_recipe("simple-cnn", epochs=2, batch_size=8, checkpoint_every=2)
     assert recipe.amp
     ws = Workspace(tmp_path / "ws")
-    variant, created = train_model(ws, "simple-cnn", "fashion-mnist", recipe, data_dir=tiny_fashion_mnist,
-                                   device="cuda", log=lambda *_: None)
+    variant, created = train_model(
+        ws, "simple-cnn", "fashion-mnist", recipe, data_dir=tiny_fashion_mnist, device="cuda", log=lambda *_: None
+    )
     assert created and variant.metrics["device"].startswith("cuda") and variant.metrics["epochs"] == 2
-    on_cpu, _ = train_model(ws, "simple-cnn", "fashion-mnist", recipe, data_dir=tiny_fashion_mnist, device="cpu",
-                            log=lambda *_: None)
+    on_cpu, _ = train_model(
+        ws, "simple-cnn", "fashion-mnist", recipe, data_dir=tiny_fashion_mnist, device="cpu", log=lambda *_: None
+    )
     assert variant.config["device"] == "cuda" and "device" not in on_cpu.config and on_cpu.id != variant.id
     weights = torch.load(variant.path / "model.pt", weights_only=True)
     assert {t.device.type for t in weights.values()} == {"cpu"}
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
-    ckpt = torch.load(next(p for p in (ws.root / "runs").rglob("last.pt") if p.parent.name == variant.id),
-                      weights_only=True)
+    ckpt = torch.load(
+        next(p for p in (ws.root / "runs").rglob("last.pt") if p.parent.name == variant.id), weights_only=True
+    )
     assert ckpt["scaler"]["scale"] > 0  # the AMP loss scaler ran and is checkpointed for a resume

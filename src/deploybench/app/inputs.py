@@ -1,5 +1,6 @@
 """User images into model inputs: read with PIL (refusing what is not an image), brought to the dataset's channels
 and size, then the dataset's own evaluation transform."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Predict: run one image through up to four stored variants (CPU, `runnable`), top-5 per variant with the
 latency of that call, and where the variants disagree."""
+
 from __future__ import annotations
 
 import html
@@ -98,9 +99,15 @@ def predict_one(v: Variant, x: torch.Tensor, classes) -> dict:
         latency_ms = (time.perf_counter() - start) * 1000
     probs = torch.softmax(logits.float().reshape(1, -1), dim=1)[0]
     top = probs.topk(min(TOP_K, probs.numel()))
-    return dict(variant=v.id, label=variant_label(v), latency_ms=latency_ms,
-                top=[dict(index=int(i), name=_class_name(classes, int(i)), prob=float(p))
-                     for p, i in zip(top.values, top.indices, strict=True)])
+    return dict(
+        variant=v.id,
+        label=variant_label(v),
+        latency_ms=latency_ms,
+        top=[
+            dict(index=int(i), name=_class_name(classes, int(i)), prob=float(p))
+            for p, i in zip(top.values, top.indices, strict=True)
+        ],
+    )
 
 
 def _class_name(classes, i: int) -> str:
@@ -138,8 +145,12 @@ def results_html(out: dict) -> str:
             f"<div style='font-size:0.85em'>{html.escape(r['label'])}</div>"
             f"<div>top-1: <b class='db-top1'>{html.escape(top1)}</b></div>"
             f"<div class='db-latency'>{r['latency_ms']:.2f} ms</div>"
-            f"<table>{rows}</table></div>")
-    note = ("<p class='db-disagree' style='color:#d9534f'><b>The variants disagree on the top-1 class.</b></p>"
-            if out["disagree"] else "<p class='db-agree'>All variants agree on the top-1 class.</p>")
+            f"<table>{rows}</table></div>"
+        )
+    note = (
+        "<p class='db-disagree' style='color:#d9534f'><b>The variants disagree on the top-1 class.</b></p>"
+        if out["disagree"]
+        else "<p class='db-agree'>All variants agree on the top-1 class.</p>"
+    )
     truth = f"<p>true class: <b>{html.escape(out['truth'])}</b></p>" if out.get("truth") else ""
     return f"{truth}{note}<div style='display:flex;gap:8px;flex-wrap:wrap'>{''.join(cols)}</div>"

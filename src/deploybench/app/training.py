@@ -1,4 +1,5 @@
 """Training: learning curves and confusion matrix of a trained variant, drawn from its training.json numbers."""
+
 from __future__ import annotations
 
 import json
@@ -35,11 +36,15 @@ def training_record(ws: Workspace, variant_id: str | None) -> dict:
         raise UserError(f"variant {v.id[:12]} has no readable training record (training.json)") from None
     history, classes = record.get("history") if isinstance(record, dict) else None, record.get("classes")
     confusion = record.get("confusion")
-    ok = (isinstance(history, list) and all(isinstance(h, dict) and all(_number(h.get(k)) for k in _HISTORY_KEYS)
-                                            for h in history)
-          and isinstance(classes, list) and all(isinstance(c, str) for c in classes)
-          and isinstance(confusion, list) and len(confusion) == len(classes)
-          and all(isinstance(r, list) and len(r) == len(classes) and all(_number(c) for c in r) for r in confusion))
+    ok = (
+        isinstance(history, list)
+        and all(isinstance(h, dict) and all(_number(h.get(k)) for k in _HISTORY_KEYS) for h in history)
+        and isinstance(classes, list)
+        and all(isinstance(c, str) for c in classes)
+        and isinstance(confusion, list)
+        and len(confusion) == len(classes)
+        and all(isinstance(r, list) and len(r) == len(classes) and all(_number(c) for c in r) for r in confusion)
+    )
     if not ok:
         raise UserError(f"the training record of variant {v.id[:12]} is damaged; the figures cannot be drawn")
     return record

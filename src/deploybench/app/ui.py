@@ -1,5 +1,6 @@
 """The Gradio Blocks of `deploybench app`: Predict, Explore and Training tabs over one workspace, read-only. The
 store is opened on every event, so variants and measurements added while the app runs appear without a restart."""
+
 from __future__ import annotations
 
 import logging
@@ -49,8 +50,9 @@ class App:
     # -- predict -------------------------------------------------------------------------------------------
     def _predict(self, image: Image.Image | None, index, ids):
         try:
-            out = predict.predict(self.ws(), self.data_dir, ids, image=image,
-                                  index=None if index in (None, "") else int(index))
+            out = predict.predict(
+                self.ws(), self.data_dir, ids, image=image, index=None if index in (None, "") else int(index)
+            )
         except Exception as exc:  # noqa: BLE001 - every failure is a message in the UI
             return None, "", _message(exc), {}
         data = dict(truth=out["truth"], disagree=out["disagree"], results=out["results"])
@@ -86,22 +88,33 @@ class App:
             return gr.Dropdown(), gr.Dropdown(), gr.Dropdown()
         machines = opts["machines"]
         backends, batches = [ALL] + opts["backends"], [ALL] + [str(b) for b in opts["batch_sizes"]]
-        return (gr.Dropdown(choices=machines, value=machine if machine in machines else (machines or [None])[0]),
-                gr.Dropdown(choices=backends, value=backend if backend in backends else ALL),
-                gr.Dropdown(choices=batches, value=batch if batch in batches else ALL))
+        return (
+            gr.Dropdown(choices=machines, value=machine if machine in machines else (machines or [None])[0]),
+            gr.Dropdown(choices=backends, value=backend if backend in backends else ALL),
+            gr.Dropdown(choices=batches, value=batch if batch in batches else ALL),
+        )
 
     def explore(self, machine, backend, batch, x, y):
         """(chart points, table, variant choices, message) of one machine, backend and batch size."""
         try:
             if x not in explore.AXES or y not in explore.AXES:
                 raise UserError(f"axes are one of: {', '.join(explore.AXES)}")
-            rows = explore.front_rows(self.ws(), machine or None, None if backend in (None, "", ALL) else backend,
-                                      None if batch in (None, "", ALL) else int(batch))
+            rows = explore.front_rows(
+                self.ws(),
+                machine or None,
+                None if backend in (None, "", ALL) else backend,
+                None if batch in (None, "", ALL) else int(batch),
+            )
         except Exception as exc:  # noqa: BLE001
-            return gr.ScatterPlot(value=explore.chart_frame([], "x", "y")), explore.table_frame([]), gr.Dropdown(), \
-                _message(exc)
-        chart = gr.ScatterPlot(value=explore.chart_frame(rows, x, y), x_title=explore.axis_title(x),
-                               y_title=explore.axis_title(y))
+            return (
+                gr.ScatterPlot(value=explore.chart_frame([], "x", "y")),
+                explore.table_frame([]),
+                gr.Dropdown(),
+                _message(exc),
+            )
+        chart = gr.ScatterPlot(
+            value=explore.chart_frame(rows, x, y), x_title=explore.axis_title(x), y_title=explore.axis_title(y)
+        )
         ids = list(dict.fromkeys(r["variant"] for r in rows))
         labels = {v: lbl for lbl, v in predict.variant_choices(self.ws())}
         msg = "" if rows else "No measurements for this choice yet (`deploybench profile run`)."
@@ -151,19 +164,32 @@ def build_app(workspace: str | os.PathLike, data_dir: str | os.PathLike = "data"
             with gr.Row():
                 with gr.Column():
                     with gr.Tab("Upload"):
-                        upload = gr.File(label=f"image (up to {MAX_FILE_BYTES // 2**20} MB)", type="filepath",
-                                         elem_id="predict-upload")
-                        index = gr.Number(label="or test image index (when nothing is uploaded)", precision=0,
-                                          value=None, elem_id="predict-index")
+                        upload = gr.File(
+                            label=f"image (up to {MAX_FILE_BYTES // 2**20} MB)",
+                            type="filepath",
+                            elem_id="predict-upload",
+                        )
+                        index = gr.Number(
+                            label="or test image index (when nothing is uploaded)",
+                            precision=0,
+                            value=None,
+                            elem_id="predict-index",
+                        )
                     with gr.Tab("Draw"):
                         sketch = gr.Sketchpad(label="draw an image", type="numpy", image_mode="RGBA")
                         draw_btn = gr.Button("Predict drawing")
-                    variants = gr.Dropdown(choices=choices, multiselect=True, max_choices=predict.MAX_VARIANTS,
-                                           allow_custom_value=True, label="variants (up to 4)",
-                                           elem_id="predict-variants")
+                    variants = gr.Dropdown(
+                        choices=choices,
+                        multiselect=True,
+                        max_choices=predict.MAX_VARIANTS,
+                        allow_custom_value=True,
+                        label="variants (up to 4)",
+                        elem_id="predict-variants",
+                    )
                     btn = gr.Button("Predict", variant="primary", elem_id="predict-button")
-                converted = gr.Image(label="input as the models see it", interactive=False, format="png",
-                                     elem_id="predict-input")
+                converted = gr.Image(
+                    label="input as the models see it", interactive=False, format="png", elem_id="predict-input"
+                )
             message = gr.Markdown(elem_id="predict-message")
             results = gr.HTML(elem_id="predict-results")
             data = gr.JSON(label="predictions", visible=False)
@@ -179,9 +205,14 @@ def build_app(workspace: str | os.PathLike, data_dir: str | os.PathLike = "data"
                 x = gr.Dropdown(axes, value="latency_ms_p50", label="x axis")
                 y = gr.Dropdown(axes, value="accuracy_top1", label="y axis")
                 refresh = gr.Button("Refresh")
-            chart = gr.ScatterPlot(x="x", y="y", color="front",
-                                   tooltip=["variant", "chain", "backend", "batch", "x", "y"],
-                                   label="Pareto front (hover a point for its variant)", height=380)
+            chart = gr.ScatterPlot(
+                x="x",
+                y="y",
+                color="front",
+                tooltip=["variant", "chain", "backend", "batch", "x", "y"],
+                label="Pareto front (hover a point for its variant)",
+                height=380,
+            )
             explore_msg = gr.Markdown()
             table = gr.Dataframe(label="rows (click one for its card)", interactive=False, wrap=True)
             chosen = gr.Dropdown(label="variant card", allow_custom_value=True)
@@ -190,13 +221,18 @@ def build_app(workspace: str | os.PathLike, data_dir: str | os.PathLike = "data"
             explore_out = [chart, table, chosen, explore_msg]
             for trigger in (backend.input, batch.input, machine.input, x.input, y.input):
                 trigger(app.explore, filters, explore_out, api_name=False)
-            refresh.click(app.explore_options, [machine, backend, batch], [machine, backend, batch],
-                          api_name=False).then(app.explore, filters, explore_out, api_name="explore")
+            refresh.click(
+                app.explore_options, [machine, backend, batch], [machine, backend, batch], api_name=False
+            ).then(app.explore, filters, explore_out, api_name="explore")
             table.select(app.selected_row, table, chosen, api_name=False)
             chosen.change(app.card, chosen, card, api_name="card")
         with gr.Tab("Training"):
-            run = gr.Dropdown(choices=trained, value=trained[0][1] if trained else None, allow_custom_value=True,
-                              label="trained variant")
+            run = gr.Dropdown(
+                choices=trained,
+                value=trained[0][1] if trained else None,
+                allow_custom_value=True,
+                label="trained variant",
+            )
             train_msg = gr.Markdown()
             with gr.Row():
                 curves = gr.Plot(label="learning curves")
@@ -204,16 +240,27 @@ def build_app(workspace: str | os.PathLike, data_dir: str | os.PathLike = "data"
             run.change(app.training, run, [curves, confusion, train_msg], api_name="training")
         demo.load(app.variant_choices, None, variants, api_name=False)
         demo.load(app.trained_choices, None, run, api_name=False).then(
-            app.training, run, [curves, confusion, train_msg], api_name=False)
+            app.training, run, [curves, confusion, train_msg], api_name=False
+        )
         demo.load(app.explore_options, [machine, backend, batch], [machine, backend, batch], api_name=False).then(
-            app.explore, filters, explore_out, api_name=False)
+            app.explore, filters, explore_out, api_name=False
+        )
     return demo
 
 
-def launch(workspace: str | os.PathLike, data_dir: str | os.PathLike = "data", host: str = "127.0.0.1",
-           port: int = 7860) -> None:
+def launch(
+    workspace: str | os.PathLike, data_dir: str | os.PathLike = "data", host: str = "127.0.0.1", port: int = 7860
+) -> None:
     """Serve the app until interrupted: on `host` (loopback unless asked), never through a public share link."""
     demo = build_app(workspace, data_dir)
     demo.queue(default_concurrency_limit=2)
-    demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_BYTES, show_error=False,
-                ssr_mode=False, inbrowser=False, quiet=False)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        max_file_size=MAX_FILE_BYTES,
+        show_error=False,
+        ssr_mode=False,
+        inbrowser=False,
+        quiet=False,
+    )

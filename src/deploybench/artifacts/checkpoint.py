@@ -1,4 +1,5 @@
 """Safe checkpoint I/O: `torch.load(weights_only=True)` only, with one-line errors for every bad file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 # Larger than any checkpoint of an image classifier this tool trains, and small enough to read into memory: a
 # bigger file (a sparse file of many GB, a disk image given by mistake) is refused before a byte is read.
-MAX_CHECKPOINT_BYTES = 2 * 1024 ** 3
+MAX_CHECKPOINT_BYTES = 2 * 1024**3
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
@@ -59,8 +60,10 @@ def _read_bounded(path: Path) -> bytes:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > MAX_CHECKPOINT_BYTES:
-                raise UserError(f"checkpoint {path} is {size:,} bytes, over the {MAX_CHECKPOINT_BYTES:,}-byte limit "
-                                f"of a weights file; it is not read")
+                raise UserError(
+                    f"checkpoint {path} is {size:,} bytes, over the {MAX_CHECKPOINT_BYTES:,}-byte limit "
+                    f"of a weights file; it is not read"
+                )
             data = f.read(MAX_CHECKPOINT_BYTES + 1)  # the file may have grown since fstat
     except OSError as exc:
         raise UserError(f"cannot read checkpoint {path}: {exc.strerror}") from None
@@ -75,12 +78,15 @@ def _check_zip(path: Path, data: bytes) -> None:
     try:
         entries = zipfile.ZipFile(io.BytesIO(data)).infolist()
     except Exception:  # zipfile raises BadZipFile, but also struct.error, ValueError, ... on a damaged directory
-        raise UserError(f"checkpoint {path} is corrupt or truncated: its zip archive has no central directory") \
-            from None
+        raise UserError(
+            f"checkpoint {path} is corrupt or truncated: its zip archive has no central directory"
+        ) from None
     for entry in entries:
         if entry.file_size > len(data) or entry.compress_size > len(data):
-            raise UserError(f"checkpoint {path} is corrupt: its entry {entry.filename!r} declares "
-                            f"{entry.file_size:,} bytes, more than the whole file ({len(data):,})")
+            raise UserError(
+                f"checkpoint {path} is corrupt: its entry {entry.filename!r} declares "
+                f"{entry.file_size:,} bytes, more than the whole file ({len(data):,})"
+            )
 
 
 def _torch_load(path: Path, data: bytes):
@@ -93,8 +99,9 @@ def _torch_load(path: Path, data: bytes):
         # torch's message is a paragraph; the line naming what was refused (a GLOBAL, an opcode) is the news.
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
-        raise UserError(f"checkpoint {path} refused: it is not a plain weights file that loads with "
-                        f"weights_only=True ({why[:160]})") from None
+        raise UserError(
+            f"checkpoint {path} refused: it is not a plain weights file that loads with weights_only=True ({why[:160]})"
+        ) from None
     except Exception as exc:  # a damaged file makes torch, zipfile, struct and pickle raise any kind of error
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise UserError(f"checkpoint {path} is corrupt or truncated: {first or type(exc).__name__}") from None
@@ -126,13 +133,16 @@ def check_state_dict(state: dict, source: str) -> None:
     would be imported as a variant whose every output is garbage)."""
     bad_keys = [repr(k) for k in state if not isinstance(k, str)]
     if bad_keys:
-        raise UserError(f"{source} is not a state dict: its keys must be parameter names (str), got "
-                        f"{', '.join(bad_keys[:5])}{_more(bad_keys)}")
+        raise UserError(
+            f"{source} is not a state dict: its keys must be parameter names (str), got "
+            f"{', '.join(bad_keys[:5])}{_more(bad_keys)}"
+        )
     for label, test in _UNLOADABLE:
         keys = [k for k, v in state.items() if test(v)]
         if keys:
-            raise UserError(f"{source} holds {label} tensors, which a model cannot load: {', '.join(keys[:5])}"
-                            f"{_more(keys)}")
+            raise UserError(
+                f"{source} holds {label} tensors, which a model cannot load: {', '.join(keys[:5])}{_more(keys)}"
+            )
     keys = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
     if keys:
         raise UserError(f"{source} holds non-finite weights (NaN or infinity) in {', '.join(keys[:5])}{_more(keys)}")
@@ -166,11 +176,19 @@ def load_weights(model: nn.Module, state: dict, source: str) -> nn.Module:
     mismatches = (
         ("missing", sorted(set(own) - set(state))),
         ("unexpected", sorted(set(state) - set(own))),
-        ("shape mismatch", sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                                  for k in common if state[k].shape != own[k].shape)),
+        (
+            "shape mismatch",
+            sorted(
+                f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                for k in common
+                if state[k].shape != own[k].shape
+            ),
+        ),
         # A float parameter filled from integers, booleans or complex numbers loads, as garbage.
-        ("dtype mismatch", sorted(f"{k} {state[k].dtype} vs {own[k].dtype}" for k in common
-                                  if _kind(state[k]) != _kind(own[k]))),
+        (
+            "dtype mismatch",
+            sorted(f"{k} {state[k].dtype} vs {own[k].dtype}" for k in common if _kind(state[k]) != _kind(own[k])),
+        ),
     )
     parts = [f"{label}: {', '.join(keys[:5])}{_more(keys)}" for label, keys in mismatches if keys]
     if parts:

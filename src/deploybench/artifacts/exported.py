@@ -9,6 +9,7 @@ program's guards code. `load_program` reads an archive only when each of these i
 names and tokens), and runs `torch.export.load` with every `torch.load` forced to `weights_only=True` (torchao
 registers its tensor subclasses with the safe unpickler, so quantized weights still load).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,28 +30,137 @@ OP_NAMESPACES = {"aten", "prims", "quantized_decomposed", "quantized", "torchao"
 _PART = r"(?!__)[A-Za-z_][A-Za-z0-9_]*"  # no dunder: attribute walks stop at the operator
 _OP_TARGET = re.compile(rf"torch\.ops\.({_PART})\.{_PART}(\.{_PART})?")
 # the operator module's arithmetic and comparisons only: attrgetter, methodcaller and call reach any attribute
-_OPERATOR_TARGETS = {f"_operator.{name}" for name in (
-    "getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos", "abs", "eq", "ne", "lt", "le",
-    "gt", "ge", "and_", "or_", "xor", "not_", "invert", "lshift", "rshift")}
+_OPERATOR_TARGETS = {
+    f"_operator.{name}"
+    for name in (
+        "getitem",
+        "add",
+        "sub",
+        "mul",
+        "truediv",
+        "floordiv",
+        "mod",
+        "pow",
+        "neg",
+        "pos",
+        "abs",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "and_",
+        "or_",
+        "xor",
+        "not_",
+        "invert",
+        "lshift",
+        "rshift",
+    )
+}
 _MATH_TARGET = re.compile(r"math\.[a-z][a-z0-9_]*")
 # Names a symbolic-shape expression may hold: sympy's constructors and assumptions, and the functions the
 # deserializer passes to sympify. Anything else (a builtin such as eval, open or chr) could run code in its eval.
 _SYMPY_NAMES = {
-    "Symbol", "Integer", "Rational", "Float", "Max", "Min", "Abs", "Mod", "floor", "ceiling", "sqrt", "Pow", "Mul",
-    "Add", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "Piecewise", "oo", "zoo", "nan", "true", "false",
-    "True", "False", "None", "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite",
-    "zero", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv",
-    "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator",
-    "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "Identity"}
+    "Symbol",
+    "Integer",
+    "Rational",
+    "Float",
+    "Max",
+    "Min",
+    "Abs",
+    "Mod",
+    "floor",
+    "ceiling",
+    "sqrt",
+    "Pow",
+    "Mul",
+    "Add",
+    "Eq",
+    "Ne",
+    "Lt",
+    "Le",
+    "Gt",
+    "Ge",
+    "And",
+    "Or",
+    "Not",
+    "Piecewise",
+    "oo",
+    "zoo",
+    "nan",
+    "true",
+    "false",
+    "True",
+    "False",
+    "None",
+    "positive",
+    "negative",
+    "nonnegative",
+    "nonpositive",
+    "integer",
+    "real",
+    "finite",
+    "zero",
+    "FloorDiv",
+    "ModularIndexing",
+    "Where",
+    "PythonMod",
+    "CleanDiv",
+    "CeilToInt",
+    "FloorToInt",
+    "CeilDiv",
+    "LShift",
+    "RShift",
+    "PowByNatural",
+    "FloatPow",
+    "FloatTrueDiv",
+    "IntTrueDiv",
+    "IsNonOverlappingAndDenseIndicator",
+    "TruncToFloat",
+    "TruncToInt",
+    "RoundToInt",
+    "RoundDecimal",
+    "ToFloat",
+    "Identity",
+}
 _SYMBOL = re.compile(r"[a-z]+[0-9]+")  # s0, u3, s31: the names torch gives shape symbols
 _SYMBOL_STRING = re.compile(r"""(['"])[a-z]+[0-9]+\1""")
 _EXPR_OPS = {"(", ")", ",", "+", "-", "*", "/", "%", "**", "//", "=", "==", "!=", "<", "<=", ">", ">="}
 _PLAIN_TOKENS = {tokenize.NUMBER, tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER}
 # Guards code compares input sizes (`L['x'].size()[0] <= 64`); it is exec'd inside `torch._assert(GUARD, "...")`,
 # so it holds no newline, double quote or backslash, which could close that call or its message.
-_GUARD_NAMES = {"L", "size", "stride", "storage_offset", "math", "floor", "ceil", "trunc", "sqrt", "inf", "max", "min",
-                "abs", "int", "float", "Max", "Min", "Abs", "Mod", "FloorDiv", "CeilDiv", "PythonMod", "True",
-                "False", "None", "and", "or", "not"}
+_GUARD_NAMES = {
+    "L",
+    "size",
+    "stride",
+    "storage_offset",
+    "math",
+    "floor",
+    "ceil",
+    "trunc",
+    "sqrt",
+    "inf",
+    "max",
+    "min",
+    "abs",
+    "int",
+    "float",
+    "Max",
+    "Min",
+    "Abs",
+    "Mod",
+    "FloorDiv",
+    "CeilDiv",
+    "PythonMod",
+    "True",
+    "False",
+    "None",
+    "and",
+    "or",
+    "not",
+}
 _GUARD_OPS = _EXPR_OPS - {"="} | {"[", "]", "."}
 _NAME_STRING = re.compile(r"'[A-Za-z_][A-Za-z0-9_]*'")
 
@@ -87,9 +197,12 @@ def _guard_problem(guard) -> str | None:
     except (tokenize.TokenError, SyntaxError, IndentationError):
         return "does not parse"
     for tok in tokens:
-        if (tok.type in _PLAIN_TOKENS or (tok.type == tokenize.NAME and tok.string in _GUARD_NAMES)
-                or (tok.type == tokenize.OP and tok.string in _GUARD_OPS)
-                or (tok.type == tokenize.STRING and _NAME_STRING.fullmatch(tok.string))):
+        if (
+            tok.type in _PLAIN_TOKENS
+            or (tok.type == tokenize.NAME and tok.string in _GUARD_NAMES)
+            or (tok.type == tokenize.OP and tok.string in _GUARD_OPS)
+            or (tok.type == tokenize.STRING and _NAME_STRING.fullmatch(tok.string))
+        ):
             continue
         return f"holds {tok.string[:40]!r}"
     return None
@@ -191,5 +304,6 @@ def load_program(data: bytes, where: str) -> torch.export.ExportedProgram:
     except Exception as exc:  # torch raises many types for a bad archive; the first line says which
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
-        raise UserError(f"{where} refused: it does not load as plain data ({type(exc).__name__}: "
-                        f"{why[:160]})") from None
+        raise UserError(
+            f"{where} refused: it does not load as plain data ({type(exc).__name__}: {why[:160]})"
+        ) from None

@@ -6,6 +6,7 @@ formats that only non-torch runtimes run (ONNX, OpenVINO IR). Backends ask `load
 (`verify.verify_variant`): its files must be those the store recorded, and a format whose loader could run code
 from a hostile file (`needs_trust`) loads only what this account made, unless the user passed `--trust-artifacts`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -125,10 +126,16 @@ def check_onnx(path: Path) -> None:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         where = folder / location
-        if (not location or Path(location).is_absolute() or ".." in Path(location).parts or where.is_symlink()
-                or not where.resolve().is_relative_to(folder)):
-            raise UserError(f"{path} refused: tensor {tensor.name!r} keeps its data at {location!r}, "
-                            f"outside the model's folder")
+        if (
+            not location
+            or Path(location).is_absolute()
+            or ".." in Path(location).parts
+            or where.is_symlink()
+            or not where.resolve().is_relative_to(folder)
+        ):
+            raise UserError(
+                f"{path} refused: tensor {tensor.name!r} keeps its data at {location!r}, outside the model's folder"
+            )
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError, RuntimeError, OSError) as exc:
@@ -170,7 +177,6 @@ def shaped_state(model: nn.Module) -> dict:
 def rebuild_shaped(config: dict, obj: dict) -> nn.Module:
     """`build_model(config)` reshaped to `shaped_state`'s record, with its weights loaded."""
 
-
     model = build_model(config)
     modules = dict(model.named_modules())
     for name, own in obj["attributes"].items():
@@ -197,6 +203,7 @@ def _load_torch_pruned(variant: Variant, device: str) -> nn.Module:
 
 class CastInput(nn.Module):
     """Runs a reduced-precision model on float32 inputs, returning float32 logits."""
+
     def __init__(self, model: nn.Module, dtype):
         super().__init__()
         self.model, self.dtype = model, dtype
@@ -208,7 +215,6 @@ class CastInput(nn.Module):
 @register_format("torch-bf16")
 @register_format("torch-fp16")
 def _load_half(variant: Variant, device: str) -> nn.Module:
-
 
     dtype = torch.bfloat16 if variant.format == "torch-bf16" else torch.float16
     model = rebuild_shaped(variant.config, load_checkpoint(variant.path / "model.pt"))

@@ -5,20 +5,26 @@ OpenVINO picks the CPU's inference precision itself: on CPUs with native bf16 (A
 runs its convolutions and matrix products in bf16 unless told otherwise. The precision is therefore read back from
 the compiled model (`INFERENCE_PRECISION_HINT` and each layer's `runtimePrecision`), never assumed.
 """
+
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
-from deploybench.artifacts.formats import ONNX_FORMATS, OPENVINO_FORMATS, UnsupportedFormat, onnx_path, \
-    openvino_ir_path
+from deploybench.artifacts.formats import ONNX_FORMATS, OPENVINO_FORMATS, UnsupportedFormat, onnx_path, openvino_ir_path
 from deploybench.store import Variant
 
 DEVICE = "CPU"
 PERFORMANCE_HINT = "LATENCY"  # one stream: a batch at a time, as every other backend is timed
 # Layers that carry the MACs, whose precision is the arithmetic's dtype (reorders, eltwise, constants are not).
-COMPUTE_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul",
-                  "ScaledDotProductAttention"}
+COMPUTE_LAYERS = {
+    "Convolution",
+    "GroupConvolution",
+    "Deconvolution",
+    "FullyConnected",
+    "MatMul",
+    "ScaledDotProductAttention",
+}
 _DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "i8": "int8", "u8": "int8"}
 
 
@@ -81,9 +87,13 @@ def runtime_facts(compiled) -> dict:
         dtype = _DTYPES.get(max(layers, key=layers.get), max(layers, key=layers.get))
     else:
         dtype = None
-    return dict(inference_precision_hint=str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()),
-                inference_num_threads=int(compiled.get_property("INFERENCE_NUM_THREADS")),
-                performance_hint=str(compiled.get_property("PERFORMANCE_HINT")),
-                num_streams=int(compiled.get_property("NUM_STREAMS")),
-                runtime_precision="+".join(layers) or None, runtime_layer_precisions=layers,
-                runtime_compute_dtype=dtype, openvino_version=openvino().get_version())
+    return dict(
+        inference_precision_hint=str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()),
+        inference_num_threads=int(compiled.get_property("INFERENCE_NUM_THREADS")),
+        performance_hint=str(compiled.get_property("PERFORMANCE_HINT")),
+        num_streams=int(compiled.get_property("NUM_STREAMS")),
+        runtime_precision="+".join(layers) or None,
+        runtime_layer_precisions=layers,
+        runtime_compute_dtype=dtype,
+        openvino_version=openvino().get_version(),
+    )

@@ -1,5 +1,6 @@
 """Any variant as a callable on a float32 batch: torch formats through their loader, ONNX through ONNX Runtime,
 OpenVINO IR through OpenVINO."""
+
 from __future__ import annotations
 
 from pathlib import Path

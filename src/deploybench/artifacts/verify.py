@@ -6,6 +6,7 @@ A workspace is copied, shared and imported, so its files and its database are in
 (`store.provenance.files_digest`) catches files changed after the store recorded them; the seal catches a
 database and files replaced together, which a digest alone cannot.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -122,14 +123,16 @@ def _differences(variant: Variant) -> tuple[list[str], dict[str, str]]:
 
 def _check_seal(variant: Variant) -> None:
     """Refuse a variant of a code-capable format that this account did not make, unless trusted."""
-    if trusted() or sealed_here(variant.id, variant.model, variant.dataset, variant.format, variant.sha256,
-                                variant.seal):
+    if trusted() or sealed_here(
+        variant.id, variant.model, variant.dataset, variant.format, variant.sha256, variant.seal
+    ):
         return
     why = key_problem()
     raise UserError(
         f"variant {variant.id}: this {variant.format} program was not made by this user on this machine "
         f"(or its record was changed since){f' ({why})' if why else ''}, and loading a program from elsewhere "
-        f"can run code; refusing to load it (pass --trust-artifacts if you trust where this workspace came from)")
+        f"can run code; refusing to load it (pass --trust-artifacts if you trust where this workspace came from)"
+    )
 
 
 def verify_variant(variant: Variant, *, needs_seal: bool = False) -> dict[str, str]:
@@ -141,8 +144,10 @@ def verify_variant(variant: Variant, *, needs_seal: bool = False) -> dict[str, s
         return {}
     differs, hashes = _differences(variant)
     if differs:
-        raise UserError(f"variant {variant.id}: its files do not match the digest the store recorded "
-                        f"({'; '.join(differs)}); refusing to load it")
+        raise UserError(
+            f"variant {variant.id}: its files do not match the digest the store recorded "
+            f"({'; '.join(differs)}); refusing to load it"
+        )
     if needs_seal:
         _check_seal(variant)
     return hashes
@@ -159,6 +164,8 @@ def read_verified(variant: Variant, name: str, *, needs_seal: bool = False) -> b
         raise UserError(f"variant {variant.id}: {path} is missing") from None
     if variant.recorded:
         if hashes.get(name) != hashlib.sha256(data).hexdigest():
-            raise UserError(f"variant {variant.id}: its files do not match the digest the store recorded ({name} "
-                            f"changed while it was read); refusing to load it")
+            raise UserError(
+                f"variant {variant.id}: its files do not match the digest the store recorded ({name} "
+                f"changed while it was read); refusing to load it"
+            )
     return data

@@ -1,5 +1,6 @@
 """`deploybench bundle VARIANT --out DIR`: a folder a deployment engineer takes away: the model in its runtime's
 format, config.json, a model card (README.md), predict.py and requirements.txt. Built beside DIR, then renamed."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,19 @@ from deploybench.profile.static import input_shape, root_config
 from deploybench.store import Variant, Workspace
 from deploybench.store.atomic import fsync_dir, fsync_tree, temp_dir_for
 
-_MEASURED_KEYS = ("backend", "device", "batch_size", "threads", "accuracy_top1", "accuracy_top5", "latency_ms_p50",
-                  "latency_ms_p90", "latency_ms_p99", "throughput_per_s", "stable")
+_MEASURED_KEYS = (
+    "backend",
+    "device",
+    "batch_size",
+    "threads",
+    "accuracy_top1",
+    "accuracy_top5",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "throughput_per_s",
+    "stable",
+)
 _BACKEND_PREFIX = {"onnxruntime": "ort", "torch": "torch", "openvino": "openvino"}
 
 
@@ -42,8 +54,14 @@ def measured(ws: Workspace, v: Variant) -> list[dict]:
     for r in compare_rows(ws, include_skipped=False):
         if r["variant"] == v.id:
             env = envs.get(r["machine"], {})
-            rows.append(dict({k: r.get(k) for k in _MEASURED_KEYS}, machine=r["machine"],
-                             cpu_model=env.get("cpu_model"), gpu=env.get("gpu")))
+            rows.append(
+                dict(
+                    {k: r.get(k) for k in _MEASURED_KEYS},
+                    machine=r["machine"],
+                    cpu_model=env.get("cpu_model"),
+                    gpu=env.get("gpu"),
+                )
+            )
     return rows
 
 
@@ -65,21 +83,60 @@ def bundle_config(ws: Workspace, v: Variant, model, data_dir=None) -> dict:
     c, h, w = input_shape(cfg)
     rows = measured(ws, v)
     return dict(
-        variant=v.id, model=v.model, dataset=v.dataset, format=v.format, chain=v.chain,
-        model_file=model.model_file, files=model.files,
-        input=dict(name="input", shape=[1, c, h, w], layout="NCHW", dtype="float32", batch=model.batch,
-                   scale="pixels / 255, then (x - mean) / std per channel",
-                   color="grayscale" if c == 1 else "RGB"),
-        mean=list(cfg.get("mean", info.mean)), std=list(cfg.get("std", info.std)), classes=list(info.classes),
+        variant=v.id,
+        model=v.model,
+        dataset=v.dataset,
+        format=v.format,
+        chain=v.chain,
+        model_file=model.model_file,
+        files=model.files,
+        input=dict(
+            name="input",
+            shape=[1, c, h, w],
+            layout="NCHW",
+            dtype="float32",
+            batch=model.batch,
+            scale="pixels / 255, then (x - mean) / std per channel",
+            color="grayscale" if c == 1 else "RGB",
+        ),
+        mean=list(cfg.get("mean", info.mean)),
+        std=list(cfg.get("std", info.std)),
+        classes=list(info.classes),
         runtime=dict(name=model.runtime, version=model.runtime_version, opset=model.opset),
-        expected=dict(accuracy=expected_accuracy(v, rows, model.runtime), latency=[
-            {k: r[k] for k in ("machine", "cpu_model", "gpu", "backend", "device", "batch_size", "threads",
-                               "latency_ms_p50", "latency_ms_p90", "throughput_per_s", "stable")}
-            for r in rows if r["latency_ms_p50"] is not None]),
-        lineage=[dict(id=p.id, stage=p.stage, format=p.format,
-                      config={k: val for k, val in p.config.items() if not k.startswith("_")})
-                 for p in ws.lineage(v)],
-        notes=model.notes)
+        expected=dict(
+            accuracy=expected_accuracy(v, rows, model.runtime),
+            latency=[
+                {
+                    k: r[k]
+                    for k in (
+                        "machine",
+                        "cpu_model",
+                        "gpu",
+                        "backend",
+                        "device",
+                        "batch_size",
+                        "threads",
+                        "latency_ms_p50",
+                        "latency_ms_p90",
+                        "throughput_per_s",
+                        "stable",
+                    )
+                }
+                for r in rows
+                if r["latency_ms_p50"] is not None
+            ],
+        ),
+        lineage=[
+            dict(
+                id=p.id,
+                stage=p.stage,
+                format=p.format,
+                config={k: val for k, val in p.config.items() if not k.startswith("_")},
+            )
+            for p in ws.lineage(v)
+        ],
+        notes=model.notes,
+    )
 
 
 def build_bundle(ws: Workspace, variant: str, out: str | os.PathLike, data_dir=None) -> Path:

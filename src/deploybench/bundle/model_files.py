@@ -1,5 +1,6 @@
 """The model file(s) of a bundle, in the runtime's own format: ONNX as it is stored (with its external data), torch
 variants as a torch.export program (`model.pt2`, which runs with torch alone), OpenVINO IR as stored."""
+
 from __future__ import annotations
 
 import shutil
@@ -43,15 +44,28 @@ def package_version(name: str) -> str:
 def _onnx(v: Variant, out: Path) -> ModelFiles:
     src = onnx_path(v)  # checked: external data inside the folder, files as recorded
     proto = onnx.load(str(src), load_external_data=False)
-    data = sorted({e.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-                   for e in t.external_data if e.key == "location"})
+    data = sorted(
+        {
+            e.value
+            for t in proto.graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data
+            if e.key == "location"
+        }
+    )
     for name in ["model.onnx", *data]:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(v.path / name, out / name)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     ort = package_version("onnxruntime")
-    return ModelFiles("model.onnx", ["model.onnx", *data], "onnxruntime", ort,
-                      [f"onnxruntime>={ort.split('+')[0]}", "numpy", "Pillow"], opset=opset)
+    return ModelFiles(
+        "model.onnx",
+        ["model.onnx", *data],
+        "onnxruntime",
+        ort,
+        [f"onnxruntime>={ort.split('+')[0]}", "numpy", "Pillow"],
+        opset=opset,
+    )
 
 
 def _export_program(module: torch.nn.Module, shape: tuple[int, int, int]):
@@ -81,8 +95,10 @@ def _torch(v: Variant, out: Path, shape: tuple[int, int, int]) -> ModelFiles:
     if v.format in EAGER_WEIGHTS and (v.path / "model.pt").is_file():
         (out / "weights.pt").write_bytes(read_verified(v, "model.pt"))
         files.append("weights.pt")
-        notes.append("weights.pt holds the weights alone (a state dict, loads with weights_only=True); building the "
-                     "model from it needs the architecture's code. model.pt2 needs only torch.")
+        notes.append(
+            "weights.pt holds the weights alone (a state dict, loads with weights_only=True); building the "
+            "model from it needs the architecture's code. model.pt2 needs only torch."
+        )
     return ModelFiles("model.pt2", files, "torch", torch_version, requirements, batch=batch, notes=notes)
 
 

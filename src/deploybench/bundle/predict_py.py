@@ -1,5 +1,6 @@
 """The text of a bundle's predict.py: a common part (read images, normalize, softmax, print top-k) and one model
 loader per runtime. It imports the runtime, numpy and Pillow only, never deploybench."""
+
 from __future__ import annotations
 
 _HEAD = '''"""Classify image files with this bundle's model: python predict.py IMAGE [IMAGE ...] [--top-k K] [--json].
@@ -70,7 +71,7 @@ def load():
 
 '''
 
-_TAIL = '''
+_TAIL = """
 def softmax(logits):
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
@@ -98,7 +99,7 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 LOADERS = {"onnxruntime": _ONNX, "torch": _TORCH_EXPORT, "openvino": _OPENVINO}
 

@@ -1,4 +1,5 @@
 """`deploybench app`: serve the read-only Gradio app over a workspace (`deploybench.app.launch`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,12 +10,19 @@ from deploybench.store import default_workspace
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="deploybench app", description=(
-        "A web app over the workspace, read-only: predict with up to four variants side by side, explore the "
-        "Pareto front and each variant's card, see training curves. New measurements appear without a restart."))
+    p = ArgumentParser(
+        prog="deploybench app",
+        description=(
+            "A web app over the workspace, read-only: predict with up to four variants side by side, explore the "
+            "Pareto front and each variant's card, see training curves. New measurements appear without a restart."
+        ),
+    )
     add_common(p)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)",
+    )
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     return p
 

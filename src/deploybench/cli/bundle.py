@@ -1,4 +1,5 @@
 """`deploybench bundle VARIANT --out DIR`: a variant as a folder to deploy (see `deploybench.bundle`)."""
+
 from __future__ import annotations
 
 import sys
@@ -7,9 +8,11 @@ from deploybench.cli.common import ArgumentParser, add_common, open_workspace, r
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="deploybench bundle",
-                       description="Write a variant's model, config.json, model card, predict.py and requirements.txt "
-                                   "to a new folder.")
+    p = ArgumentParser(
+        prog="deploybench bundle",
+        description="Write a variant's model, config.json, model card, predict.py and requirements.txt "
+        "to a new folder.",
+    )
     add_common(p)
     p.add_argument("variant", help="variant id or unique prefix")
     p.add_argument("--out", required=True, help="the bundle folder to make (new, or an empty folder)")

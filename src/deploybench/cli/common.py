@@ -1,4 +1,5 @@
 """What every command shares: workspace/data options and the one-line error contract."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,12 +25,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workspace", default=None,
-                        help="workspace folder (default: $DEPLOYBENCH_WORKSPACE or ./workspace)")
+    parser.add_argument(
+        "--workspace", default=None, help="workspace folder (default: $DEPLOYBENCH_WORKSPACE or ./workspace)"
+    )
     parser.add_argument("--data-dir", default="data", help="where datasets live (default: ./data)")
-    parser.add_argument("--trust-artifacts", action="store_true",
-                        help="load torch.export programs that another user or machine made (a workspace copied or "
-                             "imported from elsewhere); without it they are refused, since loading one can run code")
+    parser.add_argument(
+        "--trust-artifacts",
+        action="store_true",
+        help="load torch.export programs that another user or machine made (a workspace copied or "
+        "imported from elsewhere); without it they are refused, since loading one can run code",
+    )
 
 
 # (workspace, row) of this command's line in each workspace it opened: `run` takes the line back out when the
@@ -95,8 +100,11 @@ def _run(fn: Callable[[], int | None]) -> int:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 143
     except Terminated:
-        print("interrupted: stopped by SIGTERM; what was finished before it is kept and nothing half-written is "
-              "left (every file is written atomically)", file=sys.stderr)
+        print(
+            "interrupted: stopped by SIGTERM; what was finished before it is kept and nothing half-written is "
+            "left (every file is written atomically)",
+            file=sys.stderr,
+        )
         return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -112,9 +120,12 @@ def _run(fn: Callable[[], int | None]) -> int:
 
 
 def add_checkpoint_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="start from external weights (a state dict of this architecture, loaded with "
-                             "weights_only=True; needs --dataset)")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="start from external weights (a state dict of this architecture, loaded with "
+        "weights_only=True; needs --dataset)",
+    )
 
 
 def checkpoint_variant(ws: Workspace, args):
@@ -128,8 +139,14 @@ def checkpoint_variant(ws: Workspace, args):
         raise UserError("--checkpoint needs --dataset: the dataset whose input shape and classes the weights fit")
     if args.model in (None, "all"):
         raise UserError("--checkpoint needs --model: the architecture the weights belong to")
-    return import_checkpoint(ws, args.model, args.dataset, args.checkpoint, data_dir=args.data_dir,
-                             log=lambda msg: print(msg, file=sys.stderr))
+    return import_checkpoint(
+        ws,
+        args.model,
+        args.dataset,
+        args.checkpoint,
+        data_dir=args.data_dir,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
 
 
 def comma_list(text: str) -> list[str]:

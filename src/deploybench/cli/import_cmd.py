@@ -1,5 +1,6 @@
 """`deploybench import OTHER_WORKSPACE`: merge variants and measurements made elsewhere
 (see `deploybench.store.importer`)."""
+
 from __future__ import annotations
 
 import sys
@@ -8,10 +9,12 @@ from deploybench.cli.common import ArgumentParser, add_common, open_workspace, r
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="deploybench import",
-                       description="Merge the variants and measurements of another workspace into this one. Every "
-                                   "artifact is checked against its recorded sha256; imported torch.export programs "
-                                   "stay unsealed (they load with --trust-artifacts only).")
+    p = ArgumentParser(
+        prog="deploybench import",
+        description="Merge the variants and measurements of another workspace into this one. Every "
+        "artifact is checked against its recorded sha256; imported torch.export programs "
+        "stay unsealed (they load with --trust-artifacts only).",
+    )
     add_common(p)
     p.add_argument("other", metavar="OTHER_WORKSPACE", help="the workspace folder to import from")
     return p
@@ -25,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
 
         ws = open_workspace(args)
         s = import_workspace(ws, args.other)
-        print(f"imported {len(s.variants)} variant(s) and {s.measurements} measurement(s) into {ws.root} "
-              f"({s.variants_present} variant(s) and {s.measurements_present} measurement(s) were here already)")
+        print(
+            f"imported {len(s.variants)} variant(s) and {s.measurements} measurement(s) into {ws.root} "
+            f"({s.variants_present} variant(s) and {s.measurements_present} measurement(s) were here already)"
+        )
         return 0
 
     return run(merge)

@@ -1,4 +1,5 @@
 """`deploybench`: one entry point for every command, plus `pipeline` (the main job)."""
+
 from __future__ import annotations
 
 import sys
@@ -13,9 +14,15 @@ from deploybench.cli.common import (
     run,
 )
 
-COMMANDS = {"train": "deploybench.cli.train", "optimize": "deploybench.cli.optimize",
-            "profile": "deploybench.cli.profile_cmd", "search": "deploybench.cli.search", "app": "deploybench.cli.app",
-            "bundle": "deploybench.cli.bundle", "import": "deploybench.cli.import_cmd"}
+COMMANDS = {
+    "train": "deploybench.cli.train",
+    "optimize": "deploybench.cli.optimize",
+    "profile": "deploybench.cli.profile_cmd",
+    "search": "deploybench.cli.search",
+    "app": "deploybench.cli.app",
+    "bundle": "deploybench.cli.bundle",
+    "import": "deploybench.cli.import_cmd",
+}
 
 
 def pipeline(args) -> int:
@@ -39,10 +46,17 @@ def pipeline(args) -> int:
     checked_batch_sizes(args.batch_sizes)
     check_file_target(args.out, writable=True)
     ws = open_workspace(args)
-    summary = run_pipeline(ws, args.dataset, models, data_dir=args.data_dir, epochs=args.epochs,
-                           backends=comma_list(args.backends) if args.backends else None,
-                           batch_sizes=args.batch_sizes, quick=args.quick,
-                           report=args.out)
+    summary = run_pipeline(
+        ws,
+        args.dataset,
+        models,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        backends=comma_list(args.backends) if args.backends else None,
+        batch_sizes=args.batch_sizes,
+        quick=args.quick,
+        report=args.out,
+    )
     print(render(compare_rows(ws, models=models, dataset=args.dataset, include_skipped=False), "table"))
     for line in summary["failed"]:
         print(f"failed: {line}")
@@ -58,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
-    p = ArgumentParser(prog="deploybench", description="Train, optimize and profile image classifiers.",
-                       epilog="other commands: " + ", ".join(f"deploybench {c} ..." for c in COMMANDS))
+    p = ArgumentParser(
+        prog="deploybench",
+        description="Train, optimize and profile image classifiers.",
+        epilog="other commands: " + ", ".join(f"deploybench {c} ..." for c in COMMANDS),
+    )
     sub = p.add_subparsers(dest="command", required=True)
     pp = sub.add_parser("pipeline", help="train -> optimize all -> profile -> report")
     add_common(pp)

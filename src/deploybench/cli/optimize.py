@@ -1,4 +1,5 @@
 """`optimize`: quantize, prune or export a recorded variant, or run every chain (`optimize all`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,9 @@ from deploybench.optimize.choices import CALIB_METHODS, PRUNE_IMPORTANCES, QUANT
 def _target(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--model", required=True, help="zoo name (as trained)")
-    p.add_argument("--dataset", type=dataset_arg,
-                   help="dataset it was trained on (default: the only one it was trained on)")
+    p.add_argument(
+        "--dataset", type=dataset_arg, help="dataset it was trained on (default: the only one it was trained on)"
+    )
     p.add_argument("--variant", help="input variant id or unique prefix (default: the trained variant)")
     add_checkpoint_option(p)
 
@@ -34,20 +36,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", choices=list(QUANT_METHODS), default="int8-pt2e", help="default: int8-pt2e")
     q.add_argument("--calib-size", type=int, help="training images to calibrate on (default 512)")
     q.add_argument("--calib-method", choices=CALIB_METHODS, help="int8-ort (default minmax)")
-    q.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
-                   help="int8-ort: 7-bit weights (default: on for CPUs without VNNI, where 8-bit saturates)")
+    q.add_argument(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="int8-ort: 7-bit weights (default: on for CPUs without VNNI, where 8-bit saturates)",
+    )
     q.add_argument("--qat-epochs", type=int, help="qat: training epochs (default 1)")
 
     pr = sub.add_parser("prune", help="structured channel pruning + fine-tuning")
     _target(pr)
     pr.add_argument("--ratio", type=float, required=True, help="share of channels removed, e.g. 0.5")
     pr.add_argument("--importance", choices=PRUNE_IMPORTANCES, help="default: magnitude (group L2)")
-    pr.add_argument("--global", dest="global_pruning", action="store_const", const=True,
-                    help="rank channels across all layers (default: the same ratio per layer)")
+    pr.add_argument(
+        "--global",
+        dest="global_pruning",
+        action="store_const",
+        const=True,
+        help="rank channels across all layers (default: the same ratio per layer)",
+    )
     pr.add_argument("--iterative-steps", type=int, help="prune in K steps (default 1)")
     pr.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 2)")
-    pr.add_argument("--distill", action="store_const", const=True,
-                    help="distill from the unpruned parent while fine-tuning (KL at T=4 + CE)")
+    pr.add_argument(
+        "--distill",
+        action="store_const",
+        const=True,
+        help="distill from the unpruned parent while fine-tuning (KL at T=4 + CE)",
+    )
 
     e = sub.add_parser("export", help="ONNX export with parity check")
     _target(e)
@@ -64,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe(v) -> str:
     m = v.metrics
-    parts = [f"variant {v.id} ({v.chain}, {v.format})", f"top-1 {100 * m['accuracy_top1']:.2f}%",
-             f"agreement {100 * m['agreement_top1']:.2f}%", f"{v.size_bytes:,} bytes"]
+    parts = [
+        f"variant {v.id} ({v.chain}, {v.format})",
+        f"top-1 {100 * m['accuracy_top1']:.2f}%",
+        f"agreement {100 * m['agreement_top1']:.2f}%",
+        f"{v.size_bytes:,} bytes",
+    ]
     if m.get("params") is not None:
         parts.append(f"{m['params']:,} params")
     if m.get("macs_before") and m.get("macs"):
@@ -83,24 +102,43 @@ def main(argv: list[str] | None = None) -> int:
         from deploybench.optimize.base import get_stage, resolve_parent
 
         ws = open_workspace(args)
-        parent = (checkpoint_variant(ws, args) if args.checkpoint else
-                  resolve_parent(ws, args.model, args.dataset, args.variant, args.data_dir))
+        parent = (
+            checkpoint_variant(ws, args)
+            if args.checkpoint
+            else resolve_parent(ws, args.model, args.dataset, args.variant, args.data_dir)
+        )
         if args.command == "all":
             from deploybench.optimize.pipeline import optimize_all, summary_table
 
-            results = optimize_all(ws, parent, args.data_dir, ratio=args.ratio, finetune_epochs=args.finetune_epochs,
-                                   calib_size=args.calib_size, force_qat=args.qat,
-                                   log=lambda msg: print(msg, file=sys.stderr))
+            results = optimize_all(
+                ws,
+                parent,
+                args.data_dir,
+                ratio=args.ratio,
+                finetune_epochs=args.finetune_epochs,
+                calib_size=args.calib_size,
+                force_qat=args.qat,
+                log=lambda msg: print(msg, file=sys.stderr),
+            )
             print(summary_table(parent, results))
             return 1 if any(r.status == "failed" for r in results) else 0
         if args.command == "quantize":
-            stage = get_stage("quantize")(method=args.method, calib_size=args.calib_size,
-                                          calib_method=args.calib_method, reduce_range=args.reduce_range,
-                                          qat_epochs=args.qat_epochs)
+            stage = get_stage("quantize")(
+                method=args.method,
+                calib_size=args.calib_size,
+                calib_method=args.calib_method,
+                reduce_range=args.reduce_range,
+                qat_epochs=args.qat_epochs,
+            )
         elif args.command == "prune":
-            stage = get_stage("prune")(ratio=args.ratio, importance=args.importance,
-                                       global_pruning=args.global_pruning, iterative_steps=args.iterative_steps,
-                                       finetune_epochs=args.finetune_epochs, distill=args.distill)
+            stage = get_stage("prune")(
+                ratio=args.ratio,
+                importance=args.importance,
+                global_pruning=args.global_pruning,
+                iterative_steps=args.iterative_steps,
+                finetune_epochs=args.finetune_epochs,
+                distill=args.distill,
+            )
         else:
             stage = get_stage("export")(opset=args.opset)
         print(_describe(stage.run(ws, parent, args.data_dir)))

@@ -1,4 +1,5 @@
 """`profile run | compare | results | report`: measure variants into the workspace, compare them, build the report."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-sizes", type=int_list, default=[1, 64], help="comma-separated (default 1,64)")
     r.add_argument("--threads", type=int, help="CPU threads (default: all physical cores)")
     r.add_argument("--quick", action="store_true", help="short protocol for tests (numbers are not honest)")
-    r.add_argument("--in-process", action="store_true",
-                   help="measure in this process instead of a child per combination (faster; memory not isolated)")
+    r.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure in this process instead of a child per combination (faster; memory not isolated)",
+    )
     r.add_argument("--list-backends", action="store_true", help="list backends with availability and exit")
     c = sub.add_parser("compare", help="side-by-side table (or JSON / CSV / Markdown) of stored measurements")
     add_common(c)
@@ -54,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--backend", required=True)
     chk.add_argument("--batch-size", type=int, default=64)
     chk.add_argument("--threads", type=int, help="CPU threads (default: all physical cores)")
-    chk.add_argument("--against", metavar="ID:BACKEND",
-                     help="also the speed-up over this variant on this backend, timed in alternation with it")
+    chk.add_argument(
+        "--against",
+        metavar="ID:BACKEND",
+        help="also the speed-up over this variant on this backend, timed in alternation with it",
+    )
     return p
 
 
@@ -85,15 +92,18 @@ def _check(args) -> int:
     variant = ws.get_variant(args.variant)
     base = ws.get_variant(base_id) if args.against else None  # every input checked before the first timing
     r = cross_check(ws, variant, args.backend, args.batch_size, threads)
-    print(f"ours p50 {r['ours_ms']:.3f} ms, {r['reference']} median {r['reference_ms']:.3f} ms, "
-          f"ratio {r['ratio']:.3f} (medians of {r['rounds']} alternated rounds)")
+    print(
+        f"ours p50 {r['ours_ms']:.3f} ms, {r['reference']} median {r['reference_ms']:.3f} ms, "
+        f"ratio {r['ratio']:.3f} (medians of {r['rounds']} alternated rounds)"
+    )
     if base is not None:
         from deploybench.profile.crosscheck import paired_against
         from deploybench.profile.latency import PAIRS
 
         speedup = paired_against(ws, variant, args.backend, base, base_backend, args.batch_size, threads)
-        print(f"speed-up over {base_id} on {base_backend}: {speedup:.2f}x "
-              f"(median of {PAIRS} alternated pairs of blocks)")
+        print(
+            f"speed-up over {base_id} on {base_backend}: {speedup:.2f}x (median of {PAIRS} alternated pairs of blocks)"
+        )
     return 0
 
 
@@ -122,11 +132,19 @@ def _run(args) -> int:
         variants = ws.variants(None if args.model == "all" else args.model, args.dataset)
     if not variants:
         what = "any model" if args.model == "all" else args.model
-        raise UserError(f"no variants of {what}{' on ' + args.dataset if args.dataset else ''} in {ws.root}; "
-                        f"run `train` first")
-    rows = profile_variants(ws, variants, args.backends, batch_sizes=args.batch_sizes, threads=args.threads,
-                            quick=args.quick, data_dir=args.data_dir,
-                            isolate=not args.in_process)
+        raise UserError(
+            f"no variants of {what}{' on ' + args.dataset if args.dataset else ''} in {ws.root}; run `train` first"
+        )
+    rows = profile_variants(
+        ws,
+        variants,
+        args.backends,
+        batch_sizes=args.batch_sizes,
+        threads=args.threads,
+        quick=args.quick,
+        data_dir=args.data_dir,
+        isolate=not args.in_process,
+    )
     measured = sum("skipped" not in r["metrics"] for r in rows)
     print(f"stored {len(rows)} measurement(s) ({measured} measured, {len(rows) - measured} skipped) in {ws.root}")
     return 0
@@ -144,8 +162,9 @@ def _compare(args) -> int:
     here = sorted({v.model for v in ws.variants()})
     unknown = [m for m in args.model or [] if m not in here]
     if unknown:  # a typo would otherwise read as "no measurements"
-        raise UserError(f"no variants of {', '.join(map(repr, unknown))} in {ws.root}; models here: "
-                        f"{', '.join(here) or 'none'}")
+        raise UserError(
+            f"no variants of {', '.join(map(repr, unknown))} in {ws.root}; models here: {', '.join(here) or 'none'}"
+        )
     rows = compare_rows(ws, args.model, args.backend, args.dataset, machine=args.machine)
     print(render(rows, args.format))
     return 0
@@ -156,8 +175,11 @@ def _results(args) -> int:
     from deploybench.store import Workspace, default_workspace
 
     ws = Workspace(args.workspace or default_workspace(), create=False)
-    argv = ["deploybench", "profile", "results"] + (["--workspace", args.workspace] if args.workspace else []) + \
-        (["--out", args.out] if args.out != "docs/results" else [])
+    argv = (
+        ["deploybench", "profile", "results"]
+        + (["--workspace", args.workspace] if args.workspace else [])
+        + (["--out", args.out] if args.out != "docs/results" else [])
+    )
     paths = write_results(ws, args.out, shlex.join(argv))  # the file names the command that regenerates it
     if not paths:
         raise UserError(f"no measurements in {ws.root}; run `profile run` first")
@@ -177,8 +199,11 @@ def _report(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda: {"run": _run, "compare": _compare, "results": _results, "report": _report,
-                             "check": _check}[args.command](args))
+    return run(
+        lambda: {"run": _run, "compare": _compare, "results": _results, "report": _report, "check": _check}[
+            args.command
+        ](args)
+    )
 
 
 if __name__ == "__main__":

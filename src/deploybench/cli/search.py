@@ -1,5 +1,6 @@
 """`deploybench search`: the fastest variant within an accuracy budget on one backend, found by an Optuna study over
 the optimize stages' recipes (`deploybench.search.run_search`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,13 @@ def duration_s(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deploybench search", description=(
-        "Search prune/quantize/export recipes for the fastest variant within an accuracy budget on one backend "
-        "(Optuna; measured latency and validation accuracy). Run it again, or with --resume, to continue a study."))
+    p = argparse.ArgumentParser(
+        prog="deploybench search",
+        description=(
+            "Search prune/quantize/export recipes for the fastest variant within an accuracy budget on one backend "
+            "(Optuna; measured latency and validation accuracy). Run it again, or with --resume, to continue a study."
+        ),
+    )
     add_common(p)
     p.add_argument("--model", required=True, help="zoo name, as trained")
     p.add_argument("--dataset", type=dataset_arg, required=True, help="the dataset it was trained on")
@@ -31,12 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, required=True, help="top-1 points a variant may lose on validation")
     p.add_argument("--trials", type=int, default=24, help="finished trials the study runs to (default 24)")
     p.add_argument("--time-limit", type=duration_s, help="stop starting trials after this long (90s, 60m, 2h)")
-    p.add_argument("--objectives", default="latency,accuracy",
-                   help="latency,accuracy[,size] (default latency,accuracy)")
+    p.add_argument(
+        "--objectives", default="latency,accuracy", help="latency,accuracy[,size] (default latency,accuracy)"
+    )
     p.add_argument("--sampler", default="nsga2", help="nsga2 (default) or tpe")
     p.add_argument("--study", help="study name (default: MODEL-DATASET-BACKEND-bN-budgetPTS)")
-    p.add_argument("--storage", help="database URL of the study (default: sqlite in WORKSPACE/search.db); "
-                                     "postgresql://... lets workers on several machines share it")
+    p.add_argument(
+        "--storage",
+        help="database URL of the study (default: sqlite in WORKSPACE/search.db); "
+        "postgresql://... lets workers on several machines share it",
+    )
     p.add_argument("--resume", action="store_true", help="continue the study; refuse to start a new one")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
     p.add_argument("--quick", action="store_true", help="short latency protocol (tests; its numbers are not honest)")
@@ -60,11 +69,23 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         overrides = dict(screen_fraction=args.screen_fraction, screen_val_images=args.screen_val_images)
-        spec = SearchSpec(model=args.model, dataset=args.dataset, backend=args.backend, batch_size=args.batch_size,
-                          budget_pts=args.budget, trials=args.trials, time_limit_s=args.time_limit,
-                          objectives=tuple(comma_list(args.objectives)), sampler=args.sampler, study=args.study,
-                          storage=args.storage, resume=args.resume, seed=args.seed, quick=args.quick,
-                          fidelity=Fidelity(**{k: v for k, v in overrides.items() if v is not None}))
+        spec = SearchSpec(
+            model=args.model,
+            dataset=args.dataset,
+            backend=args.backend,
+            batch_size=args.batch_size,
+            budget_pts=args.budget,
+            trials=args.trials,
+            time_limit_s=args.time_limit,
+            objectives=tuple(comma_list(args.objectives)),
+            sampler=args.sampler,
+            study=args.study,
+            storage=args.storage,
+            resume=args.resume,
+            seed=args.seed,
+            quick=args.quick,
+            fidelity=Fidelity(**{k: v for k, v in overrides.items() if v is not None}),
+        )
         check_spec(spec)  # bad input is refused before the workspace is touched
         ws = open_workspace(args)
         try:
@@ -73,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"interrupted: {exc}", file=sys.stderr)
             return 143
         print(render_summary(summary))
-        print(f"stored: study {summary['study']!r} in {summary['storage']}, summary {summary_path(ws, spec.study_name)}"
-              f" ({summary['wall_s']:.0f} s)")
+        print(
+            f"stored: study {summary['study']!r} in {summary['storage']}, summary {summary_path(ws, spec.study_name)}"
+            f" ({summary['wall_s']:.0f} s)"
+        )
         failed = summary["failed_trials_this_run"]
         if failed:
             print(f"failed: {failed} trial(s) of this run failed (see the lines above)", file=sys.stderr)

@@ -1,4 +1,5 @@
 """`train`: list the model zoo, or train one model on one dataset into the workspace."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,15 +17,19 @@ from deploybench.cli.common import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="train", description="Train a zoo model and record it in the workspace.",
-                       epilog="train sweep --model NAME --dataset D --trials N: tune the training recipe "
-                              "with Optuna (see train sweep --help)")
+    p = ArgumentParser(
+        prog="train",
+        description="Train a zoo model and record it in the workspace.",
+        epilog="train sweep --model NAME --dataset D --trials N: tune the training recipe "
+        "with Optuna (see train sweep --help)",
+    )
     add_common(p)
     p.add_argument("--list-models", action="store_true", help="list the zoo (name, family, params) and exit")
     p.add_argument("--json", action="store_true", help="with --list-models: print JSON")
     p.add_argument("--model", help="zoo name or package.module:factory")
-    p.add_argument("--dataset", type=dataset_arg, default=None,
-                   help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
+    p.add_argument(
+        "--dataset", type=dataset_arg, default=None, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -39,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default 200)")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--workers", type=int,
-                   help="data-loading processes for training (default: 4 on a GPU, 0 on the CPU)")
+    p.add_argument(
+        "--workers", type=int, help="data-loading processes for training (default: 4 on a GPU, 0 on the CPU)"
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--restart", action="store_true", help="discard an interrupted run and start over")
     p.add_argument("--pretrained", help="resnet18 only: local ImageNet weights for the transfer recipe")
@@ -56,8 +62,15 @@ def list_models_table(dataset: str, data_dir: str, as_json: bool) -> str:
     rows = []
     for name in list_models():
         m = create_model(name, info.num_classes, info.in_channels, info.image_size)
-        rows.append(dict(name=name, family=get_model_info(name).family, params=count_params(m),
-                         dataset=dataset, description=get_model_info(name).description))
+        rows.append(
+            dict(
+                name=name,
+                family=get_model_info(name).family,
+                params=count_params(m),
+                dataset=dataset,
+                description=get_model_info(name).description,
+            )
+        )
     if as_json:
         return json.dumps(rows, indent=1)
     width = max(len(r["name"]) for r in rows)
@@ -85,19 +98,41 @@ def main(argv: list[str] | None = None) -> int:
         from deploybench.train.recipes import default_recipe
         from deploybench.train.run import train_model
 
-        recipe = default_recipe(args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
-                                label_smoothing=args.label_smoothing, cutout=args.cutout, augment=args.augment,
-                                limit_train=args.limit_train, seed=args.seed, amp=args.amp,
-                                checkpoint_every=args.checkpoint_every)
-        variant, created = train_model(open_workspace(args), args.model, args.dataset, recipe,
-                                       data_dir=args.data_dir, resume=args.resume, restart=args.restart,
-                                       pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device,
-                                       workers=args.workers)
+        recipe = default_recipe(
+            args.model,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            optimizer=args.optimizer,
+            schedule=args.schedule,
+            weight_decay=args.weight_decay,
+            label_smoothing=args.label_smoothing,
+            cutout=args.cutout,
+            augment=args.augment,
+            limit_train=args.limit_train,
+            seed=args.seed,
+            amp=args.amp,
+            checkpoint_every=args.checkpoint_every,
+        )
+        variant, created = train_model(
+            open_workspace(args),
+            args.model,
+            args.dataset,
+            recipe,
+            data_dir=args.data_dir,
+            resume=args.resume,
+            restart=args.restart,
+            pretrained=args.pretrained,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            workers=args.workers,
+        )
         m = variant.metrics
         verb = "trained" if created else "already trained (same recipe)"
-        print(f"{args.model} on {args.dataset}: {verb}, test top-1 {100 * m['accuracy_top1']:.2f}%, "
-              f"{m['params']:,} params, variant {variant.id}")
+        print(
+            f"{args.model} on {args.dataset}: {verb}, test top-1 {100 * m['accuracy_top1']:.2f}%, "
+            f"{m['params']:,} params, variant {variant.id}"
+        )
         return 0
 
     return run(go)

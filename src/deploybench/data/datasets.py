@@ -3,6 +3,7 @@
 The validation split is carved (seeded) from the training files and uses the eval transforms; the test
 split is only ever used for the final accuracy, never for model selection.
 """
+
 import copy
 import functools
 import hashlib
@@ -26,13 +27,15 @@ DATASET_NAMES = ("cifar10", "cifar100", "fashion-mnist")
 IMAGEFOLDER = "imagefolder:"
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR100_CLASSES = tuple("""apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+CIFAR100_CLASSES = tuple(
+    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
 butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup
 dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion
 lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear
 pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew
 skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television
-tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split())
+tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split()
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def canonical_dataset(name: str) -> str:
     """`name` with an `imagefolder:` PATH made absolute (after `~`), so that one folder is one dataset, with one
     id and one artifact folder, from whatever directory a command runs in."""
     if name.startswith(IMAGEFOLDER) and len(name) > len(IMAGEFOLDER):
-        return IMAGEFOLDER + os.path.abspath(os.path.expanduser(name[len(IMAGEFOLDER):]))
+        return IMAGEFOLDER + os.path.abspath(os.path.expanduser(name[len(IMAGEFOLDER) :]))
     return name
 
 
@@ -88,7 +91,7 @@ def _check_name(name: str) -> None:
 
 def _folder_roots(name: str) -> tuple[Path, Path | None]:
     """(train root, test root or None when the folder is one pool split 80/20)."""
-    path = Path(name[len(IMAGEFOLDER):]).expanduser()
+    path = Path(name[len(IMAGEFOLDER) :]).expanduser()
     if (path / "train").is_dir() and (path / "test").is_dir():
         return path / "train", path / "test"
     if not path.is_dir():
@@ -116,8 +119,10 @@ def dataset_info(name: str, data_dir=None) -> DatasetInfo:
 def _check_two_classes(root: Path, classes) -> None:
     """Refuse an image folder of fewer than two classes: a one-class classifier learns nothing and scores 100%."""
     if len(classes) < 2:
-        raise UserError(f"image folder {root} has {len(classes)} class ({', '.join(classes)}); a classifier needs at "
-                        f"least two class subfolders ({root}/<class>/*.png)")
+        raise UserError(
+            f"image folder {root} has {len(classes)} class ({', '.join(classes)}); a classifier needs at "
+            f"least two class subfolders ({root}/<class>/*.png)"
+        )
 
 
 def _one_line(e: Exception) -> str:
@@ -153,13 +158,15 @@ def _load_cifar(name, data_dir, download):
             raise UserError(f"{name} download failed ({_one_line(e)}); {hint}") from e
     if missing():
         raise UserError(f"{name} not found: missing {', '.join(missing())}; {hint}")
-    return (_read(lambda: cls(root=data_dir, train=t), f"{name} data in {folder}") for t in (True, False))
+    return (_read(lambda t=t: cls(root=data_dir, train=t), f"{name} data in {folder}") for t in (True, False))
 
 
 def _load_fashion_mnist(data_dir, download):
     raw = fashion_mnist.raw_dir(data_dir)
-    hint = (f"run `apt-get install -y dataset-fashion-mnist`, or put {', '.join(fashion_mnist.RAW_FILES)} "
-            f"(gunzipped) in {raw}")
+    hint = (
+        f"run `apt-get install -y dataset-fashion-mnist`, or put {', '.join(fashion_mnist.RAW_FILES)} "
+        f"(gunzipped) in {raw}"
+    )
     if not fashion_mnist.prepare_fashion_mnist(data_dir) and download:
         try:
             tvd.FashionMNIST(root=data_dir, train=True, download=True)
@@ -167,8 +174,10 @@ def _load_fashion_mnist(data_dir, download):
             raise UserError(f"fashion-mnist download failed ({_one_line(e)}); {hint}") from e
     if not all((raw / f).is_file() for f in fashion_mnist.RAW_FILES):
         raise UserError(f"fashion-mnist not found in {raw}; {hint}")
-    return (_read(lambda: tvd.FashionMNIST(root=data_dir, train=t), f"fashion-mnist data in {raw}")
-            for t in (True, False))
+    return (
+        _read(lambda t=t: tvd.FashionMNIST(root=data_dir, train=t), f"fashion-mnist data in {raw}")
+        for t in (True, False)
+    )
 
 
 def _image_folder(root: Path, skipped: list) -> tvd.ImageFolder:
@@ -226,13 +235,18 @@ def _data_files(name: str, data_dir) -> list[tuple[str, Path, str | None]]:
         raw = fashion_mnist.raw_dir(data_dir)
         return [(f, raw / f, fashion_mnist.RAW_MD5[f]) for f in sorted(fashion_mnist.RAW_FILES)]
     name = canonical_dataset(name)  # absolute: the roots below then all start with `base`
-    base = os.path.join(name[len(IMAGEFOLDER):], "")  # with its trailing separator
-    files = sorted(os.path.join(top, f) for root in _folder_roots(name) if root is not None
-                   for top, _, names in os.walk(root, followlinks=True)  # as ImageFolder walks: into linked folders
-                   for f in names if f.lower().endswith(IMG_EXTENSIONS))
+    base = os.path.join(name[len(IMAGEFOLDER) :], "")  # with its trailing separator
+    files = sorted(
+        os.path.join(top, f)
+        for root in _folder_roots(name)
+        if root is not None
+        for top, _, names in os.walk(root, followlinks=True)  # as ImageFolder walks: into linked folders
+        for f in names
+        if f.lower().endswith(IMG_EXTENSIONS)
+    )
     # Strings, all under `base`: pathlib's relative_to and resolve cost several times as much per path, and
     # every digest lists every image.
-    return [(p[len(base):], Path(p), None) for p in files]
+    return [(p[len(base) :], Path(p), None) for p in files]
 
 
 def data_digest(name: str, data_dir) -> str | None:
@@ -285,8 +299,9 @@ def _with_transform(ds, transform):
     return ds
 
 
-def load_splits(name: str, data_dir, *, val_fraction=0.1, seed=0, augment=True, cutout=0, transfer=False,
-                download=True) -> Splits:
+def load_splits(
+    name: str, data_dir, *, val_fraction=0.1, seed=0, augment=True, cutout=0, transfer=False, download=True
+) -> Splits:
     """Load a dataset through torchvision's real loaders and split it into train / val / test.
 
     Args: name: one of DATASET_NAMES or `imagefolder:PATH`; data_dir: where CIFAR / Fashion-MNIST live
@@ -320,8 +335,9 @@ def load_splits(name: str, data_dir, *, val_fraction=0.1, seed=0, augment=True, 
     val_idx = sorted(pool_idx[i] for i in order[:n_val])
     train_idx = sorted(pool_idx[i] for i in order[n_val:])
     evaluate = eval_transform(info, transfer=transfer)
-    train = Subset(_with_transform(train_ds, train_transform(info, augment=augment, cutout=cutout, transfer=transfer)),
-                   train_idx)
+    train = Subset(
+        _with_transform(train_ds, train_transform(info, augment=augment, cutout=cutout, transfer=transfer)), train_idx
+    )
     val = Subset(_with_transform(train_ds, evaluate), val_idx)
     test_ds = _with_transform(test_ds, evaluate)
     test = test_ds if test_idx is None else Subset(test_ds, test_idx)

@@ -1,4 +1,5 @@
 """Fashion-MNIST from the Debian package `dataset-fashion-mnist`, unpacked where torchvision looks."""
+
 import gzip
 import os
 import shutil
@@ -11,10 +12,12 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # md5 of the four IDX files as unpacked from Debian's dataset-fashion-mnist, by which `data_digest` knows the
 # published data (torchvision pins only its .gz archives, and Debian's archives are compressed differently).
-RAW_MD5 = {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-           "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-           "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-           "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"}
+RAW_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
 
 
 def raw_dir(data_dir) -> Path:
@@ -45,4 +48,3 @@ def prepare_fashion_mnist(data_dir, source_dir=None) -> bool:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return all((raw / name).is_file() for name in RAW_FILES)
-

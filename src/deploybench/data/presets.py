@@ -1,4 +1,5 @@
 """Transform presets (torchvision.transforms.v2) for training and evaluation."""
+
 import torch
 from torchvision.transforms import v2
 

@@ -5,6 +5,7 @@ ops it has no formula for (element-wise ops, pooling, attention); `scaled_dot_pr
 A.V) and `nn.MultiheadAttention`'s fused inference path get handles here, and the ops still skipped are named
 in the result.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,11 @@ def _native_mha_macs(inputs, outputs) -> int:
     q, k = get_shape(inputs[0]), get_shape(inputs[1])
     batch, length, embed = math.prod(q[:-2]), q[-2], q[-1]
     source = k[-2]
-    return batch * embed * embed * (length + 2 * source) + 2 * batch * length * source * embed \
+    return (
+        batch * embed * embed * (length + 2 * source)
+        + 2 * batch * length * source * embed
         + batch * length * embed * embed
+    )
 
 
 def count_macs(module: torch.nn.Module, shape: tuple[int, ...], batch_size: int = 1) -> dict:
@@ -46,8 +50,9 @@ def count_macs(module: torch.nn.Module, shape: tuple[int, ...], batch_size: int 
             x = x.to(t.dtype)
             break
     analysis = FlopCountAnalysis(module, (x,)).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs,
-                           "aten::_native_multi_head_attention", _native_mha_macs)
+    analysis.set_op_handle(
+        "aten::scaled_dot_product_attention", _sdpa_macs, "aten::_native_multi_head_attention", _native_mha_macs
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         total = int(analysis.total())
@@ -56,8 +61,11 @@ def count_macs(module: torch.nn.Module, shape: tuple[int, ...], batch_size: int 
     params = parameter_count(module)
     leaves = {name for name, m in module.named_modules() if name and not any(True for _ in m.children())}
     types = {name: type(m).__name__ for name, m in module.named_modules()}
-    table = [dict(module=name, type=types.get(name, ""), macs=int(by_module.get(name, 0)),
-                  params=int(params.get(name, 0)))
-             for name in by_module if name in leaves and (by_module.get(name) or params.get(name))]
-    return dict(macs=total, params=int(sum(p.numel() for p in module.parameters())), by_module=table,
-                skipped_ops=skipped)
+    table = [
+        dict(module=name, type=types.get(name, ""), macs=int(by_module.get(name, 0)), params=int(params.get(name, 0)))
+        for name in by_module
+        if name in leaves and (by_module.get(name) or params.get(name))
+    ]
+    return dict(
+        macs=total, params=int(sum(p.numel() for p in module.parameters())), by_module=table, skipped_ops=skipped
+    )

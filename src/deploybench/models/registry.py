@@ -3,6 +3,7 @@
 Every factory takes `num_classes` and `in_channels` (and optionally `image_size`) so that one
 architecture builds for 1x28x28 Fashion-MNIST and 3x32x32 CIFAR alike.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -54,8 +55,6 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-
-
 def get_model_info(name: str) -> ModelInfo:
     """The registered info for `name`, or for a user architecture given as `package.module:factory`.
 
@@ -85,8 +84,9 @@ def _user_factory(name: str) -> Callable[..., nn.Module]:
     try:
         module = importlib.import_module(module_name)
     except (Exception, SystemExit) as exc:  # a module runs arbitrary code at import: a SyntaxError, a raise, exit()
-        raise UserError(f"cannot load user architecture {name!r}: importing {module_name} failed: "
-                        f"{_one_line(exc)}") from None
+        raise UserError(
+            f"cannot load user architecture {name!r}: importing {module_name} failed: {_one_line(exc)}"
+        ) from None
     try:
         factory = getattr(module, attr)
     except Exception:  # AttributeError, or whatever a module's own __getattr__ raises
@@ -101,8 +101,10 @@ def _check_factory(name: str, factory) -> None:
     attr = name.partition(":")[2]
     is_module_class = inspect.isclass(factory) and issubclass(factory, nn.Module)
     if not (is_module_class or inspect.isfunction(factory)) or not _source_file(factory):
-        raise UserError(f"user architecture {name!r} is a {type(factory).__name__}, not an nn.Module class or a "
-                        f"function returning one, defined in a Python source file")
+        raise UserError(
+            f"user architecture {name!r} is a {type(factory).__name__}, not an nn.Module class or a "
+            f"function returning one, defined in a Python source file"
+        )
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError) as exc:
@@ -111,8 +113,10 @@ def _check_factory(name: str, factory) -> None:
     named = {k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     absent = [arg for arg in REQUIRED_ARGS if arg not in named]
     if absent:
-        raise UserError(f"user architecture {name!r} must take {' and '.join(REQUIRED_ARGS)} by name; "
-                        f"{attr}{inspect.signature(factory)} has no {' or '.join(absent)}")
+        raise UserError(
+            f"user architecture {name!r} must take {' and '.join(REQUIRED_ARGS)} by name; "
+            f"{attr}{inspect.signature(factory)} has no {' or '.join(absent)}"
+        )
 
 
 def _source_file(obj) -> str | None:
@@ -143,8 +147,9 @@ def user_code_digest(name: str) -> str | None:
             try:
                 return hashlib.sha256(Path(source).read_bytes()).hexdigest()
             except OSError as exc:
-                raise UserError(f"cannot read {source}, the source of user architecture {name!r}: "
-                                f"{exc.strerror}") from None
+                raise UserError(
+                    f"cannot read {source}, the source of user architecture {name!r}: {exc.strerror}"
+                ) from None
     raise UserError(f"user architecture {name!r} has no source file to record (define it in a .py module)")
 
 
@@ -159,8 +164,10 @@ def create_model(name: str, num_classes: int, in_channels: int, image_size: int,
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     unknown = sorted(k for k in kwargs if k not in params and not takes_any)
     if unknown:
-        raise UserError(f"model {name!r} takes no {', '.join(unknown)} (its options: "
-                        f"{', '.join(k for k in params if k not in ('num_classes', 'in_channels')) or 'none'})")
+        raise UserError(
+            f"model {name!r} takes no {', '.join(unknown)} (its options: "
+            f"{', '.join(k for k in params if k not in ('num_classes', 'in_channels')) or 'none'})"
+        )
     if "image_size" in params or takes_any:
         kwargs["image_size"] = image_size
     model = _build(info, num_classes=num_classes, in_channels=in_channels, **kwargs)

@@ -1,4 +1,5 @@
 """ResNets: torchvision's resnet18 (ImageNet stem), its CIFAR adaptation, and pre-activation resnet44v2."""
+
 from __future__ import annotations
 
 import torch
@@ -15,14 +16,18 @@ def _load_imagenet_weights(model: nn.Module, state: dict, in_channels: int) -> N
     """Load an ImageNet state dict: conv1 summed over RGB for 1-channel inputs, fc left new."""
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if in_channels != 3 and "conv1.weight" in state:
-        state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+        state["conv1.weight"] = (
+            state["conv1.weight"].sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+        )
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         missing, unexpected = [str(exc).splitlines()[-1].strip()], []
     if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
-        raise UserError(f"the pretrained weights are not a resnet18 ImageNet state dict "
-                        f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})")
+        raise UserError(
+            f"the pretrained weights are not a resnet18 ImageNet state dict "
+            f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})"
+        )
     # Transfer recipe: only layer4 and the new classifier learn.
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith(("layer4.", "fc."))
@@ -77,6 +82,12 @@ def resnet44v2(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
         for i in range(blocks):
             layers.append(BasicBlockV2(cin, cout, stride if i == 0 else 1))
             cin = cout
-    layers += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-               nn.Dropout(0.1), nn.Linear(cin, num_classes)]
+    layers += [
+        nn.BatchNorm2d(cin),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.1),
+        nn.Linear(cin, num_classes),
+    ]
     return nn.Sequential(*layers)

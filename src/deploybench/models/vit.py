@@ -6,6 +6,7 @@ projections in one `qkv` Linear and reshapes with `num_heads` in its forward, as
 layout torch-pruning removes whole heads from (`num_heads={attn.qkv: n}`, `prune_num_heads=True`); it cannot
 remove heads from `nn.MultiheadAttention`, whose packed `in_proj_weight` it only narrows.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,8 +45,17 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int, depth: int, num_heads: int,
-                 mlp_dim: int, num_classes: int):
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        in_channels: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_dim: int,
+        num_classes: int,
+    ):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
@@ -74,9 +84,22 @@ class VisionTransformer(nn.Module):
         return self.head(self.ln(self.blocks(x))[:, 0])
 
 
-@register_model("vit-small", family="vit", recipe=dict(epochs=3, lr=1e-3, batch_size=128, optimizer="adamw",
-                                                       schedule="cosine", label_smoothing=0.1, weight_decay=0.05))
+@register_model(
+    "vit-small",
+    family="vit",
+    recipe=dict(
+        epochs=3, lr=1e-3, batch_size=128, optimizer="adamw", schedule="cosine", label_smoothing=0.1, weight_decay=0.05
+    ),
+)
 def vit_small(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """ViT with 4x4 patches, width 384, 8 heads, 8 blocks, MLP ratio 4 (~14.2M params)."""
-    return VisionTransformer(image_size=image_size, patch_size=4, in_channels=in_channels, dim=384, depth=8,
-                             num_heads=8, mlp_dim=4 * 384, num_classes=num_classes)
+    return VisionTransformer(
+        image_size=image_size,
+        patch_size=4,
+        in_channels=in_channels,
+        dim=384,
+        depth=8,
+        num_heads=8,
+        mlp_dim=4 * 384,
+        num_classes=num_classes,
+    )

@@ -5,6 +5,7 @@ A stage is variant in, new variant out. `Stage.make_variant` writes the files th
 accuracy on the full test split, its top-1 agreement with the parent, params, MACs and the library versions
 that produced it. A stage that raises leaves neither folder nor row behind.
 """
+
 from __future__ import annotations
 
 import functools
@@ -142,8 +143,12 @@ def validation_result(variant: Variant, data_dir, images: int | None = None):
     model = runnable(variant)
     device = eval_device(model)
     with torch.no_grad():
-        return evaluate(model.to(device) if device.type != "cpu" else model, DataLoader(val, batch_size=256), device,
-                        data.info.num_classes)
+        return evaluate(
+            model.to(device) if device.type != "cpu" else model,
+            DataLoader(val, batch_size=256),
+            device,
+            data.info.num_classes,
+        )
 
 
 _LOGITS: dict[tuple[str, str], torch.Tensor] = {}
@@ -209,9 +214,17 @@ class Stage:
         with (`data_keys`) and `extra`."""
         return dict(model_keys(parent), **self.config.to_dict(), **data_keys(parent.dataset, data_dir), **extra)
 
-    def make_variant(self, ws: Workspace, parent: Variant, data_dir, *, fmt: str,
-                     write: Callable[[Path], dict | None], config: dict | None = None,
-                     inherit: tuple[str, ...] = ("params", "macs")) -> Variant:
+    def make_variant(
+        self,
+        ws: Workspace,
+        parent: Variant,
+        data_dir,
+        *,
+        fmt: str,
+        write: Callable[[Path], dict | None],
+        config: dict | None = None,
+        inherit: tuple[str, ...] = ("params", "macs"),
+    ) -> Variant:
         """Create the variant via `write(tmp_dir) -> extra metrics`, then evaluate what was written.
 
         `inherit` names parent metrics copied when the written artifact cannot count them itself
@@ -225,8 +238,19 @@ class Stage:
             t0 = time.perf_counter()
             extra = write(tmp) or {}
             seconds = time.perf_counter() - t0
-            made = Variant(id="(new)", parent_id=parent.id, model=parent.model, dataset=parent.dataset,
-                           stage=self.name, config=config, format=fmt, files=[], size_bytes=0, sha256="", path=tmp)
+            made = Variant(
+                id="(new)",
+                parent_id=parent.id,
+                model=parent.model,
+                dataset=parent.dataset,
+                stage=self.name,
+                config=config,
+                format=fmt,
+                files=[],
+                size_bytes=0,
+                sha256="",
+                path=tmp,
+            )
             result, logits = predict(runnable(made), data)
             agree = float((logits.argmax(1) == parent_logits.argmax(1)).float().mean())
             facts = parent_facts(parent, data)
@@ -235,18 +259,32 @@ class Stage:
             # stage changes it (quantize records its method's `compute_dtype`).
             metrics["compute_dtype"] = parent.metrics.get("compute_dtype", "float32")
             metrics.update(extra)
-            metrics.update(accuracy_top1=result.top1, accuracy_top5=result.top5, test_loss=result.loss,
-                           test_images=len(logits), agreement_top1=agree,
-                           parent_accuracy_top1=parent.metrics.get("accuracy_top1"),
-                           accuracy_delta=(result.top1 - parent.metrics["accuracy_top1"])
-                           if parent.metrics.get("accuracy_top1") is not None else None,
-                           max_abs_logit_error=float((logits - parent_logits).abs().max()) if len(logits) else 0.0,
-                           predictions_sha256=predictions_digest(logits), stage_seconds=seconds,
-                           produced_by=dict(library_versions(), stage=self.name, threads=torch.get_num_threads()))
+            metrics.update(
+                accuracy_top1=result.top1,
+                accuracy_top5=result.top5,
+                test_loss=result.loss,
+                test_images=len(logits),
+                agreement_top1=agree,
+                parent_accuracy_top1=parent.metrics.get("accuracy_top1"),
+                accuracy_delta=(result.top1 - parent.metrics["accuracy_top1"])
+                if parent.metrics.get("accuracy_top1") is not None
+                else None,
+                max_abs_logit_error=float((logits - parent_logits).abs().max()) if len(logits) else 0.0,
+                predictions_sha256=predictions_digest(logits),
+                stage_seconds=seconds,
+                produced_by=dict(library_versions(), stage=self.name, threads=torch.get_num_threads()),
+            )
             return metrics
 
-        variant, _ = ws.create_variant(model=parent.model, dataset=parent.dataset, stage=self.name, config=config,
-                                       parent=parent, fmt=fmt, write=write_and_measure)
+        variant, _ = ws.create_variant(
+            model=parent.model,
+            dataset=parent.dataset,
+            stage=self.name,
+            config=config,
+            parent=parent,
+            fmt=fmt,
+            write=write_and_measure,
+        )
         return variant
 
 
@@ -266,8 +304,10 @@ def predictions_digest(logits: torch.Tensor) -> str:
 
 def require_torch_parent(parent: Variant, stage: str) -> None:
     if parent.format not in torch_formats():
-        raise UserError(f"{stage} needs a PyTorch variant; {parent.id} is {parent.format} "
-                        f"(choose a trained or pruned variant with --variant)")
+        raise UserError(
+            f"{stage} needs a PyTorch variant; {parent.id} is {parent.format} "
+            f"(choose a trained or pruned variant with --variant)"
+        )
 
 
 def resolve_parent(ws: Workspace, model: str, dataset: str | None, variant_id: str | None, data_dir) -> Variant:
@@ -280,19 +320,24 @@ def resolve_parent(ws: Workspace, model: str, dataset: str | None, variant_id: s
     if variant_id:
         v = ws.get_variant(variant_id)
         if v.model != model or (dataset and v.dataset != dataset):
-            raise UserError(f"variant {v.id} is {v.model} on {v.dataset}, not {model}"
-                            + (f" on {dataset}" if dataset else ""))
+            raise UserError(
+                f"variant {v.id} is {v.model} on {v.dataset}, not {model}" + (f" on {dataset}" if dataset else "")
+            )
         return v
     if dataset is None:
         datasets = sorted({v.dataset for v in ws.variants(model) if v.stage == "train"})
         if len(datasets) > 1:
-            raise UserError(f"{model} is trained on several datasets ({', '.join(datasets)}); choose one with --dataset")
+            raise UserError(
+                f"{model} is trained on several datasets ({', '.join(datasets)}); choose one with --dataset"
+            )
         dataset = datasets[0] if datasets else "fashion-mnist"
     trained = [v for v in ws.variants(model, dataset) if v.stage == "train"]
     data = data_keys(dataset, data_dir).get("data_sha256") if trained else None
     fitting = [v for v in trained if v.config.get("data_sha256") == data and not code_changed(v.config)]
     if not fitting:
-        why = (f" made from the data files in {data_dir} and the present code of {model}" if trained else "")
-        raise UserError(f"no trained {model} on {dataset}{why} in {ws.root}; "
-                        f"train it first with: train --model {model} --dataset {dataset}")
+        why = f" made from the data files in {data_dir} and the present code of {model}" if trained else ""
+        raise UserError(
+            f"no trained {model} on {dataset}{why} in {ws.root}; "
+            f"train it first with: train --model {model} --dataset {dataset}"
+        )
     return max(fitting, key=lambda v: v.created_at)

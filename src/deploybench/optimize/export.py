@@ -5,6 +5,7 @@ the fallback (with a warning) for models dynamo cannot export. The saved graph h
 optimizations applied (constant folding, Conv+BN fusion, redundant-node removal): standard ONNX ops only, so
 it stays portable and quantizable; runtimes apply the hardware-specific levels when they open it.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -42,18 +43,36 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, external_data=True,
-                                        dynamic_shapes=({0: batch},), input_names=["input"], output_names=["logits"],
-                                        verbose=False)
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                external_data=True,
+                dynamic_shapes=({0: batch},),
+                input_names=["input"],
+                output_names=["logits"],
+                verbose=False,
+            )
         program.save(str(path), external_data=True)
         return "dynamo"
     except Exception as exc:  # noqa: BLE001  the dynamo exporter raises many kinds of error
-        warnings.warn(f"dynamo ONNX export failed ({str(exc).splitlines()[0][:200]}); "
-                      f"falling back to the TorchScript exporter", stacklevel=2)
+        warnings.warn(
+            f"dynamo ONNX export failed ({str(exc).splitlines()[0][:200]}); falling back to the TorchScript exporter",
+            stacklevel=2,
+        )
         for f in path.parent.glob(path.name + "*"):
             f.unlink()
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
         return "torchscript"
 
 
@@ -99,21 +118,33 @@ class ExportStage(Stage):
                 exporter = export_onnx(model, data.example(2), raw, opset)
                 onnx.checker.check_model(str(raw), full_check=True)
                 # The dynamo exporter builds at its own opset and converts; a conversion that fails keeps its own.
-                written = next(i.version for i in onnx.load(str(raw), load_external_data=False).opset_import
-                               if i.domain in ("", "ai.onnx"))
+                written = next(
+                    i.version
+                    for i in onnx.load(str(raw), load_external_data=False).opset_import
+                    if i.domain in ("", "ai.onnx")
+                )
                 if written != opset:
-                    raise UserError(f"asked for ONNX opset {opset}, the {exporter} exporter wrote opset {written}; "
-                                    f"refusing it (its config would name the wrong opset)")
+                    raise UserError(
+                        f"asked for ONNX opset {opset}, the {exporter} exporter wrote opset {written}; "
+                        f"refusing it (its config would name the wrong opset)"
+                    )
                 _ort_optimize(raw, d / "model.onnx")
             onnx.checker.check_model(str(d / "model.onnx"), full_check=True)
             logits = predict(OrtModule(d / "model.onnx"), data)[1]
             agree = float((logits.argmax(1) == parent_logits.argmax(1)).float().mean()) if len(logits) else 1.0
             err = float((logits - parent_logits).abs().max()) if len(logits) else 0.0
             if agree < MIN_AGREEMENT:
-                raise UserError(f"ONNX export of {parent.id} disagrees with PyTorch on {100 * (1 - agree):.2f}% "
-                                f"of test images (max logit error {err:.3g}); refusing it")
-            return dict(exporter=exporter, opset=opset, ort_optimization_level="basic", parity_agreement_top1=agree,
-                        parity_max_abs_logit_error=err)
+                raise UserError(
+                    f"ONNX export of {parent.id} disagrees with PyTorch on {100 * (1 - agree):.2f}% "
+                    f"of test images (max logit error {err:.3g}); refusing it"
+                )
+            return dict(
+                exporter=exporter,
+                opset=opset,
+                ort_optimization_level="basic",
+                parity_agreement_top1=agree,
+                parity_max_abs_logit_error=err,
+            )
 
         return self.make_variant(ws, parent, data_dir, fmt="onnx", write=write)
 

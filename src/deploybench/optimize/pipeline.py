@@ -3,6 +3,7 @@ prune→quantize, prune→export→int8-ort. A chain that fails is reported and 
 atomic writes mean a failed stage leaves nothing behind. Chains share stages: the same (parent, stage,
 config) is made once and found the next time.
 """
+
 from __future__ import annotations
 
 import time
@@ -32,7 +33,7 @@ class Chain:
 @dataclass
 class ChainResult:
     name: str
-    status: str                     # ok | failed | skipped
+    status: str  # ok | failed | skipped
     variants: list[Variant] = field(default_factory=list)
     message: str = ""
 
@@ -50,6 +51,7 @@ def _qat_needed(done: dict[str, Variant]) -> str | None:
 def _quant_skip(name: str, force_qat: bool) -> Callable[[dict[str, Variant]], str | None]:
     """Why `optimize all` skips method `name` given what it made so far: what the machine says of the method,
     and for QAT, whether int8-pt2e lost enough accuracy to need it."""
+
     def skip(done: dict[str, Variant]) -> str | None:
         if why := METHODS[name].left_out_of_all():
             return why
@@ -58,8 +60,15 @@ def _quant_skip(name: str, force_qat: bool) -> Callable[[dict[str, Variant]], st
     return skip
 
 
-def default_chains(*, ratio: float = 0.5, finetune_epochs: int = 2, distill: bool = True, calib_size: int = 512,
-                   qat_epochs: int = 1, force_qat: bool = False) -> list[Chain]:
+def default_chains(
+    *,
+    ratio: float = 0.5,
+    finetune_epochs: int = 2,
+    distill: bool = True,
+    calib_size: int = 512,
+    qat_epochs: int = 1,
+    force_qat: bool = False,
+) -> list[Chain]:
     """The chains `optimize all` runs."""
     export = ExportStage()
     prune = PruneStage(ratio=ratio, finetune_epochs=finetune_epochs, distill=distill)
@@ -71,10 +80,12 @@ def default_chains(*, ratio: float = 0.5, finetune_epochs: int = 2, distill: boo
     for spec in QUANT_METHODS.values():
         if spec.in_all:
             chains.append(Chain(f"quantize:{spec.name}", [quant(spec.name)], skip=_quant_skip(spec.name, force_qat)))
-    chains += [Chain("prune", [prune]),
-               Chain("prune→int8-pt2e", [prune, quant("int8-pt2e")]),
-               Chain("prune→export", [prune, export]),
-               Chain("prune→export→int8-ort", [prune, export, quant("int8-ort")])]
+    chains += [
+        Chain("prune", [prune]),
+        Chain("prune→int8-pt2e", [prune, quant("int8-pt2e")]),
+        Chain("prune→export", [prune, export]),
+        Chain("prune→export→int8-ort", [prune, export, quant("int8-ort")]),
+    ]
     return chains
 
 
@@ -93,8 +104,9 @@ def _run_chain(ws: Workspace, root: Variant, data_dir, chain: Chain, log) -> Cha
     return ChainResult(chain.name, "ok", made)
 
 
-def run_chains(ws: Workspace, root: Variant, data_dir, chains: list[Chain], *, progress: bool = True,
-               log=print) -> list[ChainResult]:
+def run_chains(
+    ws: Workspace, root: Variant, data_dir, chains: list[Chain], *, progress: bool = True, log=print
+) -> list[ChainResult]:
     """Run every chain from `root`; failures are caught, reported and do not stop the others.
 
     Args:
@@ -104,8 +116,9 @@ def run_chains(ws: Workspace, root: Variant, data_dir, chains: list[Chain], *, p
         one result per chain, in order.
     """
     results, done = [], {}
-    bar = progress_display(chains, desc="optimize all", unit="chain", log=log, enabled=progress, leave=None,
-                           dynamic_ncols=True)
+    bar = progress_display(
+        chains, desc="optimize all", unit="chain", log=log, enabled=progress, leave=None, dynamic_ncols=True
+    )
     for chain in bar:
         bar.set_postfix_str(chain.name)
         reason = chain.skip(done)
@@ -123,8 +136,9 @@ def run_chains(ws: Workspace, root: Variant, data_dir, chains: list[Chain], *, p
     return results
 
 
-def optimize_all(ws: Workspace, root: Variant, data_dir, *, progress: bool = True, log=print,
-                 **options) -> list[ChainResult]:
+def optimize_all(
+    ws: Workspace, root: Variant, data_dir, *, progress: bool = True, log=print, **options
+) -> list[ChainResult]:
     """`optimize all`: the default chains from `root` (options: see `default_chains`)."""
     return run_chains(ws, root, data_dir, default_chains(**options), progress=progress, log=log)
 
@@ -150,10 +164,19 @@ def summary_table(root: Variant, results: list[ChainResult]) -> str:
     table = [("variant", "stages", "format", "params", "MACs", "size", "top-1", "agree", "note")]
     for v in rows:
         m = v.metrics
-        table.append((v.id, v.chain,
-                      v.format, _fmt(m.get("params"), "int"), _fmt(m.get("macs"), "int"),
-                      _fmt(v.size_bytes, "bytes"), _fmt(m.get("accuracy_top1"), "pct"),
-                      _fmt(m.get("agreement_top1"), "pct") if v.parent_id else "-", m.get("note") or ""))
+        table.append(
+            (
+                v.id,
+                v.chain,
+                v.format,
+                _fmt(m.get("params"), "int"),
+                _fmt(m.get("macs"), "int"),
+                _fmt(v.size_bytes, "bytes"),
+                _fmt(m.get("accuracy_top1"), "pct"),
+                _fmt(m.get("agreement_top1"), "pct") if v.parent_id else "-",
+                m.get("note") or "",
+            )
+        )
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -15,6 +15,7 @@ one, with the training loader's workers, as `train` does; the variant's config t
 channels run on the CPU. Distillation (`--distill`) adds
 KL(teacher ‖ student) on logits softened at T=4 (scaled by T²) to the cross-entropy, weighted equally.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,8 @@ from deploybench.artifacts.formats import EAGER_FORMATS, load_module, shaped_sta
 from deploybench.data import load_splits
 from deploybench.errors import UserError, unknown_choice
 from deploybench.models.vit import Attention, VisionTransformer
-from deploybench.optimize.choices import PRUNE_IMPORTANCES
 from deploybench.optimize.base import Stage, StageConfig, StageData, count_params, macs_of, register_stage, stage_data
+from deploybench.optimize.choices import PRUNE_IMPORTANCES
 from deploybench.platform.progress import note
 from deploybench.store import Variant, Workspace
 from deploybench.train.engine import (
@@ -54,14 +55,14 @@ TEMPERATURE = 4.0
 
 @dataclass(frozen=True)
 class PruneConfig(StageConfig):
-    ratio: float = 0.5             # share of channels (and of attention heads) removed
+    ratio: float = 0.5  # share of channels (and of attention heads) removed
     importance: str = "magnitude"  # magnitude (group L2) | taylor | bn-scale | lamp
-    global_pruning: bool = False   # rank channels across layers instead of the same share in each
+    global_pruning: bool = False  # rank channels across layers instead of the same share in each
     iterative_steps: int = 1
     finetune_epochs: int = 2
     distill: bool = False
     finetune_lr: float | None = None  # default: 1/10 of the training recipe's peak lr
-    calib_size: int = 256          # taylor: training images whose gradients rank the channels
+    calib_size: int = 256  # taylor: training images whose gradients rank the channels
     seed: int = 0
     finetune_fraction: float = 1.0  # share of the training images each fine-tuning epoch draws (search screens at < 1)
 
@@ -112,8 +113,8 @@ def _follow_head_schedule(pruner, attentions: list, ratio: float, steps: int) ->
         kept = [m.num_heads - math.ceil(ratio * k / steps * m.num_heads) for k in range(steps + 1)]
         # ceil((n - 0.5) / left * left) == n exactly, where n / left * left could round up to n + 1
         pruner.head_pruning_ratio_dict[m.qkv] = [0.0] + [
-            (kept[k - 1] - kept[k] - 0.5) / kept[k - 1] if kept[k - 1] > kept[k] else 0.0
-            for k in range(1, steps + 1)]
+            (kept[k - 1] - kept[k] - 0.5) / kept[k - 1] if kept[k - 1] > kept[k] else 0.0 for k in range(1, steps + 1)
+        ]
 
 
 def fraction_subset(train_set, fraction: float, seed: int):
@@ -133,13 +134,24 @@ def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Modul
     attentions = [m for m in model.modules() if isinstance(m, Attention)]
     extra = {}
     if attentions:
-        extra = dict(num_heads={m.qkv: m.num_heads for m in attentions}, prune_num_heads=True,
-                     prune_head_dims=False, head_pruning_ratio=cfg.ratio)
+        extra = dict(
+            num_heads={m.qkv: m.num_heads for m in attentions},
+            prune_num_heads=True,
+            prune_head_dims=False,
+            head_pruning_ratio=cfg.ratio,
+        )
     if isinstance(model, VisionTransformer):
         extra["unwrapped_parameters"] = model.unwrapped_parameters()
-    pruner = tp.pruner.BasePruner(model, example, importance=_importance(cfg.importance), pruning_ratio=cfg.ratio,
-                                  ignored_layers=[_classifier(model)], global_pruning=cfg.global_pruning,
-                                  iterative_steps=cfg.iterative_steps, **extra)
+    pruner = tp.pruner.BasePruner(
+        model,
+        example,
+        importance=_importance(cfg.importance),
+        pruning_ratio=cfg.ratio,
+        ignored_layers=[_classifier(model)],
+        global_pruning=cfg.global_pruning,
+        iterative_steps=cfg.iterative_steps,
+        **extra,
+    )
     if attentions and not cfg.global_pruning:
         _follow_head_schedule(pruner, attentions, cfg.ratio, cfg.iterative_steps)
     model.eval()
@@ -153,8 +165,19 @@ def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Modul
     return model
 
 
-def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epochs: int, lr: float,
-             seed: int, *, device: torch.device, workers: int, checkpoint: Path | None = None) -> list[dict]:
+def finetune(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    train_set,
+    recipe,
+    epochs: int,
+    lr: float,
+    seed: int,
+    *,
+    device: torch.device,
+    workers: int,
+    checkpoint: Path | None = None,
+) -> list[dict]:
     """Fine-tune on `device` with the train engine (its optimizer, a cosine schedule, its training loader with
     `workers` processes); distill from `teacher` if given. Both models must already be on `device`. Prints one
     line per epoch on stderr.
@@ -182,19 +205,32 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train_set, recipe, epo
         loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
         with torch.no_grad():
             soft = F.log_softmax(teacher(x).float() / TEMPERATURE, 1)
-        kd = F.kl_div(F.log_softmax(logits.float() / TEMPERATURE, 1), soft, log_target=True,
-                      reduction="batchmean") * TEMPERATURE ** 2
+        kd = (
+            F.kl_div(F.log_softmax(logits.float() / TEMPERATURE, 1), soft, log_target=True, reduction="batchmean")
+            * TEMPERATURE**2
+        )
         return 0.5 * loss + 0.5 * kd
 
     for epoch in range(len(history), epochs):
-        loader = train_loader(train_set, EpochBatchSampler(len(train_set), recipe.batch_size, seed, epoch), device,
-                              workers, seed + epoch)
-        stats = train_one_epoch(model, loader, opt, sched, scaler, device, recipe,
-                                loss_fn=distill if teacher is not None else None,
-                                desc=f"fine-tune {epoch + 1}/{epochs}")
+        loader = train_loader(
+            train_set, EpochBatchSampler(len(train_set), recipe.batch_size, seed, epoch), device, workers, seed + epoch
+        )
+        stats = train_one_epoch(
+            model,
+            loader,
+            opt,
+            sched,
+            scaler,
+            device,
+            recipe,
+            loss_fn=distill if teacher is not None else None,
+            desc=f"fine-tune {epoch + 1}/{epochs}",
+        )
         history.append(dict(epoch=epoch + 1, loss=stats["loss"], top1=stats["top1"], seconds=stats["seconds"]))
-        note(f"fine-tune epoch {epoch + 1}/{epochs}: loss {stats['loss']:.3f} top-1 {100 * stats['top1']:.2f}% | "
-             f"{stats['seconds']:.0f} s, {stats['images_per_s']:.0f} img/s")
+        note(
+            f"fine-tune epoch {epoch + 1}/{epochs}: loss {stats['loss']:.3f} top-1 {100 * stats['top1']:.2f}% | "
+            f"{stats['seconds']:.0f} s, {stats['images_per_s']:.0f} img/s"
+        )
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(run_state(model, opt, sched, scaler, history=history), checkpoint)
@@ -237,8 +273,11 @@ class PruneStage(Stage):
         config = self.variant_config(parent, data_dir, **device_keys(device, workers))
         # The fine-tuning's checkpoint is kept under the id of the variant it makes (which names the parent and
         # every option), so only the same stage on the same parent resumes it; it goes once the variant is stored.
-        run_dir = ws.run_dir(parent.model, parent.dataset,
-                             f"prune-{ws.variant_id(parent.model, parent.dataset, parent.id, self.name, config)}")
+        run_dir = ws.run_dir(
+            parent.model,
+            parent.dataset,
+            f"prune-{ws.variant_id(parent.model, parent.dataset, parent.id, self.name, config)}",
+        )
 
         def write(d) -> dict:
             teacher = load_module(parent)
@@ -249,21 +288,43 @@ class PruneStage(Stage):
             after = dict(params=count_params(model), macs=macs_of(model, example))
             history = []
             if cfg.finetune_epochs:
-                train = load_splits(parent.dataset, data_dir, augment=recipe.augment, cutout=recipe.cutout,
-                                    transfer=bool(parent.config.get("transfer"))).train
+                train = load_splits(
+                    parent.dataset,
+                    data_dir,
+                    augment=recipe.augment,
+                    cutout=recipe.cutout,
+                    transfer=bool(parent.config.get("transfer")),
+                ).train
                 train = fraction_subset(train, cfg.finetune_fraction, cfg.seed)
-                history = finetune(model.to(device), teacher.to(device).eval() if cfg.distill else None, train,
-                                   recipe, cfg.finetune_epochs, lr, cfg.seed, device=device, workers=workers,
-                                   checkpoint=run_dir / "last.pt")
+                history = finetune(
+                    model.to(device),
+                    teacher.to(device).eval() if cfg.distill else None,
+                    train,
+                    recipe,
+                    cfg.finetune_epochs,
+                    lr,
+                    cfg.seed,
+                    device=device,
+                    workers=workers,
+                    checkpoint=run_dir / "last.pt",
+                )
             torch.save(shaped_state(model.cpu().eval()), d / "model.pt")
             ratio = (before["macs"] / after["macs"]) if before["macs"] and after["macs"] else None
-            return dict(params=after["params"], macs=after["macs"], params_before=before["params"],
-                        macs_before=before["macs"], macs_reduction=ratio,
-                        params_reduction=before["params"] / max(after["params"], 1), finetune_lr=lr,
-                        finetune_history=history, finetune_device=device.type if cfg.finetune_epochs else None,
-                        finetune_resumed_epochs=sum(bool(h.get("resumed")) for h in history),
-                        note=None if after["params"] < before["params"] else
-                        f"importance {cfg.importance} found nothing to prune in this model")
+            return dict(
+                params=after["params"],
+                macs=after["macs"],
+                params_before=before["params"],
+                macs_before=before["macs"],
+                macs_reduction=ratio,
+                params_reduction=before["params"] / max(after["params"], 1),
+                finetune_lr=lr,
+                finetune_history=history,
+                finetune_device=device.type if cfg.finetune_epochs else None,
+                finetune_resumed_epochs=sum(bool(h.get("resumed")) for h in history),
+                note=None
+                if after["params"] < before["params"]
+                else f"importance {cfg.importance} found nothing to prune in this model",
+            )
 
         variant = self.make_variant(ws, parent, data_dir, fmt="torch-pruned", write=write, config=config)
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -4,6 +4,7 @@ Each method is a function `(stage, parent module or file, data, tmp_dir) -> extr
 writes, the options it uses (only those enter the variant's config and id) and, where the machine cannot run
 it, the reason. Calibration always draws training images (`calibration_subset`), never test images.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,23 +22,22 @@ from torch.utils.data import DataLoader
 
 from deploybench.artifacts.formats import EAGER_FORMATS, load_module, onnx_path, shaped_state
 from deploybench.errors import UserError, unknown_choice
-from deploybench.optimize.choices import CALIB_METHODS, QUANT_METHODS, QuantMethod
 from deploybench.optimize.base import Stage, StageConfig, StageData, register_stage, stage_data
+from deploybench.optimize.choices import CALIB_METHODS, QUANT_METHODS, QuantMethod
 from deploybench.optimize.export import ensure_onnx
 from deploybench.platform.env import has_int8_dot_product, has_native_bf16
 from deploybench.profile.latency import Protocol, time_runs
 from deploybench.store import Variant, Workspace
 
 
-
 @dataclass(frozen=True)
 class QuantizeConfig(StageConfig):
     method: str = "int8-pt2e"
-    calib_size: int = 512          # training images the int8 ranges are calibrated on
-    calib_method: str = "minmax"   # int8-ort: minmax | entropy | percentile
+    calib_size: int = 512  # training images the int8 ranges are calibrated on
+    calib_method: str = "minmax"  # int8-ort: minmax | entropy | percentile
     reduce_range: bool | None = None  # int8-ort: 7-bit weights; None = on where the CPU lacks VNNI (see _int8_ort)
-    qat_epochs: int = 1            # qat: epochs of quantization-aware training from the parent's weights
-    qat_lr: float = 1e-3           # qat: SGD learning rate (cosine to zero)
+    qat_epochs: int = 1  # qat: epochs of quantization-aware training from the parent's weights
+    qat_lr: float = 1e-3  # qat: SGD learning rate (cosine to zero)
     seed: int = 0
 
 
@@ -103,8 +103,12 @@ def _drop_unused_weights(graph_module: torch.fx.GraphModule) -> int:
     return dropped
 
 
-_DROPOUTS = {torch.ops.aten.dropout.default, torch.ops.aten.feature_dropout.default,
-             torch.ops.aten.alpha_dropout.default, torch.ops.aten.feature_alpha_dropout.default}
+_DROPOUTS = {
+    torch.ops.aten.dropout.default,
+    torch.ops.aten.feature_dropout.default,
+    torch.ops.aten.alpha_dropout.default,
+    torch.ops.aten.feature_alpha_dropout.default,
+}
 
 
 def _strip_dropout(graph_module: torch.fx.GraphModule) -> int:
@@ -136,6 +140,7 @@ def _one_partition_per_call(graph_module: torch.fx.GraphModule) -> int:
     node"). torchvision's ResNet blocks call one `self.relu` twice, so both ReLUs of a block share a partition
     and, left so, resnet18 cannot be quantized. The nodes of one call are connected to each other and those of
     separate calls are not: every connected set after the first gets a name of its own."""
+
     def key(node):
         if node.meta.get("source_fn_stack"):
             return "source_fn_stack", node.meta["source_fn_stack"][-1][0]
@@ -185,8 +190,9 @@ def _x86_quantizer(is_qat: bool = False, dynamic: bool = False):
 
     quantizer = X86InductorQuantizer()
     if dynamic:
-        return quantizer.set_module_type_qconfig(nn.Linear, get_default_x86_inductor_quantization_config(
-            is_dynamic=True))
+        return quantizer.set_module_type_qconfig(
+            nn.Linear, get_default_x86_inductor_quantization_config(is_dynamic=True)
+        )
     return quantizer.set_global(get_default_x86_inductor_quantization_config(is_qat=is_qat))
 
 
@@ -221,8 +227,9 @@ def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
     graph = _export_for_pt2e(model.train(), example)
     prepared = prepare_qat_pt2e(graph, _x86_quantizer(is_qat=True))
     train = data.splits.train  # the training images (eval transforms: no augmentation for a short QAT run)
-    loader = DataLoader(train, batch_size=64, shuffle=True, drop_last=len(train) > 64,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(
+        train, batch_size=64, shuffle=True, drop_last=len(train) > 64, generator=torch.Generator().manual_seed(cfg.seed)
+    )
     opt = torch.optim.SGD(prepared.parameters(), lr=cfg.qat_lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.qat_epochs * len(loader)))
     move_exported_model_to_train(prepared)
@@ -291,18 +298,32 @@ def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
         def get_next(self):
             return next(self.batches, None)
 
-    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[cfg.calib_method]
+    calibrate = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[cfg.calib_method]
     with tempfile.TemporaryDirectory() as work:
         pre = Path(work) / "pre.onnx"
         with _ort_refusal(parent_onnx):
             quant_pre_process(str(parent_onnx), str(pre))
-            quantize_static(str(pre), str(d / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=calibrate, reduce_range=bool(cfg.reduce_range),
-                            extra_options={"CalibTensorRangeSymmetric": False})
-    return dict(calibration_images=min(cfg.calib_size, len(data.splits.train)), calib_method=cfg.calib_method,
-                reduce_range=bool(cfg.reduce_range))
+            quantize_static(
+                str(pre),
+                str(d / "model.onnx"),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calibrate,
+                reduce_range=bool(cfg.reduce_range),
+                extra_options={"CalibTensorRangeSymmetric": False},
+            )
+    return dict(
+        calibration_images=min(cfg.calib_size, len(data.splits.train)),
+        calib_method=cfg.calib_method,
+        reduce_range=bool(cfg.reduce_range),
+    )
 
 
 # -- NNCF post-training int8 for OpenVINO --------------------------------------------------------------------------
@@ -332,8 +353,12 @@ def _int8_nncf(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
     quantized = nncf.quantize(model, dataset, subset_size=len(calib))
     # compress_to_fp16=False: the weights NNCF left in fp32 stay fp32 on disk (the default halves them).
     ov.save_model(quantized, str(d / "model.xml"), compress_to_fp16=False)
-    return dict(calibration_images=len(calib), quantizer="nncf.quantize (OpenVINO)",
-                nncf_version=nncf.__version__, openvino_version=ov.get_version())
+    return dict(
+        calibration_images=len(calib),
+        quantizer="nncf.quantize (OpenVINO)",
+        nncf_version=nncf.__version__,
+        openvino_version=ov.get_version(),
+    )
 
 
 # -- dynamic int8 of Linear layers -----------------------------------------------------------------------------------
@@ -363,8 +388,10 @@ def int_mm_times(runs: int = 5) -> tuple[float, float]:
     b8 = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g)
     a32, b32 = a8.float(), b8.float()
     protocol = Protocol(warmup=1, min_runs=runs, min_seconds=0)
-    int8_ms, fp32_ms = (1e3 * float(np.median(time_runs(call, protocol)))
-                        for call in (lambda: torch._int_mm(a8, b8), lambda: torch.mm(a32, b32)))
+    int8_ms, fp32_ms = (
+        1e3 * float(np.median(time_runs(call, protocol)))
+        for call in (lambda: torch._int_mm(a8, b8), lambda: torch.mm(a32, b32))
+    )
     return int8_ms, fp32_ms
 
 
@@ -386,9 +413,11 @@ def _int_mm_slow() -> str | None:
     if int8_ms <= fp32_ms:
         return None
     m, k, n = INT_MM_SHAPE
-    return (f"torch._int_mm, which torchao's dynamic int8 multiplies with, took {int8_ms:.2f} ms on this CPU "
-            f"against {fp32_ms:.2f} ms for the same {m}x{k}x{n} product in fp32 (measured now): its variant "
-            f"would only be slower; dynamic-pt2e is the CPU form")
+    return (
+        f"torch._int_mm, which torchao's dynamic int8 multiplies with, took {int8_ms:.2f} ms on this CPU "
+        f"against {fp32_ms:.2f} ms for the same {m}x{k}x{n} product in fp32 (measured now): its variant "
+        f"would only be slower; dynamic-pt2e is the CPU form"
+    )
 
 
 @method("dynamic", not_worth_it=_int_mm_slow)
@@ -440,16 +469,16 @@ def _bf16_emulated() -> str | None:
     slower than fp32, so its variant takes long to make and evaluate and gains nothing."""
     if torch.cuda.is_available() or has_native_bf16():
         return None
-    return ("this CPU has no native bf16 (AVX512-BF16 or AMX) and there is no GPU: bf16 is emulated, slower "
-            "than fp32")
+    return "this CPU has no native bf16 (AVX512-BF16 or AMX) and there is no GPU: bf16 is emulated, slower than fp32"
 
 
 def _half(dtype):
     def fn(stage, model: nn.Module, data: StageData, d: Path) -> dict:
         torch.save(shaped_state(model.to(dtype)), d / "model.pt")
         note = _bf16_emulated() if dtype is torch.bfloat16 else None
-        return dict(dtype=str(dtype).removeprefix("torch."), cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                    note=note)
+        return dict(
+            dtype=str(dtype).removeprefix("torch."), cpu_capability=torch.backends.cpu.get_cpu_capability(), note=note
+        )
 
     return fn
 
@@ -474,8 +503,10 @@ class QuantizeStage(Stage):
         if self.config.calib_size < 1:
             raise UserError("--calib-size must be at least 1")
         if self.config.method == "qat" and (self.config.qat_epochs < 1 or not self.config.qat_lr > 0):
-            raise UserError(f"qat needs --qat-epochs of 1 or more and a learning rate above 0, got "
-                            f"{self.config.qat_epochs} and {self.config.qat_lr}")
+            raise UserError(
+                f"qat needs --qat-epochs of 1 or more and a learning rate above 0, got "
+                f"{self.config.qat_epochs} and {self.config.qat_lr}"
+            )
         if "reduce_range" in QUANT_METHODS[self.config.method].options and self.config.reduce_range is None:
             # The default depends on the CPU; resolved here, it is part of the variant's config and id.
 
@@ -491,8 +522,10 @@ class QuantizeStage(Stage):
             parent = ensure_onnx(ws, parent, data_dir)
             _check_ort_loads(onnx_path(parent))  # before the parent is run for its logits, or anything is written
         elif parent.format not in EAGER_FORMATS:
-            raise UserError(f"quantize --method {self.config.method} needs an fp32 PyTorch variant (trained or "
-                            f"pruned); {parent.id} is {parent.format}")
+            raise UserError(
+                f"quantize --method {self.config.method} needs an fp32 PyTorch variant (trained or "
+                f"pruned); {parent.id} is {parent.format}"
+            )
         data = stage_data(parent, data_dir)
         cfg = self.config.to_dict()
         config = dict(self.variant_config(parent, data_dir), **{"method": cfg["method"]})

@@ -1,4 +1,5 @@
 """The environment a measurement was taken in: hardware, library versions, threads, commit (no hostname)."""
+
 from __future__ import annotations
 
 import functools
@@ -70,8 +71,13 @@ def git_commit() -> str | None:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if out.returncode != 0 or not out.stdout.strip():
             return None
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                 capture_output=True, text=True, timeout=10)
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() + ("-dirty" if changed.returncode != 0 or changed.stdout.strip() else "")
@@ -93,14 +99,21 @@ def package_version(name: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _static_environment() -> dict:
-    return dict(cpu_model=cpu_model(), cpu_count=os.cpu_count(), physical_cores=physical_cores(),
-                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                cuda=torch.version.cuda if torch.cuda.is_available() else None,
-                # Whether fp32 convolutions / matmuls may run in TF32 on the GPU (fewer mantissa bits, faster).
-                cuda_tf32=dict(conv=torch.backends.cudnn.allow_tf32, matmul=torch.backends.cuda.matmul.allow_tf32)
-                if torch.cuda.is_available() else None,
-                python=platform.python_version(), platform=f"{platform.system()} {platform.machine()}",
-                libraries={n: package_version(n) for n in _LIBRARIES}, commit=git_commit())
+    return dict(
+        cpu_model=cpu_model(),
+        cpu_count=os.cpu_count(),
+        physical_cores=physical_cores(),
+        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        cuda=torch.version.cuda if torch.cuda.is_available() else None,
+        # Whether fp32 convolutions / matmuls may run in TF32 on the GPU (fewer mantissa bits, faster).
+        cuda_tf32=dict(conv=torch.backends.cudnn.allow_tf32, matmul=torch.backends.cuda.matmul.allow_tf32)
+        if torch.cuda.is_available()
+        else None,
+        python=platform.python_version(),
+        platform=f"{platform.system()} {platform.machine()}",
+        libraries={n: package_version(n) for n in _LIBRARIES},
+        commit=git_commit(),
+    )
 
 
 def load_average() -> float | None:
@@ -119,6 +132,7 @@ def environment(threads: int) -> dict:
 def same_setup(a: dict, b: dict) -> bool:
     """Whether two stored environments describe the same code on the same machine and threads: equal in
     everything but the load average, with a known commit and no uncommitted changes."""
+
     def fixed(env):
         return {k: v for k, v in json.loads(json.dumps(env)).items() if k != "load_avg_1m"}
 
@@ -128,8 +142,18 @@ def same_setup(a: dict, b: dict) -> bool:
 
 # CPU features that change which kernels run (and so every latency): two machines differing in one of them
 # are different machines for a measurement, whatever their model names say.
-_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
-                 "fma", "f16c")
+_KERNEL_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+    "fma",
+    "f16c",
+)
 
 
 def fingerprint(threads: int | None = None) -> dict:
@@ -147,11 +171,17 @@ def machine_slug(fp: dict | None = None) -> str:
     the CPU model's words and its widest vector/int8/bf16 features (results files are named by it)."""
     fp = fp or fingerprint()
     flags = set(fp.get("cpu_flags", ()))
-    words = [w for w in re.split(r"[^a-z0-9]+", fp.get("cpu_model", "cpu").lower())
-             if w and w not in ("processor", "cpu", "with", "radeon", "graphics")][:3]
+    words = [
+        w
+        for w in re.split(r"[^a-z0-9]+", fp.get("cpu_model", "cpu").lower())
+        if w and w not in ("processor", "cpu", "with", "radeon", "graphics")
+    ][:3]
     isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "x86" if fp.get("cpu_model") else ""
-    extras = [name for flag, name in (("avx512_vnni", "vnni"), ("avx_vnni", "vnni"), ("avx512_bf16", "bf16"),
-                                      ("amx_tile", "amx")) if flag in flags]
+    extras = [
+        name
+        for flag, name in (("avx512_vnni", "vnni"), ("avx_vnni", "vnni"), ("avx512_bf16", "bf16"), ("amx_tile", "amx"))
+        if flag in flags
+    ]
     gpu = re.split(r"[^a-z0-9]+", fp["gpu"].lower()) if fp.get("gpu") else []
     parts = [*words, isa, *dict.fromkeys(extras), *[g for g in gpu if g][:3]]
     return "-".join(p for p in parts if p) or "unknown-machine"

@@ -1,4 +1,5 @@
 """Child processes that die with their parent, and what Linux's /proc tells about a process."""
+
 from __future__ import annotations
 
 import ctypes

@@ -4,6 +4,7 @@ A tqdm bar redraws itself with carriage returns several times a second; written 
 there. So bars are drawn only when both stdout (the log) and stderr (where bars draw) are terminals; elsewhere a
 `Lines` stands in, with the same calls: per-step updates print nothing and `milestone` prints one line.
 """
+
 from __future__ import annotations
 
 import sys
@@ -35,8 +36,14 @@ class Bar(tqdm):
 class Lines:
     """Progress for logs: counts like a bar, prints one line per `milestone` and `write`, nothing per step."""
 
-    def __init__(self, iterable: Iterable | None = None, *, desc: str = "", total: int | None = None,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        desc: str = "",
+        total: int | None = None,
+        log: Callable[[str], None] = print,
+    ):
         if total is None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.iterable, self.desc, self.total, self.log, self.n = iterable, desc, total, log, 0
@@ -79,8 +86,15 @@ def _drop(_line: str) -> None:
     pass
 
 
-def progress(iterable: Iterable | None = None, *, desc: str, total: int | None = None,
-             log: Callable[[str], None] = print, enabled: bool = True, **bar_options) -> Bar | Lines:
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    desc: str,
+    total: int | None = None,
+    log: Callable[[str], None] = print,
+    enabled: bool = True,
+    **bar_options,
+) -> Bar | Lines:
     """Progress over `iterable` (or `total` steps counted with `update`).
 
     Args:

@@ -1,4 +1,5 @@
 """Accuracy: top-1 and top-5 on the full test split, computed through the backend being profiled."""
+
 from __future__ import annotations
 
 import torch
@@ -30,5 +31,8 @@ def backend_accuracy(backend, test_set, batch_size: int) -> dict:
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(dim=1).sum())
         total += n
-    return dict(accuracy_top1=correct1 / total if total else None, accuracy_top5=correct5 / total if total else None,
-                test_images=total)
+    return dict(
+        accuracy_top1=correct1 / total if total else None,
+        accuracy_top5=correct5 / total if total else None,
+        test_images=total,
+    )

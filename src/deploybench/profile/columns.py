@@ -5,6 +5,7 @@ Stored units: accuracy is a fraction (0.9108, shown 91.08), `pct_of_peak` alread
 is), sizes and memory bytes (shown in KB/MB/GB, 1024-based, one decimal), MACs and parameters counts (shown
 with K/M/G). A missing value (None) is shown as "-" by every formatter.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -85,8 +86,15 @@ FLAG_PARETO, FLAG_NO_SPEEDUP, FLAG_UNSTABLE = "pareto", "no real speed-up", "uns
 
 def row_flags(row: dict) -> list[str]:
     """The flags of a comparison row: on the Pareto front, cuts MACs/size without a real speed-up, unstable."""
-    return [name for name, on in ((FLAG_PARETO, row.get("pareto")), (FLAG_NO_SPEEDUP, row.get("no_real_speedup")),
-                                  (FLAG_UNSTABLE, not row.get("stable"))) if on]
+    return [
+        name
+        for name, on in (
+            (FLAG_PARETO, row.get("pareto")),
+            (FLAG_NO_SPEEDUP, row.get("no_real_speedup")),
+            (FLAG_UNSTABLE, not row.get("stable")),
+        )
+        if on
+    ]
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ class Column:
     """One column: `key` names the raw value in a row (and in JSON/CSV), `unit` is the raw value's unit,
     `fmt` turns the raw value into the shown text, `higher_is_better` is None for non-objectives; `derive`
     computes the raw value of a column that no row stores."""
+
     key: str
     header: str
     unit: str

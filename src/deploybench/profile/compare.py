@@ -9,6 +9,7 @@ its latency interval is not entirely below the baseline's.
 Every renderer (table, Markdown, CSV, JSON, and the HTML report) shows the columns of
 `deploybench.profile.columns`; `write_results` writes one Markdown file per machine in the store.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,15 +22,65 @@ from deploybench.profile.columns import BY_KEY, COLUMNS, Column, fmt_fraction_pc
 from deploybench.profile.pareto import DEFAULT_OBJECTIVES, mark_pareto
 from deploybench.store import Workspace, atomic_write_text
 
-KEYS = ("model", "dataset", "variant", "stages", "chain", "format", "backend", "device", "batch_size", "threads",
-        "accuracy_top1", "accuracy_top5", "params", "macs", "flops", "size_bytes", "latency_ms_p50",
-        "latency_ms_p90", "latency_ms_p99", "latency_ms_ci95", "throughput_per_s", "peak_mem_bytes", "pct_of_peak",
-        "stable", "pareto", "baseline", "speedup", "accuracy_change", "no_real_speedup", "skipped", "data_sha256",
-        "flags")
-_METRIC_KEYS = ("accuracy_top1", "accuracy_top5", "test_images", "params", "macs", "flops", "size_bytes",
-                "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_ci95", "throughput_per_s",
-                "peak_mem_bytes", "pct_of_peak", "pct_of_peak_invalid", "peak_flops", "peak_dtype", "peak_runtime",
-                "stable", "attempts", "runs", "compute_dtype", "data_sha256")
+KEYS = (
+    "model",
+    "dataset",
+    "variant",
+    "stages",
+    "chain",
+    "format",
+    "backend",
+    "device",
+    "batch_size",
+    "threads",
+    "accuracy_top1",
+    "accuracy_top5",
+    "params",
+    "macs",
+    "flops",
+    "size_bytes",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "latency_ms_ci95",
+    "throughput_per_s",
+    "peak_mem_bytes",
+    "pct_of_peak",
+    "stable",
+    "pareto",
+    "baseline",
+    "speedup",
+    "accuracy_change",
+    "no_real_speedup",
+    "skipped",
+    "data_sha256",
+    "flags",
+)
+_METRIC_KEYS = (
+    "accuracy_top1",
+    "accuracy_top5",
+    "test_images",
+    "params",
+    "macs",
+    "flops",
+    "size_bytes",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "latency_ms_ci95",
+    "throughput_per_s",
+    "peak_mem_bytes",
+    "pct_of_peak",
+    "pct_of_peak_invalid",
+    "peak_flops",
+    "peak_dtype",
+    "peak_runtime",
+    "stable",
+    "attempts",
+    "runs",
+    "compute_dtype",
+    "data_sha256",
+)
 _EAGER = {"cpu": "torch-cpu", "cuda": "torch-cuda"}
 
 
@@ -69,8 +120,14 @@ def latest_measurements(ws: Workspace, machine: str | None = None) -> dict[tuple
     return latest
 
 
-def compare_rows(ws: Workspace, models: list[str] | None = None, backend: str | None = None,
-                 dataset: str | None = None, include_skipped: bool = True, machine: str | None = None) -> list[dict]:
+def compare_rows(
+    ws: Workspace,
+    models: list[str] | None = None,
+    backend: str | None = None,
+    dataset: str | None = None,
+    include_skipped: bool = True,
+    machine: str | None = None,
+) -> list[dict]:
     """Rows for `profile compare` (keys: `KEYS`, plus `test_images`, `runs`, `compute_dtype`, `measured_at`),
     from the measurements of one machine (slug) when `machine` is given. Skipped combinations have `skipped`
     set to the reason and no metrics; they are never on the front. Each row names its `machine`; baselines and
@@ -81,8 +138,14 @@ def compare_rows(ws: Workspace, models: list[str] | None = None, backend: str | 
         rows += _machine_rows(latest_measurements(ws, slug), variants, slug)
     measured = [r for r in rows if r["skipped"] is None]
     mark_pareto(measured, DEFAULT_OBJECTIVES, group_by=("machine", "dataset", "backend", "batch_size"))
-    keep = [r for r in rows if (not models or r["model"] in models) and (not backend or r["backend"] == backend)
-            and (not dataset or r["dataset"] == dataset) and (include_skipped or r["skipped"] is None)]
+    keep = [
+        r
+        for r in rows
+        if (not models or r["model"] in models)
+        and (not backend or r["backend"] == backend)
+        and (not dataset or r["dataset"] == dataset)
+        and (include_skipped or r["skipped"] is None)
+    ]
     return keep
 
 
@@ -92,11 +155,27 @@ def _machine_rows(latest: dict, variants: dict, slug: str) -> list[dict]:
     for (vid, be, bs), m in sorted(latest.items(), key=lambda kv: (variants[kv[0][0]].created_at, kv[0][1:])):
         v = variants[vid]
         metrics = m["metrics"]
-        row = dict(model=v.model, dataset=v.dataset, variant=v.id, stages=v.stages, chain=v.chain, format=v.format,
-                   backend=be, device=m["device"], batch_size=bs, threads=m["threads"],
-                   **{k: metrics.get(k) for k in _METRIC_KEYS},
-                   pareto=False, baseline=None, speedup=None, accuracy_change=None, no_real_speedup=False,
-                   skipped=metrics.get("skipped"), measured_at=m["created_at"], machine=slug)
+        row = dict(
+            model=v.model,
+            dataset=v.dataset,
+            variant=v.id,
+            stages=v.stages,
+            chain=v.chain,
+            format=v.format,
+            backend=be,
+            device=m["device"],
+            batch_size=bs,
+            threads=m["threads"],
+            **{k: metrics.get(k) for k in _METRIC_KEYS},
+            pareto=False,
+            baseline=None,
+            speedup=None,
+            accuracy_change=None,
+            no_real_speedup=False,
+            skipped=metrics.get("skipped"),
+            measured_at=m["created_at"],
+            machine=slug,
+        )
         if row["stable"] is None:
             row["stable"] = False
         by_key[(vid, be, bs)] = row
@@ -130,8 +209,11 @@ def _baseline(row: dict, variants: dict, by_key: dict) -> dict | None:
         parent_id = root.parent_id
     if root is v:
         return None
-    same_device = [r for (vid, be, bs), r in by_key.items()
-                   if vid == root.id and bs == row["batch_size"] and comparable(r) and r["device"] == row["device"]]
+    same_device = [
+        r
+        for (vid, be, bs), r in by_key.items()
+        if vid == root.id and bs == row["batch_size"] and comparable(r) and r["device"] == row["device"]
+    ]
     same_device.sort(key=lambda r: r["backend"] != _EAGER.get(row["device"]))
     return same_device[0] if same_device else None
 
@@ -166,8 +248,15 @@ def to_csv(rows: list[dict]) -> str:
     writer.writeheader()
     for r in map(_raw, rows):
         ci = r.get("latency_ms_ci95") or [None, None]
-        writer.writerow(dict(r, stages="+".join(r["stages"]), flags="+".join(r["flags"]),
-                             latency_ms_ci95_low=ci[0], latency_ms_ci95_high=ci[1]))
+        writer.writerow(
+            dict(
+                r,
+                stages="+".join(r["stages"]),
+                flags="+".join(r["flags"]),
+                latency_ms_ci95_low=ci[0],
+                latency_ms_ci95_high=ci[1],
+            )
+        )
     return out.getvalue().rstrip("\n")
 
 
@@ -176,8 +265,9 @@ def _name(r: dict) -> str:
 
 
 def _skipped_lines(rows: list[dict]) -> list[str]:
-    return [f"{_name(r)} {r['backend']} batch {r['batch_size']}: {r['skipped']}" for r in rows
-            if r["skipped"] is not None]
+    return [
+        f"{_name(r)} {r['backend']} batch {r['batch_size']}: {r['skipped']}" for r in rows if r["skipped"] is not None
+    ]
 
 
 def to_table(rows: list[dict], columns: tuple[Column, ...] = COLUMNS) -> str:
@@ -188,8 +278,10 @@ def to_table(rows: list[dict], columns: tuple[Column, ...] = COLUMNS) -> str:
     else:
         head = [c.header for c in columns]
         widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
-                 "  ".join("-" * w for w in widths)]
+        lines = [
+            "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
+            "  ".join("-" * w for w in widths),
+        ]
         lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip() for b in body]
     skipped = _skipped_lines(rows)
     if skipped:
@@ -199,6 +291,7 @@ def to_table(rows: list[dict], columns: tuple[Column, ...] = COLUMNS) -> str:
 
 def markdown_table(rows: list[dict], columns: tuple[Column, ...] = COLUMNS) -> list[str]:
     """A GitHub table of the measured rows (numbers aligned right), as lines."""
+
     def line(cells):
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
@@ -252,8 +345,9 @@ def winners(rows: list[dict]) -> list[str]:
         tie = f" (tied within noise with {len(ties)} other{'s' if len(ties) != 1 else ''})" if ties else ""
         lines.append(f"fastest at batch {bs}: {name(best)}, p50 {fmt_ms(best['latency_ms_p50'])} ms{tie}")
         best = max(group, key=lambda r: r["throughput_per_s"])
-        lines.append(f"highest throughput at batch {bs}: {name(best)}, "
-                     f"{BY_KEY['throughput_per_s'].cell(best)} samples/s")
+        lines.append(
+            f"highest throughput at batch {bs}: {name(best)}, {BY_KEY['throughput_per_s'].cell(best)} samples/s"
+        )
     return lines
 
 
@@ -279,18 +373,19 @@ def _values(envs: list[dict], get) -> str:
 
 def _environment_lines(envs: list[dict], fp: dict, command: str) -> list[str]:
     libraries = sorted({name for e in envs for name in (e.get("libraries") or {})})
-    versions = ", ".join(f"{n} {_values(envs, lambda e, n=n: (e.get('libraries') or {}).get(n))}"
-                         for n in libraries)
-    return [f"- **CPU**: {fp.get('cpu_model', 'unknown')}; kernel flags: {', '.join(fp['cpu_flags']) or 'unknown'}",
-            f"- **Cores**: {_values(envs, lambda e: e.get('physical_cores'))} physical, "
-            f"{_values(envs, lambda e: e.get('cpu_count'))} logical; threads used: "
-            f"{_values(envs, lambda e: e.get('threads'))}",
-            f"- **GPU**: {fp.get('gpu') or 'none'}" + (f" (CUDA {_values(envs, lambda e: e.get('cuda'))})"
-                                                       if fp.get("gpu") else ""),
-            f"- **Python**: {_values(envs, lambda e: e.get('python'))} on {_values(envs, lambda e: e.get('platform'))}",
-            f"- **Libraries**: {versions or 'unknown'}",
-            f"- **Commit**: {_values(envs, lambda e: e.get('commit'))}",
-            f"- **Regenerate**: `{command}` (replaces this file)"]
+    versions = ", ".join(f"{n} {_values(envs, lambda e, n=n: (e.get('libraries') or {}).get(n))}" for n in libraries)
+    return [
+        f"- **CPU**: {fp.get('cpu_model', 'unknown')}; kernel flags: {', '.join(fp['cpu_flags']) or 'unknown'}",
+        f"- **Cores**: {_values(envs, lambda e: e.get('physical_cores'))} physical, "
+        f"{_values(envs, lambda e: e.get('cpu_count'))} logical; threads used: "
+        f"{_values(envs, lambda e: e.get('threads'))}",
+        f"- **GPU**: {fp.get('gpu') or 'none'}"
+        + (f" (CUDA {_values(envs, lambda e: e.get('cuda'))})" if fp.get("gpu") else ""),
+        f"- **Python**: {_values(envs, lambda e: e.get('python'))} on {_values(envs, lambda e: e.get('platform'))}",
+        f"- **Libraries**: {versions or 'unknown'}",
+        f"- **Commit**: {_values(envs, lambda e: e.get('commit'))}",
+        f"- **Regenerate**: `{command}` (replaces this file)",
+    ]
 
 
 def results_markdown(ws: Workspace, machine: str, command: str = "deploybench profile results") -> str:
@@ -301,8 +396,7 @@ def results_markdown(ws: Workspace, machine: str, command: str = "deploybench pr
         raise ValueError(f"no measurements of machine {machine!r} in {ws.root}")
     envs = [m["environment"] for m in latest.values()]
     rows = compare_rows(ws, machine=machine)
-    lines = [f"# deploybench results: {machine}", "",
-             *_environment_lines(envs, stored_fingerprint(envs[-1]), command)]
+    lines = [f"# deploybench results: {machine}", "", *_environment_lines(envs, stored_fingerprint(envs[-1]), command)]
     columns = tuple(c for c in COLUMNS if c.key not in _GROUP_KEYS)
     for dataset in sorted({r["dataset"] for r in rows}):
         here = [r for r in rows if r["dataset"] == dataset]
@@ -319,8 +413,10 @@ def results_markdown(ws: Workspace, machine: str, command: str = "deploybench pr
     return "\n".join(lines) + "\n"
 
 
-def write_results(ws: Workspace, out_dir: str | Path = RESULTS_DIR,
-                  command: str = "deploybench profile results") -> list[Path]:
+def write_results(
+    ws: Workspace, out_dir: str | Path = RESULTS_DIR, command: str = "deploybench profile results"
+) -> list[Path]:
     """Write `out_dir/<machine>.md` (atomically, replacing it) for every machine in the store; returns the paths."""
-    return [atomic_write_text(Path(out_dir) / f"{slug}.md", results_markdown(ws, slug, command))
-            for slug in machines(ws)]
+    return [
+        atomic_write_text(Path(out_dir) / f"{slug}.md", results_markdown(ws, slug, command)) for slug in machines(ws)
+    ]

@@ -7,6 +7,7 @@ VM the speed of the same call drifts by tens of percent within a minute, and tim
 compare two moments, not two timers.
 Use it on a quiet machine.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -47,8 +48,9 @@ def _plain_loop_ms(call, protocol: Protocol) -> float:
     return statistics.median(times) * 1e3
 
 
-def cross_check(ws, variant, backend: str, batch_size: int, threads: int, protocol: Protocol | None = None,
-                rounds: int = 5) -> dict:
+def cross_check(
+    ws, variant, backend: str, batch_size: int, threads: int, protocol: Protocol | None = None, rounds: int = 5
+) -> dict:
     """{ours_ms, reference_ms, ratio, reference, rounds}: medians over alternated rounds of our p50 and the
     independent timer's median (ms)."""
     protocol = protocol or Protocol(warmup=3, min_runs=10, min_seconds=1.0)
@@ -82,8 +84,7 @@ def cross_check(ws, variant, backend: str, batch_size: int, threads: int, protoc
         theirs.append(reference())
     impl.close()
     ours_ms, reference_ms = statistics.median(ours), statistics.median(theirs)
-    return dict(ours_ms=ours_ms, reference_ms=reference_ms, ratio=ours_ms / reference_ms, reference=what,
-                rounds=rounds)
+    return dict(ours_ms=ours_ms, reference_ms=reference_ms, ratio=ours_ms / reference_ms, reference=what, rounds=rounds)
 
 
 def paired_against(ws, variant, backend: str, base, base_backend: str, batch_size: int, threads: int) -> float:

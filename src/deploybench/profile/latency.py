@@ -12,6 +12,7 @@ measurement is not stable. `stable` is True when the interval's width is at most
 A result that is not stable is measured again (`measure_until_stable`): up to `Protocol.max_attempts` in all,
 each after a pause, keeping the attempt with the narrowest interval relative to its median.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int]:
     if n < 1:
         raise ValueError("no samples")
     log_half_n = n * math.log(0.5)
-    pmf = [math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n)
-           for i in range(n + 1)]
+    pmf = [
+        math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n) for i in range(n + 1)
+    ]
     cdf = np.cumsum(pmf)
     # Coverage of [t_(j), t_(n+1-j)] is P(j <= B <= n-j) = 1 - 2 * P(B <= j-1); take the largest such j.
     best = 1
@@ -67,11 +69,19 @@ def latency_stats(times_s, batch_size: int) -> dict:
     lo, hi = float(t[j - 1]), float(t[k - 1])
     covered = n >= 6
     rel_width = (hi - lo) / p50 if p50 > 0 else math.inf
-    return dict(latency_ms_p50=p50, latency_ms_p90=p90, latency_ms_p99=p99, latency_ms_mean=float(t.mean()),
-                latency_ms_min=float(t[0]), latency_ms_ci95=[lo, hi], ci95_rel_width=rel_width,
-                throughput_per_s=batch_size * 1e3 / p50 if p50 > 0 else None,
-                stable=bool(covered and rel_width <= STABLE_REL_WIDTH), runs=n,
-                timed_seconds=float(t.sum() / 1e3))
+    return dict(
+        latency_ms_p50=p50,
+        latency_ms_p90=p90,
+        latency_ms_p99=p99,
+        latency_ms_mean=float(t.mean()),
+        latency_ms_min=float(t[0]),
+        latency_ms_ci95=[lo, hi],
+        ci95_rel_width=rel_width,
+        throughput_per_s=batch_size * 1e3 / p50 if p50 > 0 else None,
+        stable=bool(covered and rel_width <= STABLE_REL_WIDTH),
+        runs=n,
+        timed_seconds=float(t.sum() / 1e3),
+    )
 
 
 def finished_call(backend, inputs) -> Callable[[], None]:
@@ -105,8 +115,9 @@ def measure_latency(backend, batch, batch_size: int, protocol: Protocol) -> dict
     return latency_stats(time_runs(finished_call(backend, backend.prepare(batch)), protocol), batch_size)
 
 
-def measure_until_stable(measure: Callable[[], dict], protocol: Protocol,
-                         sleep: Callable[[float], None] = time.sleep) -> dict:
+def measure_until_stable(
+    measure: Callable[[], dict], protocol: Protocol, sleep: Callable[[float], None] = time.sleep
+) -> dict:
     """Call `measure` (returns `latency_stats`) until a result is stable or `protocol.max_attempts` calls were
     made, sleeping `protocol.retry_pause_s` before each new call (a pause lets a passing load go by).
 
@@ -129,8 +140,14 @@ def _instability(stats: dict) -> tuple[bool, float]:
 PAIRS = 21  # alternated pairs behind every paired speed-up (`profile check --against`, the benchmark gates)
 
 
-def paired_speedup(slow: Callable[[], object], fast: Callable[[], object], pairs: int = PAIRS, block: int = 5,
-                   settle_s: float = 0.05, warmup: int = 3) -> float:
+def paired_speedup(
+    slow: Callable[[], object],
+    fast: Callable[[], object],
+    pairs: int = PAIRS,
+    block: int = 5,
+    settle_s: float = 0.05,
+    warmup: int = 3,
+) -> float:
     """Median over `pairs` alternated blocks (slow block, fast block, ...) of time(slow) / time(fast).
 
     Alternation is what holds the ratio still on a shared machine: a load spike or a frequency change slows

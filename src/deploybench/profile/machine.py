@@ -10,6 +10,7 @@ ceiling was measured low, and is reported as such (`peak_metrics`) instead of pr
 
 There is one measurement protocol: `profile run --quick` shortens the latency protocol, never the ceiling's.
 """
+
 from __future__ import annotations
 
 import time
@@ -63,13 +64,17 @@ def _ort_gemm_flops(dtype: str, n: int, threads: int, repeats: int = 5) -> float
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    a_type, b_type, y_type, op = ((TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT, "MatMul")
-                                  if dtype == "float32" else
-                                  (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32, "MatMulInteger"))
-    graph = helper.make_graph([helper.make_node(op, ["A", "B"], ["Y"])], "gemm",
-                              [helper.make_tensor_value_info("A", a_type, [n, n]),
-                               helper.make_tensor_value_info("B", b_type, [n, n])],
-                              [helper.make_tensor_value_info("Y", y_type, [n, n])])
+    a_type, b_type, y_type, op = (
+        (TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT, "MatMul")
+        if dtype == "float32"
+        else (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32, "MatMulInteger")
+    )
+    graph = helper.make_graph(
+        [helper.make_node(op, ["A", "B"], ["Y"])],
+        "gemm",
+        [helper.make_tensor_value_info("A", a_type, [n, n]), helper.make_tensor_value_info("B", b_type, [n, n])],
+        [helper.make_tensor_value_info("Y", y_type, [n, n])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
@@ -94,7 +99,8 @@ def _onednn_int8_flops(n: int, repeats: int = 5) -> float:
     x_scale, x_zp = torch.tensor(0.03), torch.tensor(128, dtype=torch.int32)
     w_scale, w_zp = torch.full((n,), 0.01), torch.zeros(n, dtype=torch.int32)
     op = lambda: torch.ops.onednn.qlinear_pointwise.tensor(  # noqa: E731
-        x, x_scale, x_zp, packed, w_scale, w_zp, None, 1.0, 0, torch.float32, "none", [None], "")
+        x, x_scale, x_zp, packed, w_scale, w_zp, None, 1.0, 0, torch.float32, "none", [None], ""
+    )
     return 2 * n**3 / _best_time(op, lambda: None, repeats)
 
 
@@ -213,8 +219,9 @@ def achieved_flops_per_s(macs: int | None, batch_size: int, latency_ms: float | 
     return 2 * macs * batch_size / (latency_ms / 1e3)
 
 
-def pct_of_peak(macs: int | None, batch_size: int, latency_ms: float | None, peak: dict,
-                dtype: str | None) -> float | None:
+def pct_of_peak(
+    macs: int | None, batch_size: int, latency_ms: float | None, peak: dict, dtype: str | None
+) -> float | None:
     """Achieved FLOP/s as a percentage of the ceiling for `dtype` (see `peak_reference`), unchecked (see
     `peak_metrics`); None when something is missing."""
     achieved, ceiling = achieved_flops_per_s(macs, batch_size, latency_ms), peak_reference(peak, dtype).flops
@@ -223,18 +230,23 @@ def pct_of_peak(macs: int | None, batch_size: int, latency_ms: float | None, pea
     return 100.0 * achieved / ceiling
 
 
-def peak_metrics(macs: int | None, batch_size: int, latency_ms: float | None, peak: dict,
-                 dtype: str | None) -> dict:
+def peak_metrics(macs: int | None, batch_size: int, latency_ms: float | None, peak: dict, dtype: str | None) -> dict:
     """The metrics of a measured row about its ceiling: `pct_of_peak` and the ceiling it was taken against
     (`peak_flops`, `peak_dtype`, `peak_runtime`). A percentage above 100 is a ceiling measured too low, not a
     result: it is stored as None with the reason under `pct_of_peak_invalid`."""
     ceiling = peak_reference(peak, dtype)
-    metrics = dict(pct_of_peak=pct_of_peak(macs, batch_size, latency_ms, peak, dtype), peak_flops=ceiling.flops,
-                   peak_dtype=ceiling.dtype, peak_runtime=ceiling.runtime)
+    metrics = dict(
+        pct_of_peak=pct_of_peak(macs, batch_size, latency_ms, peak, dtype),
+        peak_flops=ceiling.flops,
+        peak_dtype=ceiling.dtype,
+        peak_runtime=ceiling.runtime,
+    )
     if metrics["pct_of_peak"] is not None and metrics["pct_of_peak"] > 100.0:
         achieved = achieved_flops_per_s(macs, batch_size, latency_ms)
         metrics["pct_of_peak"] = None
-        metrics["pct_of_peak_invalid"] = (f"achieved {achieved / 1e9:.3g} GFLOP/s exceeds the measured ceiling "
-                                          f"{ceiling.flops / 1e9:.3g} GFLOP/s of dtype {ceiling.dtype} "
-                                          f"(runtime {ceiling.runtime})")
+        metrics["pct_of_peak_invalid"] = (
+            f"achieved {achieved / 1e9:.3g} GFLOP/s exceeds the measured ceiling "
+            f"{ceiling.flops / 1e9:.3g} GFLOP/s of dtype {ceiling.dtype} "
+            f"(runtime {ceiling.runtime})"
+        )
     return metrics

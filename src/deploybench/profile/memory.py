@@ -6,6 +6,7 @@ variant; the runner does this in a fresh child process per (variant, backend, ba
 and libraries loaded for one variant never count for (or against) the next. GPU backends report
 `torch.cuda.max_memory_allocated` instead.
 """
+
 from __future__ import annotations
 
 import resource

@@ -13,6 +13,7 @@ Rows missing an objective's value are never on the front (and never dominate). N
 objective (latency), are rows whose timing is not stable (`stable` False): their interval does not bound the
 true latency, so they can neither win nor make another row lose.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,20 +76,29 @@ def dominates(a: dict, b: dict, objectives: Iterable[Objective] = DEFAULT_OBJECT
     """Whether `a` is not worse than `b` beyond noise on every objective and better beyond noise on one; a row
     that is not `usable` dominates nothing."""
     objectives = list(objectives)
-    return (usable(a, objectives) and all(not o.beyond_noise(b, a) for o in objectives)
-            and any(o.beyond_noise(a, b) for o in objectives))
+    return (
+        usable(a, objectives)
+        and all(not o.beyond_noise(b, a) for o in objectives)
+        and any(o.beyond_noise(a, b) for o in objectives)
+    )
 
 
 def pareto_front(rows: list[dict], objectives: Iterable[Objective] = DEFAULT_OBJECTIVES) -> list[bool]:
     """For each row, whether it is on the front among `rows` (compare within one dataset, backend and batch size)."""
     objectives = list(objectives)
     valid = [usable(r, objectives) for r in rows]
-    return [ok and not any(valid[j] and j != i and dominates(rows[j], r, objectives) for j in range(len(rows)))
-            for i, (r, ok) in enumerate(zip(rows, valid, strict=True))]
+    return [
+        ok and not any(valid[j] and j != i and dominates(rows[j], r, objectives) for j in range(len(rows)))
+        for i, (r, ok) in enumerate(zip(rows, valid, strict=True))
+    ]
 
 
-def mark_pareto(rows: list[dict], objectives: Iterable[Objective] = DEFAULT_OBJECTIVES,
-                group_by: tuple[str, ...] = ("dataset", "backend", "batch_size"), key: str = "pareto") -> list[dict]:
+def mark_pareto(
+    rows: list[dict],
+    objectives: Iterable[Objective] = DEFAULT_OBJECTIVES,
+    group_by: tuple[str, ...] = ("dataset", "backend", "batch_size"),
+    key: str = "pareto",
+) -> list[dict]:
     """Set `row[key]` to front membership within each group of `group_by` (in place; returns rows)."""
     objectives = list(objectives)
     groups: dict[tuple, list[dict]] = {}

@@ -18,6 +18,7 @@ Backends that are not available on this machine (no GPU) are reported in the log
 a fact about the machine, not about the variant. A timing that is not stable is measured again before it is
 stored (`latency.measure_until_stable`); one still unstable is stored with `stable` False.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,12 +56,28 @@ DEFAULT_BATCH_SIZES = (1, 64)
 CHILD_TIMEOUT_S = 3600
 WORKER_MODULE = "deploybench.profile.worker"
 WORKERS_DIR = ".profiling"  # under the workspace: `<pid>.json` for each running child (`_record_worker`)
-_STATIC_KEYS = ("params", "macs", "flops", "size_bytes", "files_bytes", "macs_source", "macs_unavailable",
-                "skipped_ops")
+_STATIC_KEYS = (
+    "params",
+    "macs",
+    "flops",
+    "size_bytes",
+    "files_bytes",
+    "macs_source",
+    "macs_unavailable",
+    "skipped_ops",
+)
 
 
-def measure_combo(workspace: str, variant_id: str, backend: str, batch_size: int, threads: int, protocol: dict,
-                  data_dir: str, with_accuracy: bool) -> dict:
+def measure_combo(
+    workspace: str,
+    variant_id: str,
+    backend: str,
+    batch_size: int,
+    threads: int,
+    protocol: dict,
+    data_dir: str,
+    with_accuracy: bool,
+) -> dict:
     """Load one variant on one backend for one batch size; time it (measured again while not stable, see
     `measure_until_stable`), take its memory peak and (optionally) its test accuracy. Returns metrics; raises
     UnsupportedFormat / BackendSkip for a skip."""
@@ -79,8 +96,10 @@ def measure_combo(workspace: str, variant_id: str, backend: str, batch_size: int
             metrics = measure_until_stable(lambda: measure_latency(impl, batch, batch_size, timing), timing)
         metrics.update(impl.run_facts())
         gpu_peak = impl.peak_memory_bytes()
-        metrics.update(peak_mem_bytes=gpu_peak if gpu_peak is not None else rss.growth_bytes,
-                       peak_mem_kind="cuda_max_allocated" if gpu_peak is not None else "rss_growth")
+        metrics.update(
+            peak_mem_bytes=gpu_peak if gpu_peak is not None else rss.growth_bytes,
+            peak_mem_kind="cuda_max_allocated" if gpu_peak is not None else "rss_growth",
+        )
         if with_accuracy:
             test = test_split(config.get("dataset", variant.dataset), data_dir, bool(config.get("transfer")))
             metrics.update(backend_accuracy(impl, test, batch_size), accuracy_batch_size=batch_size)
@@ -123,8 +142,9 @@ def _check_files(variant: Variant) -> None:
     missing = [name for name in variant.files if not (variant.path / name).is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more of its files)" if len(missing) > 1 else ""
-        raise UserError(f"variant {variant.id}: {variant.path / missing[0]} is missing{more}; the variant is "
-                        f"damaged, make it again")
+        raise UserError(
+            f"variant {variant.id}: {variant.path / missing[0]} is missing{more}; the variant is damaged, make it again"
+        )
 
 
 def _check_loads(variant: Variant) -> None:
@@ -148,8 +168,9 @@ def _in_child(job: dict) -> dict:
         argv = [sys.executable, "-m", WORKER_MODULE, str(job_path), str(result_path)]
         proc = _run_worker(argv, Path(job["workspace"]), dict(os.environ, OMP_NUM_THREADS=str(job["threads"])))
         if proc is None:
-            return dict(error=f"profiling process ran past its {CHILD_TIMEOUT_S} s limit and was stopped",
-                        timed_out=True)
+            return dict(
+                error=f"profiling process ran past its {CHILD_TIMEOUT_S} s limit and was stopped", timed_out=True
+            )
         if not result_path.is_file():
             tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
             return dict(error=f"profiling process exited with status {proc.returncode}: {' | '.join(tail)}")
@@ -160,8 +181,15 @@ def _run_worker(argv: list[str], root: Path, env: dict) -> subprocess.CompletedP
     """Run the worker to its end, in a process group of its own and recorded under the workspace `root` while it
     runs; None when it ran past `CHILD_TIMEOUT_S`. However this call ends (a timeout, Ctrl-C, SIGTERM), the
     worker and whatever it started are killed: a terminal's Ctrl-C no longer reaches its own group."""
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=child_dies_with_parent())
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=child_dies_with_parent(),
+    )
     try:
         _record_worker(root, proc.pid, argv, parent=os.getpid())
         try:
@@ -242,10 +270,16 @@ def _warn_of_other_workers(root: Path, log) -> None:
     running = _other_workers(root)
     if not running:
         return
-    parts = [f"pid {r['pid']} (of the run with pid {r['parent']})" if parent_pid(r["pid"]) == r.get("parent")
-             else f"pid {r['pid']} (its run is gone: `kill {r['pid']}` stops it)" for r in running]
-    log(f"warning: profiling process(es) of other runs still running in this workspace: {', '.join(parts)}; "
-        f"they compete for the cores, latencies will be inflated")
+    parts = [
+        f"pid {r['pid']} (of the run with pid {r['parent']})"
+        if parent_pid(r["pid"]) == r.get("parent")
+        else f"pid {r['pid']} (its run is gone: `kill {r['pid']}` stops it)"
+        for r in running
+    ]
+    log(
+        f"warning: profiling process(es) of other runs still running in this workspace: {', '.join(parts)}; "
+        f"they compete for the cores, latencies will be inflated"
+    )
 
 
 def _resolve_backends(names: Iterable[str] | None, log) -> list[str]:
@@ -303,10 +337,19 @@ class VariantWork:
     dtype: str | None = None  # `machine.compute_dtype`
 
 
-def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[str] | None = None, *,
-                     batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES, threads: int | None = None,
-                     quick: bool = False, data_dir: str | os.PathLike = "data", isolate: bool = True,
-                     reuse: bool = False, log: Callable[[str], None] = print) -> list[dict]:
+def profile_variants(
+    ws: Workspace,
+    variants: list[Variant],
+    backends: Iterable[str] | None = None,
+    *,
+    batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES,
+    threads: int | None = None,
+    quick: bool = False,
+    data_dir: str | os.PathLike = "data",
+    isolate: bool = True,
+    reuse: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Measure every variant on every backend and batch size, and store the rows.
 
     Args: backends: names (default: every available one); threads: CPU threads (default: physical cores);
@@ -329,8 +372,17 @@ def profile_variants(ws: Workspace, variants: list[Variant], backends: Iterable[
     return stored
 
 
-def _plan(ws: Workspace, variants: list[Variant], backends: Iterable[str] | None, batch_sizes: Iterable[int],
-          threads: int | None, quick: bool, data_dir, isolate: bool, log) -> RunPlan:
+def _plan(
+    ws: Workspace,
+    variants: list[Variant],
+    backends: Iterable[str] | None,
+    batch_sizes: Iterable[int],
+    threads: int | None,
+    quick: bool,
+    data_dir,
+    isolate: bool,
+    log,
+) -> RunPlan:
     """Check the inputs and settle what the run shares, the ceilings aside (`_ceilings`); writes nothing."""
     threads = threads or physical_cores()
     sizes = checked_batch_sizes(batch_sizes)[::-1]
@@ -351,8 +403,10 @@ def _ceilings(ws: Workspace, plan: RunPlan) -> dict:
 def _warn_if_loaded(env: dict, log) -> None:
     cpus = os.cpu_count() or 1
     if env["load_avg_1m"] is not None and env["load_avg_1m"] > 0.5 * cpus:
-        log(f"warning: load average {env['load_avg_1m']} on {cpus} CPUs: other work competes for the "
-            f"cores, latencies will be inflated (recorded in the environment)")
+        log(
+            f"warning: load average {env['load_avg_1m']} on {cpus} CPUs: other work competes for the "
+            f"cores, latencies will be inflated (recorded in the environment)"
+        )
 
 
 def _prepare(ws: Workspace, variant: Variant, plan: RunPlan, latest: dict | None) -> VariantWork:
@@ -369,8 +423,14 @@ def _prepare(ws: Workspace, variant: Variant, plan: RunPlan, latest: dict | None
     if static.get("macs_source") != variant.id:  # the count loaded another variant's module, or failed
         _check_loads(variant)
     scalars = dict({k: static[k] for k in _STATIC_KEYS if k in static}, **data)
-    return VariantWork(variant, kept=kept, to_measure=to_measure, static=static, scalars=scalars,
-                       dtype=machine.compute_dtype(variant, ws.lineage(variant)))
+    return VariantWork(
+        variant,
+        kept=kept,
+        to_measure=to_measure,
+        static=static,
+        scalars=scalars,
+        dtype=machine.compute_dtype(variant, ws.lineage(variant)),
+    )
 
 
 def _profile_variant(ws: Workspace, work: VariantWork, plan: RunPlan, log) -> list[dict]:
@@ -386,8 +446,17 @@ def _profile_variant(ws: Workspace, work: VariantWork, plan: RunPlan, log) -> li
         rows += old
     for i, name in enumerate(work.to_measure):
         cls = get_backend(name)
-        ctx = RowContext(variant, cls, plan.threads, plan.env, plan.isolate, plan.protocol,
-                         plan.peaks.get(cls.device) or {}, work.dtype, work.scalars)
+        ctx = RowContext(
+            variant,
+            cls,
+            plan.threads,
+            plan.env,
+            plan.isolate,
+            plan.protocol,
+            plan.peaks.get(cls.device) or {},
+            work.dtype,
+            work.scalars,
+        )
         results, accuracy = _run_backend(ws, ctx, plan)
         if i == 0:  # after its first measurement, which may still refuse the variant
             ws.update_metrics(variant.id, {"profile_static": work.static})
@@ -410,16 +479,25 @@ def _run_backend(ws: Workspace, ctx: RowContext, plan: RunPlan) -> tuple[dict, d
         return {b: dict(skipped=why) for b in plan.batch_sizes}, None
     results, accuracy, ran_out = {}, None, None  # ran_out: the batch size whose process ran out of time
     for b in plan.batch_sizes:
-        job = dict(workspace=str(ws.root), variant_id=ctx.variant.id, backend=ctx.cls.name, batch_size=b,
-                   threads=plan.threads, protocol=plan.protocol, data_dir=plan.data_dir,
-                   with_accuracy=accuracy is None and not ran_out)
+        job = dict(
+            workspace=str(ws.root),
+            variant_id=ctx.variant.id,
+            backend=ctx.cls.name,
+            batch_size=b,
+            threads=plan.threads,
+            protocol=plan.protocol,
+            data_dir=plan.data_dir,
+            with_accuracy=accuracy is None and not ran_out,
+        )
         res = results[b] = _run_job(job, plan.isolate)
         accuracy = accuracy or _accuracy_of(res)
         if res.get("timed_out") and accuracy is None and not ran_out:
             ran_out = b
     if ran_out and accuracy is None:
-        accuracy = dict(accuracy_unmeasured=f"the batch-{ran_out} process, which had the accuracy pass to make, "
-                                            f"ran past its {CHILD_TIMEOUT_S} s limit")
+        accuracy = dict(
+            accuracy_unmeasured=f"the batch-{ran_out} process, which had the accuracy pass to make, "
+            f"ran past its {CHILD_TIMEOUT_S} s limit"
+        )
     return results, accuracy
 
 
@@ -450,8 +528,10 @@ def _record(ws: Workspace, ctx: RowContext, results: dict, accuracy: dict | None
     for r in rows:
         log(_describe(ctx.variant, r))
         if r["metrics"].get("pct_of_peak_invalid"):
-            log(f"warning: {_label(ctx.variant)} {r['backend']} batch {r['batch_size']}: % of peak not stored, "
-                f"{r['metrics']['pct_of_peak_invalid']}")
+            log(
+                f"warning: {_label(ctx.variant)} {r['backend']} batch {r['batch_size']}: % of peak not stored, "
+                f"{r['metrics']['pct_of_peak_invalid']}"
+            )
     return rows
 
 
@@ -468,8 +548,11 @@ def _reusable(latest: dict, variant: Variant, cls, plan: RunPlan, data: dict) ->
         m = r["metrics"]
         if "skipped" in m and not (unsupported and not m.get("error")):
             return None  # a failure, or a skip that depends on the moment (a provider that fell back)
-        if "skipped" not in m and (m.get("protocol") != plan.protocol or m.get("memory_isolated") != plan.isolate
-                                   or m.get("data_sha256") != data.get("data_sha256")):
+        if "skipped" not in m and (
+            m.get("protocol") != plan.protocol
+            or m.get("memory_isolated") != plan.isolate
+            or m.get("data_sha256") != data.get("data_sha256")
+        ):
             return None
     return rows
 
@@ -478,16 +561,30 @@ def _row(ctx: RowContext, batch_size: int, res: dict, accuracy: dict | None) -> 
     """The row to store for one batch size's result `res` (metrics, a skip or an error)."""
     if "metrics" in res:
         dtype = _row_dtype(ctx.dtype, res["metrics"].get("runtime_compute_dtype"))
-        metrics = dict(res["metrics"], **(accuracy or {}), **ctx.scalars, compute_dtype=dtype,
-                       memory_isolated=ctx.isolated, protocol=ctx.protocol)
-        metrics.update(machine.peak_metrics(metrics.get("macs"), batch_size, metrics["latency_ms_p50"], ctx.peak,
-                                            dtype))
+        metrics = dict(
+            res["metrics"],
+            **(accuracy or {}),
+            **ctx.scalars,
+            compute_dtype=dtype,
+            memory_isolated=ctx.isolated,
+            protocol=ctx.protocol,
+        )
+        metrics.update(
+            machine.peak_metrics(metrics.get("macs"), batch_size, metrics["latency_ms_p50"], ctx.peak, dtype)
+        )
     elif "skipped" in res:
         metrics = dict(skipped=res["skipped"])
     else:
         metrics = dict(skipped=f"failed: {res.get('error')}", error=True)
-    return dict(variant_id=ctx.variant.id, backend=ctx.cls.name, device=ctx.cls.device, batch_size=batch_size,
-                threads=ctx.threads, metrics=metrics, environment=ctx.env)
+    return dict(
+        variant_id=ctx.variant.id,
+        backend=ctx.cls.name,
+        device=ctx.cls.device,
+        batch_size=batch_size,
+        threads=ctx.threads,
+        metrics=metrics,
+        environment=ctx.env,
+    )
 
 
 def _row_dtype(variant_dtype: str | None, runtime_dtype: str | None) -> str | None:
@@ -509,8 +606,14 @@ def _describe(variant: Variant, row: dict) -> str:
     if "skipped" in m:
         return f"{head}: skipped ({m['skipped']})"
     lo, hi = m["latency_ms_ci95"]
-    acc = f", top-1 {100 * m['accuracy_top1']:.2f}%" if m.get("accuracy_top1") is not None else \
-        f", accuracy not measured ({m['accuracy_unmeasured']})" if m.get("accuracy_unmeasured") else ""
+    acc = (
+        f", top-1 {100 * m['accuracy_top1']:.2f}%"
+        if m.get("accuracy_top1") is not None
+        else f", accuracy not measured ({m['accuracy_unmeasured']})"
+        if m.get("accuracy_unmeasured")
+        else ""
+    )
     unstable = "" if m["stable"] else f" (unstable after {m.get('attempts', 1)} attempt(s))"
-    return f"{head}: p50 {m['latency_ms_p50']:.3f} ms [{lo:.3f}, {hi:.3f}]{unstable}, " \
-           f"{m['throughput_per_s']:.0f}/s{acc}"
+    return (
+        f"{head}: p50 {m['latency_ms_p50']:.3f} ms [{lo:.3f}, {hi:.3f}]{unstable}, {m['throughput_per_s']:.0f}/s{acc}"
+    )

@@ -2,9 +2,11 @@
 
 Variants that are not plain torch modules (ONNX files, quantized programs) take their parameters and MACs
 from the nearest plain fp32 module (`torch-state`, `torch-pruned`), itself or an ancestor, when no
-shape-changing stage (prune) lies in between: quantizing or exporting changes the arithmetic's precision, not its count. Otherwise they are counted on the variant
-itself when it loads as a torch module, or recorded as None with the reason.
+shape-changing stage (prune) lies in between: quantizing or exporting changes the arithmetic's precision, not
+its count. Otherwise they are counted on the variant itself when it loads as a torch module, or recorded as
+None with the reason.
 """
+
 from __future__ import annotations
 
 from deploybench.artifacts import formats
@@ -58,8 +60,16 @@ def _counting_source(ws: Workspace, variant: Variant) -> Variant:
 def static_metrics(ws: Workspace, variant: Variant) -> dict:
     """params, macs, flops, size_bytes, files_bytes, by_module, skipped_ops, macs_source (the variant id
     counted) and, when MACs could not be counted, macs_unavailable (why)."""
-    out = dict(size_bytes=model_size_bytes(variant), files_bytes=variant.size_bytes, params=None, macs=None,
-               flops=None, by_module=[], skipped_ops={}, macs_source=None)
+    out = dict(
+        size_bytes=model_size_bytes(variant),
+        files_bytes=variant.size_bytes,
+        params=None,
+        macs=None,
+        flops=None,
+        by_module=[],
+        skipped_ops={},
+        macs_source=None,
+    )
     source = _counting_source(ws, variant)
     try:
         module = formats.load_module(source)

@@ -1,5 +1,6 @@
 """Child-process entry: `python -m deploybench.profile.worker JOB.json RESULT.json` measures one
 (variant, backend, batch size) in a fresh interpreter, so its memory peak is its own."""
+
 from __future__ import annotations
 
 import json

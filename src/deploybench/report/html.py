@@ -1,4 +1,5 @@
 """`build_report`: one self-contained HTML file (inline SVG, CSS and JS) from the workspace store alone."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,11 +25,14 @@ from deploybench.profile.pareto import ACCURACY, MACS, SIZE, mark_pareto
 from deploybench.report.plots import confusion_svg, learning_curves_svg, pareto_svg
 from deploybench.store import Variant, Workspace, atomic_write_text
 
-_ENV = jinja2.Environment(loader=jinja2.PackageLoader("deploybench.report", "templates"),
-                          autoescape=jinja2.select_autoescape(default=True, default_for_string=True))
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("deploybench.report", "templates"),
+    autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+)
 # The shown text of a value comes from the columns (`deploybench.profile.columns`), never from the template.
-_ENV.filters.update(column=lambda value, key: BY_KEY[key].fmt(value), fraction_pct=fmt_fraction_pct,
-                    bytes=fmt_bytes, count=fmt_count)
+_ENV.filters.update(
+    column=lambda value, key: BY_KEY[key].fmt(value), fraction_pct=fmt_fraction_pct, bytes=fmt_bytes, count=fmt_count
+)
 THRESHOLDS_POINTS = (0.5, 1.0, 2.0)
 _FLAG_CLASSES = {FLAG_PARETO: "t-front", FLAG_NO_SPEEDUP: "t-nospeed", FLAG_UNSTABLE: "t-unstable"}
 
@@ -45,15 +49,29 @@ def variant_table(rows: list[dict]) -> dict:
     cells (shown text, sort number, flags as tags)."""
     body = []
     for r in rows:
-        classes = " ".join(c for c, on in (("front", r["pareto"]), ("nospeed", r["no_real_speedup"]),
-                                           ("unstable", not r["stable"])) if on)
-        cells = [dict(text=c.cell(r), sort=_sort_value(c.raw(r)),
-                      cls=" ".join(n for n, on in (("l", c.text), ("lat", c.key.startswith("latency_ms"))) if on),
-                      tags=[(f, _FLAG_CLASSES[f]) for f in c.raw(r)] if c.key == "flags" else None)
-                 for c in COLUMNS]
+        classes = " ".join(
+            c
+            for c, on in (("front", r["pareto"]), ("nospeed", r["no_real_speedup"]), ("unstable", not r["stable"]))
+            if on
+        )
+        cells = [
+            dict(
+                text=c.cell(r),
+                sort=_sort_value(c.raw(r)),
+                cls=" ".join(n for n, on in (("l", c.text), ("lat", c.key.startswith("latency_ms"))) if on),
+                tags=[(f, _FLAG_CLASSES[f]) for f in c.raw(r)] if c.key == "flags" else None,
+            )
+            for c in COLUMNS
+        ]
         body.append(dict(classes=classes, cells=cells))
-    heads = [dict(text=c.header, left=c.text, title=None if c.higher_is_better is None else
-                  f"{'higher' if c.higher_is_better else 'lower'} is better") for c in COLUMNS]
+    heads = [
+        dict(
+            text=c.header,
+            left=c.text,
+            title=None if c.higher_is_better is None else f"{'higher' if c.higher_is_better else 'lower'} is better",
+        )
+        for c in COLUMNS
+    ]
     return dict(heads=heads, rows=body)
 
 
@@ -75,8 +93,15 @@ def recommendations(rows: list[dict]) -> list[dict]:
         for pts in THRESHOLDS_POINTS:
             ok = [r for r in rs if 100 * (best - r["accuracy_top1"]) <= pts]
             pick = min(ok, key=lambda r: r["latency_ms_p50"])
-            picks.append(dict(points=pts, label=_label(pick), variant=pick["variant"],
-                              latency_ms_p50=pick["latency_ms_p50"], accuracy_top1=pick["accuracy_top1"]))
+            picks.append(
+                dict(
+                    points=pts,
+                    label=_label(pick),
+                    variant=pick["variant"],
+                    latency_ms_p50=pick["latency_ms_p50"],
+                    accuracy_top1=pick["accuracy_top1"],
+                )
+            )
         out.append(dict(dataset=dataset, backend=backend, batch_size=bs, machine=machine, best=best, picks=picks))
     return out
 
@@ -100,10 +125,16 @@ def _lineage_tree(variants: list[Variant]) -> list[dict]:
 
     def node(v: Variant) -> dict:
         m = v.metrics
-        return dict(id=v.id, stage=v.stage, format=v.format, size_bytes=v.size_bytes,
-                    accuracy=_number(m.get("accuracy_top1")), agreement=_number(m.get("agreement_top1")),
-                    config={k: val for k, val in v.config.items() if not k.startswith("_") and k != "recipe"},
-                    children=[node(c) for c in children[v.id]])
+        return dict(
+            id=v.id,
+            stage=v.stage,
+            format=v.format,
+            size_bytes=v.size_bytes,
+            accuracy=_number(m.get("accuracy_top1")),
+            agreement=_number(m.get("agreement_top1")),
+            config={k: val for k, val in v.config.items() if not k.startswith("_") and k != "recipe"},
+            children=[node(c) for c in children[v.id]],
+        )
 
     return [node(v) for v in children[None]]
 
@@ -120,16 +151,26 @@ PER_CLASS_KEYS = ("precision", "recall", "f1", "support")
 def _rows_with(rows, keys: tuple[str, ...], text_key: str | None = None) -> bool:
     """Whether `rows` is a list of objects whose `keys` are numbers (and whose `text_key` is text)."""
     return isinstance(rows, list) and all(
-        isinstance(r, dict) and all(_number(r.get(k)) is not None for k in keys)
-        and (text_key is None or isinstance(r.get(text_key), str)) for r in rows)
+        isinstance(r, dict)
+        and all(_number(r.get(k)) is not None for k in keys)
+        and (text_key is None or isinstance(r.get(text_key), str))
+        for r in rows
+    )
 
 
 def _confusion_fits(confusion, classes) -> bool:
     """Whether `confusion` is a square matrix of counts with one row and column per name in `classes`."""
     n = len(classes)
-    return isinstance(confusion, list) and len(confusion) == n and all(
-        isinstance(row, list) and len(row) == n
-        and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in row) for row in confusion)
+    return (
+        isinstance(confusion, list)
+        and len(confusion) == n
+        and all(
+            isinstance(row, list)
+            and len(row) == n
+            and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in row)
+            for row in confusion
+        )
+    )
 
 
 def _training_problem(record) -> str | None:
@@ -168,7 +209,8 @@ def _training_record(root: Variant) -> dict:
         raise DamagedStore(
             f"the training record {path} of variant {root.id} is damaged: {problem}. The report draws the learning "
             f"curves, the confusion matrix and the per-class table from it. To recover, restore the file from a "
-            f"copy, or move the folder {root.path} aside and run the same train command again, which makes it anew")
+            f"copy, or move the folder {root.path} aside and run the same train command again, which makes it anew"
+        )
     return record
 
 
@@ -185,8 +227,10 @@ def _layers(metrics: dict) -> tuple[list[dict], object]:
 def _training_figures(training: dict) -> tuple[str | None, str | None]:
     """(learning curves, confusion matrix) as SVG drawn by the report from the record's numbers."""
     history, classes = training.get("history", []), training.get("classes", [])
-    return (learning_curves_svg(history) if history else None,
-            confusion_svg(training["confusion"], classes) if classes else None)
+    return (
+        learning_curves_svg(history) if history else None,
+        confusion_svg(training["confusion"], classes) if classes else None,
+    )
 
 
 def _model_sections(ws: Workspace) -> list[dict]:
@@ -202,15 +246,33 @@ def _model_sections(ws: Workspace) -> list[dict]:
         training = _training_record(root) if root else {}
         curves, confusion = _training_figures(training)
         layers, skipped_ops = _layers(root.metrics) if root else ([], {})
-        sections.append(dict(
-            model=model, dataset=dataset, root=root, lineage=_lineage_tree(vs), curves=curves, confusion=confusion,
-            per_class=training.get("per_class", []), history=training.get("history", []),
-            layers=layers, skipped_ops=skipped_ops,
-            optimized=[dict(id=v.id, stages=v.chain, accuracy=_number(v.metrics.get("accuracy_top1")),
-                            agreement=_number(v.metrics.get("agreement_top1")),
-                            parent_accuracy=_number(by_id[v.parent_id].metrics.get("accuracy_top1"))
-                            if v.parent_id in by_id else None)
-                       for v in vs if v.stage != "train"]))
+        sections.append(
+            dict(
+                model=model,
+                dataset=dataset,
+                root=root,
+                lineage=_lineage_tree(vs),
+                curves=curves,
+                confusion=confusion,
+                per_class=training.get("per_class", []),
+                history=training.get("history", []),
+                layers=layers,
+                skipped_ops=skipped_ops,
+                optimized=[
+                    dict(
+                        id=v.id,
+                        stages=v.chain,
+                        accuracy=_number(v.metrics.get("accuracy_top1")),
+                        agreement=_number(v.metrics.get("agreement_top1")),
+                        parent_accuracy=_number(by_id[v.parent_id].metrics.get("accuracy_top1"))
+                        if v.parent_id in by_id
+                        else None,
+                    )
+                    for v in vs
+                    if v.stage != "train"
+                ],
+            )
+        )
     return sections
 
 
@@ -221,11 +283,17 @@ def _provenance(ws: Workspace, rows: list[dict]) -> dict:
         key = f"peak_flops/{r['device']}/{r['threads']}"
         value = ws.get_machine(key) if key not in peaks else None
         if value:
-            peaks[key] = {k: v for k, v in value.items()
-                          if k in ("float32", "bfloat16", "int8", "float16", "by_runtime", "hardware")}
-    return dict(environment=envs[0] if envs else {}, peaks=peaks,
-                commands=[" ".join(c["argv"]) for c in ws.commands()],
-                generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+            peaks[key] = {
+                k: v
+                for k, v in value.items()
+                if k in ("float32", "bfloat16", "int8", "float16", "by_runtime", "hardware")
+            }
+    return dict(
+        environment=envs[0] if envs else {},
+        peaks=peaks,
+        commands=[" ".join(c["argv"]) for c in ws.commands()],
+        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
 
 
 def build_report(ws: Workspace, out: str | Path = "reports/index.html") -> Path:
@@ -240,15 +308,33 @@ def build_report(ws: Workspace, out: str | Path = "reports/index.html") -> Path:
     several = len({key[3] for key in groups}) > 1
     for (dataset, backend, bs, machine), rs in sorted(groups.items()):
         where = f" · {machine}" if several else ""
-        latency_plots.append(dict(title=f"{dataset} · {backend} · batch {bs}{where}", machine=machine, svg=pareto_svg(
-            rs, "latency_ms_p50", "latency p50 (ms), 95% CI", f"accuracy vs latency — {backend}, batch {bs}")))
+        latency_plots.append(
+            dict(
+                title=f"{dataset} · {backend} · batch {bs}{where}",
+                machine=machine,
+                svg=pareto_svg(
+                    rs, "latency_ms_p50", "latency p50 (ms), 95% CI", f"accuracy vs latency — {backend}, batch {bs}"
+                ),
+            )
+        )
     pts = _variant_points(ws, rows)
-    static_plots = [dict(title="accuracy vs size", svg=pareto_svg(pts, "size_bytes", "size on disk (bytes)",
-                                                                  "accuracy vs size", "pareto_size")),
-                    dict(title="accuracy vs MACs", svg=pareto_svg(pts, "macs", "MACs per image",
-                                                                  "accuracy vs MACs", "pareto_macs"))]
+    static_plots = [
+        dict(
+            title="accuracy vs size",
+            svg=pareto_svg(pts, "size_bytes", "size on disk (bytes)", "accuracy vs size", "pareto_size"),
+        ),
+        dict(
+            title="accuracy vs MACs", svg=pareto_svg(pts, "macs", "MACs per image", "accuracy vs MACs", "pareto_macs")
+        ),
+    ]
     html = _ENV.get_template("report.html.j2").render(
-        rows=rows, table=variant_table(rows), latency_plots=latency_plots, static_plots=static_plots,
-        recommendations=recommendations(rows), models=_model_sections(ws), provenance=_provenance(ws, rows),
-        workspace=str(ws.root))
+        rows=rows,
+        table=variant_table(rows),
+        latency_plots=latency_plots,
+        static_plots=static_plots,
+        recommendations=recommendations(rows),
+        models=_model_sections(ws),
+        provenance=_provenance(ws, rows),
+        workspace=str(ws.root),
+    )
     return atomic_write_text(out, html)

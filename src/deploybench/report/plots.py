@@ -1,4 +1,5 @@
 """Pareto plots as inline SVG strings (matplotlib): front points highlighted and labelled, the rest greyed."""
+
 from __future__ import annotations
 
 import io
@@ -41,7 +42,7 @@ def _label_blocks(ax, front: list[dict], x_key: str) -> list[tuple[str, dict, fl
     for x, y, points in spots:
         names = [p["label"] for p in points]
         if len(names) > MAX_LINES:
-            names = names[:MAX_LINES - 1] + [f"+{len(names) - MAX_LINES + 1} more here (see the table)"]
+            names = names[: MAX_LINES - 1] + [f"+{len(names) - MAX_LINES + 1} more here (see the table)"]
         x0, x1, height = x + 4, x + 4 + 0.6 * LABEL_PT * max(map(len, names)), LINE_PT * len(names)
         dy = 4.0
         while any(x0 < bx1 and bx0 < x1 and y + dy < by1 and by0 < y + dy + height for bx0, by0, bx1, by1 in placed):
@@ -63,15 +64,24 @@ def pareto_svg(points: list[dict], x_key: str, x_label: str, title: str, front_k
         xs, ys = [p[x_key] for p in sel], [100 * p["accuracy_top1"] for p in sel]
         color, z = ("#d9480f", 3) if on_front else ("#adb5bd", 2)
         if x_key == "latency_ms_p50":
-            err = [[max(0.0, p[x_key] - p["latency_ms_ci95"][0]) if p.get("latency_ms_ci95") else 0 for p in sel],
-                   [max(0.0, p["latency_ms_ci95"][1] - p[x_key]) if p.get("latency_ms_ci95") else 0 for p in sel]]
+            err = [
+                [max(0.0, p[x_key] - p["latency_ms_ci95"][0]) if p.get("latency_ms_ci95") else 0 for p in sel],
+                [max(0.0, p["latency_ms_ci95"][1] - p[x_key]) if p.get("latency_ms_ci95") else 0 for p in sel],
+            ]
             ax.errorbar(xs, ys, xerr=err, fmt="none", ecolor=color, elinewidth=1, capsize=2, zorder=z)
-        ax.scatter(xs, ys, s=36 if on_front else 22, c=color, zorder=z + 1,
-                   label="Pareto front" if on_front else "dominated")
+        ax.scatter(
+            xs, ys, s=36 if on_front else 22, c=color, zorder=z + 1, label="Pareto front" if on_front else "dominated"
+        )
         if on_front:
             ordered = sorted(sel, key=lambda p: p[x_key])
-            ax.plot([p[x_key] for p in ordered], [100 * p["accuracy_top1"] for p in ordered], color=color, lw=1,
-                    alpha=0.6, zorder=z)
+            ax.plot(
+                [p[x_key] for p in ordered],
+                [100 * p["accuracy_top1"] for p in ordered],
+                color=color,
+                lw=1,
+                alpha=0.6,
+                zorder=z,
+            )
     ax.margins(x=0.12, y=0.15)  # keep edge points clear of the frame and the legend
     if _span_is_wide([p[x_key] for p in pts]):
         ax.set_xscale("log")
@@ -82,8 +92,16 @@ def pareto_svg(points: list[dict], x_key: str, x_label: str, title: str, front_k
     fig.tight_layout()  # the label offsets are worked out on the final layout
     for text, p, dy in _label_blocks(ax, [p for p in pts if p.get(front_key)], x_key):
         # User strings are drawn as plain text (never mathtext); the SVG writer escapes them.
-        ax.annotate(text, (p[x_key], 100 * p["accuracy_top1"]), xytext=(4, dy), textcoords="offset points",
-                    va="bottom", fontsize=LABEL_PT, linespacing=LINE_PT / LABEL_PT, parse_math=False)
+        ax.annotate(
+            text,
+            (p[x_key], 100 * p["accuracy_top1"]),
+            xytext=(4, dy),
+            textcoords="offset points",
+            va="bottom",
+            fontsize=LABEL_PT,
+            linespacing=LINE_PT / LABEL_PT,
+            parse_math=False,
+        )
     if pts:
         ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
@@ -96,7 +114,7 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg")
     plt.close(fig)
     svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    return svg[svg.index("<svg") :]
 
 
 # The training figures are drawn again from training.json's numbers rather than taken from the variant's

@@ -8,6 +8,7 @@ when its rung-0 result ranks in the best 1/`eta` of all rung-0 results so far (a
 ASHA's rule, with NSGA-II's order for two objectives). Optuna's pruners cannot do this: `Trial.report` is
 refused in multi-objective studies. Why these numbers: docs/search.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,10 +19,10 @@ from deploybench.errors import UserError
 
 @dataclass(frozen=True)
 class Fidelity:
-    screen_fraction: float = 0.2    # rung 0 fine-tunes one epoch over this share of the training images
-    screen_val_images: int = 1000   # rung 0 measures accuracy on this many validation images
-    eta: int = 3                    # promote the best 1/eta of the rung-0 results
-    slack_pts: float = 5.0          # a rung-0 drop this far above the budget is not promoted: short fine-tuning
+    screen_fraction: float = 0.2  # rung 0 fine-tunes one epoch over this share of the training images
+    screen_val_images: int = 1000  # rung 0 measures accuracy on this many validation images
+    eta: int = 3  # promote the best 1/eta of the rung-0 results
+    slack_pts: float = 5.0  # a rung-0 drop this far above the budget is not promoted: short fine-tuning
     #                                 recovers a few points, not tens
 
     def __post_init__(self):
@@ -34,8 +35,11 @@ class Fidelity:
 
 def _dominates(a: dict, b: dict) -> bool:
     """Whether rung-0 point `a` is at least as fast and as accurate as `b` and better in one."""
-    return (a["speedup"] >= b["speedup"] and a["val_top1"] >= b["val_top1"]
-            and (a["speedup"] > b["speedup"] or a["val_top1"] > b["val_top1"]))
+    return (
+        a["speedup"] >= b["speedup"]
+        and a["val_top1"] >= b["val_top1"]
+        and (a["speedup"] > b["speedup"] or a["val_top1"] > b["val_top1"])
+    )
 
 
 def pareto_order(points: list[dict]) -> list[dict]:

@@ -5,6 +5,7 @@ On a shared VM the speed of one call drifts by tens of percent within minutes; a
 alternation does not, so trials measured an hour apart compare. The fp32 variant stays loaded for the whole
 search (one session or module per process), and each trial's variant is loaded, timed and closed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,8 +37,9 @@ class LatencyProtocol:
 class PairedTimer:
     """The fp32 `base` loaded on `backend` at `base_threads`; `measure` times a variant against it."""
 
-    def __init__(self, ws: Workspace, base: Variant, backend: str, batch_size: int, base_threads: int,
-                 protocol: LatencyProtocol):
+    def __init__(
+        self, ws: Workspace, base: Variant, backend: str, batch_size: int, base_threads: int, protocol: LatencyProtocol
+    ):
         self.backend, self.batch_size, self.protocol = backend, batch_size, protocol
         torch.manual_seed(0)
         self.batch = torch.randn(batch_size, *input_shape(root_config(ws, base)))
@@ -53,17 +55,24 @@ class PairedTimer:
             call = finished_call(impl, impl.prepare(self.batch))
             stats = latency_stats(time_runs(call, self.protocol.p50), self.batch_size)
             p = self.protocol
-            speedup = paired_speedup(self.base_call, call, pairs=p.pairs, block=p.block, settle_s=p.settle_s,
-                                     warmup=p.warmup)
+            speedup = paired_speedup(
+                self.base_call, call, pairs=p.pairs, block=p.block, settle_s=p.settle_s, warmup=p.warmup
+            )
         finally:
             impl.close()
-        return dict(speedup=speedup, latency_ms_p50=stats["latency_ms_p50"], latency_ms_ci95=stats["latency_ms_ci95"],
-                    stable=stats["stable"], base_latency_ms_p50=self.base_stats["latency_ms_p50"])
+        return dict(
+            speedup=speedup,
+            latency_ms_p50=stats["latency_ms_p50"],
+            latency_ms_ci95=stats["latency_ms_ci95"],
+            stable=stats["stable"],
+            base_latency_ms_p50=self.base_stats["latency_ms_p50"],
+        )
 
     def versus(self, slow: Variant, slow_threads: int, fast: Variant, fast_threads: int) -> float:
         """Paired speed-up of `fast` over `slow` (both on this backend and batch size), timed in alternation."""
-        impls = [loaded_backend(self.backend, v, self.batch_size, t) for v, t in ((slow, slow_threads),
-                                                                                  (fast, fast_threads))]
+        impls = [
+            loaded_backend(self.backend, v, self.batch_size, t) for v, t in ((slow, slow_threads), (fast, fast_threads))
+        ]
         try:
             calls = [finished_call(i, i.prepare(self.batch)) for i in impls]
             p = self.protocol

@@ -5,6 +5,7 @@ A recipe that fine-tunes is screened first (`fidelity`). A recipe drawn again ta
 (`store.studies.same_params`, which also waits while another worker runs it); measurements are kept in the trials'
 user attributes with their variant id, so a variant reached by another recipe is not measured twice either.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,11 @@ from deploybench.store import Variant, Workspace
 from deploybench.store.studies import same_params
 
 # Optuna's direction of each objective, and the measurement it reads.
-OBJECTIVES = {"latency": ("maximize", "speedup"), "accuracy": ("maximize", "val_top1"),
-              "size": ("minimize", "size_bytes")}
+OBJECTIVES = {
+    "latency": ("maximize", "speedup"),
+    "accuracy": ("maximize", "val_top1"),
+    "size": ("minimize", "size_bytes"),
+}
 CONSTRAINT = "accuracy_drop_over_budget_pts"
 
 
@@ -33,8 +37,8 @@ class SearchContext:
 
     ws: Workspace
     data_dir: str
-    root: Variant                  # the trained fp32 variant every recipe starts from
-    base: Variant                  # the fp32 variant on the backend: the root, or its ONNX export
+    root: Variant  # the trained fp32 variant every recipe starts from
+    base: Variant  # the fp32 variant on the backend: the root, or its ONNX export
     space: BackendSpace
     dims: tuple[Dim, ...]
     budget_pts: float
@@ -79,17 +83,28 @@ def measure(ctx: SearchContext, study: optuna.Study, variant: Variant, threads: 
         return found
     base = ctx.base_accuracy(images)
     top1 = validation_result(variant, ctx.data_dir, images).top1
-    return dict(ctx.timer.measure(variant, threads), variant_id=variant.id, chain=variant.chain, threads=threads,
-                val_images=images, val_top1=top1, val_drop_pts=100 * (base - top1), size_bytes=variant.size_bytes,
-                macs=variant.metrics.get("macs"))
+    return dict(
+        ctx.timer.measure(variant, threads),
+        variant_id=variant.id,
+        chain=variant.chain,
+        threads=threads,
+        val_images=images,
+        val_top1=top1,
+        val_drop_pts=100 * (base - top1),
+        size_bytes=variant.size_bytes,
+        macs=variant.metrics.get("macs"),
+    )
 
 
 def _rung0_peers(study: optuna.Study, number: int) -> list[dict]:
     """The rung-0 results of the other trials (finished, or running in another worker), one per recipe: a trial
     that took over another's outcome, a failed one and a queued retry add none."""
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return [t.user_attrs["rung0"] for t in study.get_trials(deepcopy=False, states=live)
-            if t.number != number and "rung0" in t.user_attrs and "same_as" not in t.user_attrs]
+    return [
+        t.user_attrs["rung0"]
+        for t in study.get_trials(deepcopy=False, states=live)
+        if t.number != number and "rung0" in t.user_attrs and "same_as" not in t.user_attrs
+    ]
 
 
 def _objective_values(result: dict, objectives: tuple[str, ...]) -> list[float]:

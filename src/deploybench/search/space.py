@@ -4,6 +4,7 @@ backend can run (`BACKEND_SPACES`), so that a recipe a backend cannot run is nev
 A trial's choices become a `TrialRecipe`, and the recipe becomes the ordinary stages (prune, quantize, export)
 run from the trained variant: a recipe made before is found by its content-addressed id and costs nothing.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -44,18 +45,22 @@ class BackendSpace:
         return get_backend(self.name).supports(_Format(fmt))[0]
 
 
-BACKEND_SPACES: dict[str, BackendSpace] = {s.name: s for s in (
-    BackendSpace("ort-cpu", (NO_QUANTIZATION, "int8-ort"), onnx=True, threads=True),
-    BackendSpace("ort-cuda", (NO_QUANTIZATION, "int8-ort"), onnx=True, threads=False),
-    BackendSpace("ort-tensorrt", (NO_QUANTIZATION, "int8-ort"), onnx=True, threads=False),
-    BackendSpace("openvino-cpu", (NO_QUANTIZATION, "int8-nncf", "int8-ort"), onnx=True, threads=True),
-    # Eager torch runs int8 programs through reference kernels, slower than fp32: only reduced precision here.
-    BackendSpace("torch-cpu", (NO_QUANTIZATION, "bf16"), onnx=False, threads=False),
-    BackendSpace("torch-compile-cpu", (NO_QUANTIZATION, "int8-pt2e", "dynamic-pt2e", "bf16"), onnx=False,
-                 threads=False),
-    BackendSpace("torch-cuda", (NO_QUANTIZATION, "fp16", "bf16"), onnx=False, threads=False),
-    BackendSpace("torch-compile-cuda", (NO_QUANTIZATION, "fp16", "bf16"), onnx=False, threads=False),
-)}
+BACKEND_SPACES: dict[str, BackendSpace] = {
+    s.name: s
+    for s in (
+        BackendSpace("ort-cpu", (NO_QUANTIZATION, "int8-ort"), onnx=True, threads=True),
+        BackendSpace("ort-cuda", (NO_QUANTIZATION, "int8-ort"), onnx=True, threads=False),
+        BackendSpace("ort-tensorrt", (NO_QUANTIZATION, "int8-ort"), onnx=True, threads=False),
+        BackendSpace("openvino-cpu", (NO_QUANTIZATION, "int8-nncf", "int8-ort"), onnx=True, threads=True),
+        # Eager torch runs int8 programs through reference kernels, slower than fp32: only reduced precision here.
+        BackendSpace("torch-cpu", (NO_QUANTIZATION, "bf16"), onnx=False, threads=False),
+        BackendSpace(
+            "torch-compile-cpu", (NO_QUANTIZATION, "int8-pt2e", "dynamic-pt2e", "bf16"), onnx=False, threads=False
+        ),
+        BackendSpace("torch-cuda", (NO_QUANTIZATION, "fp16", "bf16"), onnx=False, threads=False),
+        BackendSpace("torch-compile-cuda", (NO_QUANTIZATION, "fp16", "bf16"), onnx=False, threads=False),
+    )
+}
 
 
 def output_format(stage: Stage) -> str:
@@ -75,8 +80,9 @@ def backend_space(backend: str) -> BackendSpace:
 def methods_here(backend: str) -> tuple[str, ...]:
     """The backend's quantization methods that this machine can make and that would not only be slower here
     (bf16 only where the CPU has it natively or on a GPU; the same rule `optimize all` follows)."""
-    return tuple(m for m in backend_space(backend).methods
-                 if m == NO_QUANTIZATION or METHODS[m].left_out_of_all() is None)
+    return tuple(
+        m for m in backend_space(backend).methods if m == NO_QUANTIZATION or METHODS[m].left_out_of_all() is None
+    )
 
 
 @dataclass(frozen=True)
@@ -128,18 +134,31 @@ def search_space(backend: str, *, max_threads: int, has_batchnorm: bool) -> tupl
         # 0.05 steps: finer ratios remove the same whole channels from small layers, and a repeated ratio is a
         # repeated recipe, which costs nothing.
         Dim("prune_ratio", low=0.0, high=0.8, step=0.05, why="share of channels removed; 0 is no pruning"),
-        Dim("importance", choices=tuple(i for i in PRUNE_IMPORTANCES if has_batchnorm or i != "bn-scale"),
-            when=_pruned, why="how channels are ranked"),
+        Dim(
+            "importance",
+            choices=tuple(i for i in PRUNE_IMPORTANCES if has_batchnorm or i != "bn-scale"),
+            when=_pruned,
+            why="how channels are ranked",
+        ),
         Dim("global_pruning", choices=(False, True), when=_pruned, why="rank across layers instead of per layer"),
         Dim("iterative_steps", low=1, high=3, when=_pruned, why="prune in K steps"),
         Dim("finetune_epochs", low=0, high=3, when=_pruned, why="fine-tuning epochs at full fidelity"),
         Dim("distill", choices=(False, True), when=_finetuned, why="distill from the unpruned parent"),
         Dim("quantize", choices=methods_here(backend), why="quantization method; none keeps fp32"),
         Dim("calib_size", choices=(128, 256, 512, 1024), when=_calibrated, why="training images calibrated on"),
-        Dim("calib_method", choices=CALIB_METHODS, when=lambda p: p["quantize"] == "int8-ort",
-            why="int8-ort's range estimate"),
-        Dim("threads", low=1, high=max_threads, when=lambda p: space.threads and max_threads > 1,
-            why="intra-op threads of the session"),
+        Dim(
+            "calib_method",
+            choices=CALIB_METHODS,
+            when=lambda p: p["quantize"] == "int8-ort",
+            why="int8-ort's range estimate",
+        ),
+        Dim(
+            "threads",
+            low=1,
+            high=max_threads,
+            when=lambda p: space.threads and max_threads > 1,
+            why="intra-op threads of the session",
+        ),
     )
 
 
@@ -187,16 +206,26 @@ class TrialRecipe:
         out: list[Stage] = []
         if self.pruned:
             screening = finetune_fraction < 1.0 and self.finetune_epochs > 0
-            out.append(PruneStage(ratio=round(self.prune_ratio, 4), importance=self.importance,
-                                  global_pruning=self.global_pruning, iterative_steps=self.iterative_steps,
-                                  finetune_epochs=1 if screening else self.finetune_epochs,
-                                  distill=self.distill and self.finetune_epochs > 0,
-                                  finetune_fraction=finetune_fraction if screening else None))
+            out.append(
+                PruneStage(
+                    ratio=round(self.prune_ratio, 4),
+                    importance=self.importance,
+                    global_pruning=self.global_pruning,
+                    iterative_steps=self.iterative_steps,
+                    finetune_epochs=1 if screening else self.finetune_epochs,
+                    distill=self.distill and self.finetune_epochs > 0,
+                    finetune_fraction=finetune_fraction if screening else None,
+                )
+            )
         if self.quantize != NO_QUANTIZATION:
             uses = QUANT_METHODS[self.quantize].options
-            out.append(QuantizeStage(method=self.quantize,
-                                     calib_size=self.calib_size if "calib_size" in uses else None,
-                                     calib_method=self.calib_method if "calib_method" in uses else None))
+            out.append(
+                QuantizeStage(
+                    method=self.quantize,
+                    calib_size=self.calib_size if "calib_size" in uses else None,
+                    calib_method=self.calib_method if "calib_method" in uses else None,
+                )
+            )
         exports_itself = self.quantize != NO_QUANTIZATION and QUANT_METHODS[self.quantize].onnx_parent
         if space.onnx and not exports_itself:  # int8-ort and int8-nncf export their parent first
             out.append(ExportStage())
@@ -206,11 +235,17 @@ class TrialRecipe:
         """One line, e.g. `prune 0.35 (magnitude, local, 1 step, 2 epochs, distilled) + int8-ort (512, minmax)`."""
         parts = []
         if self.pruned:
-            ft = (f"{self.finetune_epochs} epoch{'s' * (self.finetune_epochs != 1)}"
-                  + (", distilled" if self.distill else "") if self.finetune_epochs else "no fine-tuning")
-            parts.append(f"prune {self.prune_ratio:.2f} ({self.importance}, "
-                         f"{'global' if self.global_pruning else 'local'}, {self.iterative_steps} "
-                         f"step{'s' * (self.iterative_steps != 1)}, {ft})")
+            ft = (
+                f"{self.finetune_epochs} epoch{'s' * (self.finetune_epochs != 1)}"
+                + (", distilled" if self.distill else "")
+                if self.finetune_epochs
+                else "no fine-tuning"
+            )
+            parts.append(
+                f"prune {self.prune_ratio:.2f} ({self.importance}, "
+                f"{'global' if self.global_pruning else 'local'}, {self.iterative_steps} "
+                f"step{'s' * (self.iterative_steps != 1)}, {ft})"
+            )
         if self.quantize != NO_QUANTIZATION:
             uses = QUANT_METHODS[self.quantize].options
             calib = [str(self.calib_size)] * ("calib_size" in uses) + [self.calib_method] * ("calib_method" in uses)

@@ -7,6 +7,7 @@ records what it searches and the machine it measures on; a worker with other set
 refused. SIGTERM ends the running trial (recorded as failed and queued again, so the next run makes that recipe
 first, its finished stages found in the store) and stops the search with `SearchInterrupted`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,13 +75,14 @@ class SearchSpec:
     storage: str | None = None
     resume: bool = False
     seed: int = 0
-    quick: bool = False           # the short latency protocol (tests; its numbers are not honest)
+    quick: bool = False  # the short latency protocol (tests; its numbers are not honest)
     fidelity: Fidelity = field(default_factory=Fidelity)
 
     @property
     def study_name(self) -> str:
-        return self.study or (f"{self.model}-{self.dataset}-{self.backend}-b{self.batch_size}"
-                              f"-budget{self.budget_pts:g}")
+        return self.study or (
+            f"{self.model}-{self.dataset}-{self.backend}-b{self.batch_size}-budget{self.budget_pts:g}"
+        )
 
 
 def check_spec(spec: SearchSpec) -> None:
@@ -114,8 +116,9 @@ def _nsga2(trials: int, seed: int) -> optuna.samplers.BaseSampler:
 
 def _tpe(trials: int, seed: int) -> optuna.samplers.BaseSampler:
     # constant_liar: a worker does not propose what another is running; group: the conditional choices.
-    return optuna.samplers.TPESampler(n_startup_trials=max(3, trials // 4), multivariate=True, group=True,
-                                      constant_liar=True, seed=seed)
+    return optuna.samplers.TPESampler(
+        n_startup_trials=max(3, trials // 4), multivariate=True, group=True, constant_liar=True, seed=seed
+    )
 
 
 SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {"nsga2": _nsga2, "tpe": _tpe}
@@ -124,16 +127,26 @@ SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {"nsga2
 def _target(spec: SearchSpec, root: Variant, dims) -> dict:
     """What a study searches (`store.studies.open_study` compares it on every load): every worker agrees on all of
     it, the space and the fidelity schedule included."""
-    return dict(command="search", model=spec.model, dataset=spec.dataset, backend=spec.backend,
-                batch_size=spec.batch_size, budget_pts=float(spec.budget_pts), objectives=list(spec.objectives),
-                root_variant=root.id, fidelity=spec.fidelity.to_dict(),
-                space=[dict(name=d.name, choices=list(d.choices), low=d.low, high=d.high, step=d.step) for d in dims])
+    return dict(
+        command="search",
+        model=spec.model,
+        dataset=spec.dataset,
+        backend=spec.backend,
+        batch_size=spec.batch_size,
+        budget_pts=float(spec.budget_pts),
+        objectives=list(spec.objectives),
+        root_variant=root.id,
+        fidelity=spec.fidelity.to_dict(),
+        space=[dict(name=d.name, choices=list(d.choices), low=d.low, high=d.high, step=d.step) for d in dims],
+    )
 
 
 def _describe(target: dict) -> str:
-    return (f"{target['model']} on {target['dataset']} from variant {target['root_variant']}, {target['backend']} "
-            f"batch {target['batch_size']}, budget {target['budget_pts']:g} pts, objectives "
-            f"{','.join(target['objectives'])}")
+    return (
+        f"{target['model']} on {target['dataset']} from variant {target['root_variant']}, {target['backend']} "
+        f"batch {target['batch_size']}, budget {target['budget_pts']:g} pts, objectives "
+        f"{','.join(target['objectives'])}"
+    )
 
 
 _STORAGE_CODE = (f"{os.sep}sqlalchemy{os.sep}", f"{os.sep}optuna{os.sep}storages{os.sep}")
@@ -222,15 +235,20 @@ def _trial_line(trial: optuna.trial.FrozenTrial, budget_pts: float) -> str:
         ok = "within" if r["val_drop_pts"] <= budget_pts else "over"
         made = "made" if r.get("made_now") else "found in the store"
         how = (f"; {a['promotion']}" if a.get("promotion") else "") + (
-            f"; same recipe as trial {a['same_as']}" if a.get("same_as") is not None else "")
-        return (f"{head}, {r['threads']} thread(s): val top-1 {100 * r['val_top1']:.2f}% "
-                f"({change_pts(r['val_drop_pts'])} pts, {ok} budget), {r['speedup']:.2f}x over fp32 "
-                f"(p50 {r['latency_ms_p50']:.3f} ms), variant {r['variant_id']} ({made}){how}, "
-                f"{a.get('seconds', 0):.0f} s")
+            f"; same recipe as trial {a['same_as']}" if a.get("same_as") is not None else ""
+        )
+        return (
+            f"{head}, {r['threads']} thread(s): val top-1 {100 * r['val_top1']:.2f}% "
+            f"({change_pts(r['val_drop_pts'])} pts, {ok} budget), {r['speedup']:.2f}x over fp32 "
+            f"(p50 {r['latency_ms_p50']:.3f} ms), variant {r['variant_id']} ({made}){how}, "
+            f"{a.get('seconds', 0):.0f} s"
+        )
     if trial.state == TrialState.PRUNED and a.get("rung0"):
         r = a["rung0"]
-        return (f"{head}: screened out at rung 0 (val top-1 {100 * r['val_top1']:.2f}% on {r['val_images']} images, "
-                f"{r['speedup']:.2f}x): {a.get('promotion')}, {a.get('seconds', 0):.0f} s")
+        return (
+            f"{head}: screened out at rung 0 (val top-1 {100 * r['val_top1']:.2f}% on {r['val_images']} images, "
+            f"{r['speedup']:.2f}x): {a.get('promotion')}, {a.get('seconds', 0):.0f} s"
+        )
     return f"{head}: {trial.state.name.lower()}" + (f": {a['error']}" if a.get("error") else "")
 
 
@@ -252,9 +270,20 @@ def _context(ws: Workspace, spec: SearchSpec, root: Variant, data_dir, threads: 
     base = ensure_onnx(ws, root, data_dir) if space.onnx else root
     protocol = LatencyProtocol.quick() if spec.quick else LatencyProtocol()
     timer = PairedTimer(ws, base, spec.backend, spec.batch_size, threads, protocol)
-    return SearchContext(ws=ws, data_dir=str(data_dir), root=root, base=base, space=space, dims=dims,
-                         budget_pts=spec.budget_pts, objectives=tuple(spec.objectives), fidelity=spec.fidelity,
-                         max_threads=threads, timer=timer, log=log)
+    return SearchContext(
+        ws=ws,
+        data_dir=str(data_dir),
+        root=root,
+        base=base,
+        space=space,
+        dims=dims,
+        budget_pts=spec.budget_pts,
+        objectives=tuple(spec.objectives),
+        fidelity=spec.fidelity,
+        max_threads=threads,
+        timer=timer,
+        log=log,
+    )
 
 
 @contextlib.contextmanager
@@ -302,26 +331,49 @@ def run_search(ws: Workspace, spec: SearchSpec, data_dir, *, log: Callable[[str]
     with _quiet_optuna():
         with _one_opener(storage_url(spec.storage, ws.root)):
             store = open_storage(spec.storage, ws.root, must_exist=spec.resume)
-            study, _ = open_study(store, spec.study_name, directions=[OBJECTIVES[o][0] for o in spec.objectives],
-                                  target=target, resume=spec.resume, named=spec.study is not None)
+            study, _ = open_study(
+                store,
+                spec.study_name,
+                directions=[OBJECTIVES[o][0] for o in spec.objectives],
+                target=target,
+                resume=spec.resume,
+                named=spec.study is not None,
+            )
         shown = display_url(store.url)
         check_fingerprint(study, fingerprint(threads), measures_latency=True)
-        log(f"search: {_describe(target)}: study {spec.study_name!r} in {shown}, {_count(study)} of {spec.trials} "
-            f"trials finished or running; methods here: {', '.join(methods_here(spec.backend))}")
+        log(
+            f"search: {_describe(target)}: study {spec.study_name!r} in {shown}, {_count(study)} of {spec.trials} "
+            f"trials finished or running; methods here: {', '.join(methods_here(spec.backend))}"
+        )
         ctx = _context(ws, spec, root, data_dir, threads, dims, log)
         # Stdout is the summary's: what the stages' libraries print (ONNX Runtime's calibrators) goes to stderr.
         with ctx.timer, contextlib.redirect_stdout(sys.stderr):
             ran, failed = _optimize(study, ctx, spec, log)
-            summary = search_results(ws, study, ctx, spec_dict=dict(
-                study=spec.study_name, storage=shown, storage_in_workspace=spec.storage is None,
-                sampler=spec.sampler, trials=spec.trials, quick=spec.quick, data_dir=str(data_dir)), log=log)
+            summary = search_results(
+                ws,
+                study,
+                ctx,
+                spec_dict=dict(
+                    study=spec.study_name,
+                    storage=shown,
+                    storage_in_workspace=spec.storage is None,
+                    sampler=spec.sampler,
+                    trials=spec.trials,
+                    quick=spec.quick,
+                    data_dir=str(data_dir),
+                ),
+                log=log,
+            )
     summary.update(ran_this_run=ran, failed_trials_this_run=failed, wall_s=time.perf_counter() - start_s)
     return summary
 
 
 def _again(spec: SearchSpec) -> str:
-    return ("run the same command to continue" if spec.study or spec.resume else
-            "run the same command with --resume to continue")
+    return (
+        "run the same command to continue"
+        if spec.study or spec.resume
+        else "run the same command with --resume to continue"
+    )
 
 
 def _optimize(study: optuna.Study, ctx: SearchContext, spec: SearchSpec, log) -> tuple[int, int]:
@@ -345,8 +397,11 @@ def _optimize(study: optuna.Study, ctx: SearchContext, spec: SearchSpec, log) ->
             try:  # one trial at a time through `run_trials`, which also fails the trials of dead workers
                 run_trials(study, objective, min(spec.trials, count + 1), catch=(Exception,))
             except SearchInterrupted as exc:
-                queued = (f"trial {objective.requeued} is recorded as failed and its recipe queued again"
-                          if objective.requeued is not None else "no recipe was started")
+                queued = (
+                    f"trial {objective.requeued} is recorded as failed and its recipe queued again"
+                    if objective.requeued is not None
+                    else "no recipe was started"
+                )
                 raise SearchInterrupted(f"{exc}; what finished is kept, {queued}: {_again(spec)}") from None
             if objective.last is not None:
                 trial = study.get_trials(deepcopy=False)[objective.last]

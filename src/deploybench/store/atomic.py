@@ -1,4 +1,5 @@
 """Atomic file and folder writes: everything is written beside its target, then renamed into place."""
+
 from __future__ import annotations
 
 import contextlib

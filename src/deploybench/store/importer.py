@@ -7,6 +7,7 @@ variant is sealed (a torch.export program from elsewhere keeps needing `--trust-
 before anything is written; folders are copied beside their place, then renamed in with the rows in one
 transaction.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,16 @@ from deploybench.store.atomic import FILE_MODE, fsync_dir, fsync_tree, sweep_sta
 from deploybench.store.provenance import files_digest
 from deploybench.store.workspace import Variant, Workspace, _canonical, _insert_variant
 
-_MEASUREMENT_COLUMNS = ("variant_id", "backend", "device", "batch_size", "threads", "metrics", "environment",
-                        "created_at")
+_MEASUREMENT_COLUMNS = (
+    "variant_id",
+    "backend",
+    "device",
+    "batch_size",
+    "threads",
+    "metrics",
+    "environment",
+    "created_at",
+)
 
 
 @dataclass
@@ -67,17 +76,28 @@ def _check_files(v: Variant, hash_file) -> None:
     try:
         hashes = {name: hash_file(name) for name in v.files}
     except OSError as exc:
-        raise UserError(f"variant {v.id} in {v.path}: {exc.strerror or exc}: {exc.filename}; nothing imported") \
-            from None
+        raise UserError(
+            f"variant {v.id} in {v.path}: {exc.strerror or exc}: {exc.filename}; nothing imported"
+        ) from None
     if files_digest(hashes) != v.sha256:
-        raise UserError(f"variant {v.id}: its files in {v.path} do not match its recorded sha256 (changed or "
-                        f"tampered with); nothing imported")
+        raise UserError(
+            f"variant {v.id}: its files in {v.path} do not match its recorded sha256 (changed or "
+            f"tampered with); nothing imported"
+        )
 
 
 def _measurement_key(m: dict) -> tuple:
     """What makes two measurement rows the same row (the row id is each store's own)."""
-    return (m["variant_id"], m["backend"], m["device"], m["batch_size"], m["threads"], _canonical(m["metrics"]),
-            _canonical(m["environment"]), float(m["created_at"]))
+    return (
+        m["variant_id"],
+        m["backend"],
+        m["device"],
+        m["batch_size"],
+        m["threads"],
+        _canonical(m["metrics"]),
+        _canonical(m["environment"]),
+        float(m["created_at"]),
+    )
 
 
 def _plan(ws: Workspace, other: Workspace) -> tuple[list[Variant], list[dict], ImportSummary]:
@@ -90,8 +110,10 @@ def _plan(ws: Workspace, other: Workspace) -> tuple[list[Variant], list[dict], I
         mine = ws.find_variant(v.id)
         if mine is not None:
             if mine.sha256 != v.sha256:
-                raise UserError(f"variant {v.id} ({v.model} {v.chain}) is in both workspaces with different bytes "
-                                f"(sha256 {v.sha256[:12]} there, {mine.sha256[:12]} here); nothing imported")
+                raise UserError(
+                    f"variant {v.id} ({v.model} {v.chain}) is in both workspaces with different bytes "
+                    f"(sha256 {v.sha256[:12]} there, {mine.sha256[:12]} here); nothing imported"
+                )
             summary.variants_present += 1
             continue
         if v.parent_id and v.parent_id not in ids and ws.find_variant(v.parent_id) is None:
@@ -149,14 +171,41 @@ def import_workspace(ws: Workspace, other_root: str | os.PathLike) -> ImportSumm
                 os.rename(staged.pop(v.id), final)
                 renamed.append(final)
                 # no seal: a variant from elsewhere was not made by this account
-                _insert_variant(con, (v.id, v.parent_id, v.model, v.dataset, v.stage, _canonical(v.config), v.format,
-                                      json.dumps(v.files), v.size_bytes, v.sha256, _canonical(v.metrics),
-                                      v.created_at, None))
+                _insert_variant(
+                    con,
+                    (
+                        v.id,
+                        v.parent_id,
+                        v.model,
+                        v.dataset,
+                        v.stage,
+                        _canonical(v.config),
+                        v.format,
+                        json.dumps(v.files),
+                        v.size_bytes,
+                        v.sha256,
+                        _canonical(v.metrics),
+                        v.created_at,
+                        None,
+                    ),
+                )
                 summary.variants.append(v.id)
             con.executemany(
                 f"INSERT INTO measurements ({', '.join(_MEASUREMENT_COLUMNS)}) VALUES (?,?,?,?,?,?,?,?)",
-                [(m["variant_id"], m["backend"], m["device"], m["batch_size"], m["threads"], _canonical(m["metrics"]),
-                  _canonical(m["environment"]), m["created_at"]) for m in measurements])
+                [
+                    (
+                        m["variant_id"],
+                        m["backend"],
+                        m["device"],
+                        m["batch_size"],
+                        m["threads"],
+                        _canonical(m["metrics"]),
+                        _canonical(m["environment"]),
+                        m["created_at"],
+                    )
+                    for m in measurements
+                ],
+            )
             summary.measurements = len(measurements)
     except BaseException:
         for final in renamed:  # the rows did not land: no folder without its row is left
@@ -168,4 +217,3 @@ def import_workspace(ws: Workspace, other_root: str | os.PathLike) -> ImportSumm
     for final in {f.parent for f in renamed}:
         fsync_dir(final)
     return summary
-

@@ -8,6 +8,7 @@ HMAC of its record under a secret key kept outside every workspace (`$DEPLOYBENC
 `$XDG_CONFIG_HOME/deploybench/artifact-key`, else `~/.config/deploybench/artifact-key`). A workspace copied from
 another machine or account carries seals that do not verify here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -88,8 +89,11 @@ def key_problem() -> str | None:
 
 
 def _record(variant_id: str, model: str, dataset: str, fmt: str, digest: str) -> bytes:
-    return json.dumps(dict(id=variant_id, model=model, dataset=dataset, format=fmt, sha256=digest),
-                      sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps(
+        dict(id=variant_id, model=model, dataset=dataset, format=fmt, sha256=digest),
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
 
 
 def seal_variant(variant_id: str, model: str, dataset: str, fmt: str, digest: str) -> str | None:

@@ -4,6 +4,7 @@ A variant's id is a hash of (model, dataset, parent, stage, config), so running 
 config finds the existing variant instead of redoing the work. Writes use `BEGIN IMMEDIATE` so several
 processes can share one workspace; multi-row writes are one transaction (all rows or none).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,15 @@ TABLES = ("variants", "training_runs", "measurements", "machine", "commands")
 SQLITE_HEADER = b"SQLite format 3\x00"
 _VARIANT_ID = re.compile(r"[0-9a-f]{16}")
 _ID_PREFIX = re.compile(r"[0-9a-f]{1,16}")
-_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
-               bool: "a boolean", type(None): "null"}
+_JSON_NAMES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -130,7 +138,8 @@ def _corrupt(exc: sqlite3.DatabaseError) -> bool:
     databases raise sqlite3.OperationalError instead, which keeps its own message."""
     name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+; before, both are plain DatabaseErrors
     return not isinstance(exc, DamagedStore) and (
-        type(exc) is sqlite3.DatabaseError or name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB")
+        type(exc) is sqlite3.DatabaseError or name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB"
+    )
 
 
 def _like_prefix(prefix: str) -> str:
@@ -172,8 +181,9 @@ def _link_new(src: str, dst: Path) -> None:
             os.rename(src, dst)
 
 
-_VARIANT_COLUMNS = ("id, parent_id, model, dataset, stage, config, format, files, size_bytes, sha256, metrics, "
-                    "created_at, seal")
+_VARIANT_COLUMNS = (
+    "id, parent_id, model, dataset, stage, config, format, files, size_bytes, sha256, metrics, created_at, seal"
+)
 
 
 def _insert_variant(con: sqlite3.Connection, row: tuple) -> None:
@@ -217,7 +227,8 @@ class Workspace:
             f"{db} is damaged: {what}. The artifacts under {self.artifacts} are untouched. To recover, restore "
             f"{db.name} from a copy, or move it aside (mv {db} {db}.damaged) and run train, optimize and profile run "
             f"(or pipeline) again, which make a new store; `sqlite3 {db}.damaged .recover` prints the rows SQLite "
-            f"can still read")
+            f"can still read"
+        )
 
     def _create_store(self) -> None:
         """Make a new store: the schema is written to a temporary file that is then linked into place, so that no
@@ -365,8 +376,9 @@ class Workspace:
         files = self._json(row, "files", list, where)
         for name in files:
             if _bad_file_name(name):
-                raise self.damaged(f"{where}: its file name {str(name)[:80]!r} is not a path inside the variant's "
-                                   f"folder")
+                raise self.damaged(
+                    f"{where}: its file name {str(name)[:80]!r} is not a path inside the variant's folder"
+                )
         return files
 
     def _row_to_variant(self, row: sqlite3.Row) -> Variant:
@@ -377,10 +389,20 @@ class Workspace:
         lineage = config.get("_lineage", [])
         if not isinstance(lineage, list) or not all(isinstance(s, str) for s in lineage):
             raise self.damaged(f"{where}: its config's _lineage is not a list of stage names")
-        v = Variant(id=row["id"], parent_id=row["parent_id"], model=row["model"], dataset=row["dataset"],
-                    stage=row["stage"], config=config, format=row["format"], files=self._variant_files(row, where),
-                    size_bytes=row["size_bytes"], sha256=row["sha256"], metrics=self._json(row, "metrics", dict, where),
-                    created_at=row["created_at"])
+        v = Variant(
+            id=row["id"],
+            parent_id=row["parent_id"],
+            model=row["model"],
+            dataset=row["dataset"],
+            stage=row["stage"],
+            config=config,
+            format=row["format"],
+            files=self._variant_files(row, where),
+            size_bytes=row["size_bytes"],
+            sha256=row["sha256"],
+            metrics=self._json(row, "metrics", dict, where),
+            created_at=row["created_at"],
+        )
         try:
             v.path = self.artifact_dir(v.model, v.dataset, v.id)
         except UserError as exc:  # a model or dataset name that cannot be a folder name
@@ -393,14 +415,19 @@ class Workspace:
         """The variant with this id, or the one whose id starts with it. Args: an id or a prefix of one (user
         input: anything else is refused). Returns the Variant; none or several is a UserError."""
         if not isinstance(variant_id, str) or not _ID_PREFIX.fullmatch(variant_id):
-            raise UserError(f"no variant {variant_id!r} in {self.root}: a variant is named by its id (16 lowercase "
-                            f"hex digits) or a prefix of it")
+            raise UserError(
+                f"no variant {variant_id!r} in {self.root}: a variant is named by its id (16 lowercase "
+                f"hex digits) or a prefix of it"
+            )
         rows = self._query("SELECT * FROM variants WHERE id = ?", (variant_id,))
         if not rows:
             rows = self._query("SELECT * FROM variants WHERE id LIKE ? ESCAPE '\\'", (_like_prefix(variant_id),))
             if len(rows) != 1:
-                raise UserError(f"no variant {variant_id!r} in {self.root}" if not rows
-                                else f"variant prefix {variant_id!r} is ambiguous")
+                raise UserError(
+                    f"no variant {variant_id!r} in {self.root}"
+                    if not rows
+                    else f"variant prefix {variant_id!r} is ambiguous"
+                )
         return self._row_to_variant(rows[0])
 
     def find_variant(self, variant_id: str) -> Variant | None:
@@ -428,8 +455,17 @@ class Workspace:
             chain.append(self.get_variant(chain[-1].parent_id))
         return chain[::-1]
 
-    def create_variant(self, *, model: str, dataset: str, stage: str, config: dict, parent: Variant | None,
-                       fmt: str, write: Callable[[Path], dict | None]) -> tuple[Variant, bool]:
+    def create_variant(
+        self,
+        *,
+        model: str,
+        dataset: str,
+        stage: str,
+        config: dict,
+        parent: Variant | None,
+        fmt: str,
+        write: Callable[[Path], dict | None],
+    ) -> tuple[Variant, bool]:
         """Make a variant by calling `write(tmp_dir)`, which writes the files and may return metrics.
 
         Returns (variant, created). An existing variant with the same id is returned as is (created=False), also
@@ -453,8 +489,21 @@ class Workspace:
             digest = files_digest(hashes)
             lineage = (parent.stages if parent else []) + [stage]
             full_config = dict(config, _lineage=lineage)
-            row = (vid, parent_id, model, dataset, stage, _canonical(full_config), fmt, json.dumps(files), size,
-                   digest, _canonical(metrics), time.time(), seal_variant(vid, model, dataset, fmt, digest))
+            row = (
+                vid,
+                parent_id,
+                model,
+                dataset,
+                stage,
+                _canonical(full_config),
+                fmt,
+                json.dumps(files),
+                size,
+                digest,
+                _canonical(metrics),
+                time.time(),
+                seal_variant(vid, model, dataset, fmt, digest),
+            )
             created = self._publish(tmp, final, row)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # left only when the variant was there first, or on a failure
@@ -493,17 +542,23 @@ class Workspace:
     # -- training runs -----------------------------------------------------------------------------------
     def start_training_run(self, run_id: str, model: str, dataset: str, config: dict) -> None:
         with self.transaction() as con:
-            con.execute("INSERT OR REPLACE INTO training_runs VALUES (?,?,?,?,?,?,?,?)",
-                        (run_id, model, dataset, _canonical(config), "running", None, time.time(), None))
+            con.execute(
+                "INSERT OR REPLACE INTO training_runs VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, model, dataset, _canonical(config), "running", None, time.time(), None),
+            )
 
     def finish_training_run(self, run_id: str, status: str, variant_id: str | None = None) -> None:
         with self.transaction() as con:
-            con.execute("UPDATE training_runs SET status = ?, variant_id = ?, finished_at = ? WHERE id = ?",
-                        (status, variant_id, time.time(), run_id))
+            con.execute(
+                "UPDATE training_runs SET status = ?, variant_id = ?, finished_at = ? WHERE id = ?",
+                (status, variant_id, time.time(), run_id),
+            )
 
     def training_runs(self) -> list[dict]:
-        return [dict(r, config=self._json(r, "config", dict, f"training_runs row {str(r['id'])[:40]!r}"))
-                for r in self._query("SELECT * FROM training_runs")]
+        return [
+            dict(r, config=self._json(r, "config", dict, f"training_runs row {str(r['id'])[:40]!r}"))
+            for r in self._query("SELECT * FROM training_runs")
+        ]
 
     # -- measurements ------------------------------------------------------------------------------------
     def add_measurements(self, rows: list[dict]) -> None:
@@ -514,8 +569,20 @@ class Workspace:
             con.executemany(
                 "INSERT INTO measurements (variant_id, backend, device, batch_size, threads, metrics, environment, "
                 "created_at) VALUES (?,?,?,?,?,?,?,?)",
-                [(r["variant_id"], r["backend"], r["device"], int(r["batch_size"]), int(r["threads"]),
-                  _canonical(r["metrics"]), _canonical(r["environment"]), now) for r in rows])
+                [
+                    (
+                        r["variant_id"],
+                        r["backend"],
+                        r["device"],
+                        int(r["batch_size"]),
+                        int(r["threads"]),
+                        _canonical(r["metrics"]),
+                        _canonical(r["environment"]),
+                        now,
+                    )
+                    for r in rows
+                ],
+            )
 
     def measurements(self, variant_id: str | None = None) -> list[dict]:
         sql, args = "SELECT * FROM measurements", ()
@@ -530,15 +597,20 @@ class Workspace:
             raise self.damaged(f"{where}: its variant_id is not a variant id")
         if not isinstance(row["batch_size"], int) or not isinstance(row["threads"], int):
             raise self.damaged(f"{where}: its batch_size or threads is not a whole number")
-        return dict(row, metrics=self._json(row, "metrics", dict, where),
-                    environment=self._json(row, "environment", dict, where))
+        return dict(
+            row,
+            metrics=self._json(row, "metrics", dict, where),
+            environment=self._json(row, "environment", dict, where),
+        )
 
     # -- the commands that wrote to this workspace (provenance for the report) --------------------------
     def log_command(self, argv: list[str]) -> int:
         """Record a command line; returns its row id (for `forget_command`)."""
         with self.transaction() as con:
-            cur = con.execute("INSERT INTO commands (argv, cwd, created_at) VALUES (?,?,?)",
-                              (json.dumps(argv), os.getcwd(), time.time()))
+            cur = con.execute(
+                "INSERT INTO commands (argv, cwd, created_at) VALUES (?,?,?)",
+                (json.dumps(argv), os.getcwd(), time.time()),
+            )
             return int(cur.lastrowid)
 
     def forget_command(self, row: int) -> None:
@@ -553,8 +625,10 @@ class Workspace:
                 con.execute("DELETE FROM sqlite_sequence WHERE name = 'commands'")
 
     def commands(self) -> list[dict]:
-        return [dict(argv=self._command_argv(r), cwd=r["cwd"], created_at=r["created_at"])
-                for r in self._query("SELECT * FROM commands ORDER BY id")]
+        return [
+            dict(argv=self._command_argv(r), cwd=r["cwd"], created_at=r["created_at"])
+            for r in self._query("SELECT * FROM commands ORDER BY id")
+        ]
 
     def _command_argv(self, row: sqlite3.Row) -> list[str]:
         argv = self._json(row, "argv", list, f"commands row {row['id']}")

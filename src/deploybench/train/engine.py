@@ -6,6 +6,7 @@ same batches with the same augmentation and dropout as an uninterrupted one. Wit
 augmentation comes from per-worker streams seeded per epoch instead, and a resumed epoch deals the same batches
 to the same workers.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -71,9 +72,14 @@ def train_loader(train_set: Dataset, sampler: Sampler, device: torch.device, wor
     `workers` processes (0: in this one), pinned for a GPU. Its own generator, seeded with `seed`, keeps it from
     drawing on the global RNG (dropout, augmentation without workers), which a resumed run must find exactly
     where the checkpoint left it; with workers it seeds each worker's stream."""
-    return DataLoader(train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                      worker_init_fn=_own_process_group if workers else None,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_own_process_group if workers else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -88,7 +94,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         for i in range(self.start * self.batch_size, self.n, self.batch_size):
-            yield self.perm[i:i + self.batch_size]
+            yield self.perm[i : i + self.batch_size]
 
 
 @dataclass
@@ -105,14 +111,16 @@ class EvalResult:
         prec = torch.where(pred > 0, tp / pred.clamp(min=1), torch.zeros_like(tp))
         rec = torch.where(true > 0, tp / true.clamp(min=1), torch.zeros_like(tp))
         f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp(min=1e-12), torch.zeros_like(tp))
-        return [dict(precision=float(p), recall=float(r), f1=float(f), support=int(s))
-                for p, r, f, s in zip(prec, rec, f1, true, strict=True)]
+        return [
+            dict(precision=float(p), recall=float(r), f1=float(f), support=int(s))
+            for p, r, f, s in zip(prec, rec, f1, true, strict=True)
+        ]
 
 
 @dataclass
 class TrainState:
-    epoch: int = 0           # epochs completed
-    step: int = 0            # batches completed inside the current epoch
+    epoch: int = 0  # epochs completed
+    step: int = 0  # batches completed inside the current epoch
     best_val_top1: float = -1.0
     history: list[dict] = field(default_factory=list)
 
@@ -134,8 +142,14 @@ def _set_rng_state(state: dict) -> None:
 def run_state(model: nn.Module, opt, sched, scaler, **extra) -> dict:
     """Everything a run needs to go on from here (weights, optimizer, schedule, scaler, random state) and `extra`:
     what `fit` and pruning's fine-tuning checkpoint."""
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(), "rng": _rng_state(), **extra}
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": _rng_state(),
+        **extra,
+    }
 
 
 def restore_run_state(ckpt: dict, model: nn.Module, opt, sched, scaler) -> None:
@@ -145,8 +159,10 @@ def restore_run_state(ckpt: dict, model: nn.Module, opt, sched, scaler) -> None:
     saved, current = ckpt["model"], model.state_dict()
     misfits = sorted(set(saved) ^ set(current)) or [k for k in current if saved[k].shape != current[k].shape]
     if misfits:
-        raise RuntimeError(f"checkpoint does not fit the model: {', '.join(misfits[:3])}"
-                           f"{f' and {len(misfits) - 3} more' if len(misfits) > 3 else ''}")
+        raise RuntimeError(
+            f"checkpoint does not fit the model: {', '.join(misfits[:3])}"
+            f"{f' and {len(misfits) - 3} more' if len(misfits) > 3 else ''}"
+        )
     model.load_state_dict(saved)
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
@@ -184,26 +200,47 @@ class TrainingDiverged(UserError):
     """The training loss became NaN or infinite: nothing it would make is worth storing."""
 
 
-def train_one_epoch(model, loader, opt, sched, scaler, device, recipe: Recipe, *, on_step: Callable | None = None,
-                    loss_fn: Callable | None = None, desc: str = "train", skip: int = 0) -> dict:
+def train_one_epoch(
+    model,
+    loader,
+    opt,
+    sched,
+    scaler,
+    device,
+    recipe: Recipe,
+    *,
+    on_step: Callable | None = None,
+    loss_fn: Callable | None = None,
+    desc: str = "train",
+    skip: int = 0,
+) -> dict:
     """One pass over `loader`, less its first `skip` batches; returns mean loss, accuracy and images/s.
     `on_step(i)` runs after each step; `loss_fn(logits, x, y)` replaces the default cross-entropy (e.g.
     knowledge distillation)."""
     model.train()
     use_amp = recipe.amp and device.type == "cuda"
     loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
-    bar = progress(itertools.islice(loader, skip, None), total=len(loader) - skip, desc=desc, leave=False,
-                   dynamic_ncols=True, mininterval=1.0)
+    bar = progress(
+        itertools.islice(loader, skip, None),
+        total=len(loader) - skip,
+        desc=desc,
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     for i, (x, y) in enumerate(bar):
         x, y = _to_device(x, device, recipe.channels_last), y.to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             logits = model(x)
-            loss = (loss_fn(logits, x, y) if loss_fn else
-                    F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing))
+            loss = (
+                loss_fn(logits, x, y) if loss_fn else F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            )
         loss_value = loss.item()
         if not math.isfinite(loss_value):  # no step is taken on it: the weights stay the last finite ones
-            raise TrainingDiverged(f"training diverged: the loss became {loss_value} at step {skip + i + 1} of "
-                                   f"{desc}; no variant is stored (try a lower --lr)")
+            raise TrainingDiverged(
+                f"training diverged: the loss became {loss_value} at step {skip + i + 1} of "
+                f"{desc}; no variant is stored (try a lower --lr)"
+            )
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -212,18 +249,24 @@ def train_one_epoch(model, loader, opt, sched, scaler, device, recipe: Recipe, *
         loss_sum += loss_value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                        img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        bar.set_postfix(
+            loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}"
+        )
         if on_step:
             on_step(i)
     elapsed = time.perf_counter() - t0
-    return dict(loss=loss_sum / max(seen, 1), top1=correct / max(seen, 1), images_per_s=seen / max(elapsed, 1e-9),
-                seconds=elapsed)
+    return dict(
+        loss=loss_sum / max(seen, 1),
+        top1=correct / max(seen, 1),
+        images_per_s=seen / max(elapsed, 1e-9),
+        seconds=elapsed,
+    )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
-             channels_last: bool = False) -> EvalResult:
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int, channels_last: bool = False
+) -> EvalResult:
     """Loss, top-1, top-5 and the confusion matrix of `model` over `loader`."""
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -234,8 +277,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         k = min(5, num_classes)
         top5 += (logits.topk(k, 1).indices == y[:, None]).any(1).sum().item()
-        cm += torch.bincount(y.cpu() * num_classes + logits.argmax(1).cpu(),
-                             minlength=num_classes ** 2).view(num_classes, num_classes)
+        cm += torch.bincount(y.cpu() * num_classes + logits.argmax(1).cpu(), minlength=num_classes**2).view(
+            num_classes, num_classes
+        )
         seen += len(y)
     return EvalResult(loss_sum / max(seen, 1), cm.diag().sum().item() / max(seen, 1), top5 / max(seen, 1), cm)
 
@@ -243,22 +287,28 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
 @dataclass
 class _Run:
     """What `fit` trains and checkpoints: the model, its optimizer, schedule and loss scaler, and the progress."""
+
     model: nn.Module
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     recipe: Recipe
-    last: Path                # the resumable checkpoint
+    last: Path  # the resumable checkpoint
     state: TrainState
 
     def checkpoint(self) -> None:
         """Write everything needed to resume to `last`, atomically."""
-        save_checkpoint(run_state(self.model, self.opt, self.sched, self.scaler, state=vars(self.state),
-                                  recipe=self.recipe.to_dict()), self.last)
+        save_checkpoint(
+            run_state(
+                self.model, self.opt, self.sched, self.scaler, state=vars(self.state), recipe=self.recipe.to_dict()
+            ),
+            self.last,
+        )
 
 
-def _start_run(model: nn.Module, train_images: int, recipe: Recipe, device: torch.device, last: Path,
-               resume: bool) -> _Run:
+def _start_run(
+    model: nn.Module, train_images: int, recipe: Recipe, device: torch.device, last: Path, resume: bool
+) -> _Run:
     """Seed the RNGs, put `model` on `device` and build its optimizer, schedule and scaler; with `resume`, restore
     all of them and the progress from the checkpoint `last`."""
     torch.manual_seed(recipe.seed)
@@ -288,8 +338,9 @@ def _sigterm_flag() -> Iterator[list]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _epoch_loader(train_set: Dataset, recipe: Recipe, device: torch.device, workers: int, epoch: int,
-                  start: int) -> tuple[DataLoader, int]:
+def _epoch_loader(
+    train_set: Dataset, recipe: Recipe, device: torch.device, workers: int, epoch: int, start: int
+) -> tuple[DataLoader, int]:
     """The training loader of `epoch` (0-based) resuming at batch `start`, and how many of its batches to skip.
 
     Without workers the augmentation draws on the main process's RNG, restored from the checkpoint: the sampler
@@ -305,12 +356,15 @@ def _epoch_loader(train_set: Dataset, recipe: Recipe, device: torch.device, work
 def _step_hook(run: _Run, start: int, terminated: list) -> Callable[[int], None]:
     """`on_step` for an epoch resumed at batch `start`: counts the steps, checkpoints every `checkpoint_every`,
     and on SIGTERM checkpoints and raises TrainingInterrupted."""
+
     def on_step(i: int) -> None:
         run.state.step = start + i + 1
         if terminated:
             run.checkpoint()
-            raise TrainingInterrupted(f"stopped by SIGTERM at epoch {run.state.epoch + 1}, step {run.state.step}; "
-                                      f"checkpoint saved, continue with --resume")
+            raise TrainingInterrupted(
+                f"stopped by SIGTERM at epoch {run.state.epoch + 1}, step {run.state.step}; "
+                f"checkpoint saved, continue with --resume"
+            )
         if run.recipe.checkpoint_every and run.state.step % run.recipe.checkpoint_every == 0:
             run.checkpoint()
 
@@ -319,21 +373,45 @@ def _step_hook(run: _Run, start: int, terminated: list) -> Callable[[int], None]
 
 def _epoch_row(epoch: int, stats: dict, val: EvalResult, lr: float, resumed_at_step: int) -> dict:
     """The history row of `epoch` (1-based) from its training `stats` and validation."""
-    row = dict(epoch=epoch, train_loss=stats["loss"], train_top1=stats["top1"], val_loss=val.loss,
-               val_top1=val.top1, lr=lr, seconds=stats["seconds"], images_per_s=stats["images_per_s"])
+    row = dict(
+        epoch=epoch,
+        train_loss=stats["loss"],
+        train_top1=stats["top1"],
+        val_loss=val.loss,
+        val_top1=val.top1,
+        lr=lr,
+        seconds=stats["seconds"],
+        images_per_s=stats["images_per_s"],
+    )
     if resumed_at_step:  # a resumed partial epoch: its throughput figures cover only part of it
         row["resumed_at_step"] = resumed_at_step
     return row
 
 
-def _train_epoch(run: _Run, train_set: Dataset, val_loader: DataLoader, num_classes: int, device: torch.device,
-                 workers: int, terminated: list) -> dict:
+def _train_epoch(
+    run: _Run,
+    train_set: Dataset,
+    val_loader: DataLoader,
+    num_classes: int,
+    device: torch.device,
+    workers: int,
+    terminated: list,
+) -> dict:
     """Train the epoch under way (from the step reached) and validate; returns its history row."""
     recipe, start = run.recipe, run.state.step
     loader, skip = _epoch_loader(train_set, recipe, device, workers, run.state.epoch, start)
-    stats = train_one_epoch(run.model, loader, run.opt, run.sched, run.scaler, device, recipe,
-                            on_step=_step_hook(run, start, terminated),
-                            desc=f"epoch {run.state.epoch + 1}/{recipe.epochs}", skip=skip)
+    stats = train_one_epoch(
+        run.model,
+        loader,
+        run.opt,
+        run.sched,
+        run.scaler,
+        device,
+        recipe,
+        on_step=_step_hook(run, start, terminated),
+        desc=f"epoch {run.state.epoch + 1}/{recipe.epochs}",
+        skip=skip,
+    )
     val = evaluate(run.model, val_loader, device, num_classes, recipe.channels_last)
     run.state.epoch, run.state.step = run.state.epoch + 1, 0
     return _epoch_row(run.state.epoch, stats, val, run.sched.get_last_lr()[0], start)
@@ -348,9 +426,19 @@ def _record_epoch(run: _Run, row: dict, best: Path) -> None:
     run.checkpoint()
 
 
-def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, num_classes: int, recipe: Recipe, run_dir: Path,
-        *, device: torch.device, resume: bool = False, workers: int = 0,
-        on_epoch: Callable[[dict], None] | None = None) -> TrainState:
+def fit(
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    num_classes: int,
+    recipe: Recipe,
+    run_dir: Path,
+    *,
+    device: torch.device,
+    resume: bool = False,
+    workers: int = 0,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainState:
     """Train `model` following `recipe` on `device`, with `workers` data-loading processes (the caller's choice:
     `default_workers(device)` is the default of `train_model`), validating every epoch.
 

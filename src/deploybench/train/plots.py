@@ -1,5 +1,6 @@
 """Training figures (matplotlib, Agg): learning curves and the confusion matrix. Drawn from numbers only (the
 history rows and the counts), so the report can redraw them from `training.json` rather than trust a file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,15 @@ def confusion_figure(confusion: list[list[int]], classes: list[str]):
         ax.set_yticks(range(n), classes, fontsize=7, parse_math=False)
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(confusion[i][j]), ha="center", va="center", fontsize=6,
-                        color="white" if norm[i][j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(confusion[i][j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i][j] > 0.5 else "black",
+                )
     ax.set(xlabel="predicted", ylabel="true")
     fig.tight_layout()
     return fig

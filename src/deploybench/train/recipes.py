@@ -1,4 +1,5 @@
 """Training recipes: each architecture's defaults (in the model registry), overridden by CLI options."""
+
 from __future__ import annotations
 
 import math
@@ -11,22 +12,23 @@ from deploybench.models import get_model_info
 @dataclass(frozen=True)
 class Recipe:
     epochs: int = 5
-    lr: float = 0.05              # peak learning rate (OneCycle) or initial (cosine, step)
+    lr: float = 0.05  # peak learning rate (OneCycle) or initial (cosine, step)
     batch_size: int = 128
-    optimizer: str = "sgd"        # sgd (momentum 0.9, Nesterov) | adamw
+    optimizer: str = "sgd"  # sgd (momentum 0.9, Nesterov) | adamw
     weight_decay: float = 5e-4
-    schedule: str = "onecycle"    # onecycle | cosine | step (x0.1 at 50% and 75% of training)
+    schedule: str = "onecycle"  # onecycle | cosine | step (x0.1 at 50% and 75% of training)
     label_smoothing: float = 0.0
     seed: int = 0
-    amp: bool = True              # fp16 mixed precision, CUDA only: CPU autocast is slower than fp32 for these models
+    amp: bool = True  # fp16 mixed precision, CUDA only: CPU autocast is slower than fp32 for these models
     channels_last: bool = True
-    cutout: int = 0               # side of the square erased by cutout, in pixels (0 = off)
+    cutout: int = 0  # side of the square erased by cutout, in pixels (0 = off)
     augment: bool = True
-    limit_train: int = 0          # train on the first N shuffled training images (0 = all); for quick runs
-    checkpoint_every: int = 200   # also checkpoint every N steps, so a killed run loses little
+    limit_train: int = 0  # train on the first N shuffled training images (0 = all); for quick runs
+    checkpoint_every: int = 200  # also checkpoint every N steps, so a killed run loses little
 
     def __post_init__(self):
         """Refuse values no run can use, with the CLI option's name, before anything is loaded or recorded."""
+
         def bad(field: str, rule: str):
             raise UserError(f"--{field.replace('_', '-')} must be {rule}, got {getattr(self, field)}")
 
@@ -43,7 +45,7 @@ class Recipe:
             bad("lr", "above 0 and finite")
         if not 0 <= self.label_smoothing < 1:
             bad("label_smoothing", "in [0, 1)")
-        if not 0 <= self.seed < 2 ** 32:
+        if not 0 <= self.seed < 2**32:
             bad("seed", "in [0, 2**32)")
 
     def to_dict(self) -> dict:

@@ -1,4 +1,5 @@
 """`train_model`: data + model + engine, then test metrics, figures and the trained variant in the store."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,15 @@ from deploybench.models.identity import model_config
 from deploybench.store import Variant, Workspace
 from deploybench.store.atomic import exclusive, lock_path_for
 from deploybench.train import plots
-from deploybench.train.engine import (EvalResult, TrainingDiverged, TrainState, default_workers, device_keys, evaluate,
-                                      fit)
+from deploybench.train.engine import (
+    EvalResult,
+    TrainingDiverged,
+    TrainState,
+    default_workers,
+    device_keys,
+    evaluate,
+    fit,
+)
 from deploybench.train.recipes import Recipe, default_recipe
 
 
@@ -35,8 +43,7 @@ def training_device(name: str | None) -> torch.device:
         raise UserError(f"--device must be cpu or cuda (or cuda:N), got {name!r}") from None
     if dev.type not in ("cpu", "cuda"):
         raise UserError(f"--device must be cpu or cuda (or cuda:N), got {name!r}")
-    if dev.type == "cuda" and (not torch.cuda.is_available()
-                               or (dev.index or 0) >= torch.cuda.device_count()):
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         raise UserError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible)")
     return dev
 
@@ -45,6 +52,7 @@ def training_device(name: str | None) -> torch.device:
 class _Plan:
     """One training run, decided before any training: its data, device, loader workers, config (and so variant
     id), checkpoint folder and starting weights."""
+
     model: str
     dataset: str
     device: torch.device
@@ -54,8 +62,8 @@ class _Plan:
     variant_id: str
     run_dir: Path
     imagenet_state: dict | None  # --pretrained backbone weights
-    init_state: dict | None      # --checkpoint weights
-    checkpoint: str | None       # the file `init_state` came from
+    init_state: dict | None  # --checkpoint weights
+    checkpoint: str | None  # the file `init_state` came from
 
 
 def _loader_workers(workers: int | None, device: torch.device) -> int:
@@ -78,24 +86,50 @@ def _starting_weights(config: dict, pretrained: str | None, checkpoint: str | No
     return imagenet_state, init_state
 
 
-def _plan(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data_dir: str | Path, pretrained: str | None,
-          checkpoint: str | None, device: str | None, workers: int | None) -> _Plan:
+def _plan(
+    ws: Workspace,
+    model: str,
+    dataset: str,
+    recipe: Recipe,
+    *,
+    data_dir: str | Path,
+    pretrained: str | None,
+    checkpoint: str | None,
+    device: str | None,
+    workers: int | None,
+) -> _Plan:
     """Check the options, load the splits and read the starting weights; returns the run they make."""
     dataset = canonical_dataset(dataset)
     dev = training_device(device)
     workers = _loader_workers(workers, dev)
     transfer = bool(pretrained)
-    splits = load_splits(dataset, data_dir, seed=recipe.seed, augment=recipe.augment, cutout=recipe.cutout,
-                         transfer=transfer)
-    config = dict(model_config(model, splits.info, transfer), recipe=recipe.to_dict(), dataset=dataset,
-                  pretrained=Path(pretrained).name if pretrained else None,
-                  init_checkpoint=Path(checkpoint).name if checkpoint else None)
+    splits = load_splits(
+        dataset, data_dir, seed=recipe.seed, augment=recipe.augment, cutout=recipe.cutout, transfer=transfer
+    )
+    config = dict(
+        model_config(model, splits.info, transfer),
+        recipe=recipe.to_dict(),
+        dataset=dataset,
+        pretrained=Path(pretrained).name if pretrained else None,
+        init_checkpoint=Path(checkpoint).name if checkpoint else None,
+    )
     imagenet_state, init_state = _starting_weights(config, pretrained, checkpoint)
     config.update(device_keys(dev, workers))  # a GPU or loader workers give other weights: a variant of its own
     config.update(data_keys(dataset, data_dir))  # so do other data files than the published ones
     vid = ws.variant_id(model, dataset, None, "train", config)
-    return _Plan(model, dataset, dev, workers, splits, config, vid, ws.run_dir(model, dataset, vid), imagenet_state,
-                 init_state, checkpoint)
+    return _Plan(
+        model,
+        dataset,
+        dev,
+        workers,
+        splits,
+        config,
+        vid,
+        ws.run_dir(model, dataset, vid),
+        imagenet_state,
+        init_state,
+        checkpoint,
+    )
 
 
 def _resume_or_restart(plan: _Plan, resume: bool | None, restart: bool) -> bool:
@@ -108,8 +142,10 @@ def _resume_or_restart(plan: _Plan, resume: bool | None, restart: bool) -> bool:
         raise UserError(f"nothing to resume: no interrupted run of {plan.model} on {plan.dataset} with this recipe")
     if last.exists() and not resume:
         if not restart:
-            raise UserError(f"an interrupted run of {plan.model} on {plan.dataset} exists ({plan.run_dir}); "
-                            f"pass --resume to continue it or --restart to discard it")
+            raise UserError(
+                f"an interrupted run of {plan.model} on {plan.dataset} exists ({plan.run_dir}); "
+                f"pass --resume to continue it or --restart to discard it"
+            )
         shutil.rmtree(plan.run_dir)
     return resume
 
@@ -117,14 +153,19 @@ def _resume_or_restart(plan: _Plan, resume: bool | None, restart: bool) -> bool:
 def _build(plan: _Plan, recipe: Recipe) -> tuple[nn.Module, Dataset]:
     """The initial network (seeded: the initial weights are part of the recipe) and the training images."""
     torch.manual_seed(recipe.seed)
-    net = create_model(plan.model, plan.splits.info.num_classes, plan.config["in_channels"],
-                       plan.config["image_size"], pretrained=plan.imagenet_state)
+    net = create_model(
+        plan.model,
+        plan.splits.info.num_classes,
+        plan.config["in_channels"],
+        plan.config["image_size"],
+        pretrained=plan.imagenet_state,
+    )
     if plan.init_state is not None:
         load_weights(net, plan.init_state, plan.checkpoint)
     train_set = plan.splits.train
     if recipe.limit_train and recipe.limit_train < len(train_set):
         keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(recipe.seed))
-        train_set = Subset(train_set, keep[:recipe.limit_train].tolist())
+        train_set = Subset(train_set, keep[: recipe.limit_train].tolist())
     return net, train_set
 
 
@@ -139,37 +180,54 @@ def _check_forward(plan: _Plan, net: nn.Module) -> None:
             out = net.eval()(x)
     except Exception as exc:  # noqa: BLE001  any failure of user code is the model's, reported in one line
         why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise UserError(f"{plan.model}: a forward pass on a batch of {plan.dataset} images {tuple(x.shape)} "
-                        f"failed: {type(exc).__name__}: {why}") from None
+        raise UserError(
+            f"{plan.model}: a forward pass on a batch of {plan.dataset} images {tuple(x.shape)} "
+            f"failed: {type(exc).__name__}: {why}"
+        ) from None
     finally:
         net.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"{plan.model}: its forward pass returns {shape} for a batch of {len(x)}, "
-                        f"not ({len(x)}, {classes}) logits")
+        raise UserError(
+            f"{plan.model}: its forward pass returns {shape} for a batch of {len(x)}, not ({len(x)}, {classes}) logits"
+        )
 
 
 def _epoch_logger(writer, log) -> Callable[[dict], None]:
     """`on_epoch` for `fit`: the epoch's figures to TensorBoard and one line to `log`."""
+
     def on_epoch(row: dict) -> None:
         for k in ("train_loss", "val_loss", "train_top1", "val_top1", "lr", "images_per_s"):
             writer.add_scalar(k, row[k], row["epoch"])
         writer.flush()
-        log(f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.2f}% | "
-            f"val top-1 {100 * row['val_top1']:.2f}% | {row['seconds']:.0f} s, {row['images_per_s']:.0f} img/s")
+        log(
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.2f}% | "
+            f"val top-1 {100 * row['val_top1']:.2f}% | {row['seconds']:.0f} s, {row['images_per_s']:.0f} img/s"
+        )
 
     return on_epoch
 
 
-def _fit_recorded(ws: Workspace, plan: _Plan, net: nn.Module, train_set: Dataset, recipe: Recipe, resume: bool,
-                  log) -> TrainState:
+def _fit_recorded(
+    ws: Workspace, plan: _Plan, net: nn.Module, train_set: Dataset, recipe: Recipe, resume: bool, log
+) -> TrainState:
     """Run `fit` with TensorBoard logging; the store's record of the run says "interrupted" if it does not end."""
     from torch.utils.tensorboard import SummaryWriter  # heavy imports, needed only once training starts
 
     writer = SummaryWriter(log_dir=str(plan.run_dir / "tensorboard"))
     try:
-        return fit(net, train_set, plan.splits.val, plan.splits.info.num_classes, recipe, plan.run_dir,
-                   device=plan.device, resume=resume, workers=plan.workers, on_epoch=_epoch_logger(writer, log))
+        return fit(
+            net,
+            train_set,
+            plan.splits.val,
+            plan.splits.info.num_classes,
+            recipe,
+            plan.run_dir,
+            device=plan.device,
+            resume=resume,
+            workers=plan.workers,
+            on_epoch=_epoch_logger(writer, log),
+        )
     except TrainingDiverged:
         # Resuming would only diverge again from the same state: the run is closed and its folder removed.
         ws.finish_training_run(plan.variant_id, "diverged")
@@ -186,12 +244,22 @@ def _fit_recorded(ws: Workspace, plan: _Plan, net: nn.Module, train_set: Dataset
 def _metrics(plan: _Plan, net: nn.Module, state: TrainState, test: EvalResult) -> dict:
     """The trained variant's metrics: test accuracy, training time and what it ran on."""
     full_epochs = [h for h in state.history if "resumed_at_step" not in h]
-    return dict(accuracy_top1=test.top1, accuracy_top5=test.top5, test_loss=test.loss, compute_dtype="float32",
-                best_val_top1=state.best_val_top1, params=count_params(net), epochs=len(state.history),
-                seconds_per_epoch=(sum(h["seconds"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
-                train_seconds=sum(h["seconds"] for h in state.history), device=str(plan.device),
-                threads=torch.get_num_threads(), loader_workers=plan.workers, torch_version=torch.__version__,
-                test_images=len(plan.splits.test))
+    return dict(
+        accuracy_top1=test.top1,
+        accuracy_top5=test.top5,
+        test_loss=test.loss,
+        compute_dtype="float32",
+        best_val_top1=state.best_val_top1,
+        params=count_params(net),
+        epochs=len(state.history),
+        seconds_per_epoch=(sum(h["seconds"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
+        train_seconds=sum(h["seconds"] for h in state.history),
+        device=str(plan.device),
+        threads=torch.get_num_threads(),
+        loader_workers=plan.workers,
+        torch_version=torch.__version__,
+        test_images=len(plan.splits.test),
+    )
 
 
 def _write_trained(d: Path, plan: _Plan, net: nn.Module, state: TrainState, test: EvalResult) -> dict:
@@ -201,8 +269,12 @@ def _write_trained(d: Path, plan: _Plan, net: nn.Module, state: TrainState, test
     plots.learning_curves(state.history, d / "learning_curves")
     plots.confusion_matrix(test.confusion, classes, d / "confusion_matrix")
     per_class = [dict(c, name=n) for c, n in zip(test.per_class(), classes, strict=True)]
-    (d / "training.json").write_text(json.dumps(dict(history=state.history, per_class=per_class,
-                                                     confusion=test.confusion.tolist(), classes=classes), indent=1))
+    (d / "training.json").write_text(
+        json.dumps(
+            dict(history=state.history, per_class=per_class, confusion=test.confusion.tolist(), classes=classes),
+            indent=1,
+        )
+    )
     shutil.copytree(plan.run_dir / "tensorboard", d / "tensorboard")
     return _metrics(plan, net, state, test)
 
@@ -212,18 +284,35 @@ def _record(ws: Workspace, plan: _Plan, net: nn.Module, state: TrainState, log) 
     net.load_state_dict(load_checkpoint(plan.run_dir / "best.pt")["model"])
     net.to(memory_format=torch.contiguous_format)
     test = evaluate(net, DataLoader(plan.splits.test, batch_size=256), plan.device, plan.splits.info.num_classes)
-    variant, created = ws.create_variant(model=plan.model, dataset=plan.dataset, stage="train", config=plan.config,
-                                         parent=None, fmt="torch-state",
-                                         write=lambda d: _write_trained(d, plan, net, state, test))
+    variant, created = ws.create_variant(
+        model=plan.model,
+        dataset=plan.dataset,
+        stage="train",
+        config=plan.config,
+        parent=None,
+        fmt="torch-state",
+        write=lambda d: _write_trained(d, plan, net, state, test),
+    )
     ws.finish_training_run(plan.variant_id, "done", variant.id)
     log(f"test top-1 {100 * test.top1:.2f}% top-5 {100 * test.top5:.2f}% -> variant {variant.id}")
     return variant, created
 
 
-def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data_dir: str | Path = "data",
-                resume: bool | None = False, restart: bool = False, pretrained: str | None = None,
-                checkpoint: str | None = None, device: str | None = None, workers: int | None = None,
-                log=print) -> tuple[Variant, bool]:
+def train_model(
+    ws: Workspace,
+    model: str,
+    dataset: str,
+    recipe: Recipe,
+    *,
+    data_dir: str | Path = "data",
+    resume: bool | None = False,
+    restart: bool = False,
+    pretrained: str | None = None,
+    checkpoint: str | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+    log=print,
+) -> tuple[Variant, bool]:
     """Train `model` on `dataset` and record it as the trained variant. Returns (variant, newly_trained).
 
     The same (model, dataset, recipe) already trained returns the stored variant. A run that was interrupted
@@ -233,30 +322,44 @@ def train_model(ws: Workspace, model: str, dataset: str, recipe: Recipe, *, data
     `workers`: data-loading processes for training (default: `default_workers(device)`).
     `log`: where the progress lines go (one per epoch).
     """
-    plan = _plan(ws, model, dataset, recipe, data_dir=data_dir, pretrained=pretrained, checkpoint=checkpoint,
-                 device=device, workers=workers)
+    plan = _plan(
+        ws,
+        model,
+        dataset,
+        recipe,
+        data_dir=data_dir,
+        pretrained=pretrained,
+        checkpoint=checkpoint,
+        device=device,
+        workers=workers,
+    )
     existing = ws.stored_variant(plan.variant_id)
     if existing is not None:
         return existing, False
     net, train_set = _build(plan, recipe)
     _check_forward(plan, net)  # before anything is written: a model that cannot run leaves no run behind
     # One process trains one recipe at a time; a second waits, then finds the first's variant.
-    with exclusive(lock_path_for(ws.root, f"train/{plan.variant_id}"),
-                   on_wait=lambda: log(f"another process is training this recipe of {model}; waiting for it")):
+    with exclusive(
+        lock_path_for(ws.root, f"train/{plan.variant_id}"),
+        on_wait=lambda: log(f"another process is training this recipe of {model}; waiting for it"),
+    ):
         existing = ws.stored_variant(plan.variant_id)
         if existing is not None:
             return existing, False
         resume = _resume_or_restart(plan, resume, restart)
         ws.start_training_run(plan.variant_id, model, plan.dataset, plan.config)
         splits = plan.splits
-        log(f"training {model} ({count_params(net):,} params) on {plan.dataset}: {len(train_set)} train / "
-            f"{len(splits.val)} val / {len(splits.test)} test images, {recipe.epochs} epochs, device {plan.device}")
+        log(
+            f"training {model} ({count_params(net):,} params) on {plan.dataset}: {len(train_set)} train / "
+            f"{len(splits.val)} val / {len(splits.test)} test images, {recipe.epochs} epochs, device {plan.device}"
+        )
         state = _fit_recorded(ws, plan, net, train_set, recipe, resume, log)
         return _record(ws, plan, net, state, log)
 
 
-def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, *, data_dir: str | Path = "data",
-                      log=print) -> Variant:
+def import_checkpoint(
+    ws: Workspace, model: str, dataset: str, checkpoint: str, *, data_dir: str | Path = "data", log=print
+) -> Variant:
     """Record external weights of `model` as a root variant (stage "import") of `dataset`, so every command that
     takes a model can start from them. The file is read with `weights_only=True`, must fit the architecture
     and class count exactly (mismatched keys and shapes are listed), and is evaluated on the test split once.
@@ -268,12 +371,20 @@ def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, 
     net = create_model(model, info.num_classes, info.in_channels, info.image_size)
     load_weights(net, state, checkpoint)
     # The recipe is the architecture's default: fine-tuning stages (prune, qat) train with it.
-    config = dict(model_config(model, info), dataset=dataset, recipe=default_recipe(model).to_dict(),
-                  checkpoint=Path(checkpoint).name, checkpoint_sha256=digest, **data_keys(dataset, data_dir))
+    config = dict(
+        model_config(model, info),
+        dataset=dataset,
+        recipe=default_recipe(model).to_dict(),
+        checkpoint=Path(checkpoint).name,
+        checkpoint_sha256=digest,
+        **data_keys(dataset, data_dir),
+    )
     existing = ws.stored_variant(ws.variant_id(model, dataset, None, "import", config))
     if existing is not None:  # validated above; evaluated when it was imported
-        log(f"already imported {checkpoint} as variant {existing.id}: test top-1 "
-            f"{100 * existing.metrics['accuracy_top1']:.2f}%")
+        log(
+            f"already imported {checkpoint} as variant {existing.id}: test top-1 "
+            f"{100 * existing.metrics['accuracy_top1']:.2f}%"
+        )
         return existing
     splits = load_splits(dataset, data_dir, augment=False)
     net.eval()
@@ -281,12 +392,21 @@ def import_checkpoint(ws: Workspace, model: str, dataset: str, checkpoint: str, 
 
     def write(d: Path) -> dict:
         torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, d / "model.pt")
-        return dict(accuracy_top1=test.top1, accuracy_top5=test.top5, test_loss=test.loss, params=count_params(net),
-                    compute_dtype="float32",
-                    test_images=len(splits.test), source_checkpoint=str(checkpoint))
+        return dict(
+            accuracy_top1=test.top1,
+            accuracy_top5=test.top5,
+            test_loss=test.loss,
+            params=count_params(net),
+            compute_dtype="float32",
+            test_images=len(splits.test),
+            source_checkpoint=str(checkpoint),
+        )
 
-    variant, created = ws.create_variant(model=model, dataset=dataset, stage="import", config=config, parent=None,
-                                         fmt="torch-state", write=write)
-    log(f"{'imported' if created else 'already imported'} {checkpoint} as variant {variant.id}: "
-        f"test top-1 {100 * variant.metrics['accuracy_top1']:.2f}%")
+    variant, created = ws.create_variant(
+        model=model, dataset=dataset, stage="import", config=config, parent=None, fmt="torch-state", write=write
+    )
+    log(
+        f"{'imported' if created else 'already imported'} {checkpoint} as variant {variant.id}: "
+        f"test top-1 {100 * variant.metrics['accuracy_top1']:.2f}%"
+    )
     return variant

@@ -4,6 +4,7 @@ The profiler knows nothing of runtimes beyond this interface. A backend answers 
 runtime/device here?) and `supports(variant)` (can it run this format?) with a reason, so a combination it
 cannot run becomes a recorded skip, never an error.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -4,6 +4,7 @@ ONNX Runtime silently falls back to the CPU provider when the one asked for cann
 the session we check `session.get_providers()[0]` and refuse (a recorded skip) when it is not the provider
 asked for. On GPU, inputs and outputs stay on the device through IOBinding, so timing covers the model only.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -66,8 +67,9 @@ class OrtBackend(Backend):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(formats.onnx_path(variant)), sess_options=opts,
-                                            providers=self._providers())
+        self.session = ort.InferenceSession(
+            str(formats.onnx_path(variant)), sess_options=opts, providers=self._providers()
+        )
         got = self.session.get_providers()[0]
         if got != self.provider:
             raise BackendSkip(f"ONNX Runtime fell back to {got} instead of {self.provider}")

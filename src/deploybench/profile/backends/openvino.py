@@ -4,6 +4,7 @@ Threads (`INFERENCE_NUM_THREADS`) and the performance hint (LATENCY: one stream)
 records them as the compiled model reports them back, with the precision its layers really run in (bf16 on
 CPUs with native bf16, where OpenVINO lowers fp32 by default: `runtime_precision`, `runtime_compute_dtype`).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """`torch-compile-cpu` and `torch-compile-cuda`: inductor with `freezing=True` (weights folded as constants,
 which is what makes pt2e int8 programs fast) and static shapes (one compile per batch size; the accuracy
 pass pads its last batch, so nothing recompiles)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """`torch-cpu` and `torch-cuda`: the variant's torch module run eagerly under `torch.inference_mode`."""
+
 from __future__ import annotations
 
 import torch
