@@ -92,9 +92,11 @@ def test_a_trial_repeating_a_recipe_makes_no_new_variant(searched_copy):
     again = optuna.load_study(study_name=summary["study"], storage=_storage(ws.root)).trials
     assert again[3].user_attrs["same_as"] == first.number
     assert again[3].user_attrs["variant_id"] == first.user_attrs["variant_id"] and again[3].values == first.values
-    if other_threads:
-        result = again[4].user_attrs["result"]
-        assert result["variant_id"] == first.user_attrs["variant_id"] and not result["made_now"]
+    if other_threads:  # timed again (at rung 0 when the recipe is screened, where it may now rank out)
+        rung = "result" if "result" in again[4].user_attrs else "rung0"
+        timed = again[4].user_attrs[rung]
+        assert timed["variant_id"] == first.user_attrs[rung]["variant_id"]
+        assert timed["threads"] != first.params["threads"] and "same_as" not in again[4].user_attrs
 
 
 def test_a_worker_on_other_hardware_is_refused(searched_copy):
