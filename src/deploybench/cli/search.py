@@ -7,7 +7,7 @@ import argparse
 import re
 import sys
 
-from deploybench.cli.common import add_common, comma_list, dataset_arg, open_workspace, run
+from deploybench.cli.common import ArgumentParser, add_common, comma_list, dataset_arg, open_workspace, run
 
 _UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600}
 
@@ -21,7 +21,7 @@ def duration_s(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="deploybench search",
         description=(
             "Search prune/quantize/export recipes for the fastest variant within an accuracy budget on one backend "
