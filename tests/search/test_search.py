@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from deploybench.artifacts.formats import ONNX_FORMATS
 from deploybench.errors import UserError
 from deploybench.platform import fingerprint, physical_cores
+from deploybench.report import build_report
 from deploybench.report.search_sections import search_report_sections
 from deploybench.search import BACKEND_SPACES, Fidelity, SearchSpec, TrialRecipe, run_search, search_space, summary_path
 from deploybench.search.fidelity import promotion
@@ -75,6 +76,8 @@ def test_a_tiny_search_end_to_end(searched):
     assert json.loads(summary_path(ws, summary["study"]).read_text())["winner"] == summary["winner"]
     (section,) = search_report_sections(ws)
     assert section["front"] == summary["front"] and "<svg" in section["front_svg"] and "<svg" in section["history_svg"]
+    report = build_report(ws, ws.root.parent / "report.html").read_text()
+    assert '<h2 id="search">Searches</h2>' in report and summary["winner"]["variant_id"][:8] in report
 
 
 @pytest.mark.timeout(600)

@@ -23,6 +23,7 @@ from deploybench.profile.columns import (
 from deploybench.profile.compare import compare_rows
 from deploybench.profile.pareto import ACCURACY, MACS, SIZE, mark_pareto
 from deploybench.report.plots import confusion_svg, learning_curves_svg, pareto_svg
+from deploybench.report.search_sections import search_report_sections
 from deploybench.store import Variant, Workspace, atomic_write_text
 
 _ENV = jinja2.Environment(
@@ -334,6 +335,7 @@ def build_report(ws: Workspace, out: str | Path = "reports/index.html") -> Path:
         static_plots=static_plots,
         recommendations=recommendations(rows),
         models=_model_sections(ws),
+        searches=search_report_sections(ws),
         provenance=_provenance(ws, rows),
         workspace=str(ws.root),
     )
