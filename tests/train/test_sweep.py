@@ -140,3 +140,40 @@ def test_sweep_help_and_plain_train_still_parse(capsys):
         train_cli.main(["sweep", "--help"])
     assert stop.value.code == 0 and "--storage URL" in capsys.readouterr().out
     assert train_cli.build_parser().parse_args(["--model", "lenet", "--dataset", "cifar10"]).model == "lenet"
+
+
+# The `train sweep` CLI in a child process that SIGTERMs itself at its `after`-th optimizer step.
+TERM_CHILD = r"""
+import os, signal, sys, torch
+from deploybench.cli.train import main
+after, calls, real_step = int(sys.argv[1]), [0], torch.optim.SGD.step
+def step(self, *a, **k):
+    calls[0] += 1
+    if calls[0] == after:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_step(self, *a, **k)
+torch.optim.SGD.step = step
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_is_one_line_and_the_queued_trial_resumes_the_run(tmp_path, tiny_fashion_mnist):
+    import subprocess
+    import sys
+
+    argv = ["sweep", "--model", "lenet", "--dataset", "fashion-mnist", "--trials", "1", "--workspace", str(tmp_path)]
+    argv += ["--data-dir", str(tiny_fashion_mnist)]
+    stopped = subprocess.run([sys.executable, "-c", TERM_CHILD, "2", *argv], capture_output=True, text=True)
+    assert stopped.returncode == 143, stopped.stderr
+    assert stopped.stderr.startswith("interrupted: stopped by SIGTERM at epoch 2") and stopped.stderr.count("\n") == 1
+    failed, queued = _study(tmp_path).trials
+    assert failed.state == optuna.trial.TrialState.FAIL and queued.state == optuna.trial.TrialState.WAITING
+    assert (
+        queued.system_attrs["fixed_params"] == failed.params
+        and queued.user_attrs["default_recipe"]
+        and queued.user_attrs["retry_of"] == 0
+    )
+    assert train_cli.main([*argv, "--resume"]) == 0
+    resumed = _study(tmp_path).trials[1]
+    assert resumed.state == optuna.trial.TrialState.COMPLETE
+    assert resumed.user_attrs["trained_epochs"] == resumed.params["epochs"] - 1  # epoch 1 was not trained again

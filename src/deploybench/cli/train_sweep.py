@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         from deploybench.train.recipes import default_recipe
         from deploybench.train.sweep import report_lines, sweep
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own lines
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own lines, failures included
         base = default_recipe(args.model, limit_train=args.limit_train, seed=args.seed)
         result = sweep(
             open_workspace(args),

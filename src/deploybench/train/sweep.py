@@ -238,7 +238,8 @@ def _objective(
             log(f"trial {trial.number}: {stop}")
             raise
         except (TrainingInterrupted, KeyboardInterrupt):
-            study.enqueue_trial(params, user_attrs={"retry_of": trial.number})  # the next worker resumes the run
+            # The next worker resumes the run; the retry keeps what the trial was (the default recipe, ...).
+            study.enqueue_trial(params, user_attrs={**trial.user_attrs, "retry_of": trial.number})
             raise
         finally:
             trial.set_user_attr("trained_epochs", reporter.trained_epochs)
