@@ -243,8 +243,6 @@ def _objective(
             raise
         finally:
             trial.set_user_attr("trained_epochs", reporter.trained_epochs)
-        if created and not reporter.trained_epochs:
-            raise RuntimeError("train sweep found no epoch line in train_model's log: it cannot report or prune")
         trial.set_user_attr("variant_id", variant.id)
         value = variant.metrics["best_val_top1"]
         log(
