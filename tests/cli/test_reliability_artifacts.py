@@ -420,3 +420,39 @@ def test_program_made_elsewhere_loads_only_when_trusted(every_format, tmp_path, 
     isolated = ["run", "--quick", "--backends", "torch-cpu", "--batch-sizes", "4", "--variant", program.id]
     assert profile_cli.main(isolated + ["--trust-artifacts"] + common(root, data_dir)) == 0
     capsys.readouterr()
+
+
+# -- the commands that hand variants over or show them: bundle and app -----------------------------------------
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bundle_of_a_changed_or_planted_artifact_is_refused(fmt, every_format, tmp_path, capsys):
+    root, variants, data_dir, marker = every_format
+    variant = variants[fmt]
+    edit_onnx(variant) if fmt.startswith("onnx") else plant(variant, marker)
+    before = snapshot(root)
+    out = tmp_path / "bundle"
+    refused(
+        lambda: main_cli.main(["bundle", variant.id, "--out", str(out)] + common(root, data_dir)),
+        capsys,
+        f"variant {variant.id}: its files do not match the digest the store recorded",
+    )
+    assert not marker.exists(), "the planted artifact's code ran"
+    assert snapshot(root) == before and not out.exists()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_app_never_runs_a_planted_artifact(fmt, every_format, tmp_path):
+    from PIL import Image
+
+    from deploybench.app.predict import predict
+    from deploybench.errors import UserError
+    from deploybench.store import Workspace
+
+    root, variants, data_dir, marker = every_format
+    variant = variants[fmt]
+    plant(variant, marker)
+    rerecord(root, variant)  # even with the store's record replaced too
+    before = snapshot(root)
+    with pytest.raises(UserError):
+        predict(Workspace(root, create=False), data_dir, [variant.id], image=Image.new("L", (28, 28)))
+    assert not marker.exists(), "the planted artifact's code ran"
+    assert snapshot(root) == before
