@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8-ort: 7-bit weights (default: on for CPUs without VNNI, where 8-bit saturates)",
     )
     q.add_argument("--qat-epochs", type=int, help="qat: training epochs (default 1)")
+    q.add_argument(
+        "--max-drop",
+        type=float,
+        help="int8-nncf-ac: largest allowed top-1 drop on validation images, as a fraction (default 0.01 = 1 point)",
+    )
+    q.add_argument("--val-size", type=int, help="int8-nncf-ac: validation images the drop is checked on (default 1000)")
 
     pr = sub.add_parser("prune", help="structured channel pruning + fine-tuning")
     _target(pr)
@@ -89,14 +95,29 @@ def _describe(v) -> str:
         parts.append(f"{m['params']:,} params")
     if m.get("macs_before") and m.get("macs"):
         parts.append(f"MACs {m['macs_before']:,} → {m['macs']:,}")
+    if m.get("val_drop") is not None:
+        parts.append(
+            f"validation top-1 {100 * m['val_top1_int8']:.2f}% (drop {100 * m['val_drop']:.2f} points, "
+            f"max {100 * m['max_drop']:.2f})"
+        )
     if "parity_max_abs_logit_error" in m:
         parts.append(f"max |Δlogit| {m['parity_max_abs_logit_error']:.2e}")
     line = ", ".join(parts)
     return line + (f"\nnote: {m['note']}" if m.get("note") else "")
 
 
+# Options that only some methods use: given with another method, they are refused rather than ignored.
+_METHOD_OPTIONS = {"--max-drop": "max_drop", "--val-size": "val_size"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "quantize":
+        for flag, option in _METHOD_OPTIONS.items():
+            if getattr(args, option) is not None and option not in QUANT_METHODS[args.method].options:
+                users = [m.name for m in QUANT_METHODS.values() if option in m.options]
+                parser.error(f"quantize: {flag} is an option of --method {' / '.join(users)}, not of {args.method}")
 
     def go():
         from deploybench.optimize.base import get_stage, resolve_parent
@@ -129,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 calib_method=args.calib_method,
                 reduce_range=args.reduce_range,
                 qat_epochs=args.qat_epochs,
+                max_drop=args.max_drop,
+                val_size=args.val_size,
             )
         elif args.command == "prune":
             stage = get_stage("prune")(

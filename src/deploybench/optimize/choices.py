@@ -34,6 +34,16 @@ QUANT_METHODS: dict[str, QuantMethod] = {
             onnx_parent=True,
         ),
         QuantMethod("int8-nncf", "openvino-ir", "int8", options=("calib_size", "seed"), onnx_parent=True),
+        # int8-nncf with accuracy control: layers go back to fp32 until top-1 on validation images drops by at most
+        # `max_drop`. Not in `optimize all`: it validates repeatedly, and int8-nncf is its unconstrained form.
+        QuantMethod(
+            "int8-nncf-ac",
+            "openvino-ir",
+            "int8",
+            in_all=False,
+            options=("calib_size", "max_drop", "val_size", "seed"),
+            onnx_parent=True,
+        ),
         QuantMethod("dynamic", "torch-export", "int8"),
         QuantMethod("dynamic-pt2e", "torch-export-int8", "int8"),
         QuantMethod("bf16", "torch-bf16", "bfloat16"),

@@ -1,8 +1,10 @@
-"""`quantize`: one stage, a table of methods (int8-pt2e, int8-ort, int8-nncf, dynamic, dynamic-pt2e, qat, fp16, bf16).
+"""`quantize`: one stage, a table of methods (int8-pt2e, int8-ort, int8-nncf, int8-nncf-ac, dynamic, dynamic-pt2e,
+qat, fp16, bf16).
 
 Each method is a function `(stage, parent module or file, data, tmp_dir) -> extra metrics` plus the format it
 writes, the options it uses (only those enter the variant's config and id) and, where the machine cannot run
-it, the reason. Calibration always draws training images (`calibration_subset`), never test images.
+it, the reason. Calibration always draws training images (`calibration_subset`), never test images; a method
+that checks accuracy while it quantizes (int8-nncf-ac) checks it on validation images, never test images.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from deploybench.artifacts.formats import EAGER_FORMATS, load_module, onnx_path, shaped_state
 from deploybench.errors import UserError, unknown_choice
@@ -38,6 +40,8 @@ class QuantizeConfig(StageConfig):
     reduce_range: bool | None = None  # int8-ort: 7-bit weights; None = on where the CPU lacks VNNI (see _int8_ort)
     qat_epochs: int = 1  # qat: epochs of quantization-aware training from the parent's weights
     qat_lr: float = 1e-3  # qat: SGD learning rate (cosine to zero)
+    max_drop: float = 0.01  # int8-nncf-ac: largest allowed top-1 drop on validation images (0.01 = 1 point)
+    val_size: int = 1000  # int8-nncf-ac: validation images (the first of the seeded validation split) it checks on
     seed: int = 0
 
 
@@ -327,14 +331,29 @@ def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
 
 
 # -- NNCF post-training int8 for OpenVINO --------------------------------------------------------------------------
-def _nncf_missing() -> str | None:
-    """Why int8-nncf cannot run here (nncf or openvino does not import), or None."""
+def _nncf_missing(name: str = "int8-nncf") -> str | None:
+    """Why method `name` cannot run here (nncf or openvino does not import), or None."""
     try:
         import nncf  # noqa: F401
         import openvino  # noqa: F401
     except ImportError as exc:
-        return f"int8-nncf needs the nncf and openvino packages ({exc})"
+        return f"{name} needs the nncf and openvino packages ({exc})"
     return None
+
+
+def _nncf_dataset(images):
+    """`images` as an nncf.Dataset of one image per item (NNCF's subset_size counts items, and its statistics
+    assume a batch of one); an item is (image [1,C,H,W], label [1]), the model's input its fp32 image."""
+    import nncf
+
+    return nncf.Dataset(DataLoader(images, batch_size=1), lambda item: item[0].numpy().astype(np.float32))
+
+
+def _save_ir(model, d: Path) -> None:
+    import openvino as ov
+
+    # compress_to_fp16=False: the weights NNCF left in fp32 stay fp32 on disk (the default halves them).
+    ov.save_model(model, str(d / "model.xml"), compress_to_fp16=False)
 
 
 @method("int8-nncf", unavailable=_nncf_missing)
@@ -347,15 +366,83 @@ def _int8_nncf(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
 
     cfg = stage.config
     calib = data.calibration(cfg.calib_size, cfg.seed)
-    # One image per item: NNCF's subset_size counts items, and its statistics assume a batch of one.
-    dataset = nncf.Dataset(DataLoader(calib, batch_size=1), lambda item: item[0].numpy().astype(np.float32))
     model = ov.Core().read_model(str(parent_onnx))
-    quantized = nncf.quantize(model, dataset, subset_size=len(calib))
-    # compress_to_fp16=False: the weights NNCF left in fp32 stay fp32 on disk (the default halves them).
-    ov.save_model(quantized, str(d / "model.xml"), compress_to_fp16=False)
+    _save_ir(nncf.quantize(model, _nncf_dataset(calib), subset_size=len(calib)), d)
     return dict(
         calibration_images=len(calib),
         quantizer="nncf.quantize (OpenVINO)",
+        nncf_version=nncf.__version__,
+        openvino_version=ov.get_version(),
+    )
+
+
+def _top1_per_image(compiled, items) -> list[float]:
+    """1.0 or 0.0 per image of `items` ((image, label) batches) through an OpenVINO compiled model."""
+    out = compiled.output(0)
+    correct = []
+    for x, y in items:
+        logits = compiled([x.numpy().astype(np.float32)])[out]
+        correct.extend((np.asarray(logits).argmax(1) == y.numpy()).astype(float).tolist())
+    return correct
+
+
+def _validate_top1(compiled, items) -> tuple[float, list[float]]:
+    """NNCF's validation function: (top-1 over `items`, 1.0/0.0 per image). The per-image values put the
+    Evaluator in metric mode, where the accuracy restorer ranks layers by the images they flip."""
+    correct = _top1_per_image(compiled, items)
+    return (sum(correct) / len(correct) if correct else 0.0), correct
+
+
+@method("int8-nncf-ac", unavailable=functools.partial(_nncf_missing, "int8-nncf-ac"))
+def _int8_nncf_ac(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
+    """`nncf.quantize_with_accuracy_control`: int8-nncf's quantization (same calibration images), then layers
+    are returned to fp32, the most harmful first, until top-1 on `val_size` validation images (never test
+    images) is at most `max_drop` below the fp32 model's. Records the top-1 both reach there, the achieved drop
+    and whether it is within `max_drop` (NNCF returns its best model even where it is not)."""
+    import nncf
+    import openvino as ov
+
+    cfg = stage.config
+    calib = data.calibration(cfg.calib_size, cfg.seed)
+    val = Subset(data.splits.val, range(min(cfg.val_size, len(data.splits.val))))
+    if not len(val):
+        raise UserError("int8-nncf-ac needs validation images; this dataset's validation split is empty")
+    core = ov.Core()
+    model = core.read_model(str(parent_onnx))
+    quantized = nncf.quantize_with_accuracy_control(
+        model,
+        calibration_dataset=_nncf_dataset(calib),
+        validation_dataset=_nncf_dataset(val),
+        validation_fn=_validate_top1,
+        max_drop=cfg.max_drop,
+        drop_type=nncf.DropType.ABSOLUTE,
+        subset_size=len(calib),
+    )
+    _save_ir(quantized, d)
+    # The achieved result, measured again on the same validation images (NNCF only logs it), compiled as NNCF
+    # compiles what it validates: in fp32 (OpenVINO would otherwise lower fp32 layers to bf16 where it can).
+    fp32_top1, int8_top1 = (
+        _validate_top1(
+            core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), DataLoader(val, batch_size=1)
+        )[0]
+        for m in (model, quantized)
+    )
+    drop = fp32_top1 - int8_top1
+    fake_quantize = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    met = drop <= cfg.max_drop + 1e-9
+    return dict(
+        calibration_images=len(calib),
+        validation_images=len(val),
+        max_drop=cfg.max_drop,
+        val_top1_fp32=fp32_top1,
+        val_top1_int8=int8_top1,
+        val_drop=drop,
+        max_drop_met=met,
+        fake_quantize_nodes=fake_quantize,
+        note=None
+        if met
+        else f"NNCF could not keep the validation top-1 drop within {cfg.max_drop:g}: it is {drop:.4f}",
+        quantizer="nncf.quantize_with_accuracy_control (OpenVINO)",
         nncf_version=nncf.__version__,
         openvino_version=ov.get_version(),
     )
@@ -502,6 +589,13 @@ class QuantizeStage(Stage):
             raise unknown_choice("calibration method", self.config.calib_method, CALIB_METHODS)
         if self.config.calib_size < 1:
             raise UserError("--calib-size must be at least 1")
+        if not 0 <= self.config.max_drop < 1:
+            raise UserError(
+                f"--max-drop is a top-1 drop as a fraction (0.01 = 1 point), from 0 to below 1; "
+                f"got {self.config.max_drop}"
+            )
+        if self.config.val_size < 1:
+            raise UserError(f"--val-size must be at least 1, got {self.config.val_size}")
         if self.config.method == "qat" and (self.config.qat_epochs < 1 or not self.config.qat_lr > 0):
             raise UserError(
                 f"qat needs --qat-epochs of 1 or more and a learning rate above 0, got "
@@ -529,8 +623,8 @@ class QuantizeStage(Stage):
         data = stage_data(parent, data_dir)
         cfg = self.config.to_dict()
         config = dict(self.variant_config(parent, data_dir), **{"method": cfg["method"]})
-        for key in ("calib_size", "calib_method", "reduce_range", "qat_epochs", "qat_lr", "seed"):
-            if key not in spec.options:
+        for key in cfg:
+            if key != "method" and key not in spec.options:
                 config.pop(key, None)
 
         def write(d: Path) -> dict:
