@@ -29,6 +29,8 @@ def _ort():
 class OrtBackend(Backend):
     provider = "CPUExecutionProvider"
     provider_options: dict = {}
+    # What the provider needs that the plain onnxruntime wheel lacks, named when this build lacks the provider.
+    needs = ""
 
     def __init__(self):
         self.session = None
@@ -36,15 +38,21 @@ class OrtBackend(Backend):
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
+        """(True, "") or (False, every missing piece: no CUDA device, the provider not in this onnxruntime
+        build and what it comes with), so one line says all that a GPU provider lacks here."""
         try:
             providers = _ort().get_available_providers()
         except ImportError as exc:
             return False, f"onnxruntime is not installed ({exc})"
+        missing = []
+        if cls.device == "cuda" and not (cuda := cuda_available())[0]:
+            missing.append(cuda[1])
         if cls.provider not in providers:
-            return False, f"{cls.provider} not in this onnxruntime build ({', '.join(providers)})"
-        if cls.device == "cuda":
-            return cuda_available()
-        return True, ""
+            missing.append(
+                f"{cls.provider} is not in this onnxruntime build ({', '.join(providers)})"
+                + (f": it needs {cls.needs}" if cls.needs else "")
+            )
+        return (False, "; ".join(missing)) if missing else (True, "")
 
     @classmethod
     def supports(cls, variant: Variant) -> tuple[bool, str]:
@@ -121,6 +129,7 @@ class OrtCPU(OrtBackend):
 @register_backend
 class OrtCUDA(OrtBackend):
     name, device, provider = "ort-cuda", "cuda", "CUDAExecutionProvider"
+    needs = "the onnxruntime-gpu package in place of onnxruntime"
 
     def _providers(self) -> list:
         return [(self.provider, {"device_id": 0})]
@@ -129,6 +138,7 @@ class OrtCUDA(OrtBackend):
 @register_backend
 class OrtTensorRT(OrtBackend):
     name, device, provider = "ort-tensorrt", "cuda", "TensorrtExecutionProvider"
+    needs = "the onnxruntime-gpu package in place of onnxruntime, and TensorRT's libnvinfer (a separate install)"
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -142,8 +152,8 @@ class OrtTensorRT(OrtBackend):
         if library.is_file():
             try:
                 ctypes.CDLL(str(library))
-            except OSError as exc:
-                return False, f"{cls.provider} cannot load TensorRT ({exc})"
+            except OSError as exc:  # names the library it did not find, e.g. libnvinfer.so.10
+                return False, f"{cls.provider} cannot load TensorRT ({exc}): install TensorRT (libnvinfer)"
         return True, ""
 
     def _providers(self) -> list:
