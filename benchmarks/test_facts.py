@@ -51,7 +51,7 @@ def test_training_step(benchmark, model):
         dict(model_config(model, dataset_info("fashion-mnist")), dataset="fashion-mnist", recipe=recipe.to_dict())
     )
     opt = make_optimizer(net, recipe)
-    sched = make_scheduler(opt, recipe, steps_per_epoch=10**6)
+    sched = make_scheduler(opt, recipe, total_steps=10**6)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     batch = [(torch.randn(recipe.batch_size, 1, 28, 28), torch.randint(0, 10, (recipe.batch_size,)))]
     step = lambda: train_one_epoch(net, batch, opt, sched, scaler, torch.device("cpu"), recipe)  # noqa: E731

@@ -32,33 +32,42 @@ def _run_model(
     *,
     data_dir,
     epochs,
+    budget_minutes,
+    precision,
     backends,
     batch_sizes,
     quick: bool,
     say,
 ) -> str | None:
-    """Train, optimize and profile one model, counting each phase on `bar` and adding to `summary`.
+    """Train, optimize and profile one model, counting each phase on `bar` and adding to `summary` (the test
+    top-1 under "models", each phase's seconds under "phases").
 
-    Returns:
-        the phase that failed (its steps are counted as done), or None.
-    Raises:
-        TrainingInterrupted, or an OSError of a full or read-only workspace: they stop the whole run.
+        Returns:
+            the phase that failed (its steps are counted as done), or None.
+        Raises:
+            TrainingInterrupted, or an OSError of a full or read-only workspace: they stop the whole run.
     """
-    phase = "train"
+    phase, times = "train", summary["phases"].setdefault(model, {})
+    started = time.perf_counter()
+
+    def begin(name: str) -> None:
+        nonlocal phase, started
+        times[phase] = time.perf_counter() - started
+        bar.update()
+        phase, started = name, time.perf_counter()
+        bar.milestone(f"{model}: {name}")
+
     try:
         bar.milestone(f"{model}: train")
+        recipe = default_recipe(model, epochs=epochs, budget_minutes=budget_minutes)
         root, _ = train_model(
-            ws, model, dataset, default_recipe(model, epochs=epochs), data_dir=data_dir, resume=None, log=say
+            ws, model, dataset, recipe, data_dir=data_dir, resume=None, precision=precision, log=say
         )  # an interrupted run of an earlier pipeline goes on
         summary["models"][model] = root.metrics.get("accuracy_top1")
-        bar.update()
-        phase = "optimize"
-        bar.milestone(f"{model}: optimize all")
+        begin("optimize")
         results = optimize_all(ws, root, data_dir, log=lambda line: say(f"{model}: {line}"))
         summary["failed"] += [f"{model}: {r.name}: {r.message}" for r in results if r.status == "failed"]
-        bar.update()
-        phase = "profile"
-        bar.milestone(f"{model}: profile")
+        begin("profile")
         profile_variants(
             ws,
             ws.variants(model, dataset),
@@ -69,10 +78,12 @@ def _run_model(
             reuse=True,
             log=say,
         )  # a rerun measures only what is new
+        times[phase] = time.perf_counter() - started
         bar.update()
     except Exception as exc:  # noqa: BLE001  one model that fails must not stop the others
         if isinstance(exc, (TrainingInterrupted, DamagedStore)) or getattr(exc, "errno", None) in WORKSPACE_ERRNOS:
             raise  # SIGTERM (checkpointed, resumable), a damaged store or a full/read-only disk: stop the whole run
+        times[phase] = time.perf_counter() - started
         summary["failed"].append(f"{model}: {phase}: {failure_line(exc)}")
         say(f"{model}: {phase} failed: {failure_line(exc)}" + traceback_tail(exc))
         bar.update(len(PHASES) - PHASES.index(phase))  # the phases it will not run
@@ -87,6 +98,8 @@ def run_pipeline(
     *,
     data_dir: str | Path = "data",
     epochs: int | None = None,
+    budget_minutes: float | None = None,
+    precision: str = "auto",
     backends: list[str] | None = None,
     batch_sizes=(1, 64),
     quick: bool = False,
@@ -102,7 +115,7 @@ def run_pipeline(
     """
     dataset = canonical_dataset(dataset)
     bar = progress(total=len(models) * len(PHASES) + 1, desc="pipeline", log=log, unit="step", dynamic_ncols=True)
-    summary = dict(models={}, failed=[], seconds={})
+    summary = dict(models={}, failed=[], seconds={}, phases={})
     say = bar.write if log is print else log
     for n, model in enumerate(models):
         start_s = time.perf_counter()
@@ -114,6 +127,8 @@ def run_pipeline(
             bar,
             data_dir=data_dir,
             epochs=epochs,
+            budget_minutes=budget_minutes,
+            precision=precision,
             backends=backends,
             batch_sizes=batch_sizes,
             quick=quick,
@@ -121,7 +136,8 @@ def run_pipeline(
         )
         summary["seconds"][model] = time.perf_counter() - start_s
         ended = f"stopped at {failed} after" if failed else "finished in"
-        say(f"{model} {ended} {summary['seconds'][model] / 60:.1f} min ({n + 1} of {len(models)} models)")
+        phases = ", ".join(f"{p} {s / 60:.1f}" for p, s in summary["phases"][model].items())
+        say(f"{model} {ended} {summary['seconds'][model] / 60:.1f} min ({phases}; {n + 1} of {len(models)} models)")
     bar.milestone("report")
     summary["report"] = build_report(ws, report)
     bar.update()

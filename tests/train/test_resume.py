@@ -220,7 +220,6 @@ def test_trains_on_a_gpu_with_mixed_precision_and_stores_cpu_weights(tmp_path, t
     from deploybench.train.run import train_model
 
     recipe = default_recipe("simple-cnn", epochs=2, batch_size=8, checkpoint_every=2)
-    assert recipe.amp
     ws = Workspace(tmp_path / "ws")
     variant, created = train_model(
         ws, "simple-cnn", "fashion-mnist", recipe, data_dir=tiny_fashion_mnist, device="cuda", log=lambda *_: None

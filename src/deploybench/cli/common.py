@@ -37,6 +37,34 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_training_speed_options(parser: argparse.ArgumentParser) -> None:
+    """`--precision` and `--budget-minutes`, of `train` and `pipeline`."""
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="training arithmetic (default auto: bf16 mixed precision where the CPU or GPU computes bf16 natively, "
+        "fp32 elsewhere on the CPU, fp16 on GPUs without bf16); recorded in the variant's id",
+    )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        help="train each model for the steps that fit in this many minutes (timed on the first steps; the "
+        "schedule is sized to it) instead of its epochs",
+    )
+
+
+def budget_minutes(args) -> float | None:
+    """`--budget-minutes`, refused with `--epochs` (the budget decides the epochs)."""
+    if args.budget_minutes is None:
+        return None
+    if args.epochs is not None:
+        raise UserError("--budget-minutes decides how many epochs to train: give it or --epochs, not both")
+    if not args.budget_minutes > 0:
+        raise UserError(f"--budget-minutes must be above 0, got {args.budget_minutes}")
+    return args.budget_minutes
+
+
 # (workspace, row) of this command's line in each workspace it opened: `run` takes the line back out when the
 # command fails, so a refused command leaves the workspace's records exactly as they were.
 _LOGGED: list[tuple[Workspace, int]] = []

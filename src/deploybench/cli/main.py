@@ -7,6 +7,8 @@ import sys
 from deploybench.cli.common import (
     ArgumentParser,
     add_common,
+    add_training_speed_options,
+    budget_minutes,
     comma_list,
     dataset_arg,
     int_list,
@@ -37,9 +39,10 @@ def pipeline(args) -> int:
     from deploybench.train.recipes import default_recipe
 
     models = list_models() if args.models == "all" else comma_list(args.models)
+    budget = budget_minutes(args)
     for name in models:  # unknown names and bad options fail before any work starts
         get_model_info(name)
-        default_recipe(name, epochs=args.epochs)
+        default_recipe(name, epochs=args.epochs, budget_minutes=budget)
     dataset_info(args.dataset, args.data_dir)
     for name in comma_list(args.backends or ""):
         get_backend(name)
@@ -52,6 +55,8 @@ def pipeline(args) -> int:
         models,
         data_dir=args.data_dir,
         epochs=args.epochs,
+        budget_minutes=budget,
+        precision=args.precision,
         backends=comma_list(args.backends) if args.backends else None,
         batch_sizes=args.batch_sizes,
         quick=args.quick,
@@ -61,7 +66,8 @@ def pipeline(args) -> int:
     for line in summary["failed"]:
         print(f"failed: {line}")
     for name, seconds in summary["seconds"].items():
-        print(f"{name}: {seconds / 60:.1f} min")
+        phases = ", ".join(f"{phase} {s / 60:.1f}" for phase, s in summary["phases"][name].items())
+        print(f"{name}: {seconds / 60:.1f} min ({phases})")
     print(f"report: {summary['report']}")
     return 1 if summary["failed"] else 0  # like `optimize all`: the report covers what succeeded
 
@@ -83,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--dataset", type=dataset_arg, required=True)
     pp.add_argument("--models", required=True, help="comma-separated model names, or 'all'")
     pp.add_argument("--epochs", type=int, help="override every model's default epochs")
+    add_training_speed_options(pp)
     pp.add_argument("--backends", help="comma-separated profile backends (default: every available one)")
     pp.add_argument("--batch-sizes", type=int_list, default=[1, 64], help="comma-separated (default 1,64)")
     pp.add_argument("--quick", action="store_true", help="short latency protocol (tests)")

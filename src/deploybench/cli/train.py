@@ -10,6 +10,8 @@ from deploybench.cli.common import (
     ArgumentParser,
     add_checkpoint_option,
     add_common,
+    add_training_speed_options,
+    budget_minutes,
     dataset_arg,
     open_workspace,
     run,
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int, help="train on N training images only (quick runs)")
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default 200)")
-    p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
+    add_training_speed_options(p)
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument(
         "--workers", type=int, help="data-loading processes for training (default: 4 on a GPU, 0 on the CPU)"
@@ -111,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             augment=args.augment,
             limit_train=args.limit_train,
             seed=args.seed,
-            amp=args.amp,
             checkpoint_every=args.checkpoint_every,
+            budget_minutes=budget_minutes(args),
         )
         variant, created = train_model(
             open_workspace(args),
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint=args.checkpoint,
             device=args.device,
             workers=args.workers,
+            precision=args.precision,
         )
         m = variant.metrics
         verb = "trained" if created else "already trained (same recipe)"

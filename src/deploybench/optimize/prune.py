@@ -43,12 +43,14 @@ from deploybench.train.engine import (
     device_keys,
     make_optimizer,
     make_scheduler,
+    precision_keys,
     restore_run_state,
     run_state,
     train_loader,
     train_one_epoch,
+    training_precision,
 )
-from deploybench.train.recipes import Recipe, default_recipe
+from deploybench.train.recipes import default_recipe, recipe_from_config
 
 TEMPERATURE = 4.0
 
@@ -176,6 +178,7 @@ def finetune(
     *,
     device: torch.device,
     workers: int,
+    precision: str = "fp32",
     checkpoint: Path | None = None,
 ) -> list[dict]:
     """Fine-tune on `device` with the train engine (its optimizer, a cosine schedule, its training loader with
@@ -189,8 +192,8 @@ def finetune(
     recipe = replace(recipe, epochs=epochs, lr=lr, schedule="cosine")
     torch.manual_seed(seed)
     opt = make_optimizer(model, recipe)
-    sched = make_scheduler(opt, recipe, -(-len(train_set) // recipe.batch_size))
-    scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
+    sched = make_scheduler(opt, recipe, epochs * -(-len(train_set) // recipe.batch_size))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     history: list[dict] = []
     if checkpoint is not None and checkpoint.is_file():
         ckpt = load_checkpoint(checkpoint)
@@ -225,6 +228,7 @@ def finetune(
             recipe,
             loss_fn=distill if teacher is not None else None,
             desc=f"fine-tune {epoch + 1}/{epochs}",
+            precision=precision,
         )
         history.append(dict(epoch=epoch + 1, loss=stats["loss"], top1=stats["top1"], seconds=stats["seconds"]))
         note(
@@ -264,13 +268,16 @@ class PruneStage(Stage):
         cfg = self.config
         data = stage_data(parent, data_dir)
         root = ws.lineage(parent)[0]
-        recipe = Recipe(**root.config["recipe"]) if "recipe" in root.config else default_recipe(parent.config["arch"])
+        recipe = default_recipe(parent.config["arch"])
+        if "recipe" in root.config:
+            recipe = recipe_from_config(root.config["recipe"])
         lr = cfg.finetune_lr if cfg.finetune_lr is not None else recipe.lr / 10
-        # Fine-tuning runs on the GPU when there is one, with its loader workers, as training does; both give other
-        # weights than the CPU's, so the config (and id) records them.
+        # Fine-tuning runs on the GPU when there is one, with its loader workers, in the precision training would
+        # choose there; all three give other weights than the CPU's fp32, so the config (and id) records them.
         device = torch.device("cuda" if cfg.finetune_epochs and torch.cuda.is_available() else "cpu")
         workers = default_workers(device) if cfg.finetune_epochs else 0
-        config = self.variant_config(parent, data_dir, **device_keys(device, workers))
+        precision = training_precision("auto", device) if cfg.finetune_epochs else "fp32"
+        config = self.variant_config(parent, data_dir, **device_keys(device, workers), **precision_keys(precision))
         # The fine-tuning's checkpoint is kept under the id of the variant it makes (which names the parent and
         # every option), so only the same stage on the same parent resumes it; it goes once the variant is stored.
         run_dir = ws.run_dir(
@@ -306,6 +313,7 @@ class PruneStage(Stage):
                     cfg.seed,
                     device=device,
                     workers=workers,
+                    precision=precision,
                     checkpoint=run_dir / "last.pt",
                 )
             torch.save(shaped_state(model.cpu().eval()), d / "model.pt")

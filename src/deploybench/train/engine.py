@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deploybench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from deploybench.errors import UserError
+from deploybench.platform import has_native_bf16
 from deploybench.platform.progress import progress
 from deploybench.train.recipes import Recipe
 
@@ -57,6 +59,38 @@ def device_keys(device: torch.device, workers: int) -> dict:
     if workers:
         keys["loader_workers"] = workers
     return keys
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def training_precision(requested: str, device: torch.device) -> str:
+    """The precision a run on `device` trains in, for `--precision` `requested` (auto, fp32, bf16, fp16).
+
+    `auto` is bf16 mixed precision exactly where the hardware computes bf16 natively (AVX512-BF16 or AMX CPUs, GPUs
+    that support it) and fp32 elsewhere on the CPU, where torch emulates bf16 more slowly than fp32; an older GPU
+    gets fp16 with loss scaling. The weights stay fp32 either way (autocast): only the matmuls and convolutions
+    run in the lower precision. An explicit choice the device cannot run is a one-line error."""
+    if requested not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    cuda = device.type == "cuda"
+    bf16_ok = torch.cuda.is_bf16_supported() if cuda else True  # the CPU runs bf16 everywhere, natively or not
+    if requested == "auto":
+        if cuda:
+            return "bf16" if bf16_ok else "fp16"
+        return "bf16" if has_native_bf16() else "fp32"
+    if requested == "bf16" and not bf16_ok:
+        raise UserError("--precision bf16: this GPU does not support bf16; use fp16 or fp32")
+    if requested == "fp16" and not cuda:
+        raise UserError("--precision fp16 trains on a GPU only (loss scaling); on the CPU use bf16 or fp32")
+    return requested
+
+
+def precision_keys(precision: str) -> dict:
+    """The precision for a variant's config (and so its id) when it is not fp32: bf16 or fp16 arithmetic gives
+    other weights. Empty for fp32, which every id without the key means."""
+    return {} if precision == "fp32" else {"precision": precision}
 
 
 def _own_process_group(_worker_id: int) -> None:
@@ -123,6 +157,15 @@ class TrainState:
     step: int = 0  # batches completed inside the current epoch
     best_val_top1: float = -1.0
     history: list[dict] = field(default_factory=list)
+    total_steps: int = 0  # the steps the run trains; 0 while a time budget has not yet sized the schedule
+    steps_per_epoch: int = 0
+
+    def steps_done(self) -> int:
+        return self.epoch * self.steps_per_epoch + self.step
+
+    def epochs_planned(self) -> float:
+        """The run's length in epochs (a time budget may end it inside an epoch); 0 until it is known."""
+        return self.total_steps / self.steps_per_epoch if self.steps_per_epoch else 0.0
 
 
 def _rng_state() -> dict:
@@ -179,8 +222,9 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     raise UserError(f"unknown optimizer {recipe.optimizer!r}; choose one of: adamw, sgd")
 
 
-def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
-    total = max(1, recipe.epochs * steps_per_epoch)
+def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
+    """The learning-rate schedule of `recipe` over `total_steps` optimizer steps."""
+    total = max(1, total_steps)
     if recipe.schedule == "onecycle":
         # OneCycle needs a warm-up phase of at least one step; tiny runs get a schedule they stop early in.
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=max(total, 8), pct_start=0.25)
@@ -213,12 +257,14 @@ def train_one_epoch(
     loss_fn: Callable | None = None,
     desc: str = "train",
     skip: int = 0,
+    precision: str = "fp32",
 ) -> dict:
-    """One pass over `loader`, less its first `skip` batches; returns mean loss, accuracy and images/s.
-    `on_step(i)` runs after each step; `loss_fn(logits, x, y)` replaces the default cross-entropy (e.g.
+    """One pass over `loader`, less its first `skip` batches, with autocast to `precision` (a resolved
+    `training_precision`); returns mean loss, accuracy and images/s. `on_step(i)` runs after each step and ends
+    the pass early when it returns True; `loss_fn(logits, x, y)` replaces the default cross-entropy (e.g.
     knowledge distillation)."""
     model.train()
-    use_amp = recipe.amp and device.type == "cuda"
+    autocast_dtype = _AUTOCAST[precision]
     loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
     bar = progress(
         itertools.islice(loader, skip, None),
@@ -230,7 +276,7 @@ def train_one_epoch(
     )
     for i, (x, y) in enumerate(bar):
         x, y = _to_device(x, device, recipe.channels_last), y.to(device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(x)
             loss = (
                 loss_fn(logits, x, y) if loss_fn else F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
@@ -252,8 +298,8 @@ def train_one_epoch(
         bar.set_postfix(
             loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}"
         )
-        if on_step:
-            on_step(i)
+        if on_step and on_step(i):
+            break
     elapsed = time.perf_counter() - t0
     return dict(
         loss=loss_sum / max(seen, 1),
@@ -293,6 +339,7 @@ class _Run:
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     recipe: Recipe
+    precision: str  # a resolved `training_precision`
     last: Path  # the resumable checkpoint
     state: TrainState
 
@@ -307,24 +354,83 @@ class _Run:
 
 
 def _start_run(
-    model: nn.Module, train_images: int, recipe: Recipe, device: torch.device, last: Path, resume: bool
+    model: nn.Module, train_images: int, recipe: Recipe, precision: str, device: torch.device, last: Path, resume: bool
 ) -> _Run:
     """Seed the RNGs, put `model` on `device` and build its optimizer, schedule and scaler; with `resume`, restore
-    all of them and the progress from the checkpoint `last`."""
+    all of them and the progress from the checkpoint `last`. Without a time budget the run's length is the
+    recipe's epochs; with one it is sized by `_BudgetPlanner` once the first steps are timed."""
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
     model.to(device)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, recipe)
-    sched = make_scheduler(opt, recipe, math.ceil(train_images / recipe.batch_size))
-    scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
-    run = _Run(model, opt, sched, scaler, recipe, last, TrainState())
+    per_epoch = math.ceil(train_images / recipe.batch_size)
+    sched = make_scheduler(opt, recipe, recipe.epochs * per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    state = TrainState(steps_per_epoch=per_epoch, total_steps=0 if recipe.budget_minutes else recipe.epochs * per_epoch)
+    run = _Run(model, opt, sched, scaler, recipe, precision, last, state)
     if resume:
         ckpt = load_checkpoint(last)
         restore_run_state(ckpt, model, opt, sched, scaler)
-        run.state = TrainState(**ckpt["state"])
+        run.state = TrainState(**{**vars(state), **ckpt["state"]})
     return run
+
+
+# A time budget is sized from steps timed after a few warm-up steps (allocator, kernel selection, caches).
+BUDGET_WARMUP_STEPS, BUDGET_TIMED_STEPS = 5, 20
+# A forward pass without gradients costs about a third of a training step per image: the validation pass at each
+# epoch's end, counted in the budget.
+_EVAL_COST = 1 / 3
+
+
+class _BudgetPlanner:
+    """Sizes a run with `recipe.budget_minutes` to the optimizer steps that fit in the budget, counted from the
+    start of `fit`: after BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS steps (or at the end of the first epoch, if it is
+    shorter) it fixes `state.total_steps` from the measured seconds per step and the validation passes the run
+    will make, rebuilds the schedule over that length and fast-forwards it to the steps already taken."""
+
+    def __init__(self, run: _Run, val_images: int, log: Callable[[str], None]):
+        self.run, self.val_images, self.log = run, val_images, log
+        self.started = time.perf_counter()
+        self.timed_from: float | None = None
+        self.timed = 0
+
+    @property
+    def pending(self) -> bool:
+        return not self.run.state.total_steps
+
+    def on_step(self) -> None:
+        """After each training step of a run not yet sized."""
+        self.timed += 1
+        if self.timed == BUDGET_WARMUP_STEPS:
+            self.timed_from = time.perf_counter()
+        elif self.timed == BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS:
+            self.plan((time.perf_counter() - self.timed_from) / BUDGET_TIMED_STEPS)
+
+    def on_epoch_end(self, row: dict) -> None:
+        """At an epoch's end, for a first epoch too short to time BUDGET_TIMED_STEPS steps in."""
+        if self.pending:
+            steps = self.run.state.steps_per_epoch - row.get("resumed_at_step", 0)
+            self.plan(row["seconds"] / max(steps, 1))
+
+    def plan(self, step_seconds: float) -> None:
+        run, state = self.run, self.run.state
+        per_epoch = state.steps_per_epoch
+        # Each epoch ends with a validation pass: its cost, spread over the epoch's steps.
+        val_seconds = self.val_images / run.recipe.batch_size * step_seconds * _EVAL_COST
+        left = run.recipe.budget_minutes * 60 - (time.perf_counter() - self.started)
+        done = state.steps_done()
+        state.total_steps = done + max(1, int(left / (step_seconds + val_seconds / per_epoch)))
+        run.sched = make_scheduler(run.opt, run.recipe, state.total_steps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the schedule is replayed without optimizer steps, on purpose
+            for _ in range(done):
+                run.sched.step()
+        self.log(
+            f"time budget {run.recipe.budget_minutes:g} min: {state.total_steps} steps "
+            f"({state.epochs_planned():.2f} epochs) at {step_seconds * 1000:.0f} ms a step"
+        )
 
 
 @contextmanager
@@ -353,12 +459,15 @@ def _epoch_loader(
     return train_loader(train_set, sampler, device, workers, recipe.seed + epoch), skip
 
 
-def _step_hook(run: _Run, start: int, terminated: list) -> Callable[[int], None]:
-    """`on_step` for an epoch resumed at batch `start`: counts the steps, checkpoints every `checkpoint_every`,
-    and on SIGTERM checkpoints and raises TrainingInterrupted."""
+def _step_hook(run: _Run, start: int, terminated: list, budget: _BudgetPlanner) -> Callable[[int], bool]:
+    """`on_step` for an epoch resumed at batch `start`: counts the steps, sizes a time-budgeted run, checkpoints
+    every `checkpoint_every`, on SIGTERM checkpoints and raises TrainingInterrupted, and ends the epoch (returns
+    True) when the run has taken all its steps."""
 
-    def on_step(i: int) -> None:
+    def on_step(i: int) -> bool:
         run.state.step = start + i + 1
+        if budget.pending:
+            budget.on_step()
         if terminated:
             run.checkpoint()
             raise TrainingInterrupted(
@@ -367,12 +476,14 @@ def _step_hook(run: _Run, start: int, terminated: list) -> Callable[[int], None]
             )
         if run.recipe.checkpoint_every and run.state.step % run.recipe.checkpoint_every == 0:
             run.checkpoint()
+        return bool(run.state.total_steps) and run.state.steps_done() >= run.state.total_steps
 
     return on_step
 
 
-def _epoch_row(epoch: int, stats: dict, val: EvalResult, lr: float, resumed_at_step: int) -> dict:
-    """The history row of `epoch` (1-based) from its training `stats` and validation."""
+def _epoch_row(epoch: int, stats: dict, val: EvalResult, lr: float, resumed_at_step: int, steps: int) -> dict:
+    """The history row of `epoch` (1-based) from its training `stats` and validation; `steps`: the steps it ended
+    at (fewer than an epoch's when a time budget ended the run inside it)."""
     row = dict(
         epoch=epoch,
         train_loss=stats["loss"],
@@ -382,6 +493,7 @@ def _epoch_row(epoch: int, stats: dict, val: EvalResult, lr: float, resumed_at_s
         lr=lr,
         seconds=stats["seconds"],
         images_per_s=stats["images_per_s"],
+        steps=steps,
     )
     if resumed_at_step:  # a resumed partial epoch: its throughput figures cover only part of it
         row["resumed_at_step"] = resumed_at_step
@@ -396,10 +508,12 @@ def _train_epoch(
     device: torch.device,
     workers: int,
     terminated: list,
+    budget: _BudgetPlanner,
 ) -> dict:
     """Train the epoch under way (from the step reached) and validate; returns its history row."""
     recipe, start = run.recipe, run.state.step
     loader, skip = _epoch_loader(train_set, recipe, device, workers, run.state.epoch, start)
+    planned = math.ceil(run.state.epochs_planned())
     stats = train_one_epoch(
         run.model,
         loader,
@@ -408,13 +522,15 @@ def _train_epoch(
         run.scaler,
         device,
         recipe,
-        on_step=_step_hook(run, start, terminated),
-        desc=f"epoch {run.state.epoch + 1}/{recipe.epochs}",
+        on_step=_step_hook(run, start, terminated, budget),
+        desc=f"epoch {run.state.epoch + 1}/{planned or '?'}",
         skip=skip,
+        precision=run.precision,
     )
     val = evaluate(run.model, val_loader, device, num_classes, recipe.channels_last)
+    steps = run.state.step
     run.state.epoch, run.state.step = run.state.epoch + 1, 0
-    return _epoch_row(run.state.epoch, stats, val, run.sched.get_last_lr()[0], start)
+    return _epoch_row(run.state.epoch, stats, val, run.sched.get_last_lr()[0], start, steps)
 
 
 def _record_epoch(run: _Run, row: dict, best: Path) -> None:
@@ -435,23 +551,29 @@ def fit(
     run_dir: Path,
     *,
     device: torch.device,
+    precision: str = "fp32",
     resume: bool = False,
     workers: int = 0,
     on_epoch: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] = lambda _line: None,
 ) -> TrainState:
-    """Train `model` following `recipe` on `device`, with `workers` data-loading processes (the caller's choice:
-    `default_workers(device)` is the default of `train_model`), validating every epoch.
+    """Train `model` following `recipe` on `device` in `precision` (a resolved `training_precision`), with
+    `workers` data-loading processes (the caller's choice: `default_workers(device)` is the default of
+    `train_model`), validating every epoch. A recipe with `budget_minutes` trains the steps that fit in that time
+    (see `_BudgetPlanner`), its last epoch possibly cut short; `log` gets the line that says how many.
 
     Writes `run_dir/last.pt` (everything needed to resume) at every epoch end, every `checkpoint_every`
     steps and on SIGTERM, and `run_dir/best.pt` (weights with the best validation top-1). Calls `on_epoch` with
     each epoch's history row. Returns the state.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = _start_run(model, len(train_set), recipe, device, run_dir / "last.pt", resume)
+    run = _start_run(model, len(train_set), recipe, precision, device, run_dir / "last.pt", resume)
     val_loader = DataLoader(val_set, batch_size=256)
+    budget = _BudgetPlanner(run, len(val_set), log)
     with _sigterm_flag() as terminated:
-        while run.state.epoch < recipe.epochs:
-            row = _train_epoch(run, train_set, val_loader, num_classes, device, workers, terminated)
+        while budget.pending or run.state.steps_done() < run.state.total_steps:
+            row = _train_epoch(run, train_set, val_loader, num_classes, device, workers, terminated, budget)
+            budget.on_epoch_end(row)
             _record_epoch(run, row, run_dir / "best.pt")
             if on_epoch:
                 on_epoch(row)

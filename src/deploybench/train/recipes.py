@@ -19,12 +19,13 @@ class Recipe:
     schedule: str = "onecycle"  # onecycle | cosine | step (x0.1 at 50% and 75% of training)
     label_smoothing: float = 0.0
     seed: int = 0
-    amp: bool = True  # fp16 mixed precision, CUDA only: CPU autocast is slower than fp32 for these models
     channels_last: bool = True
     cutout: int = 0  # side of the square erased by cutout, in pixels (0 = off)
     augment: bool = True
     limit_train: int = 0  # train on the first N shuffled training images (0 = all); for quick runs
     checkpoint_every: int = 200  # also checkpoint every N steps, so a killed run loses little
+    # Train for the steps that fit in this many minutes instead of `epochs` (0 = off); see engine._BudgetPlanner.
+    budget_minutes: float = 0.0
 
     def __post_init__(self):
         """Refuse values no run can use, with the CLI option's name, before anything is loaded or recorded."""
@@ -41,6 +42,8 @@ class Recipe:
         # NaN fails every comparison (`x < 0` lets it through) and infinity passes `> 0`: both train NaN weights.
         if not math.isfinite(self.weight_decay):
             bad("weight_decay", "0 or more and finite")
+        if not (self.budget_minutes >= 0 and math.isfinite(self.budget_minutes)):
+            bad("budget_minutes", "0 or more and finite")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             bad("lr", "above 0 and finite")
         if not 0 <= self.label_smoothing < 1:
@@ -53,6 +56,11 @@ class Recipe:
 
 
 RECIPE_KEYS = {f.name for f in fields(Recipe)}
+
+
+def recipe_from_config(recipe: dict) -> Recipe:
+    """The Recipe a variant's stored config holds; keys of fields that no longer exist are dropped."""
+    return Recipe(**{k: v for k, v in recipe.items() if k in RECIPE_KEYS})
 
 
 def default_recipe(model: str, **overrides) -> Recipe:

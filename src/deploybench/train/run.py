@@ -28,6 +28,8 @@ from deploybench.train.engine import (
     device_keys,
     evaluate,
     fit,
+    precision_keys,
+    training_precision,
 )
 from deploybench.train.recipes import Recipe, default_recipe
 
@@ -57,6 +59,7 @@ class _Plan:
     dataset: str
     device: torch.device
     workers: int
+    precision: str  # a resolved `training_precision`
     splits: Splits
     config: dict
     variant_id: str
@@ -97,11 +100,13 @@ def _plan(
     checkpoint: str | None,
     device: str | None,
     workers: int | None,
+    precision: str,
 ) -> _Plan:
     """Check the options, load the splits and read the starting weights; returns the run they make."""
     dataset = canonical_dataset(dataset)
     dev = training_device(device)
     workers = _loader_workers(workers, dev)
+    precision = training_precision(precision, dev)
     transfer = bool(pretrained)
     splits = load_splits(
         dataset, data_dir, seed=recipe.seed, augment=recipe.augment, cutout=recipe.cutout, transfer=transfer
@@ -115,6 +120,7 @@ def _plan(
     )
     imagenet_state, init_state = _starting_weights(config, pretrained, checkpoint)
     config.update(device_keys(dev, workers))  # a GPU or loader workers give other weights: a variant of its own
+    config.update(precision_keys(precision))  # and so does bf16 or fp16 arithmetic
     config.update(data_keys(dataset, data_dir))  # so do other data files than the published ones
     vid = ws.variant_id(model, dataset, None, "train", config)
     return _Plan(
@@ -122,6 +128,7 @@ def _plan(
         dataset,
         dev,
         workers,
+        precision,
         splits,
         config,
         vid,
@@ -224,9 +231,11 @@ def _fit_recorded(
             recipe,
             plan.run_dir,
             device=plan.device,
+            precision=plan.precision,
             resume=resume,
             workers=plan.workers,
             on_epoch=_epoch_logger(writer, log),
+            log=log,
         )
     except TrainingDiverged:
         # Resuming would only diverge again from the same state: the run is closed and its folder removed.
@@ -251,7 +260,8 @@ def _metrics(plan: _Plan, net: nn.Module, state: TrainState, test: EvalResult) -
         compute_dtype="float32",
         best_val_top1=state.best_val_top1,
         params=count_params(net),
-        epochs=len(state.history),
+        epochs=round(state.epochs_planned(), 2),  # what the run did: a time budget may end it inside an epoch
+        train_precision=plan.precision,
         seconds_per_epoch=(sum(h["seconds"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
         train_seconds=sum(h["seconds"] for h in state.history),
         device=str(plan.device),
@@ -311,6 +321,7 @@ def train_model(
     checkpoint: str | None = None,
     device: str | None = None,
     workers: int | None = None,
+    precision: str = "auto",
     log=print,
 ) -> tuple[Variant, bool]:
     """Train `model` on `dataset` and record it as the trained variant. Returns (variant, newly_trained).
@@ -320,6 +331,7 @@ def train_model(
     `resume=None` (the main job) continues an interrupted run when there is one and starts one otherwise.
     `checkpoint` starts from external weights (validated against the architecture).
     `workers`: data-loading processes for training (default: `default_workers(device)`).
+    `precision`: auto, fp32, bf16 or fp16 (see `training_precision`); what it resolves to is in the config.
     `log`: where the progress lines go (one per epoch).
     """
     plan = _plan(
@@ -332,6 +344,7 @@ def train_model(
         checkpoint=checkpoint,
         device=device,
         workers=workers,
+        precision=precision,
     )
     existing = ws.stored_variant(plan.variant_id)
     if existing is not None:
@@ -351,7 +364,9 @@ def train_model(
         splits = plan.splits
         log(
             f"training {model} ({count_params(net):,} params) on {plan.dataset}: {len(train_set)} train / "
-            f"{len(splits.val)} val / {len(splits.test)} test images, {recipe.epochs} epochs, device {plan.device}"
+            f"{len(splits.val)} val / {len(splits.test)} test images, "
+            f"{f'{recipe.budget_minutes:g} min' if recipe.budget_minutes else f'{recipe.epochs} epochs'}, "
+            f"device {plan.device}, {plan.precision}"
         )
         state = _fit_recorded(ws, plan, net, train_set, recipe, resume, log)
         return _record(ws, plan, net, state, log)
