@@ -162,3 +162,15 @@ def test_ort_gpu_providers_really_run_or_skip_with_the_reason(onnx_workspace, na
     with torch.no_grad():
         expected = formats.load_module(trained)(x)
     torch.testing.assert_close(out.cpu().float(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_the_listing_order_does_not_depend_on_which_backend_module_was_imported_first():
+    import subprocess
+    import sys
+
+    code = (
+        "from deploybench.profile.backends import openvino, onnxruntime; "
+        "from deploybench.profile.backends import backend_names; print(','.join(backend_names()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out.split(",") == backend_names()

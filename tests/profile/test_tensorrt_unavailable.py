@@ -4,15 +4,13 @@ device, the onnxruntime-gpu package, TensorRT's libnvinfer. Tests that need CUDA
 import pytest
 import torch
 
-from deploybench.profile.backends import available_backends, backend_names, get_backend
+from deploybench.profile.backends import available_backends, get_backend
 
 CPU_BUILD = ["AzureExecutionProvider", "CPUExecutionProvider"]
 GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def _fake_ort(monkeypatch, providers, tmp_path, cuda: bool):
-    # The registry is listed in the order its modules are first imported: load it before importing one of them.
-    backend_names()
     from deploybench.profile.backends import onnxruntime as backend_module
 
     fake = type(

@@ -112,7 +112,10 @@ def _ensure_loaded() -> None:
 def backend_names() -> list[str]:
     """Every registered backend, in registry order (eager, compile, ONNX Runtime, OpenVINO; CPU before CUDA)."""
     _ensure_loaded()
-    return list(_BACKENDS)
+    # By module, in _MODULES's order, then as each module registers them: whichever module a caller imported
+    # first, the listing (and every table and report ordered by it) is the same.
+    order = {f"deploybench.profile.backends.{m}": i for i, m in enumerate(_MODULES)}
+    return sorted(_BACKENDS, key=lambda n: order.get(_BACKENDS[n].__module__, len(order)))
 
 
 def get_backend(name: str) -> type[Backend]:
