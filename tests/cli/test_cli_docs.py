@@ -16,6 +16,8 @@ COMMANDS = [
     ("deploybench.cli.profile_cmd", "compare"),
     ("deploybench.cli.profile_cmd", "run"),
     ("deploybench.cli.optimize", "quantize"),
+    ("deploybench.cli.train", None),
+    ("deploybench.cli.main", "pipeline"),
 ]
 
 

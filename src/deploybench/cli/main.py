@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from deploybench.cli.common import (
@@ -72,12 +73,7 @@ def pipeline(args) -> int:
     return 1 if summary["failed"] else 0  # like `optimize all`: the report covers what succeeded
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMMANDS:
-        import importlib
-
-        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="deploybench",
         description="Train, optimize and profile image classifiers.",
@@ -94,7 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--batch-sizes", type=int_list, default=[1, 64], help="comma-separated (default 1,64)")
     pp.add_argument("--quick", action="store_true", help="short latency protocol (tests)")
     pp.add_argument("--out", default="reports/index.html", help="where to write the report")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        import importlib
+
+        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    args = build_parser().parse_args(argv)
     return run(lambda: pipeline(args))
 
 
