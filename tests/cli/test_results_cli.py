@@ -72,6 +72,7 @@ def three_machines(trained_workspace):
 
 def test_results_writes_one_file_per_machine(three_machines, tmp_path, capsys):
     ws, p50s = three_machines
+    (trained,) = [v for v in ws.variants() if v.stage == "train"]
     assert "other-vendor-9000-avx512-vnni-nvidia-h100-80gb" in p50s and "old-x86" in p50s
     out = tmp_path / "results"
     assert main(["profile", "results", "--workspace", str(ws.root), "--out", str(out)]) == 0
@@ -94,6 +95,8 @@ def test_results_writes_one_file_per_machine(three_machines, tmp_path, capsys):
             "| 91.08 |",
             "| 38.3 | 5.0 MB |",
             "- most accurate: lenet train",
+            "Training (each trained variant as recorded when it was trained):",
+            f"| lenet | {trained.id} | cpu | {trained.metrics['train_precision']} | ",
         ]:
             assert needle in text, (slug, needle)
         # Never another machine's numbers in this machine's table.

@@ -388,6 +388,33 @@ def _environment_lines(envs: list[dict], fp: dict, command: str) -> list[str]:
     ]
 
 
+def _training_lines(ws: Workspace, dataset: str, models: set[str]) -> list[str]:
+    """A table of the trained variants of `models` on `dataset` (those whose measurements the file holds): how
+    each was trained (device, precision, epochs), how long and how fast, and its test top-1."""
+    trained = [v for v in ws.variants(dataset=dataset) if v.stage == "train" and v.model in models]
+    if not trained:
+        return []
+    lines = [
+        "",
+        "Training (each trained variant as recorded when it was trained):",
+        "",
+        "| model | variant | device | precision | threads | epochs | train min | images/s | test top-1 |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def num(m: dict, key: str, fmt: str, scale: float = 1.0) -> str:
+        return format(m[key] * scale, fmt) if isinstance(m.get(key), (int, float)) else ""
+
+    for v in sorted(trained, key=lambda v: (v.model, v.id)):
+        m = v.metrics
+        lines.append(
+            f"| {v.model} | {v.id} | {m.get('device', '')} | {m.get('train_precision', 'fp32')} | "
+            f"{num(m, 'threads', '.0f')} | {num(m, 'epochs', 'g')} | {num(m, 'train_seconds', '.1f', 1 / 60)} | "
+            f"{num(m, 'images_per_s', '.0f')} | {num(m, 'accuracy_top1', '.2f', 100)}% |"
+        )
+    return lines
+
+
 def results_markdown(ws: Workspace, machine: str, command: str = "deploybench profile results") -> str:
     """The results file of one machine (slug): its environment, then per dataset one table per (backend, batch
     size) from the columns, skipped combinations and the winner lines. Only that machine's measurements."""
@@ -401,6 +428,7 @@ def results_markdown(ws: Workspace, machine: str, command: str = "deploybench pr
     for dataset in sorted({r["dataset"] for r in rows}):
         here = [r for r in rows if r["dataset"] == dataset]
         lines += ["", f"## {dataset}"]
+        lines += _training_lines(ws, dataset, {r["model"] for r in here})
         for backend, bs in sorted({(r["backend"], r["batch_size"]) for r in here if r["skipped"] is None}):
             group = [r for r in here if r["backend"] == backend and r["batch_size"] == bs]
             lines += ["", f"### {backend}, batch {bs}", "", *markdown_table(group, columns)]
