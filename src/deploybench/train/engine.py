@@ -4,7 +4,8 @@ Resuming is exact on CPU: the shuffling order of each epoch comes from a generat
 the checkpoint stores the step reached inside the epoch and every RNG state, so a resumed run replays the
 same batches with the same augmentation and dropout as an uninterrupted one. With data-loading workers the
 augmentation comes from per-worker streams seeded per epoch instead, and a resumed epoch deals the same batches
-to the same workers.
+to the same workers. Data held on the device (`device_data.DeviceSplit`, chosen by `device_data.device_resident`)
+is augmented there from a generator seeded per (seed, epoch, batch), so a resumed run draws the same as well.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,7 @@ from deploybench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from deploybench.errors import UserError
 from deploybench.platform import has_native_bf16
 from deploybench.platform.progress import progress
+from deploybench.train.device_data import DeviceSplit
 from deploybench.train.recipes import Recipe
 
 
@@ -37,8 +39,9 @@ class TrainingInterrupted(Exception):
     """SIGTERM arrived: the state was checkpointed and the run can be resumed."""
 
 
-# Augmenting in the main process leaves a GPU waiting for batches, so GPU training loads data in worker processes.
-# The number is fixed, not read from the machine, because the workers' random streams shape the weights.
+# Augmenting in the main process leaves a GPU waiting for batches, so GPU training of data that does not stay on the
+# device (an image folder; pruning's fine-tuning) loads it in worker processes. The number is fixed, not read from
+# the machine, because the workers' random streams shape the weights.
 CUDA_LOADER_WORKERS = 4
 
 
@@ -48,16 +51,19 @@ def default_workers(device: torch.device) -> int:
     return CUDA_LOADER_WORKERS if device.type == "cuda" else 0
 
 
-def device_keys(device: torch.device, workers: int) -> dict:
+def device_keys(device: torch.device, workers: int, augment_on: str | None = None) -> dict:
     """What shapes trained weights besides the recipe, for a variant's config (and so its id): the device when it
-    is not the CPU (GPU kernels, mixed precision) and the number of loader workers when there are any (each draws
-    the augmentation of its batches from its own seeded stream). Empty on the CPU without workers, so the ids of
-    CPU-trained variants carry neither key."""
+    is not the CPU (GPU kernels, mixed precision), the number of loader workers when there are any (each draws
+    the augmentation of its batches from its own seeded stream) and `augment_on` ("device") when the images are
+    augmented by batched ops on the device (`device_data`), whose random draws and colour jitter differ from the
+    per-image transforms'. Empty on the CPU without workers, so the ids of CPU-trained variants carry no key."""
     keys: dict = {}
     if device.type != "cpu":
         keys["device"] = device.type
     if workers:
         keys["loader_workers"] = workers
+    if augment_on:
+        keys["augment_on"] = augment_on
     return keys
 
 
@@ -311,9 +317,10 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int, channels_last: bool = False
+    model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, channels_last: bool = False
 ) -> EvalResult:
-    """Loss, top-1, top-5 and the confusion matrix of `model` over `loader`."""
+    """Loss, top-1, top-5 and the confusion matrix of `model` over `loader` (a DataLoader, or any iterable of
+    (images, labels) batches)."""
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     loss_sum, top5, seen = 0.0, 0, 0
@@ -342,6 +349,9 @@ class _Run:
     precision: str  # a resolved `training_precision`
     last: Path  # the resumable checkpoint
     state: TrainState
+    # What training steps call: `model` compiled (on a GPU with the data on it), or None for `model` itself.
+    # `model` keeps the weights and their names, which checkpoints and the stored variant hold.
+    compiled: nn.Module | None = None
 
     def checkpoint(self) -> None:
         """Write everything needed to resume to `last`, atomically."""
@@ -445,15 +455,19 @@ def _sigterm_flag() -> Iterator[list]:
 
 
 def _epoch_loader(
-    train_set: Dataset, recipe: Recipe, device: torch.device, workers: int, epoch: int, start: int
-) -> tuple[DataLoader, int]:
+    train_set: Dataset | DeviceSplit, recipe: Recipe, device: torch.device, workers: int, epoch: int, start: int
+) -> tuple[Iterable, int]:
     """The training loader of `epoch` (0-based) resuming at batch `start`, and how many of its batches to skip.
 
-    Without workers the augmentation draws on the main process's RNG, restored from the checkpoint: the sampler
-    starts at the batch reached. With workers, each worker draws the augmentation of the batches dealt to it in
-    turn from its own stream, seeded by the loader's generator: a resumed epoch deals its batches from the first
-    one again (loading up to an epoch of data for nothing) and skips the done ones, so each worker sees what it
-    saw before the interruption."""
+    Data on the device yields the batches of the epoch's permutation from batch `start`, each augmented from its
+    own seeded generator: nothing to skip. Without workers the augmentation draws on the main process's RNG,
+    restored from the checkpoint: the sampler starts at the batch reached. With workers, each worker draws the
+    augmentation of the batches dealt to it in turn from its own stream, seeded by the loader's generator: a
+    resumed epoch deals its batches from the first one again (loading up to an epoch of data for nothing) and
+    skips the done ones, so each worker sees what it saw before the interruption."""
+    if isinstance(train_set, DeviceSplit):
+        perm = EpochBatchSampler(len(train_set), recipe.batch_size, recipe.seed, epoch).perm
+        return train_set.epoch_batches(perm, recipe.batch_size, recipe.seed, epoch, start), 0
     skip = start if workers else 0
     sampler = EpochBatchSampler(len(train_set), recipe.batch_size, recipe.seed, epoch, start - skip)
     return train_loader(train_set, sampler, device, workers, recipe.seed + epoch), skip
@@ -502,8 +516,8 @@ def _epoch_row(epoch: int, stats: dict, val: EvalResult, lr: float, resumed_at_s
 
 def _train_epoch(
     run: _Run,
-    train_set: Dataset,
-    val_loader: DataLoader,
+    train_set: Dataset | DeviceSplit,
+    val_loader: Iterable,
     num_classes: int,
     device: torch.device,
     workers: int,
@@ -515,7 +529,7 @@ def _train_epoch(
     loader, skip = _epoch_loader(train_set, recipe, device, workers, run.state.epoch, start)
     planned = math.ceil(run.state.epochs_planned())
     stats = train_one_epoch(
-        run.model,
+        run.compiled or run.model,
         loader,
         run.opt,
         run.sched,
@@ -544,8 +558,8 @@ def _record_epoch(run: _Run, row: dict, best: Path) -> None:
 
 def fit(
     model: nn.Module,
-    train_set: Dataset,
-    val_set: Dataset,
+    train_set: Dataset | DeviceSplit,
+    val_set: Dataset | DeviceSplit,
     num_classes: int,
     recipe: Recipe,
     run_dir: Path,
@@ -565,10 +579,17 @@ def fit(
     Writes `run_dir/last.pt` (everything needed to resume) at every epoch end, every `checkpoint_every`
     steps and on SIGTERM, and `run_dir/best.pt` (weights with the best validation top-1). Calls `on_epoch` with
     each epoch's history row. Returns the state.
+
+    `train_set` and `val_set` may be `DeviceSplit`s (images already on `device`): then no DataLoader runs and, on
+    a GPU, training steps run the model through `torch.compile`, whose fused kernels the data then keeps busy.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _start_run(model, len(train_set), recipe, precision, device, run_dir / "last.pt", resume)
-    val_loader = DataLoader(val_set, batch_size=256)
+    if isinstance(train_set, DeviceSplit) and device.type == "cuda":
+        # Static shapes: an epoch has at most two batch sizes, each compiled once. Validation runs `model` as it
+        # is (eval mode and other batch sizes would be more graphs for a short pass).
+        run.compiled = torch.compile(model, dynamic=False)
+    val_loader = val_set.in_order(256) if isinstance(val_set, DeviceSplit) else DataLoader(val_set, batch_size=256)
     budget = _BudgetPlanner(run, len(val_set), log)
     with _sigterm_flag() as terminated:
         while budget.pending or run.state.steps_done() < run.state.total_steps:

@@ -20,6 +20,7 @@ from deploybench.models.identity import model_config
 from deploybench.store import Variant, Workspace
 from deploybench.store.atomic import exclusive, lock_path_for
 from deploybench.train import plots
+from deploybench.train.device_data import Augmentation, DeviceSplit, device_resident
 from deploybench.train.engine import (
     EvalResult,
     TrainingDiverged,
@@ -52,8 +53,8 @@ def training_device(name: str | None) -> torch.device:
 
 @dataclass
 class _Plan:
-    """One training run, decided before any training: its data, device, loader workers, config (and so variant
-    id), checkpoint folder and starting weights."""
+    """One training run, decided before any training: its data, device, loader workers or data on the device,
+    config (and so variant id), checkpoint folder and starting weights."""
 
     model: str
     dataset: str
@@ -67,15 +68,18 @@ class _Plan:
     imagenet_state: dict | None  # --pretrained backbone weights
     init_state: dict | None  # --checkpoint weights
     checkpoint: str | None  # the file `init_state` came from
+    augment_on: str | None  # "device": the splits go to the device and are augmented there (`device_resident`)
+    transfer: bool  # --pretrained: images resized to the backbone's input size, ImageNet normalization
 
 
-def _loader_workers(workers: int | None, device: torch.device) -> int:
-    """`--workers`, defaulting to `default_workers(device)`; a negative count is a one-line error."""
-    if workers is None:
-        return default_workers(device)
-    if workers < 0:
+def _loader_workers(workers: int | None, device: torch.device, on_device: bool) -> int:
+    """`--workers`, defaulting to `default_workers(device)`; a negative count is a one-line error. 0 when the
+    data is on the device (`on_device`): no DataLoader runs there."""
+    if workers is not None and workers < 0:
         raise UserError(f"--workers must be 0 or more, got {workers}")
-    return workers
+    if on_device:
+        return 0
+    return default_workers(device) if workers is None else workers
 
 
 def _starting_weights(config: dict, pretrained: str | None, checkpoint: str | None) -> tuple[dict | None, dict | None]:
@@ -105,7 +109,8 @@ def _plan(
     """Check the options, load the splits and read the starting weights; returns the run they make."""
     dataset = canonical_dataset(dataset)
     dev = training_device(device)
-    workers = _loader_workers(workers, dev)
+    on_device = device_resident(dataset, dev)
+    workers = _loader_workers(workers, dev, on_device)
     precision = training_precision(precision, dev)
     transfer = bool(pretrained)
     splits = load_splits(
@@ -119,7 +124,8 @@ def _plan(
         init_checkpoint=Path(checkpoint).name if checkpoint else None,
     )
     imagenet_state, init_state = _starting_weights(config, pretrained, checkpoint)
-    config.update(device_keys(dev, workers))  # a GPU or loader workers give other weights: a variant of its own
+    # A GPU, loader workers or augmentation on the device give other weights: a variant of their own.
+    config.update(device_keys(dev, workers, "device" if on_device else None))
     config.update(precision_keys(precision))  # and so does bf16 or fp16 arithmetic
     config.update(data_keys(dataset, data_dir))  # so do other data files than the published ones
     vid = ws.variant_id(model, dataset, None, "train", config)
@@ -136,6 +142,8 @@ def _plan(
         imagenet_state,
         init_state,
         checkpoint,
+        "device" if on_device else None,
+        transfer,
     )
 
 
@@ -215,6 +223,18 @@ def _epoch_logger(writer, log) -> Callable[[dict], None]:
     return on_epoch
 
 
+def _device_splits(plan: _Plan, train_set: Dataset, recipe: Recipe) -> tuple[DeviceSplit, DeviceSplit]:
+    """The training and validation images on the plan's device, from the arrays the loaded splits hold: the
+    training split with the recipe's augmentation, the validation split normalized only."""
+    info = plan.splits.info
+    train_aug = Augmentation.for_dataset(info, augment=recipe.augment, cutout=recipe.cutout, transfer=plan.transfer)
+    val_aug = Augmentation.for_dataset(info, augment=False, transfer=plan.transfer)
+    return (
+        DeviceSplit.from_split(train_set, train_aug, plan.device),
+        DeviceSplit.from_split(plan.splits.val, val_aug, plan.device),
+    )
+
+
 def _fit_recorded(
     ws: Workspace, plan: _Plan, net: nn.Module, train_set: Dataset, recipe: Recipe, resume: bool, log
 ) -> TrainState:
@@ -223,10 +243,13 @@ def _fit_recorded(
 
     writer = SummaryWriter(log_dir=str(plan.run_dir / "tensorboard"))
     try:
+        train_data, val_data = (
+            _device_splits(plan, train_set, recipe) if plan.augment_on else (train_set, plan.splits.val)
+        )
         return fit(
             net,
-            train_set,
-            plan.splits.val,
+            train_data,
+            val_data,
             plan.splits.info.num_classes,
             recipe,
             plan.run_dir,
@@ -330,7 +353,8 @@ def train_model(
     must be continued with `resume=True` or discarded with `restart=True`; it is never overwritten silently.
     `resume=None` (the main job) continues an interrupted run when there is one and starts one otherwise.
     `checkpoint` starts from external weights (validated against the architecture).
-    `workers`: data-loading processes for training (default: `default_workers(device)`).
+    `workers`: data-loading processes for training (default: `default_workers(device)`); none where the images
+    are kept and augmented on the GPU (`device_resident`: CIFAR and Fashion-MNIST on CUDA).
     `precision`: auto, fp32, bf16 or fp16 (see `training_precision`); what it resolves to is in the config.
     `log`: where the progress lines go (one per epoch).
     """
@@ -367,6 +391,7 @@ def train_model(
             f"{len(splits.val)} val / {len(splits.test)} test images, "
             f"{f'{recipe.budget_minutes:g} min' if recipe.budget_minutes else f'{recipe.epochs} epochs'}, "
             f"device {plan.device}, {plan.precision}"
+            f"{', data and augmentation on the device' if plan.augment_on else ''}"
         )
         state = _fit_recorded(ws, plan, net, train_set, recipe, resume, log)
         return _record(ws, plan, net, state, log)
