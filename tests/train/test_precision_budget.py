@@ -60,7 +60,9 @@ def test_the_budget_sizes_the_schedule_to_the_timed_steps(tmp_path):
     for _ in range(30):  # the steps the schedule has taken before it is sized
         run.opt.step()
         run.sched.step()
+    sched = run.sched
     planner.plan(step_seconds=0.1)
+    assert run.sched is sched  # the epoch under way holds this object: it must be the one that is sized
     # 60 s at 0.1 s a step plus a validation pass of 10 batches at a third of a step per epoch of 100 steps.
     expected = 30 + int(60 / (0.1 + 10 * 0.1 / 3 / 100))
     assert expected - 5 <= run.state.total_steps <= expected  # less the little time this test has taken
@@ -71,7 +73,8 @@ def test_the_budget_sizes_the_schedule_to_the_timed_steps(tmp_path):
 def test_a_budgeted_run_records_the_epochs_it_did_and_ends_its_schedule(tmp_path, tiny_fashion_mnist):
     ws = Workspace(tmp_path / "ws")
     lines = []
-    recipe = default_recipe("simple-cnn", batch_size=8, budget_minutes=0.02)
+    # 27 steps an epoch: the schedule is sized inside the first epoch, which then goes on with it.
+    recipe = default_recipe("simple-cnn", batch_size=2, budget_minutes=0.02)
     variant, _ = train_model(
         ws, "simple-cnn", "fashion-mnist", recipe, data_dir=tiny_fashion_mnist, device="cpu", log=lines.append
     )

@@ -432,11 +432,13 @@ class _BudgetPlanner:
         left = run.recipe.budget_minutes * 60 - (time.perf_counter() - self.started)
         done = state.steps_done()
         state.total_steps = done + max(1, int(left / (step_seconds + val_seconds / per_epoch)))
-        run.sched = make_scheduler(run.opt, run.recipe, state.total_steps)
+        sized = make_scheduler(run.opt, run.recipe, state.total_steps)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the schedule is replayed without optimizer steps, on purpose
             for _ in range(done):
-                run.sched.step()
+                sized.step()
+        # Into the scheduler object the epoch under way steps: a new object would leave it stepping the old one.
+        run.sched.load_state_dict(sized.state_dict())
         self.log(
             f"time budget {run.recipe.budget_minutes:g} min: {state.total_steps} steps "
             f"({state.epochs_planned():.2f} epochs) at {step_seconds * 1000:.0f} ms a step"
