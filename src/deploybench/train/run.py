@@ -78,6 +78,11 @@ def _loader_workers(workers: int | None, device: torch.device, on_device: bool) 
     if workers is not None and workers < 0:
         raise UserError(f"--workers must be 0 or more, got {workers}")
     if on_device:
+        if workers:
+            raise UserError(
+                "--workers: CIFAR and Fashion-MNIST on a GPU are held in its memory and augmented there, "
+                "without DataLoader workers; leave --workers out"
+            )
         return 0
     return default_workers(device) if workers is None else workers
 
