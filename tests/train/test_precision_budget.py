@@ -42,6 +42,7 @@ def test_a_bf16_run_is_a_variant_of_its_own_with_fp32_weights(tmp_path, tiny_fas
     assert bf16.id != fp32.id
     assert bf16.config["precision"] == "bf16" and "precision" not in fp32.config
     assert bf16.metrics["train_precision"] == "bf16" and fp32.metrics["train_precision"] == "fp32"
+    assert bf16.metrics["images_per_s"] > 0 and fp32.metrics["images_per_s"] > 0
     weights = torch.load(bf16.path / "model.pt", weights_only=True)
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
     # The autocast really ran in bf16: the two runs' weights differ.

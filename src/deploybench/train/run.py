@@ -291,6 +291,8 @@ def _metrics(plan: _Plan, net: nn.Module, state: TrainState, test: EvalResult) -
         epochs=round(state.epochs_planned(), 2),  # what the run did: a time budget may end it inside an epoch
         train_precision=plan.precision,
         seconds_per_epoch=(sum(h["seconds"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
+        # Training images a second over the epochs trained from their start (a resumed one counts only part).
+        images_per_s=(sum(h["images_per_s"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
         train_seconds=sum(h["seconds"] for h in state.history),
         device=str(plan.device),
         threads=torch.get_num_threads(),
