@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: MODEL-DATASET-BACKEND-bN-budgetPTS)")
     p.add_argument(
         "--storage",
-        help="database URL of the study (default: sqlite in WORKSPACE/search.db); "
+        help="database URL of the study (default: sqlite in WORKSPACE/studies.db); "
         "postgresql://... lets workers on several machines share it",
     )
     p.add_argument("--resume", action="store_true", help="continue the study; refuse to start a new one")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deploybench.cli.common import add_common, dataset_arg, open_workspace, run
+from deploybench.cli.common import ArgumentParser, add_common, dataset_arg, open_workspace, run
 
 
 def build_parser() -> argparse.ArgumentParser:
     from deploybench.store.studies import HEARTBEAT_S
     from deploybench.train.sweep import PRUNERS
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="train sweep",
         description="Search training recipes (learning rate, weight decay, label smoothing, batch size, epochs, "
         "schedule) for the best validation top-1. Every trial is an ordinary training run; the first "
