@@ -32,7 +32,7 @@ def driver(tmp_path):
         "--disable-component-update",
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1400,1400",
+        "--window-size=1200,1400",
     ]:
         opts.add_argument(flag)
     d = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
@@ -59,7 +59,9 @@ def _open(driver, url, ids):
     )
     box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#predict-variants input")))
     for vid in ids:
-        box.click()
+        # the option list stays open after a choice, and may then cover the box: click the box only to open it
+        if not driver.find_elements(By.CSS_SELECTOR, "li[data-testid='dropdown-option']"):
+            box.click()
         option = wait.until(
             ec.element_to_be_clickable(
                 (By.CSS_SELECTOR, f"li[data-testid='dropdown-option'][aria-label$='{vid[:10]}']")
@@ -81,6 +83,25 @@ def _upload(driver, wait, path: Path):
     # the file's row appears once the upload is done (its name may be split into stem and extension)
     wait.until(lambda d: path.stem in "".join(d.find_element(By.ID, "predict-upload").text.split()))
     driver.find_element(By.ID, "predict-button").click()
+
+
+def save_screenshot(driver, path: Path, margin_px: int = 24) -> None:
+    """The page from its title down to the predictions shown, as a PNG at `path`: the results scrolled into view
+    first, the empty rest of the window below them cut off (the docs' image of the app is made with this)."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    results = driver.find_element(By.ID, "predict-results")
+    driver.execute_script("window.scrollTo(0, 0); arguments[0].scrollIntoView({block: 'nearest'});", results)
+    png = path.with_suffix(".window.png")
+    assert driver.save_screenshot(str(png))
+    # element rectangles are in CSS pixels; the screenshot may be scaled (devicePixelRatio)
+    scale = driver.execute_script("return window.devicePixelRatio") or 1
+    top = driver.execute_script("return window.scrollY")
+    bottom = results.rect["y"] - top + results.rect["height"] + margin_px
+    with Image.open(png) as window:
+        window.crop((0, 0, window.width, min(window.height, round(bottom * scale)))).save(path, optimize=True)
+    png.unlink()
 
 
 def test_predict_in_headless_chromium(driver, app_url, app_workspace, test_png, text_file, tmp_path):
@@ -106,7 +127,7 @@ def _predict_png_and_text(driver, app_url, root, trained, onnx, test_png, text_f
     assert shown == {vid: suite_top1(root, vid, test_png) for vid in (trained, onnx)}
     shot = Path("reports") / "screenshots"
     shot.mkdir(parents=True, exist_ok=True)
-    assert driver.save_screenshot(str(tmp_path / "app.png"))
+    save_screenshot(driver, tmp_path / "app.png")
     shutil.copy(tmp_path / "app.png", shot / "app.png")
 
     wait = _open(driver, app_url, [trained])
