@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   := data
 WS     := workspace
-DEMO_MODELS ?= lenet
+DEMO_MODELS ?= custom
 
 .PHONY: setup data browser postgres demo lint test test-all bench bench-baseline clean
 
