@@ -236,7 +236,7 @@ def test_like_prefix_takes_wildcards_literally():
 # -- two writers making one variant -------------------------------------------------------------------------------
 def test_a_variant_stored_by_another_writer_meanwhile_is_returned(tmp_path):
     """The other writer stores the variant while this one's `write` runs: this one's folder is dropped and the
-    stored variant returned (the rename onto its folder used to fail with ENOTEMPTY)."""
+    stored variant returned; renaming onto the other's non-empty folder would fail with ENOTEMPTY."""
     ws = Workspace(tmp_path / "ws")
 
     def racing_write(d):

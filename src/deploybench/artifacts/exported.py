@@ -1,8 +1,8 @@
 """torch.export programs (`model.pt2`) loaded without running code from the file.
 
-`torch.export.load` trusts its file: it unpickles tensor-subclass weights and constants with
-`torch.load(weights_only=False)`, falls back to `weights_only=False` for sample inputs that fail the safe
-unpickler, unpickles opaque constants with `pickle.loads` and TorchBind objects with TorchScript's unpickler,
+`torch.export.load` trusts its file: it unpickles tensor-subclass weights and constants with torch's full
+(code-running) unpickler, falls back to that unpickler for sample inputs that fail the safe one, unpickles
+opaque constants with `pickle.loads` and TorchBind objects with TorchScript's unpickler,
 loads AOTInductor shared libraries, parses symbolic shapes with `sympy.sympify` (which calls `eval`), resolves node
 targets by walking attributes of `torch`, `operator` and `math`, and `ExportedProgram.module()` calls `exec` on the
 program's guards code. `load_program` reads an archive only when each of these is plain data (allow-lists of
