@@ -50,12 +50,12 @@ def _run_model(
     phase, times = "train", summary["phases"].setdefault(model, {})
     started = time.perf_counter()
 
-    def begin(name: str) -> None:
+    def begin(name: str, command: str) -> None:
         nonlocal phase, started
         times[phase] = time.perf_counter() - started
         bar.update()
         phase, started = name, time.perf_counter()
-        bar.milestone(f"{model}: {name}")
+        bar.milestone(f"{model}: {command}")  # the command a user would type to run this phase alone
 
     try:
         bar.milestone(f"{model}: train")
@@ -64,10 +64,10 @@ def _run_model(
             ws, model, dataset, recipe, data_dir=data_dir, resume=None, precision=precision, log=say
         )  # an interrupted run of an earlier pipeline goes on
         summary["models"][model] = root.metrics.get("accuracy_top1")
-        begin("optimize")
+        begin("optimize", "optimize all")
         results = optimize_all(ws, root, data_dir, log=lambda line: say(f"{model}: {line}"))
         summary["failed"] += [f"{model}: {r.name}: {r.message}" for r in results if r.status == "failed"]
-        begin("profile")
+        begin("profile", "profile")
         profile_variants(
             ws,
             ws.variants(model, dataset),

@@ -99,7 +99,7 @@ def test_run_trials_stops_at_the_study_total_and_fails_stale_trials(tmp_path):
     stale = study.ask()  # a trial whose worker died: it never beat
     storage.record_heartbeat(stale._trial_id)
     assert run_trials(study, lambda t: t.suggest_float("x", 0, 1), 3) == 2  # the stale one counts while fresh
-    time.sleep(2.5)  # past the grace period of 2 heartbeats
+    time.sleep(3.2)  # past the grace period of 2 heartbeats, on SQLite's clock that counts whole seconds
     assert run_trials(study, lambda t: t.suggest_float("x", 0, 1), 3) == 1  # the stale trial, queued again
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
     assert study.trials[3].system_attrs["failed_trial"] == 0
