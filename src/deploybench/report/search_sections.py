@@ -1,5 +1,5 @@
 """The report's search sections, one per study, built from the workspace alone: the summaries `deploybench search`
-stores in `WS/search/<study>.json` and, for a study kept in the workspace's own `search.db`, Optuna's parameter
+stores in `WS/search/<study>.json` and, for a study kept in the workspace's own `studies.db`, Optuna's parameter
 importance plots (`optuna.visualization.matplotlib`).
 
 Each section is a dict for the template `search_sections.html.j2`; strings from the store are plain text there
@@ -95,7 +95,7 @@ def history_svg(summary: dict) -> str:
 
 
 def _importance_svgs(summary: dict) -> list[dict]:
-    """Optuna's importance plot per objective, when the study is in this workspace's `search.db` (a report opens no
+    """Optuna's importance plot per objective, when the study is in this workspace's `studies.db` (a report opens no
     other database); else an empty list (the stored importances are shown as a table)."""
     url = summary.get("storage") or ""
     if not summary.get("storage_in_workspace") or not url.startswith("sqlite:///"):

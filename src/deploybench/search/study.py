@@ -1,7 +1,7 @@
 """`run_search`: create or continue an Optuna study whose trials are recipes of the stages, then summarize it.
 
 The study is named (by default after its model, dataset, backend, batch size and budget) and stored (by default in
-the workspace's `search.db`). Running the same command again, or with `--resume`, continues it up to `trials`
+the workspace's `studies.db`). Running the same command again, or with `--resume`, continues it up to `trials`
 finished trials; several processes given the same study and storage share it, each trial recorded once. A study
 records what it searches and the machine it measures on; a worker with other settings or on other hardware is
 refused. SIGTERM ends the running trial (recorded as failed and queued again, so the next run makes that recipe
