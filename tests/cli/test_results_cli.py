@@ -1,5 +1,7 @@
 """`deploybench profile results`: one Markdown file per machine in the store, named by its machine slug."""
 
+import json
+
 import pytest
 
 from deploybench.cli.main import main
@@ -130,3 +132,45 @@ def test_results_of_an_empty_or_missing_workspace_is_a_one_line_error(trained_wo
     assert not (tmp_path / "r").exists()
     assert main(["profile", "results", "--workspace", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith("error: workspace")
+
+
+def _search_summary(machine: str, study: str) -> dict:
+    return dict(
+        study=study,
+        machine=machine,
+        target=dict(model="lenet", dataset="fashion-mnist", backend="ort-cpu", batch_size=1),
+        budget_pts=1.0,
+        counts=dict(complete=5, pruned=3, fail=0),
+        base=dict(variant_id="b" * 16, test_top1=0.9000, latency_ms_p50=0.0312),
+        trials=[dict(number=0, seconds=90.0), dict(number=1, seconds=30.0), dict(number=2, seconds=None)],
+        winner=dict(
+            variant_id="w" * 16, recipe="prune 0.65, export", val_drop_pts=0.42, test_drop_pts=0.5, speedup=1.87
+        ),
+        optimize_all=dict(
+            best=dict(variant_id="o" * 16, chain_name="prune-export", val_drop_pts=0.8, test_top1=0.8925, speedup=1.21),
+            same_variant=False,
+            winner_speedup_over_best=1.54,
+        ),
+    )
+
+
+def test_results_list_each_machines_searches_from_their_stored_summaries(three_machines, tmp_path):
+    ws, p50s = three_machines
+    mine, other = sorted(p50s)[0], sorted(p50s)[1]
+    folder = ws.root / "search"
+    folder.mkdir()
+    (folder / "a.json").write_text(json.dumps(_search_summary(mine, "study-here")))
+    none_within = dict(_search_summary(other, "study-there"), winner=None, optimize_all=None)
+    (folder / "b.json").write_text(json.dumps(none_within))
+    (folder / "broken.json").write_text("{not json")  # a file that is not a summary is skipped
+    out = tmp_path / "results"
+    assert main(["profile", "results", "--workspace", str(ws.root), "--out", str(out)]) == 0
+    here, there = (out / f"{mine}.md").read_text(), (out / f"{other}.md").read_text()
+    row = (
+        f"| study-here | ort-cpu | 1 | 1 | 5 / 3 | 2.0 | 0.031 | {'w' * 16}: prune 0.65, export | -0.42 / -0.50 | "
+        f"1.87× | "
+        f"{'o' * 16}: prune-export | -0.80 / -0.75 | 1.21× | 1.54× |"
+    )
+    assert row in here.splitlines() and "study-there" not in here
+    assert "| study-there |" in there and "none within the budget" in there and "study-here" not in there
+    assert "Searches" not in (out / f"{sorted(p50s)[2]}.md").read_text()

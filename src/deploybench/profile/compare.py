@@ -21,6 +21,7 @@ from pathlib import Path
 from deploybench.profile.columns import BY_KEY, COLUMNS, Column, fmt_fraction_pct, fmt_ms
 from deploybench.profile.pareto import DEFAULT_OBJECTIVES, mark_pareto
 from deploybench.store import Workspace, atomic_write_text
+from deploybench.store.search_summaries import stored_summaries
 
 KEYS = (
     "model",
@@ -415,6 +416,62 @@ def _training_lines(ws: Workspace, dataset: str, models: set[str]) -> list[str]:
     return lines
 
 
+def _search_lines(ws: Workspace, machine: str, dataset: str) -> list[str]:
+    """A table of the searches of `dataset` measured on `machine` (the summaries `deploybench search` stores): per
+    study its winner within the budget and `optimize all`'s best within the same budget, each as its change in
+    top-1 against fp32 on validation / test and its paired speed-up over fp32, and the winner's paired speed-up
+    over that best."""
+    found = [
+        s
+        for s in stored_summaries(ws)
+        if s.get("machine") == machine and (s.get("target") or {}).get("dataset") == dataset
+    ]
+    if not found:
+        return []
+
+    def pts(drop) -> str:
+        return "" if not isinstance(drop, (int, float)) else f"{0.0 - drop + 0.0:+.2f}"
+
+    def fmt(x, spec: str) -> str:
+        return format(x, spec) if isinstance(x, (int, float)) else ""
+
+    lines = [
+        "",
+        "Searches (`deploybench search`; chosen on validation, test read once; speed-ups paired, over fp32 on the "
+        "same backend and batch size):",
+        "",
+        "| study | backend | batch | budget pts | trials done / screened out | trial min | fp32 p50 ms | winner | "
+        "Δval / Δtest pts | × fp32 | optimize all's best | Δval / Δtest pts | × fp32 | winner × that best |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for s in sorted(found, key=lambda s: str(s.get("study"))):
+        target, base, counts = s.get("target") or {}, s.get("base") or {}, s.get("counts") or {}
+        w, oa = s.get("winner") or {}, s.get("optimize_all") or {}
+        best = oa.get("best") or {}
+        base_test, best_test = base.get("test_top1"), best.get("test_top1")
+        best_test_drop = 100 * (base_test - best_test) if None not in (base_test, best_test) else None
+        seconds = sum(t.get("seconds") or 0 for t in s["trials"])
+        lines.append(
+            f"| {s.get('study')} | {target.get('backend', '')} | {target.get('batch_size', '')} | "
+            f"{fmt(s.get('budget_pts'), 'g')} | {counts.get('complete', 0)} / {counts.get('pruned', 0)} | "
+            f"{seconds / 60:.1f} | {fmt(base.get('latency_ms_p50'), '.3f')} | "
+            + (
+                f"{w['variant_id']}: {w.get('recipe', '')} | {pts(w.get('val_drop_pts'))} / "
+                f"{pts(w.get('test_drop_pts'))} | {fmt(w.get('speedup'), '.2f')}× | "
+                if w
+                else "none within the budget | | | "
+            )
+            + (
+                f"{best['variant_id']}: {best.get('chain_name', best.get('chain', ''))} | "
+                f"{pts(best.get('val_drop_pts'))} / {pts(best_test_drop)} | {fmt(best.get('speedup'), '.2f')}× | "
+                f"{fmt(oa.get('winner_speedup_over_best'), '.2f')}× |"
+                if best
+                else f"{oa.get('why', 'not compared')} | | | |"
+            )
+        )
+    return lines
+
+
 def results_markdown(ws: Workspace, machine: str, command: str = "deploybench profile results") -> str:
     """The results file of one machine (slug): its environment, then per dataset one table per (backend, batch
     size) from the columns, skipped combinations and the winner lines. Only that machine's measurements."""
@@ -429,6 +486,7 @@ def results_markdown(ws: Workspace, machine: str, command: str = "deploybench pr
         here = [r for r in rows if r["dataset"] == dataset]
         lines += ["", f"## {dataset}"]
         lines += _training_lines(ws, dataset, {r["model"] for r in here})
+        lines += _search_lines(ws, machine, dataset)
         for backend, bs in sorted({(r["backend"], r["batch_size"]) for r in here if r["skipped"] is None}):
             group = [r for r in here if r["backend"] == backend and r["batch_size"] == bs]
             lines += ["", f"### {backend}, batch {bs}", "", *markdown_table(group, columns)]

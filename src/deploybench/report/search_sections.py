@@ -8,7 +8,6 @@ Each section is a dict for the template `search_sections.html.j2`; strings from 
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import matplotlib.pyplot as plt
 
 from deploybench.report.plots import _svg
 from deploybench.store import Workspace
+from deploybench.store.search_summaries import stored_summaries
 
-SUMMARY_DIR = "search"  # where `deploybench.search.results` writes its summaries
 _STATE_COLORS = {
     "complete": "#1c7ed6",
     "pruned": "#adb5bd",
@@ -26,14 +25,6 @@ _STATE_COLORS = {
     "running": "#f59f00",
     "waiting": "#f59f00",
 }
-
-
-def _load(path: Path) -> dict | None:
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) and isinstance(summary.get("trials"), list) else None
 
 
 def front_svg(summary: dict) -> str:
@@ -128,10 +119,7 @@ def _importance_svgs(summary: dict) -> list[dict]:
 def search_report_sections(ws: Workspace) -> list[dict]:
     """One section per stored search summary, newest first: title, summary, front and trial rows, figures."""
     sections = []
-    for path in sorted((ws.root / SUMMARY_DIR).glob("*.json")):
-        s = _load(path)
-        if s is None:
-            continue
+    for s in stored_summaries(ws):
         ident = s.get("target") or {}
         sections.append(
             dict(

@@ -1,17 +1,14 @@
 """What a search found: the front (chosen on validation, with the test split read once, for its rows), the winner
 within the budget, how it compares with the best `optimize all` variant within the same budget (a paired speed-up,
-same backend and batch size), and Optuna's parameter importances. The summary is stored as `WS/search/<study>.json`,
-which the report reads (`report.search_sections`).
+same backend and batch size), and Optuna's parameter importances. The summary is stored as `WS/search/<study>.json`
+(`store.search_summaries`), which the report and the results files read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import time
 import warnings
-from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -22,8 +19,8 @@ from deploybench.platform import machine_slug
 from deploybench.search.objective import OBJECTIVES, SearchContext, measure
 from deploybench.search.space import output_format
 from deploybench.store import Workspace, atomic_write_text
+from deploybench.store.search_summaries import summary_path
 
-SUMMARY_DIR = "search"
 _ROW_KEYS = (
     "variant_id",
     "chain",
@@ -37,14 +34,6 @@ _ROW_KEYS = (
     "size_bytes",
     "macs",
 )
-
-
-def summary_path(ws: Workspace, study_name: str) -> Path:
-    """`WS/search/<study>.json`; a name with other characters than letters, digits and `._+-` gets a hash."""
-    slug = re.sub(r"[^A-Za-z0-9._+-]", "_", study_name).lstrip(".")[:80] or "study"
-    if slug != study_name:
-        slug += "-" + hashlib.sha256(study_name.encode()).hexdigest()[:8]
-    return ws.root / SUMMARY_DIR / f"{slug}.json"
 
 
 def _feasible(trial: optuna.trial.FrozenTrial) -> bool:

@@ -1,0 +1,35 @@
+"""Where `deploybench search` keeps each study's summary, `WORKSPACE/search/<study>.json`, and how the readers (the
+report, the results files) find them. A file that is not a summary is skipped: a reader never fails on one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from deploybench.store.workspace import Workspace
+
+SUMMARY_DIR = "search"
+
+
+def summary_path(ws: Workspace, study_name: str) -> Path:
+    """`WS/search/<study>.json`; a name with other characters than letters, digits and `._+-` gets a hash."""
+    slug = re.sub(r"[^A-Za-z0-9._+-]", "_", study_name).lstrip(".")[:80] or "study"
+    if slug != study_name:
+        slug += "-" + hashlib.sha256(study_name.encode()).hexdigest()[:8]
+    return ws.root / SUMMARY_DIR / f"{slug}.json"
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and isinstance(summary.get("trials"), list) else None
+
+
+def stored_summaries(ws: Workspace) -> list[dict]:
+    """Every readable search summary of the workspace, in file-name order."""
+    found = (_load(p) for p in sorted((ws.root / SUMMARY_DIR).glob("*.json")))
+    return [s for s in found if s is not None]
