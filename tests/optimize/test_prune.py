@@ -1,8 +1,6 @@
 """Pruning: `vit-small` loses whole attention heads, the ones with the least importance, on every schedule; an
 interrupted fine-tuning resumes after its last epoch."""
 
-import copy
-
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -73,34 +71,6 @@ def test_global_head_pruning_removes_half_of_all_heads():
     prune_model(model, _Data(), PruneConfig(ratio=0.5, global_pruning=True))
     assert sum(b.attn.num_heads for b in model.blocks) == 8 * HEADS // 2
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-
-
-def _conv_widths(model):
-    return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-
-
-def test_round_to_keeps_every_pruned_width_a_multiple_of_it():
-    torch.manual_seed(0)
-    model = create_model("custom", num_classes=10, in_channels=1, image_size=28).eval()
-    with torch.no_grad():  # uneven weights, so that global ranking takes uneven shares of the layers
-        for i, conv in enumerate(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
-            conv.weight.mul_(1 + 3 * i)
-    odd = copy.deepcopy(model)
-    prune_model(odd, _Data(), PruneConfig(ratio=0.55, importance="lamp", global_pruning=True))
-    assert any(w % 16 for w in _conv_widths(odd))  # without rounding, global pruning leaves odd widths
-    prune_model(model, _Data(), PruneConfig(ratio=0.55, importance="lamp", global_pruning=True, round_to=16))
-    assert all(w % 16 == 0 for w in _conv_widths(model)), _conv_widths(model)
-    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-
-
-def test_round_to_is_checked_and_enters_the_config_only_when_set():
-    from deploybench.errors import UserError
-    from deploybench.optimize.base import get_stage
-
-    assert "round_to" not in PruneConfig().to_dict() and PruneConfig(round_to=8).to_dict()["round_to"] == 8
-    for bad in (1, 0, -8):
-        with pytest.raises(UserError, match="--round-to"):
-            get_stage("prune")(ratio=0.5, round_to=bad)
 
 
 def test_pruned_vit_reloads_in_a_fresh_process(tmp_path, tiny_fashion_mnist, random_root, reload_fresh):

@@ -130,18 +130,6 @@ def test_screening_makes_one_epoch_over_a_fraction_and_keeps_existing_ids():
     assert low.to_dict()["finetune_fraction"] == 0.2
 
 
-def test_width_rounding_reaches_the_prune_stage_and_only_a_set_one_enters_the_id():
-    space = BACKEND_SPACES["torch-compile-cpu"]
-    rounded = TrialRecipe(prune_ratio=0.55, global_pruning=True, round_to=16, quantize="int8-pt2e")
-    assert rounded.stages(space)[0].config.to_dict()["round_to"] == 16
-    assert "widths x16" in rounded.describe()
-    plain = TrialRecipe(prune_ratio=0.55, global_pruning=True, quantize="int8-pt2e")
-    assert "round_to" not in plain.stages(space)[0].config.to_dict() and "widths" not in plain.describe()
-    dims = {d.name: d for d in search_space("torch-compile-cpu", max_threads=2, has_batchnorm=True)}
-    assert dims["round_to"].choices == (None, 8, 16)
-    assert not dims["round_to"].when(dict(prune_ratio=0.0)) and dims["round_to"].when(dict(prune_ratio=0.3))
-
-
 def test_promotion_keeps_the_best_third_of_rung_0():
     fid = Fidelity(eta=3, slack_pts=5.0)
     point = lambda speedup, top1, drop=0.0: dict(speedup=speedup, val_top1=top1, val_drop_pts=drop)

@@ -62,12 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="rank channels across all layers (default: the same ratio per layer)",
     )
     pr.add_argument("--iterative-steps", type=int, help="prune in K steps (default 1)")
-    pr.add_argument(
-        "--round-to",
-        type=int,
-        metavar="N",
-        help="keep every pruned layer's channels a multiple of N, e.g. 8 (SIMD-friendly widths; default: no rounding)",
-    )
     pr.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 2)")
     pr.add_argument(
         "--distill",
@@ -165,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
                 importance=args.importance,
                 global_pruning=args.global_pruning,
                 iterative_steps=args.iterative_steps,
-                round_to=args.round_to,
                 finetune_epochs=args.finetune_epochs,
                 distill=args.distill,
             )

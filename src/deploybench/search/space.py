@@ -19,8 +19,6 @@ from deploybench.optimize.quantize import METHODS, QuantizeStage
 from deploybench.profile.backends import get_backend
 
 NO_QUANTIZATION = "none"
-# 8 and 16 are the channel blocks of the AVX2 and AVX-512 kernels of oneDNN and ONNX Runtime.
-ROUND_TO = (None, 8, 16)
 
 
 @dataclass(frozen=True)
@@ -144,12 +142,6 @@ def search_space(backend: str, *, max_threads: int, has_batchnorm: bool) -> tupl
         ),
         Dim("global_pruning", choices=(False, True), when=_pruned, why="rank across layers instead of per layer"),
         Dim("iterative_steps", low=1, high=3, when=_pruned, why="prune in K steps"),
-        Dim(
-            "round_to",
-            choices=ROUND_TO,
-            when=_pruned,
-            why="keep pruned widths a multiple of N (whole SIMD blocks for int8/bf16 kernels); None: any width",
-        ),
         Dim("finetune_epochs", low=0, high=3, when=_pruned, why="fine-tuning epochs at full fidelity"),
         Dim("distill", choices=(False, True), when=_finetuned, why="distill from the unpruned parent"),
         Dim("quantize", choices=methods_here(backend), why="quantization method; none keeps fp32"),
@@ -187,7 +179,6 @@ class TrialRecipe:
     importance: str = "magnitude"
     global_pruning: bool = False
     iterative_steps: int = 1
-    round_to: int | None = None
     finetune_epochs: int = 0
     distill: bool = False
     quantize: str = NO_QUANTIZATION
@@ -221,7 +212,6 @@ class TrialRecipe:
                     importance=self.importance,
                     global_pruning=self.global_pruning,
                     iterative_steps=self.iterative_steps,
-                    round_to=self.round_to,
                     finetune_epochs=1 if screening else self.finetune_epochs,
                     distill=self.distill and self.finetune_epochs > 0,
                     finetune_fraction=finetune_fraction if screening else None,
@@ -242,8 +232,7 @@ class TrialRecipe:
         return out
 
     def describe(self) -> str:
-        """One line, e.g. `prune 0.35 (magnitude, global, 1 step, widths x16, 2 epochs, distilled) + int8-ort (512,
-        minmax)`."""
+        """One line, e.g. `prune 0.35 (magnitude, local, 1 step, 2 epochs, distilled) + int8-ort (512, minmax)`."""
         parts = []
         if self.pruned:
             ft = (
@@ -255,9 +244,7 @@ class TrialRecipe:
             parts.append(
                 f"prune {self.prune_ratio:.2f} ({self.importance}, "
                 f"{'global' if self.global_pruning else 'local'}, {self.iterative_steps} "
-                f"step{'s' * (self.iterative_steps != 1)}, "
-                + (f"widths x{self.round_to}, " if self.round_to else "")
-                + f"{ft})"
+                f"step{'s' * (self.iterative_steps != 1)}, {ft})"
             )
         if self.quantize != NO_QUANTIZATION:
             uses = QUANT_METHODS[self.quantize].options
