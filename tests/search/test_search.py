@@ -121,6 +121,24 @@ def test_each_backend_is_offered_only_what_it_runs():
     assert "bn-scale" not in search_space("ort-cpu", max_threads=2, has_batchnorm=False)[1].choices
 
 
+def test_layers_left_in_float_are_offered_by_what_the_model_has():
+    def choices(backend, **model):
+        return {d.name: d for d in search_space(backend, max_threads=2, has_batchnorm=True, **model)}
+
+    plain = choices("ort-cpu", layer_kinds=frozenset(), layers=5)["float_layers"]
+    assert plain.choices == ("none", "sensitive:1", "sensitive:2")
+    both = choices("torch-compile-cpu", layer_kinds=frozenset({"se", "depthwise"}), layers=2)["float_layers"]
+    assert both.choices == ("none", "depthwise", "se", "depthwise,se", "sensitive:1")
+    assert both.when(dict(quantize="int8-pt2e")) and not both.when(dict(quantize="bf16"))
+    assert not both.when(dict(quantize="none"))
+    space = BACKEND_SPACES["ort-cpu"]
+    for value, stored in (("none", None), ("sensitive:2", "sensitive:2")):
+        recipe = TrialRecipe(quantize="int8-ort", float_layers=value)
+        config = recipe.stages(space)[0].config
+        assert config.float_layers == (stored or "")
+        assert ("float: sensitive:2" in recipe.describe()) == (stored is not None)
+
+
 def test_screening_makes_one_epoch_over_a_fraction_and_keeps_existing_ids():
     space = BACKEND_SPACES["ort-cpu"]
     recipe = TrialRecipe(prune_ratio=0.5, finetune_epochs=2, distill=True)

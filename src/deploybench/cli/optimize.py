@@ -48,7 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="int8-nncf-ac: largest allowed top-1 drop on validation images, as a fraction (default 0.01 = 1 point)",
     )
-    q.add_argument("--val-size", type=int, help="int8-nncf-ac: validation images the drop is checked on (default 1000)")
+    q.add_argument(
+        "--val-size",
+        type=int,
+        help="int8-nncf-ac, --float-layers sensitive:K: validation images accuracy is measured on (default 1000)",
+    )
+    q.add_argument(
+        "--float-layers",
+        metavar="SPEC",
+        help="int8-pt2e, int8-ort: layers left in float, comma-separated: depthwise (depthwise convolutions), "
+        "se (squeeze-excitation blocks), sensitive:K (the K layers whose int8 alone loses the most validation "
+        "top-1, measured)",
+    )
 
     pr = sub.add_parser("prune", help="structured channel pruning + fine-tuning")
     _target(pr)
@@ -107,7 +118,7 @@ def _describe(v) -> str:
 
 
 # Options that only some methods use: given with another method, they are refused rather than ignored.
-_METHOD_OPTIONS = {"--max-drop": "max_drop", "--val-size": "val_size"}
+_METHOD_OPTIONS = {"--max-drop": "max_drop", "--val-size": "val_size", "--float-layers": "float_layers"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 qat_epochs=args.qat_epochs,
                 max_drop=args.max_drop,
                 val_size=args.val_size,
+                float_layers=args.float_layers,
             )
         elif args.command == "prune":
             stage = get_stage("prune")(

@@ -25,12 +25,14 @@ class QuantMethod:
 QUANT_METHODS: dict[str, QuantMethod] = {
     m.name: m
     for m in (
-        QuantMethod("int8-pt2e", "torch-export-int8", "int8", options=("calib_size", "seed")),
+        QuantMethod(
+            "int8-pt2e", "torch-export-int8", "int8", options=("calib_size", "float_layers", "val_size", "seed")
+        ),
         QuantMethod(
             "int8-ort",
             "onnx-int8",
             "int8",
-            options=("calib_size", "calib_method", "reduce_range", "seed"),
+            options=("calib_size", "calib_method", "reduce_range", "float_layers", "val_size", "seed"),
             onnx_parent=True,
         ),
         QuantMethod("int8-nncf", "openvino-ir", "int8", options=("calib_size", "seed"), onnx_parent=True),

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from deploybench.artifacts.formats import EAGER_FORMATS, load_module, onnx_path, shaped_state
 from deploybench.errors import UserError, unknown_choice
+from deploybench.optimize import float_layers
 from deploybench.optimize.base import Stage, StageConfig, StageData, register_stage, stage_data
 from deploybench.optimize.choices import CALIB_METHODS, QUANT_METHODS, QuantMethod
 from deploybench.optimize.export import ensure_onnx
@@ -41,7 +42,8 @@ class QuantizeConfig(StageConfig):
     qat_epochs: int = 1  # qat: epochs of quantization-aware training from the parent's weights
     qat_lr: float = 1e-3  # qat: SGD learning rate (cosine to zero)
     max_drop: float = 0.01  # int8-nncf-ac: largest allowed top-1 drop on validation images (0.01 = 1 point)
-    val_size: int = 1000  # int8-nncf-ac: validation images (the first of the seeded validation split) it checks on
+    val_size: int = 1000  # int8-nncf-ac, float_layers sensitive:K: validation images (the first of the split) used
+    float_layers: str = ""  # int8-pt2e, int8-ort: layers left in float (`optimize.float_layers`); "" none
     seed: int = 0
 
 
@@ -185,8 +187,9 @@ def _export_for_pt2e(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphM
     return graph
 
 
-def _x86_quantizer(is_qat: bool = False, dynamic: bool = False):
-    """X86InductorQuantizer: static int8 of every supported layer, or (`dynamic`) dynamic int8 of nn.Linear only."""
+def _x86_quantizer(is_qat: bool = False, dynamic: bool = False, float_modules=(), only: str | None = None):
+    """X86InductorQuantizer: static int8 of every supported layer but the modules `float_modules` (or of module
+    `only` alone), or (`dynamic`) dynamic int8 of nn.Linear only."""
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
@@ -197,26 +200,74 @@ def _x86_quantizer(is_qat: bool = False, dynamic: bool = False):
         return quantizer.set_module_type_qconfig(
             nn.Linear, get_default_x86_inductor_quantization_config(is_dynamic=True)
         )
-    return quantizer.set_global(get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    config = get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    if only is not None:
+        return quantizer.set_module_name_qconfig(only, config)
+    quantizer.set_global(config)
+    for name in float_modules:  # a module's config of None leaves its layers unannotated, in float
+        quantizer.set_module_name_qconfig(name, None)
+    return quantizer
+
+
+def _validation_items(data: StageData, cfg: QuantizeConfig) -> DataLoader:
+    """The first `val_size` validation images (never test images), for measuring a layer's sensitivity."""
+    val = Subset(data.splits.val, range(min(cfg.val_size, len(data.splits.val))))
+    if not len(val):
+        raise UserError("--float-layers sensitive:K needs validation images; this dataset's validation split is empty")
+    return DataLoader(val, batch_size=250)
+
+
+def _top1(logits_of: Callable, items: DataLoader) -> float:
+    correct = total = 0
+    for x, y in items:
+        correct += int((np.asarray(logits_of(x)).argmax(1) == y.numpy()).sum())
+        total += len(y)
+    return correct / total
+
+
+def _float_layer_facts(kept: list[str], sensitivity: dict[str, float], spec) -> dict:
+    if not spec:
+        return {}
+    return dict(float_layers=kept, **({"layer_sensitivity": sensitivity} if sensitivity else {}))
 
 
 @method("int8-pt2e")
 def _int8_pt2e(stage, model: nn.Module, data: StageData, d: Path) -> dict:
-    """Static int8 (per-channel weights, per-tensor activations) for the x86 Inductor backend."""
+    """Static int8 (per-channel weights, per-tensor activations) for the x86 Inductor backend, with the layers
+    of `float_layers` left in float."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    cfg = stage.config
     example = data.example(2)
-    graph = _export_for_pt2e(model.eval(), example)
-    prepared = prepare_pt2e(graph, _x86_quantizer())
-    images = 0
-    with torch.no_grad():
-        for x in _calibration_batches(data, stage.config):
-            prepared(x)
-            images += len(x)
-    converted = convert_pt2e(prepared)
+    model = model.eval()
+
+    def quantize(**which):
+        prepared = prepare_pt2e(_export_for_pt2e(model, example), _x86_quantizer(**which))
+        images = 0
+        with torch.no_grad():
+            for x in _calibration_batches(data, cfg):
+                prepared(x)
+                images += len(x)
+        return convert_pt2e(prepared), images
+
+    spec = float_layers.parse(cfg.float_layers)
+    kept, sensitivity = [], {}
+    if spec:
+        items = _validation_items(data, cfg) if spec.sensitive else None
+        with torch.no_grad():
+            fp32 = _top1(model, items) if items else 0.0
+
+        @torch.no_grad()
+        def drop_alone(name: str) -> float:
+            return fp32 - _top1(quantize(only=name)[0], items)
+
+        kept, sensitivity = float_layers.choose(float_layers.torch_layers(model), spec, drop_alone)
+    converted, images = quantize(float_modules=kept)
     _drop_unused_weights(converted)
     _save_program(converted, example, d / "model.pt2")
-    return dict(calibration_images=images, quantizer="X86InductorQuantizer")
+    return dict(
+        calibration_images=images, quantizer="X86InductorQuantizer", **_float_layer_facts(kept, sensitivity, spec)
+    )
 
 
 @method("qat")
@@ -307,27 +358,63 @@ def _int8_ort(stage, parent_onnx: Path, data: StageData, d: Path) -> dict:
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[cfg.calib_method]
+
+    def quantize(src: Path, dst: Path, **nodes) -> None:
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=calibrate,
+            reduce_range=bool(cfg.reduce_range),
+            extra_options={"CalibTensorRangeSymmetric": False},
+            **nodes,
+        )
+
+    spec = float_layers.parse(cfg.float_layers)
+    kept, sensitivity = [], {}
     with tempfile.TemporaryDirectory() as work:
         pre = Path(work) / "pre.onnx"
         with _ort_refusal(parent_onnx):
             quant_pre_process(str(parent_onnx), str(pre))
-            quantize_static(
-                str(pre),
-                str(d / "model.onnx"),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=calibrate,
-                reduce_range=bool(cfg.reduce_range),
-                extra_options={"CalibTensorRangeSymmetric": False},
-            )
+            if spec:
+                kept, sensitivity = _ort_float_layers(pre, spec, quantize, data, cfg)
+            quantize(pre, d / "model.onnx", nodes_to_exclude=kept)
     return dict(
         calibration_images=min(cfg.calib_size, len(data.splits.train)),
         calib_method=cfg.calib_method,
         reduce_range=bool(cfg.reduce_range),
+        **_float_layer_facts(kept, sensitivity, spec),
     )
+
+
+def _ort_float_layers(pre: Path, spec, quantize: Callable, data: StageData, cfg) -> tuple[list[str], dict]:
+    """The nodes of the pre-processed ONNX model `pre` that int8-ort leaves in float (unnamed layer nodes are
+    named first, in `pre` itself), and their measured sensitivities."""
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.load(str(pre))
+    if float_layers.name_onnx_layers(graph):
+        onnx.save(graph, str(pre))
+    items = _validation_items(data, cfg) if spec.sensitive else None
+
+    def top1(path: Path) -> float:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return _top1(lambda x: session.run(None, {name: x.numpy().astype(np.float32)})[0], items)
+
+    fp32 = top1(pre) if items else 0.0
+
+    def drop_alone(node: str) -> float:
+        alone = pre.with_name(f"alone-{node.replace('/', '_')}.onnx")
+        quantize(pre, alone, nodes_to_quantize=[node])
+        return fp32 - top1(alone)
+
+    return float_layers.choose(float_layers.onnx_layers(graph), spec, drop_alone)
 
 
 # -- NNCF post-training int8 for OpenVINO --------------------------------------------------------------------------
@@ -601,7 +688,12 @@ class QuantizeStage(Stage):
                 f"qat needs --qat-epochs of 1 or more and a learning rate above 0, got "
                 f"{self.config.qat_epochs} and {self.config.qat_lr}"
             )
-        if "reduce_range" in QUANT_METHODS[self.config.method].options and self.config.reduce_range is None:
+        uses = QUANT_METHODS[self.config.method].options
+        self.config = replace(self.config, float_layers=float_layers.canonical(self.config.float_layers))
+        if self.config.float_layers and "float_layers" not in uses:
+            users = " / ".join(m.name for m in QUANT_METHODS.values() if "float_layers" in m.options)
+            raise UserError(f"--float-layers is an option of --method {users}, not of {self.config.method}")
+        if "reduce_range" in uses and self.config.reduce_range is None:
             # The default depends on the CPU; resolved here, it is part of the variant's config and id.
 
             self.config = replace(self.config, reduce_range=not has_int8_dot_product())
@@ -626,6 +718,11 @@ class QuantizeStage(Stage):
         for key in cfg:
             if key != "method" and key not in spec.options:
                 config.pop(key, None)
+        # Unused here, these stay out of the id, so that variants made before the option existed keep theirs.
+        if "float_layers" in spec.options and not cfg["float_layers"]:
+            config.pop("float_layers")
+        if "float_layers" in spec.options and not float_layers.parse(cfg["float_layers"]).sensitive:
+            config.pop("val_size", None)
 
         def write(d: Path) -> dict:
             source = onnx_path(parent) if spec.onnx_parent else load_module(parent)

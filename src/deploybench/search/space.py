@@ -14,6 +14,7 @@ from deploybench.errors import UserError, unknown_choice
 from deploybench.optimize.base import Stage
 from deploybench.optimize.choices import CALIB_METHODS, PRUNE_IMPORTANCES, QUANT_METHODS
 from deploybench.optimize.export import ExportStage
+from deploybench.optimize.float_layers import KINDS as FLOAT_KINDS
 from deploybench.optimize.prune import PruneStage
 from deploybench.optimize.quantize import METHODS, QuantizeStage
 from deploybench.profile.backends import get_backend
@@ -115,17 +116,38 @@ def _finetuned(p: dict) -> bool:
     return _pruned(p) and p["finetune_epochs"] > 0
 
 
+def _quantized(p: dict) -> bool:
+    return p["quantize"] != NO_QUANTIZATION
+
+
 def _calibrated(p: dict) -> bool:
     return p["quantize"] in ("int8-ort", "int8-pt2e")
 
 
-def search_space(backend: str, *, max_threads: int, has_batchnorm: bool) -> tuple[Dim, ...]:
+def float_layer_choices(layer_kinds: frozenset, layers: int) -> tuple[str, ...]:
+    """`--float-layers` values worth trying on a model with `layers` layers of which some are of `layer_kinds`:
+    none, each kind it has (and both), and its 1 or 2 most sensitive layers (one layer always stays int8)."""
+    kinds = [k for k in FLOAT_KINDS if k in layer_kinds]
+    by_kind = kinds + ([",".join(kinds)] if len(kinds) > 1 else [])
+    return ("none", *by_kind, *(f"sensitive:{k}" for k in (1, 2) if k < layers))
+
+
+def search_space(
+    backend: str,
+    *,
+    max_threads: int,
+    has_batchnorm: bool,
+    layer_kinds: frozenset = frozenset(),
+    layers: int = 0,
+) -> tuple[Dim, ...]:
     """The table of choices, in the order they are asked (a choice's `when` reads the ones before it).
 
     Args:
         backend: the target backend (its methods and whether threads are chosen).
         max_threads: the most threads a trial may use (the machine's physical cores).
         has_batchnorm: whether the model has BatchNorm layers (bn-scale importance ranks by their scales).
+        layer_kinds, layers: the kinds of layer the model has (`optimize.float_layers.KINDS`) and how many
+            convolution and linear layers: which layers an int8 method may leave in float.
     Returns:
         the dims.
     """
@@ -151,6 +173,12 @@ def search_space(backend: str, *, max_threads: int, has_batchnorm: bool) -> tupl
             choices=CALIB_METHODS,
             when=lambda p: p["quantize"] == "int8-ort",
             why="int8-ort's range estimate",
+        ),
+        Dim(
+            "float_layers",
+            choices=float_layer_choices(layer_kinds, layers),
+            when=lambda p: _quantized(p) and "float_layers" in QUANT_METHODS[p["quantize"]].options,
+            why="layers the int8 method leaves in float: by kind, or the K most sensitive (measured on validation)",
         ),
         Dim(
             "threads",
@@ -184,6 +212,7 @@ class TrialRecipe:
     quantize: str = NO_QUANTIZATION
     calib_size: int = 512
     calib_method: str = "minmax"
+    float_layers: str = "none"
     threads: int = 1
 
     @classmethod
@@ -224,6 +253,7 @@ class TrialRecipe:
                     method=self.quantize,
                     calib_size=self.calib_size if "calib_size" in uses else None,
                     calib_method=self.calib_method if "calib_method" in uses else None,
+                    float_layers=self.float_layers if "float_layers" in uses else None,
                 )
             )
         exports_itself = self.quantize != NO_QUANTIZATION and QUANT_METHODS[self.quantize].onnx_parent
@@ -249,6 +279,7 @@ class TrialRecipe:
         if self.quantize != NO_QUANTIZATION:
             uses = QUANT_METHODS[self.quantize].options
             calib = [str(self.calib_size)] * ("calib_size" in uses) + [self.calib_method] * ("calib_method" in uses)
+            calib += [f"float: {self.float_layers}"] * ("float_layers" in uses and self.float_layers != "none")
             parts.append(self.quantize + (f" ({', '.join(calib)})" if calib else ""))
         return " + ".join(parts) or "fp32 as trained"
 

@@ -33,6 +33,7 @@ from deploybench.errors import UserError, failure_line, traceback_tail
 from deploybench.models import get_model_info
 from deploybench.optimize.base import resolve_parent
 from deploybench.optimize.export import ensure_onnx
+from deploybench.optimize.float_layers import torch_layers
 from deploybench.platform import fingerprint, physical_cores
 from deploybench.profile.backends import get_backend
 from deploybench.search.fidelity import Fidelity
@@ -325,8 +326,16 @@ def run_search(ws: Workspace, spec: SearchSpec, data_dir, *, log: Callable[[str]
     start_s = time.perf_counter()
     root = resolve_parent(ws, spec.model, spec.dataset, None, data_dir)
     threads = physical_cores()
-    has_bn = any("BatchNorm" in type(m).__name__ for m in load_module(root).modules())
-    dims = search_space(spec.backend, max_threads=threads, has_batchnorm=has_bn)
+    module = load_module(root)
+    has_bn = any("BatchNorm" in type(m).__name__ for m in module.modules())
+    layers = torch_layers(module)
+    dims = search_space(
+        spec.backend,
+        max_threads=threads,
+        has_batchnorm=has_bn,
+        layer_kinds=frozenset().union(*(layer.kinds for layer in layers)),
+        layers=len(layers),
+    )
     target = _target(spec, root, dims)
     with _quiet_optuna():
         with _one_opener(storage_url(spec.storage, ws.root)):
