@@ -112,6 +112,17 @@ def test_profile_check_against_prints_a_paired_speedup(onnx_workspace, capsys):
     )
     out = capsys.readouterr().out
     assert "ratio" in out and f"speed-up over {trained.id} on torch-cpu:" in out
+    from deploybench.store.pairs import stored_pairs
+
+    (pair,) = stored_pairs(ws)  # stored, for `profile results`, with what produced it
+    assert (pair["variant"], pair["backend"], pair["against"], pair["against_backend"]) == (
+        onnx_variant.id,
+        "ort-cpu",
+        trained.id,
+        "torch-cpu",
+    )
+    assert (pair["batch_size"], pair["threads"]) == (4, 1) and f"{pair['speedup']:.2f}x" in out
+    assert pair["command"].startswith("deploybench profile check --variant") and pair["environment"]["threads"] == 1
 
 
 class _QueuedDevice:

@@ -61,8 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument(
         "--against",
         metavar="ID:BACKEND",
-        help="also the speed-up over this variant on this backend, timed in alternation with it",
+        help="also the speed-up over this variant on this backend, timed in alternation with it (stored; "
+        "`profile results` lists it)",
     )
+    sbs = sub.add_parser(
+        "side-by-side",
+        help="one model's fp32 and int8 forms in torch.compile, ONNX Runtime and OpenVINO, paired speed-ups (stored)",
+    )
+    add_common(sbs)
+    sbs.add_argument("--model", required=True, help="zoo name (as trained)")
+    sbs.add_argument("--dataset", type=dataset_arg, help="dataset it was trained on (default: the only one)")
+    sbs.add_argument("--variant", help="the trained variant (default: the newest trained one)")
+    sbs.add_argument("--batch-sizes", type=int_list, default=[1, 64], help="comma-separated (default 1,64)")
+    sbs.add_argument("--threads", type=int, help="CPU threads (default: all physical cores)")
     return p
 
 
@@ -97,13 +108,38 @@ def _check(args) -> int:
         f"ratio {r['ratio']:.3f} (medians of {r['rounds']} alternated rounds)"
     )
     if base is not None:
-        from deploybench.profile.crosscheck import paired_against
         from deploybench.profile.latency import PAIRS
+        from deploybench.profile.side_by_side import measure_pair
 
-        speedup = paired_against(ws, variant, args.backend, base, base_backend, args.batch_size, threads)
-        print(
-            f"speed-up over {base_id} on {base_backend}: {speedup:.2f}x (median of {PAIRS} alternated pairs of blocks)"
+        pair = measure_pair(
+            ws, variant, args.backend, base, base_backend, args.batch_size, threads, command=_command(args)
         )
+        print(
+            f"speed-up over {base_id} on {base_backend}: {pair['speedup']:.2f}x (median of {PAIRS} alternated pairs "
+            "of blocks)"
+        )
+    return 0
+
+
+def _command(args) -> str:
+    """The command line as given (recorded with what it measured)."""
+    return shlex.join(["deploybench", "profile", *args.argv])
+
+
+def _side_by_side(args) -> int:
+    from deploybench.optimize.base import resolve_parent
+    from deploybench.profile.side_by_side import side_by_side
+
+    threads = _threads(args)
+    if any(bs < 1 for bs in args.batch_sizes):
+        raise UserError(f"--batch-sizes must be 1 or more, got {args.batch_sizes}")
+    ws = open_workspace(args, record=False)
+    root = resolve_parent(ws, args.model, args.dataset, args.variant, args.data_dir)
+    if root.stage != "train":
+        raise UserError(f"--variant must be a trained variant; {root.id} is {root.chain}")
+    pairs = side_by_side(ws, root, args.batch_sizes, threads, command=_command(args))
+    if not pairs:
+        raise UserError(f"nothing to compare for {root.model}: run optimize all --model {root.model} first")
     return 0
 
 
@@ -198,11 +234,18 @@ def _report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     return run(
-        lambda: {"run": _run, "compare": _compare, "results": _results, "report": _report, "check": _check}[
-            args.command
-        ](args)
+        lambda: {
+            "run": _run,
+            "compare": _compare,
+            "results": _results,
+            "report": _report,
+            "check": _check,
+            "side-by-side": _side_by_side,
+        }[args.command](args)
     )
 
 

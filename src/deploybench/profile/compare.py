@@ -21,6 +21,7 @@ from pathlib import Path
 from deploybench.profile.columns import BY_KEY, COLUMNS, Column, fmt_fraction_pct, fmt_ms
 from deploybench.profile.pareto import DEFAULT_OBJECTIVES, mark_pareto
 from deploybench.store import Workspace, atomic_write_text
+from deploybench.store.pairs import stored_pairs
 from deploybench.store.search_summaries import stored_summaries
 
 KEYS = (
@@ -472,21 +473,59 @@ def _search_lines(ws: Workspace, machine: str, dataset: str) -> list[str]:
     return lines
 
 
+def _pair_lines(ws: Workspace, machine: str, dataset: str) -> list[str]:
+    """A table of the paired speed-ups stored for `dataset` on `machine` (`store.pairs`): each variant on its
+    backend over another on its backend, timed in alternation in one run, with both top-1s and the command."""
+    variants = {v.id: v for v in ws.variants(dataset=dataset)}
+    found = [p for p in stored_pairs(ws) if p["machine"] == machine and p["variant"] in variants]
+    found = [p for p in found if p["against"] in variants]
+    if not found:
+        return []
+
+    def form(vid: str, backend: str) -> str:
+        return f"{variants[vid].chain} @ {backend} ({vid[:8]})"
+
+    def top1(vid: str) -> str:
+        value = variants[vid].metrics.get("accuracy_top1")
+        return f"{100 * value:.2f}" if isinstance(value, (int, float)) else ""
+
+    lines = [
+        "",
+        "Paired speed-ups (each variant timed in alternation with the one it is compared with, in one run; "
+        "`profile side-by-side` puts every toolchain's fp32 and int8 form over torch.compile's fp32 and each int8 "
+        "form over its own toolchain's fp32):",
+        "",
+        "| model | batch | threads | variant @ backend | top-1 % | over | top-1 % | speed-up | command |",
+        "|---|---:|---:|---|---:|---|---:|---:|---|",
+    ]
+    for p in sorted(found, key=lambda p: (variants[p["variant"]].model, p["batch_size"], p["against"])):
+        lines.append(
+            f"| {variants[p['variant']].model} | {p['batch_size']} | {p['threads']} | "
+            f"{form(p['variant'], p['backend'])} | {top1(p['variant'])} | "
+            f"{form(p['against'], p['against_backend'])} | {top1(p['against'])} | {p['speedup']:.2f}× | "
+            f"`{p.get('command', '')}` |"
+        )
+    return lines
+
+
 def results_markdown(ws: Workspace, machine: str, command: str = "deploybench profile results") -> str:
     """The results file of one machine (slug): its environment, then per dataset one table per (backend, batch
-    size) from the columns, skipped combinations and the winner lines. Only that machine's measurements."""
+    size) from the columns, skipped combinations and the winner lines. Only that machine's measurements and
+    paired speed-ups."""
     latest = latest_measurements(ws, machine)
-    if not latest:
+    pairs = [p for p in stored_pairs(ws) if p["machine"] == machine and isinstance(p.get("environment"), dict)]
+    if not latest and not pairs:
         raise ValueError(f"no measurements of machine {machine!r} in {ws.root}")
-    envs = [m["environment"] for m in latest.values()]
+    envs = [m["environment"] for m in latest.values()] + [p["environment"] for p in pairs]
     rows = compare_rows(ws, machine=machine)
     lines = [f"# deploybench results: {machine}", "", *_environment_lines(envs, stored_fingerprint(envs[-1]), command)]
     columns = tuple(c for c in COLUMNS if c.key not in _GROUP_KEYS)
-    for dataset in sorted({r["dataset"] for r in rows}):
+    for dataset in sorted({r["dataset"] for r in rows} | {p.get("dataset") for p in pairs if p.get("dataset")}):
         here = [r for r in rows if r["dataset"] == dataset]
         lines += ["", f"## {dataset}"]
         lines += _training_lines(ws, dataset, {r["model"] for r in here})
         lines += _search_lines(ws, machine, dataset)
+        lines += _pair_lines(ws, machine, dataset)
         for backend, bs in sorted({(r["backend"], r["batch_size"]) for r in here if r["skipped"] is None}):
             group = [r for r in here if r["backend"] == backend and r["batch_size"] == bs]
             lines += ["", f"### {backend}, batch {bs}", "", *markdown_table(group, columns)]
@@ -504,5 +543,6 @@ def write_results(
 ) -> list[Path]:
     """Write `out_dir/<machine>.md` (atomically, replacing it) for every machine in the store; returns the paths."""
     return [
-        atomic_write_text(Path(out_dir) / f"{slug}.md", results_markdown(ws, slug, command)) for slug in machines(ws)
+        atomic_write_text(Path(out_dir) / f"{slug}.md", results_markdown(ws, slug, command))
+        for slug in sorted(set(machines(ws)) | {p["machine"] for p in stored_pairs(ws)})
     ]
