@@ -142,4 +142,5 @@ def test_cross_check_times_openvino_against_a_plain_infer_loop_and_pairs_with_or
     ws, trained, onnx_variant, _ = onnx_workspace
     r = cross_check(ws, onnx_variant, "openvino-cpu", 2, 1, Protocol.quick(), rounds=2)
     assert r["reference"] == "plain openvino infer loop" and r["ours_ms"] > 0 and r["reference_ms"] > 0
-    assert paired_against(ws, onnx_variant, "openvino-cpu", onnx_variant, "ort-cpu", 2, 1) > 0
+    speedup, facts, base_facts = paired_against(ws, onnx_variant, "openvino-cpu", onnx_variant, "ort-cpu", 2, 1)
+    assert speedup > 0 and facts["runtime_compute_dtype"] in ("float32", "bfloat16") and base_facts == {}

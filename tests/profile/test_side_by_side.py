@@ -28,7 +28,7 @@ def test_each_form_is_paired_with_the_reference_and_its_own_fp32(toolchains, mon
 
     def fake_paired(ws_, variant, backend, base, base_backend, batch_size, threads):
         timed.append((variant.id, backend, base.id, base_backend, batch_size))
-        return 2.0 + len(timed)
+        return 2.0 + len(timed), ({"runtime_compute_dtype": "bfloat16"} if backend == "openvino-cpu" else {}), {}
 
     monkeypatch.setattr(sbs, "paired_against", fake_paired)
     lines = []
@@ -48,8 +48,9 @@ def test_each_form_is_paired_with_the_reference_and_its_own_fp32(toolchains, mon
     assert len(pairs) == len(stored_pairs(ws)) == 10
     text = results_markdown(ws, pairs[0]["machine"])
     assert "Paired speed-ups" in text
-    row = f"| lenet | 8 | 1 | train+export+quantize[int8-ort] @ ort-cpu ({ort[:8]}) |"
-    assert row in text and f"train+export @ ort-cpu ({onnx[:8]})" in text
+    row = f"| lenet | 8 | 1 | train+export+quantize[int8-ort] @ ort-cpu ({ort[:8]}) | int8 |"
+    assert row in text and f"train+export @ ort-cpu ({onnx[:8]}) | float32 |" in text
+    assert f"train+export @ openvino-cpu ({onnx[:8]}) | bfloat16 |" in text  # what the runtime reported
 
 
 def test_a_re_measured_pair_replaces_the_stored_one(trained_workspace):

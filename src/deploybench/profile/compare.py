@@ -475,7 +475,8 @@ def _search_lines(ws: Workspace, machine: str, dataset: str) -> list[str]:
 
 def _pair_lines(ws: Workspace, machine: str, dataset: str) -> list[str]:
     """A table of the paired speed-ups stored for `dataset` on `machine` (`store.pairs`): each variant on its
-    backend over another on its backend, timed in alternation in one run, with both top-1s and the command."""
+    backend over another on its backend, timed in alternation in one run, with the precision each runtime
+    computed in, both top-1s and the command."""
     variants = {v.id: v for v in ws.variants(dataset=dataset)}
     found = [p for p in stored_pairs(ws) if p["machine"] == machine and p["variant"] in variants]
     found = [p for p in found if p["against"] in variants]
@@ -495,14 +496,16 @@ def _pair_lines(ws: Workspace, machine: str, dataset: str) -> list[str]:
         "`profile side-by-side` puts every toolchain's fp32 and int8 form over torch.compile's fp32 and each int8 "
         "form over its own toolchain's fp32):",
         "",
-        "| model | batch | threads | variant @ backend | top-1 % | over | top-1 % | speed-up | command |",
-        "|---|---:|---:|---|---:|---|---:|---:|---|",
+        "| model | batch | threads | variant @ backend | runs in | top-1 % | over | runs in | top-1 % | speed-up | "
+        "command |",
+        "|---|---:|---:|---|---|---:|---|---|---:|---:|---|",
     ]
     for p in sorted(found, key=lambda p: (variants[p["variant"]].model, p["batch_size"], p["against"])):
         lines.append(
             f"| {variants[p['variant']].model} | {p['batch_size']} | {p['threads']} | "
-            f"{form(p['variant'], p['backend'])} | {top1(p['variant'])} | "
-            f"{form(p['against'], p['against_backend'])} | {top1(p['against'])} | {p['speedup']:.2f}× | "
+            f"{form(p['variant'], p['backend'])} | {p.get('runs_in', '')} | {top1(p['variant'])} | "
+            f"{form(p['against'], p['against_backend'])} | {p.get('against_runs_in', '')} | {top1(p['against'])} | "
+            f"{p['speedup']:.2f}× | "
             f"`{p.get('command', '')}` |"
         )
     return lines

@@ -87,9 +87,12 @@ def cross_check(
     return dict(ours_ms=ours_ms, reference_ms=reference_ms, ratio=ours_ms / reference_ms, reference=what, rounds=rounds)
 
 
-def paired_against(ws, variant, backend: str, base, base_backend: str, batch_size: int, threads: int) -> float:
+def paired_against(
+    ws, variant, backend: str, base, base_backend: str, batch_size: int, threads: int
+) -> tuple[float, dict, dict]:
     """Speed-up of `variant` on `backend` over `base` on `base_backend`, the two timed in alternation
-    (`paired_speedup`): the figure that survives a shared machine's drift."""
+    (`paired_speedup`): the figure that survives a shared machine's drift. Returns it with what each runtime
+    reported of itself (`Backend.run_facts`: the precision it really computed in, ...), variant's first."""
     calls = []
     for v, name in ((base, base_backend), (variant, backend)):
         impl = loaded_backend(name, v, batch_size, threads)
@@ -98,6 +101,7 @@ def paired_against(ws, variant, backend: str, base, base_backend: str, batch_siz
         calls.append((impl, inputs))
     (slow, slow_in), (fast, fast_in) = calls
     speedup = paired_speedup(finished_call(slow, slow_in), finished_call(fast, fast_in))
+    facts = fast.run_facts(), slow.run_facts()
     slow.close()
     fast.close()
-    return speedup
+    return speedup, *facts

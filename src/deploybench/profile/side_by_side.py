@@ -32,7 +32,7 @@ def measure_pair(
     command: str,
 ) -> dict:
     """Time `variant` on `backend` in alternation with `base` on `base_backend`, store the speed-up and return it."""
-    speedup = paired_against(ws, variant, backend, base, base_backend, batch_size, threads)
+    speedup, facts, base_facts = paired_against(ws, variant, backend, base, base_backend, batch_size, threads)
     pair = dict(
         variant=variant.id,
         backend=backend,
@@ -42,6 +42,8 @@ def measure_pair(
         threads=threads,
         machine=machine_slug(fingerprint()),
         speedup=speedup,
+        runs_in=_runs_in(variant, facts),
+        against_runs_in=_runs_in(base, base_facts),
         pairs=PAIRS,
         model=variant.model,
         dataset=variant.dataset,
@@ -50,6 +52,12 @@ def measure_pair(
     )
     record_pair(ws, pair)
     return pair
+
+
+def _runs_in(variant: Variant, facts: dict) -> str:
+    """The precision the runtime computed in: what it reported (OpenVINO lowers fp32 models to bf16 on CPUs with
+    native bf16 unless told otherwise), else the variant's own (float32 for an fp32 model)."""
+    return facts.get("runtime_compute_dtype") or variant.metrics.get("compute_dtype") or "float32"
 
 
 @dataclass(frozen=True)
