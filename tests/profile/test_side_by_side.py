@@ -48,6 +48,7 @@ def test_each_form_is_paired_with_the_reference_and_its_own_fp32(toolchains, mon
     assert len(pairs) == len(stored_pairs(ws)) == 10
     text = results_markdown(ws, pairs[0]["machine"])
     assert "Paired speed-ups" in text
+    assert f"| lenet | {root.id} |" in text  # its training line, though `profile run` never measured it
     row = f"| lenet | 8 | 1 | train+export+quantize[int8-ort] @ ort-cpu ({ort[:8]}) | int8 |"
     assert row in text and f"train+export @ ort-cpu ({onnx[:8]}) | float32 |" in text
     assert f"train+export @ openvino-cpu ({onnx[:8]}) | bfloat16 |" in text  # what the runtime reported

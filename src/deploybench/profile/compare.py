@@ -526,7 +526,8 @@ def results_markdown(ws: Workspace, machine: str, command: str = "deploybench pr
     for dataset in sorted({r["dataset"] for r in rows} | {p.get("dataset") for p in pairs if p.get("dataset")}):
         here = [r for r in rows if r["dataset"] == dataset]
         lines += ["", f"## {dataset}"]
-        lines += _training_lines(ws, dataset, {r["model"] for r in here})
+        paired = {p.get("model") for p in pairs if p.get("dataset") == dataset}
+        lines += _training_lines(ws, dataset, {r["model"] for r in here} | paired)
         lines += _search_lines(ws, machine, dataset)
         lines += _pair_lines(ws, machine, dataset)
         for backend, bs in sorted({(r["backend"], r["batch_size"]) for r in here if r["skipped"] is None}):
