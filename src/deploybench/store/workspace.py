@@ -203,7 +203,9 @@ class Workspace:
             if not create:
                 raise UserError(f"workspace {self.root} does not exist")
             try:
-                self.root.mkdir(parents=True)
+                # exist_ok: another process may make the same new workspace at the same moment (two commands
+                # started at once); a file in its place still fails.
+                self.root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise UserError(f"cannot create workspace {self.root}: {exc.strerror}") from None
         self.db_path = self.root / "deploybench.db"
