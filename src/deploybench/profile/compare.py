@@ -473,13 +473,12 @@ def _search_lines(ws: Workspace, machine: str, dataset: str) -> list[str]:
     return lines
 
 
-def _pair_lines(ws: Workspace, machine: str, dataset: str) -> list[str]:
-    """A table of the paired speed-ups stored for `dataset` on `machine` (`store.pairs`): each variant on its
+def _pair_lines(ws: Workspace, pairs: list[dict], dataset: str) -> list[str]:
+    """A table of one machine's stored `pairs` (`store.pairs`) of `dataset`: each variant on its
     backend over another on its backend, timed in alternation in one run, with the precision each runtime
     computed in, both top-1s and the command."""
     variants = {v.id: v for v in ws.variants(dataset=dataset)}
-    found = [p for p in stored_pairs(ws) if p["machine"] == machine and p["variant"] in variants]
-    found = [p for p in found if p["against"] in variants]
+    found = [p for p in pairs if p["variant"] in variants and p["against"] in variants]
     if not found:
         return []
 
@@ -529,7 +528,7 @@ def results_markdown(ws: Workspace, machine: str, command: str = "deploybench pr
         paired = {p.get("model") for p in pairs if p.get("dataset") == dataset}
         lines += _training_lines(ws, dataset, {r["model"] for r in here} | paired)
         lines += _search_lines(ws, machine, dataset)
-        lines += _pair_lines(ws, machine, dataset)
+        lines += _pair_lines(ws, pairs, dataset)
         for backend, bs in sorted({(r["backend"], r["batch_size"]) for r in here if r["skipped"] is None}):
             group = [r for r in here if r["backend"] == backend and r["batch_size"] == bs]
             lines += ["", f"### {backend}, batch {bs}", "", *markdown_table(group, columns)]
