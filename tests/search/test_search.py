@@ -1,6 +1,6 @@
 """`deploybench.search`: a tiny search end to end (lenet on the tiny Fashion-MNIST, 3 trials, low fidelity, the
-quick latency protocol), a repeated recipe that makes no new variant, the space per backend, the promotion rule,
-and a worker on other hardware refused."""
+quick latency protocol), a repeated recipe that makes no new variant, a new study starting from `optimize all`'s
+recipes, the space per backend, the promotion rule, and a worker on other hardware refused."""
 
 import json
 import shutil
@@ -16,12 +16,21 @@ from deploybench.report import build_report
 from deploybench.report.search_sections import search_report_sections
 from deploybench.search import BACKEND_SPACES, Fidelity, SearchSpec, TrialRecipe, run_search, search_space, summary_path
 from deploybench.search.fidelity import promotion
-from deploybench.search.space import output_format
+from deploybench.search.space import menu_seeds, output_format
 from deploybench.store import Workspace
 
 LOW = Fidelity(screen_fraction=0.5, screen_val_images=3)
 # A budget of 100 points: on 6 validation images of a 1-epoch lenet any loss is a multiple of 16.7 points.
-TINY = dict(model="lenet", dataset="fashion-mnist", backend="ort-cpu", budget_pts=100.0, quick=True, fidelity=LOW)
+# The sampler's own draws: the menu's recipes first (`menu_seeds`) are tested on their own below.
+TINY = dict(
+    model="lenet",
+    dataset="fashion-mnist",
+    backend="ort-cpu",
+    budget_pts=100.0,
+    quick=True,
+    fidelity=LOW,
+    menu_seeds=False,
+)
 
 
 def _storage(root) -> str:
@@ -100,6 +109,49 @@ def test_a_trial_repeating_a_recipe_makes_no_new_variant(searched_copy):
         timed = again[4].user_attrs[rung]
         assert timed["variant_id"] == first.user_attrs[rung]["variant_id"]
         assert timed["threads"] != first.params["threads"] and "same_as" not in again[4].user_attrs
+
+
+@pytest.mark.timeout(600)
+def test_a_new_study_runs_the_menus_recipes_first_and_finds_their_variants(searched_copy):
+    ws, _, data_dir, summary = searched_copy
+    # The search compared its winner with `optimize all`, so the menu's variants are in the store.
+    menu = {c["chain_name"]: c["variant_id"] for c in summary["optimize_all"]["candidates"]}
+    assert set(menu) == {"export", "quantize:int8-ort", "prune→export", "prune→export→int8-ort"}
+    variants = {v.id for v in ws.variants()}
+    spec = SearchSpec(**dict(TINY, menu_seeds=True), trials=len(menu), study="from-the-menu")
+    run_search(ws, spec, data_dir, log=lambda line: None)
+    trials = optuna.load_study(study_name="from-the-menu", storage=_storage(ws.root)).trials
+    assert [t.user_attrs["menu_chain"] for t in trials] == list(menu)
+    for t in trials:  # the menu's own variant, found; not screened (optimize all makes it at full fidelity)
+        assert t.state == TrialState.COMPLETE and "rung0" not in t.user_attrs
+        assert t.user_attrs["variant_id"] == menu[t.user_attrs["menu_chain"]]
+    assert {v.id for v in ws.variants()} == variants
+
+
+def test_the_menus_recipes_are_expressed_in_each_backends_space():
+    def seeds(backend):
+        dims = search_space(backend, max_threads=2, has_batchnorm=True, layer_kinds=frozenset(), layers=5)
+        return dict(menu_seeds(backend, dims, threads=2))
+
+    tc = seeds("torch-compile-cpu")
+    assert tc["prune→int8-pt2e"] == dict(
+        prune_ratio=0.5,
+        importance="magnitude",
+        global_pruning=False,
+        iterative_steps=1,
+        finetune_epochs=2,
+        distill=True,
+        quantize="int8-pt2e",
+        calib_size=512,
+        float_layers="none",
+    )
+    assert "export" not in tc and "quantize:int8-ort" not in tc  # ONNX: not run by a torch backend
+    assert "quantize:dynamic" not in tc  # torchao's dynamic int8 is not in this space
+    assert seeds("ort-cpu")["prune→export→int8-ort"]["threads"] == 2  # the export int8-ort makes itself
+    assert set(seeds("torch-cpu")) <= {"prune", "quantize:bf16"}  # eager int8 is not offered there
+    ratio = search_space("ort-cpu", max_threads=2, has_batchnorm=True)[0]
+    assert ratio.admits(0.5) and ratio.admits(0.0) and not ratio.admits(0.52) and not ratio.admits(0.85)
+    assert not ratio.admits(True) and not ratio.admits("0.5")
 
 
 def test_a_worker_on_other_hardware_is_refused(searched_copy):

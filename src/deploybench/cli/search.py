@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the study; refuse to start a new one")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    p.add_argument(
+        "--no-menu-seeds",
+        action="store_true",
+        help="a new study starts from the sampler's draws alone, not from optimize all's recipes first",
+    )
     p.add_argument("--quick", action="store_true", help="short latency protocol (tests; its numbers are not honest)")
     p.add_argument("--screen-fraction", type=float, help="rung 0: share of one epoch fine-tuned (default 0.2)")
     p.add_argument("--screen-val-images", type=int, help="rung 0: validation images (default 1000)")
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             seed=args.seed,
             quick=args.quick,
+            menu_seeds=not args.no_menu_seeds,
             fidelity=Fidelity(**{k: v for k, v in overrides.items() if v is not None}),
         )
         check_spec(spec)  # bad input is refused before the workspace is touched

@@ -1,7 +1,8 @@
 """One trial: draw a recipe from the space, make its variant through the ordinary stages, measure it on the
 validation split and the target backend, and hand Optuna its objectives and its accuracy constraint.
 
-A recipe that fine-tunes is screened first (`fidelity`). A recipe drawn again takes over the earlier trial's outcome
+A recipe that fine-tunes is screened first (`fidelity`), unless it is one of `optimize all`'s (a new study runs
+those first, `space.menu_seeds`). A recipe drawn again takes over the earlier trial's outcome
 (`store.studies.same_params`, which also waits while another worker runs it); measurements are kept in the trials'
 user attributes with their variant id, so a variant reached by another recipe is not measured twice either.
 """
@@ -135,7 +136,9 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> list[float]:
     twin = same_params(trial.study, trial, params)  # waits while another worker runs the same recipe
     if twin is not None:
         return _as_twin(trial, twin, ctx)
-    if recipe.screened:
+    # A recipe of `optimize all`'s menu is not screened: that command makes it at full fidelity anyway (the search
+    # compares its winner with the menu), so a rung-0 copy would only add a variant.
+    if recipe.screened and "menu_chain" not in trial.user_attrs:
         low = build(ctx, recipe, ctx.fidelity.screen_fraction)
         rung0 = measure(ctx, trial.study, low, recipe.threads, ctx.fidelity.screen_val_images)
         trial.set_user_attr("rung0", rung0)

@@ -160,6 +160,7 @@ def trial_history(study: optuna.Study) -> list[dict]:
                 error=a.get("error"),
                 seconds=a.get("seconds"),
                 retry_of=t.system_attrs.get("failed_trial"),
+                menu_chain=a.get("menu_chain"),
                 variant_id=a.get("variant_id"),
             )
         )

@@ -15,6 +15,7 @@ from deploybench.optimize.base import Stage
 from deploybench.optimize.choices import CALIB_METHODS, PRUNE_IMPORTANCES, QUANT_METHODS
 from deploybench.optimize.export import ExportStage
 from deploybench.optimize.float_layers import KINDS as FLOAT_KINDS
+from deploybench.optimize.pipeline import default_chains
 from deploybench.optimize.prune import PruneStage
 from deploybench.optimize.quantize import METHODS, QuantizeStage
 from deploybench.profile.backends import get_backend
@@ -98,6 +99,16 @@ class Dim:
     step: float | None = None
     when: Callable[[dict], bool] = lambda params: True
     why: str = ""
+
+    def admits(self, value) -> bool:
+        """Whether `value` is one of this choice's values."""
+        if self.choices:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return False
+        if self.step is not None:
+            return abs((value - self.low) / self.step - round((value - self.low) / self.step)) < 1e-9
+        return isinstance(self.low, float) or isinstance(self.high, float) or float(value).is_integer()
 
     def suggest(self, trial):
         """Ask the Optuna trial for this choice."""
@@ -285,6 +296,58 @@ class TrialRecipe:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _stage_keys(stages: list[Stage]) -> list[tuple]:
+    """What makes a list of stages' variants: each stage's name and the options that enter its id. An export right
+    before a method that exports its parent itself is the export that method makes."""
+    keys = []
+    for i, stage in enumerate(stages):
+        nxt = stages[i + 1] if i + 1 < len(stages) else None
+        if isinstance(stage, ExportStage) and isinstance(nxt, QuantizeStage):
+            if QUANT_METHODS[nxt.config.method].onnx_parent and stage.config == ExportStage().config:
+                continue
+        cfg = stage.config.to_dict()
+        if isinstance(stage, QuantizeStage):
+            cfg = {k: v for k, v in cfg.items() if k == "method" or k in QUANT_METHODS[stage.config.method].options}
+        keys.append((stage.name, cfg))
+    return keys
+
+
+def menu_seeds(backend: str, dims: tuple[Dim, ...], threads: int) -> list[tuple[str, dict]]:
+    """`optimize all`'s recipes that `backend` runs, as the trial params whose stages make the same variants:
+    (chain name, params) per chain. A new study runs them first (Optuna's `enqueue_trial`), so the sampler starts
+    from the menu's best and searches beyond it instead of spending its first generation on random recipes only.
+    A chain the space cannot express (another quantizer, a value outside a choice) is left out.
+
+    Args:
+        dims: the study's space (`search_space`).
+        threads: the threads of a trial that does not choose them (the study's).
+    """
+    space = backend_space(backend)
+    seeds: list[tuple[str, dict]] = []
+    for chain in default_chains():
+        if not space.runs(output_format(chain.steps[-1])):
+            continue
+        prune = next((s.config for s in chain.steps if isinstance(s, PruneStage)), None)
+        quant = next((s.config for s in chain.steps if isinstance(s, QuantizeStage)), None)
+        values = dict(prune.to_dict() if prune else {}, prune_ratio=prune.ratio if prune else 0.0, threads=threads)
+        if quant is not None:
+            values.update(quant.to_dict(), quantize=quant.method, float_layers=quant.float_layers or "none")
+        else:
+            values["quantize"] = NO_QUANTIZATION
+        values["global_pruning"] = values.get("global_pruning", False)
+        params: dict = {}
+        for dim in dims:
+            if dim.when(params):
+                if dim.name not in values or not dim.admits(values[dim.name]):
+                    break
+                params[dim.name] = values[dim.name]
+        else:
+            recipe = TrialRecipe.from_params(params, threads=threads)
+            if _stage_keys(recipe.stages(space)) == _stage_keys(chain.steps) and params not in (p for _, p in seeds):
+                seeds.append((chain.name, params))
+    return seeds
 
 
 def check_objectives(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -40,7 +40,7 @@ from deploybench.search.fidelity import Fidelity
 from deploybench.search.measure import LatencyProtocol, PairedTimer
 from deploybench.search.objective import OBJECTIVES, SearchContext, run_trial
 from deploybench.search.results import change_pts, search_results
-from deploybench.search.space import backend_space, check_objectives, methods_here, search_space
+from deploybench.search.space import backend_space, check_objectives, menu_seeds, methods_here, search_space
 from deploybench.store import Variant, Workspace
 from deploybench.store.studies import (
     FINISHED,
@@ -77,6 +77,7 @@ class SearchSpec:
     resume: bool = False
     seed: int = 0
     quick: bool = False  # the short latency protocol (tests; its numbers are not honest)
+    menu_seeds: bool = True  # a new study runs `optimize all`'s recipes first (`space.menu_seeds`)
     fidelity: Fidelity = field(default_factory=Fidelity)
 
     @property
@@ -202,10 +203,21 @@ class _Objective:
         self.last: int | None = None
         self.requeued: int | None = None  # the trial whose recipe an interruption queued again
 
+    def _requeue(self, trial: optuna.Trial) -> None:
+        """Queue an interrupted trial's recipe (drawn, or queued for it and not drawn yet) again: the next run (any
+        worker) makes it first, and its finished stages are found. A recipe of the menu stays one."""
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        params = trial.params or frozen.system_attrs.get("fixed_params")
+        if params:
+            menu = {"menu_chain": trial.user_attrs["menu_chain"]} if "menu_chain" in trial.user_attrs else {}
+            trial.study.enqueue_trial(dict(params), user_attrs={"retry_of": trial.number, **menu})
+            self.requeued = trial.number
+
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self.last = trial.number
         if self.gate.pending:  # it came while Optuna was making this trial: it ends before drawing a recipe
             trial.set_user_attr("error", "stopped by SIGTERM before its recipe was drawn")
+            self._requeue(trial)
             raise SearchInterrupted("stopped by SIGTERM")
         trial.set_user_attr("worker", worker_name())
         self.gate.trial_number = trial.number
@@ -214,9 +226,7 @@ class _Objective:
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
-            if trial.params:  # the next run (any worker) makes this recipe first; its finished stages are found
-                trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-                self.requeued = trial.number
+            self._requeue(trial)
             raise
         except Exception as exc:  # noqa: BLE001  a broken recipe is recorded as a failed trial; the others go on
             trial.set_user_attr("error", failure_line(exc))
@@ -230,7 +240,9 @@ class _Objective:
 def _trial_line(trial: optuna.trial.FrozenTrial, budget_pts: float) -> str:
     """One line per finished trial."""
     a = trial.user_attrs
-    head = f"trial {trial.number} {a.get('recipe', '')}"
+    head = f"trial {trial.number} {a.get('recipe', '')}" + (
+        f" (optimize all's {a['menu_chain']})" if a.get("menu_chain") else ""
+    )
     if a.get("result"):
         r = a["result"]
         ok = "within" if r["val_drop_pts"] <= budget_pts else "over"
@@ -340,7 +352,7 @@ def run_search(ws: Workspace, spec: SearchSpec, data_dir, *, log: Callable[[str]
     with _quiet_optuna():
         with _one_opener(storage_url(spec.storage, ws.root)):
             store = open_storage(spec.storage, ws.root, must_exist=spec.resume)
-            study, _ = open_study(
+            study, created = open_study(
                 store,
                 spec.study_name,
                 directions=[OBJECTIVES[o][0] for o in spec.objectives],
@@ -348,6 +360,9 @@ def run_search(ws: Workspace, spec: SearchSpec, data_dir, *, log: Callable[[str]
                 resume=spec.resume,
                 named=spec.study is not None,
             )
+            if created and spec.menu_seeds:
+                for chain, params in menu_seeds(spec.backend, dims, threads):
+                    study.enqueue_trial(params, user_attrs={"menu_chain": chain})
         shown = display_url(store.url)
         check_fingerprint(study, fingerprint(threads), measures_latency=True)
         log(
