@@ -154,12 +154,7 @@ def test_time_limits_read_units():
 @pytest.mark.timeout(900)
 def test_two_workers_on_one_study_record_each_trial_once(trained_workspace):
     ws, _, data_dir = trained_workspace
-    argv = [
-        sys.executable,
-        "-m",
-        "deploybench.cli.search",
-        *_argv(ws, data_dir, "--trials", "4", "--study", "two", "--no-menu-seeds"),
-    ]
+    argv = [sys.executable, "-m", "deploybench.cli.search", *_argv(ws, data_dir, "--trials", "4", "--study", "two")]
     workers = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=800) for w in workers]
     for w, (_, err) in zip(workers, outputs, strict=True):

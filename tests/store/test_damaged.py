@@ -2,6 +2,7 @@
 deploybench's; rows whose JSON or names do not hold up (ids, file names, model names are checked as user input
 is); variant prefixes whose LIKE wildcards would match other ids; and two writers making one variant at once."""
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -234,9 +235,11 @@ def test_like_prefix_takes_wildcards_literally():
 
 
 # -- two writers making one variant -------------------------------------------------------------------------------
-def test_a_variant_stored_by_another_writer_meanwhile_is_returned(tmp_path):
-    """The other writer stores the variant while this one's `write` runs: this one's folder is dropped and the
-    stored variant returned; renaming onto the other's non-empty folder would fail with ENOTEMPTY."""
+def test_a_variant_stored_by_another_writer_meanwhile_is_returned(tmp_path, monkeypatch):
+    """A writer that does not share this one's lock (another machine on a shared folder) stores the variant while
+    this one's `write` runs: this one's folder is dropped and the stored variant returned; renaming onto the
+    other's non-empty folder would fail with ENOTEMPTY."""
+    monkeypatch.setattr("deploybench.store.workspace.exclusive", lambda path: contextlib.nullcontext())
     ws = Workspace(tmp_path / "ws")
 
     def racing_write(d):
@@ -265,17 +268,21 @@ def test_a_folder_left_without_its_row_is_replaced(tmp_path):
 
 RACER = r"""
 import json, sys, time
+from pathlib import Path
 from deploybench.store import Workspace
 
-root, writers = sys.argv[1], int(sys.argv[2])
+root, me, log = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+(log.parent / f"started-{me}").touch()
 
 def write(d):
-    (d / "model.onnx").write_bytes(b"graph")
-    final = d.parent / d.name.split(".")[1]
+    with open(log, "a") as fh:
+        fh.write(me + "\n")
     deadline = time.time() + 60
-    # Leave only once every writer is inside write(), or one has stored its folder already.
-    while len(list(d.parent.glob(".*.tmp"))) < writers and not final.exists() and time.time() < deadline:
+    # Stay inside write() until the other writer has started, and a moment more, so that it comes while this runs.
+    while not (log.parent / f"started-{1 - int(me)}").exists() and time.time() < deadline:
         time.sleep(0.005)
+    time.sleep(1.0)
+    (d / "model.onnx").write_bytes(b"graph")
     return {"accuracy_top1": 0.5}
 
 v, created = Workspace(root).create_variant(model="lenet", dataset="cifar10", stage="train", config={},
@@ -284,18 +291,24 @@ print(json.dumps([v.id, created]))
 """
 
 
-def test_two_processes_making_one_variant_at_once_both_get_it(tmp_path):
+def test_two_processes_making_one_variant_at_once_make_it_once(tmp_path):
+    """The second waits for the first and finds its variant: the work is done once, never side by side."""
     ws = Workspace(tmp_path / "ws")
+    log = tmp_path / "writes"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", RACER, str(ws.root), "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", RACER, str(ws.root), str(me), str(log)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        for _ in range(2)
+        for me in range(2)
     ]
     results = [p.communicate(timeout=120) for p in procs]
     for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0 and "Traceback" not in err, err
     made = [json.loads(out) for out, _ in results]
     assert made[0][0] == made[1][0] and sorted(c for _, c in made) == [False, True]
+    assert len(log.read_text().split()) == 1  # one write() ran
     (v,) = ws.variants()
     assert sorted(p.name for p in v.path.parent.iterdir()) == [v.id]

@@ -24,8 +24,10 @@ from typing import Callable, Iterator
 from deploybench.errors import DamagedStore, UserError
 from deploybench.store.atomic import (
     FILE_MODE,
+    exclusive,
     fsync_dir,
     fsync_tree,
+    lock_path_for,
     raise_if_disk_full,
     safe_component,
     sweep_stale_dirs,
@@ -470,45 +472,51 @@ class Workspace:
     ) -> tuple[Variant, bool]:
         """Make a variant by calling `write(tmp_dir)`, which writes the files and may return metrics.
 
-        Returns (variant, created). An existing variant with the same id is returned as is (created=False), also
-        when another process stores it while `write` runs (its folder is kept, this one's is dropped).
-        The folder appears only complete (atomic rename) and the row only after it.
+        Returns (variant, created). An existing variant with the same id is returned as is (created=False). One
+        process of this machine makes a variant at a time: a second waits, then finds the first's, so neither
+        repeats the work nor writes into a run folder (a pruning's fine-tuning checkpoint) the other uses or
+        removes. A process elsewhere that stores it while `write` runs wins the same way (its folder is kept,
+        this one's is dropped). The folder appears only complete (atomic rename) and the row only after it.
         """
         parent_id = parent.id if parent else None
         vid = self.variant_id(model, dataset, parent_id, stage, config)
         existing = self.stored_variant(vid)
         if existing is not None:
             return existing, False
-        final = self.artifact_dir(model, dataset, vid)
-        sweep_stale_dirs(final.parent)
-        tmp = temp_dir_for(final)
-        try:
-            metrics = _run_write(write, tmp)
-            fsync_tree(tmp)
-            files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-            hashes = {f: file_sha256(tmp / f) for f in files}
-            size = sum((tmp / f).stat().st_size for f in files)
-            digest = files_digest(hashes)
-            lineage = (parent.stages if parent else []) + [stage]
-            full_config = dict(config, _lineage=lineage)
-            row = (
-                vid,
-                parent_id,
-                model,
-                dataset,
-                stage,
-                _canonical(full_config),
-                fmt,
-                json.dumps(files),
-                size,
-                digest,
-                _canonical(metrics),
-                time.time(),
-                seal_variant(vid, model, dataset, fmt, digest),
-            )
-            created = self._publish(tmp, final, row)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # left only when the variant was there first, or on a failure
+        with exclusive(lock_path_for(self.root, f"variant/{vid}")):
+            existing = self.stored_variant(vid)
+            if existing is not None:
+                return existing, False
+            final = self.artifact_dir(model, dataset, vid)
+            sweep_stale_dirs(final.parent)
+            tmp = temp_dir_for(final)
+            try:
+                metrics = _run_write(write, tmp)
+                fsync_tree(tmp)
+                files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+                hashes = {f: file_sha256(tmp / f) for f in files}
+                size = sum((tmp / f).stat().st_size for f in files)
+                digest = files_digest(hashes)
+                lineage = (parent.stages if parent else []) + [stage]
+                full_config = dict(config, _lineage=lineage)
+                row = (
+                    vid,
+                    parent_id,
+                    model,
+                    dataset,
+                    stage,
+                    _canonical(full_config),
+                    fmt,
+                    json.dumps(files),
+                    size,
+                    digest,
+                    _canonical(metrics),
+                    time.time(),
+                    seal_variant(vid, model, dataset, fmt, digest),
+                )
+                created = self._publish(tmp, final, row)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)  # left only when the variant was there first, or on a failure
         return self.get_variant(vid), created
 
     def _publish(self, tmp: Path, final: Path, row: tuple) -> bool:
