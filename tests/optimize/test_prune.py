@@ -40,6 +40,36 @@ def _silence_heads(model, heads):
                 block.attn.proj.weight[:, h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
 
 
+def _widths(model):
+    return [
+        m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+
+
+def test_round_to_keeps_channel_counts_multiples_of_n_and_enters_the_id_only_when_set():
+    torch.manual_seed(0)
+    model = create_model("custom", num_classes=10, in_channels=1, image_size=28).eval()
+    plain = prune_model(
+        create_model("custom", num_classes=10, in_channels=1, image_size=28).eval(), _Data(), PruneConfig(ratio=0.8)
+    )
+    assert _widths(plain) == [12, 12, 25, 25, 51, 102, 10]  # 20% kept, rounded down: no alignment
+    aligned = prune_model(model, _Data(), PruneConfig(ratio=0.8, round_to=8))
+    assert _widths(aligned) == [8, 8, 24, 24, 48, 96, 10]  # the classifier keeps its outputs
+    assert aligned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert "round_to" not in PruneConfig(ratio=0.8).to_dict()  # ids of variants made before the option stay
+    assert PruneConfig(ratio=0.8, round_to=8).to_dict()["round_to"] == 8
+
+
+def test_a_negative_round_to_is_one_user_error():
+    from deploybench.errors import UserError
+    from deploybench.optimize.prune import PruneStage
+
+    with pytest.raises(UserError, match="--round-to must be >= 0"):
+        PruneStage(ratio=0.5, round_to=-8)
+
+
 @pytest.mark.parametrize("importance", ["magnitude", "lamp"])
 def test_the_least_important_heads_are_removed_whole(importance):
     model = _vit()

@@ -138,6 +138,7 @@ def test_the_menus_recipes_are_expressed_in_each_backends_space():
         prune_ratio=0.5,
         importance="magnitude",
         global_pruning=False,
+        round_to=0,
         iterative_steps=1,
         finetune_epochs=2,
         distill=True,
@@ -198,6 +199,17 @@ def test_screening_makes_one_epoch_over_a_fraction_and_keeps_existing_ids():
     assert (low.finetune_epochs, low.finetune_fraction, full.finetune_epochs) == (1, 0.2, 2)
     assert "finetune_fraction" not in full.to_dict()  # a full fine-tune keeps the config (and id) it always had
     assert low.to_dict()["finetune_fraction"] == 0.2
+
+
+def test_a_recipe_that_aligns_channels_prunes_with_round_to_and_says_so():
+    space = BACKEND_SPACES["torch-compile-cpu"]
+    dims = {d.name: d for d in search_space("torch-compile-cpu", max_threads=2, has_batchnorm=True)}
+    assert dims["round_to"].choices == (0, 8, 16, 32)
+    assert dims["round_to"].when(dict(prune_ratio=0.5)) and not dims["round_to"].when(dict(prune_ratio=0.0))
+    aligned = TrialRecipe(prune_ratio=0.8, round_to=16, quantize="int8-pt2e")
+    assert aligned.stages(space)[0].config.round_to == 16
+    assert "channels x16" in aligned.describe()
+    assert "channels x" not in TrialRecipe(prune_ratio=0.8).describe()
 
 
 def test_promotion_keeps_the_best_third_of_rung_0():

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="rank channels across all layers (default: the same ratio per layer)",
     )
     pr.add_argument("--iterative-steps", type=int, help="prune in K steps (default 1)")
+    pr.add_argument(
+        "--round-to",
+        type=int,
+        help="keep each pruned layer's channel count a multiple of N (int8 kernels tile channels by 8-64; "
+        "default: any count)",
+    )
     pr.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 2)")
     pr.add_argument(
         "--distill",
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 importance=args.importance,
                 global_pruning=args.global_pruning,
                 iterative_steps=args.iterative_steps,
+                round_to=args.round_to,
                 finetune_epochs=args.finetune_epochs,
                 distill=args.distill,
             )

@@ -67,13 +67,16 @@ class PruneConfig(StageConfig):
     calib_size: int = 256  # taylor: training images whose gradients rank the channels
     seed: int = 0
     finetune_fraction: float = 1.0  # share of the training images each fine-tuning epoch draws (search screens at < 1)
+    round_to: int = 0  # keep every pruned layer's channel count a multiple of this (0: any count)
 
     def to_dict(self) -> dict:
-        """The options that enter the config and id; `finetune_fraction` only when below 1, so the ids of variants
-        made before the option existed stay the same."""
+        """The options that enter the config and id; `finetune_fraction` only when below 1 and `round_to` only when
+        set, so the ids of variants made before these options existed stay the same."""
         out = super().to_dict()
         if out["finetune_fraction"] == 1.0:
             del out["finetune_fraction"]
+        if not out["round_to"]:
+            del out["round_to"]
         return out
 
 
@@ -152,6 +155,7 @@ def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Modul
         ignored_layers=[_classifier(model)],
         global_pruning=cfg.global_pruning,
         iterative_steps=cfg.iterative_steps,
+        round_to=cfg.round_to or None,
         **extra,
     )
     if attentions and not cfg.global_pruning:
@@ -259,6 +263,8 @@ class PruneStage(Stage):
             raise UserError("--iterative-steps must be >= 1 and --finetune-epochs >= 0")
         if c.finetune_lr is not None and not c.finetune_lr > 0:
             raise UserError(f"--finetune-lr must be above 0, got {c.finetune_lr}")
+        if c.round_to < 0:
+            raise UserError(f"--round-to must be >= 0 (0: any channel count), got {c.round_to}")
         if not 0.0 < c.finetune_fraction <= 1.0:
             raise UserError(f"the fine-tuning fraction must be in (0, 1], got {c.finetune_fraction}")
 

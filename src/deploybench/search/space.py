@@ -174,6 +174,12 @@ def search_space(
             why="how channels are ranked",
         ),
         Dim("global_pruning", choices=(False, True), when=_pruned, why="rank across layers instead of per layer"),
+        Dim(
+            "round_to",
+            choices=(0, 8, 16, 32),
+            when=_pruned,
+            why="keep channel counts multiples of N (0: any); int8 kernels run unaligned counts slower",
+        ),
         Dim("iterative_steps", low=1, high=3, when=_pruned, why="prune in K steps"),
         Dim("finetune_epochs", low=0, high=3, when=_pruned, why="fine-tuning epochs at full fidelity"),
         Dim("distill", choices=(False, True), when=_finetuned, why="distill from the unpruned parent"),
@@ -217,6 +223,7 @@ class TrialRecipe:
     prune_ratio: float = 0.0
     importance: str = "magnitude"
     global_pruning: bool = False
+    round_to: int = 0
     iterative_steps: int = 1
     finetune_epochs: int = 0
     distill: bool = False
@@ -251,6 +258,7 @@ class TrialRecipe:
                     ratio=round(self.prune_ratio, 4),
                     importance=self.importance,
                     global_pruning=self.global_pruning,
+                    round_to=self.round_to,
                     iterative_steps=self.iterative_steps,
                     finetune_epochs=1 if screening else self.finetune_epochs,
                     distill=self.distill and self.finetune_epochs > 0,
@@ -284,7 +292,9 @@ class TrialRecipe:
             )
             parts.append(
                 f"prune {self.prune_ratio:.2f} ({self.importance}, "
-                f"{'global' if self.global_pruning else 'local'}, {self.iterative_steps} "
+                f"{'global' if self.global_pruning else 'local'}, "
+                + (f"channels x{self.round_to}, " if self.round_to else "")
+                + f"{self.iterative_steps} "
                 f"step{'s' * (self.iterative_steps != 1)}, {ft})"
             )
         if self.quantize != NO_QUANTIZATION:
@@ -331,12 +341,11 @@ def menu_seeds(backend: str, dims: tuple[Dim, ...], threads: int) -> list[tuple[
             continue
         prune = next((s.config for s in chain.steps if isinstance(s, PruneStage)), None)
         quant = next((s.config for s in chain.steps if isinstance(s, QuantizeStage)), None)
-        values = dict(prune.to_dict() if prune else {}, prune_ratio=prune.ratio if prune else 0.0, threads=threads)
+        values = dict(asdict(prune) if prune else {}, prune_ratio=prune.ratio if prune else 0.0, threads=threads)
         if quant is not None:
             values.update(quant.to_dict(), quantize=quant.method, float_layers=quant.float_layers or "none")
         else:
             values["quantize"] = NO_QUANTIZATION
-        values["global_pruning"] = values.get("global_pruning", False)
         params: dict = {}
         for dim in dims:
             if dim.when(params):
