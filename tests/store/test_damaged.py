@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -239,7 +240,7 @@ def test_a_variant_stored_by_another_writer_meanwhile_is_returned(tmp_path, monk
     """A writer that does not share this one's lock (another machine on a shared folder) stores the variant while
     this one's `write` runs: this one's folder is dropped and the stored variant returned; renaming onto the
     other's non-empty folder would fail with ENOTEMPTY."""
-    monkeypatch.setattr("deploybench.store.workspace.exclusive", lambda path: contextlib.nullcontext())
+    monkeypatch.setattr("deploybench.store.workspace.exclusive", lambda *lock: contextlib.nullcontext())
     ws = Workspace(tmp_path / "ws")
 
     def racing_write(d):
@@ -289,6 +290,25 @@ v, created = Workspace(root).create_variant(model="lenet", dataset="cifar10", st
                                             parent=None, fmt="onnx", write=write)
 print(json.dumps([v.id, created]))
 """
+
+
+def test_a_process_holding_a_variants_lock_makes_it_without_waiting_for_itself(tmp_path):
+    """Training holds the lock on making its variant around the fitting, then stores it through create_variant,
+    which takes the same lock: the second take must go straight in, not wait for itself forever."""
+    ws = Workspace(tmp_path / "ws")
+    vid = ws.variant_id(ARGS["model"], ARGS["dataset"], None, ARGS["stage"], ARGS["config"])
+    made = []
+
+    def make():
+        with ws.making(vid):
+            made.append(ws.create_variant(**ARGS, write=write_files))
+
+    worker = threading.Thread(target=make, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "create_variant waited for the lock its own thread holds"
+    ((v, created),) = made
+    assert created and v.id == vid
 
 
 def test_two_processes_making_one_variant_at_once_make_it_once(tmp_path):

@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--round-to",
         type=int,
-        help="keep each pruned layer's channel count a multiple of N (int8 kernels tile channels by 8-64; "
-        "default: any count)",
+        help="keep each pruned layer's channel count a multiple of N (unaligned counts can run slower in int8 "
+        "and bf16 kernels; default: any count)",
     )
     pr.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 2)")
     pr.add_argument(

@@ -290,13 +290,10 @@ class TrialRecipe:
                 if self.finetune_epochs
                 else "no fine-tuning"
             )
-            parts.append(
-                f"prune {self.prune_ratio:.2f} ({self.importance}, "
-                f"{'global' if self.global_pruning else 'local'}, "
-                + (f"channels x{self.round_to}, " if self.round_to else "")
-                + f"{self.iterative_steps} "
-                f"step{'s' * (self.iterative_steps != 1)}, {ft})"
-            )
+            how = [self.importance, "global" if self.global_pruning else "local"]
+            how += [f"channels x{self.round_to}"] * bool(self.round_to)
+            how += [f"{self.iterative_steps} step{'s' * (self.iterative_steps != 1)}", ft]
+            parts.append(f"prune {self.prune_ratio:.2f} ({', '.join(how)})")
         if self.quantize != NO_QUANTIZATION:
             uses = QUANT_METHODS[self.quantize].options
             calib = [str(self.calib_size)] * ("calib_size" in uses) + [self.calib_method] * ("calib_method" in uses)
@@ -343,7 +340,7 @@ def menu_seeds(backend: str, dims: tuple[Dim, ...], threads: int) -> list[tuple[
         quant = next((s.config for s in chain.steps if isinstance(s, QuantizeStage)), None)
         values = dict(asdict(prune) if prune else {}, prune_ratio=prune.ratio if prune else 0.0, threads=threads)
         if quant is not None:
-            values.update(quant.to_dict(), quantize=quant.method, float_layers=quant.float_layers or "none")
+            values.update(asdict(quant), quantize=quant.method, float_layers=quant.float_layers or "none")
         else:
             values["quantize"] = NO_QUANTIZATION
         params: dict = {}

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -167,12 +168,22 @@ def atomic_dir(final: str | os.PathLike):
     fsync_dir(final.parent)
 
 
+# Locks this process holds, by (path, thread): taking one again in the same thread goes straight in (flock on a
+# second descriptor of the same file would wait for the first forever).
+_HELD: set[tuple[Path, int]] = set()
+
+
 @contextlib.contextmanager
 def exclusive(lock_path: str | os.PathLike, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock (flock) on `lock_path` for the block, creating the file if needed. When
     another process holds it, `on_wait()` is called once and the block waits for it; the OS releases the lock
-    of a process that dies, so a crashed holder never blocks the next one."""
+    of a process that dies, so a crashed holder never blocks the next one. A thread that holds it already enters
+    at once (a command that holds a variant's lock while it trains calls the store, which takes it too)."""
     path = Path(lock_path)
+    key = (path, threading.get_ident())
+    if key in _HELD:
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as fh:
         try:
@@ -181,9 +192,11 @@ def exclusive(lock_path: str | os.PathLike, on_wait: Callable[[], None] | None =
             if on_wait:
                 on_wait()
             fcntl.flock(fh, fcntl.LOCK_EX)
+        _HELD.add(key)
         try:
             yield
         finally:
+            _HELD.discard(key)
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 

@@ -459,6 +459,12 @@ class Workspace:
             chain.append(self.get_variant(chain[-1].parent_id))
         return chain[::-1]
 
+    def making(self, vid: str, on_wait: Callable[[], None] | None = None):
+        """A context that holds the lock on making variant `vid` in this workspace: one process of this machine
+        makes a variant at a time (`create_variant` holds it; a command whose work comes before `create_variant`,
+        such as training, holds it around that work too). `on_wait()` is called once if another process holds it."""
+        return exclusive(lock_path_for(self.root, f"variant/{vid}"), on_wait)
+
     def create_variant(
         self,
         *,
@@ -483,7 +489,7 @@ class Workspace:
         existing = self.stored_variant(vid)
         if existing is not None:
             return existing, False
-        with exclusive(lock_path_for(self.root, f"variant/{vid}")):
+        with self.making(vid):
             existing = self.stored_variant(vid)
             if existing is not None:
                 return existing, False

@@ -18,7 +18,6 @@ from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.identity import model_config
 from deploybench.store import Variant, Workspace
-from deploybench.store.atomic import exclusive, lock_path_for
 from deploybench.train import plots
 from deploybench.train.device_data import Augmentation, DeviceSplit, device_resident
 from deploybench.train.engine import (
@@ -383,9 +382,8 @@ def train_model(
     net, train_set = _build(plan, recipe)
     _check_forward(plan, net)  # before anything is written: a model that cannot run leaves no run behind
     # One process trains one recipe at a time; a second waits, then finds the first's variant.
-    with exclusive(
-        lock_path_for(ws.root, f"train/{plan.variant_id}"),
-        on_wait=lambda: log(f"another process is training this recipe of {model}; waiting for it"),
+    with ws.making(
+        plan.variant_id, on_wait=lambda: log(f"another process is training this recipe of {model}; waiting for it")
     ):
         existing = ws.stored_variant(plan.variant_id)
         if existing is not None:
