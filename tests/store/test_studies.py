@@ -1,7 +1,10 @@
 """`store.studies`: `--storage URL` checked up front (one UserError line), studies created or joined once, the
 machine fingerprint recorded and checked, trials counted across workers."""
 
+import json
 import socket
+import subprocess
+import sys
 import time
 
 import optuna
@@ -103,3 +106,32 @@ def test_run_trials_stops_at_the_study_total_and_fails_stale_trials(tmp_path):
     assert run_trials(study, lambda t: t.suggest_float("x", 0, 1), 3) == 1  # the stale trial, queued again
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
     assert study.trials[3].system_attrs["failed_trial"] == 0
+
+
+POPPER = r"""
+import json, sys
+import optuna
+from deploybench.store.studies import open_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="queue", storage=open_storage(None, sys.argv[1]))
+popped = []
+while (trial_id := study._pop_waiting_trial_id()) is not None:
+    popped.append(trial_id)
+print(json.dumps(popped))
+"""
+
+
+def test_workers_on_one_sqlite_study_never_take_the_same_queued_trial(tmp_path):
+    """SQLite ignores Optuna's SELECT ... FOR UPDATE: without write-locked transactions two workers could both
+    take one enqueued trial (`_pop_waiting_trial_id`, what `study.ask` does first) and both run it."""
+    storage = open_storage(None, tmp_path)
+    study = optuna.create_study(study_name="queue", storage=storage)
+    for x in range(60):
+        study.enqueue_trial({"x": x})
+    procs = [
+        subprocess.Popen([sys.executable, "-c", POPPER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    popped = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    taken = [t for each in popped for t in each]
+    assert sorted(taken) == sorted(set(taken)) and len(taken) == 60

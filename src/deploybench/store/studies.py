@@ -92,6 +92,27 @@ def display_url(url: str) -> str:
         return repr(url)
 
 
+def _write_locked_transactions(engine) -> None:
+    """Make every SQLite transaction of `engine` take the write lock when it begins (BEGIN IMMEDIATE).
+
+    Optuna changes a trial's state by reading it and writing it in one transaction, under SELECT ... FOR UPDATE,
+    which SQLite ignores: two workers could both read an enqueued (WAITING) trial and both run it, and the second
+    to finish fails with "Cannot tell a COMPLETE trial". A transaction that holds the write lock from its start
+    makes that read and write one step; the busy timeout makes the other worker wait its turn. (PostgreSQL honours
+    FOR UPDATE.) This is SQLAlchemy's recipe for pysqlite: the driver's own transaction handling is turned off."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while Optuna checked the schema were made before the hooks
+
+
 def open_storage(
     url: str | None, workspace: str | os.PathLike, *, heartbeat_s: int = HEARTBEAT_S, must_exist: bool = False
 ) -> optuna.storages.RDBStorage:
@@ -115,13 +136,16 @@ def open_storage(
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S} if sqlite else {"connect_timeout": CONNECT_TIMEOUT_S}
     try:
         with _quiet():
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 sa_url,
                 engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True},
                 heartbeat_interval=heartbeat_s,
                 grace_period=2 * heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
             )
+        if sqlite:
+            _write_locked_transactions(storage.engine)
+        return storage
     except sqlalchemy.exc.SQLAlchemyError as exc:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
         what = "cannot open" if sqlite else "cannot reach or log in to"
