@@ -62,6 +62,23 @@ def test_round_to_keeps_channel_counts_multiples_of_n_and_enters_the_id_only_whe
     assert PruneConfig(ratio=0.8, round_to=8).to_dict()["round_to"] == 8
 
 
+@pytest.mark.parametrize(
+    "ratio, round_to, widths",
+    [(0.8, 32, [32, 32, 32, 32, 32, 96, 10]), (0.9, 16, [16, 16, 16, 16, 16, 48, 10])],
+)
+def test_round_to_above_a_layers_kept_count_keeps_one_multiple_instead_of_the_whole_layer(ratio, round_to, widths):
+    # 20% of 64 channels is 12, fewer than 32: torch-pruning's own rounding keeps none and leaves the layer whole
+    model = create_model("custom", num_classes=10, in_channels=1, image_size=28).eval()
+    assert _widths(prune_model(model, _Data(), PruneConfig(ratio=ratio, round_to=round_to))) == widths
+
+
+def test_a_layer_narrower_than_round_to_is_pruned_unaligned():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 12, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(12 * 26 * 26, 10)
+    ).eval()
+    assert _widths(prune_model(model, _Data(), PruneConfig(ratio=0.5, round_to=16))) == [6, 10]
+
+
 def test_a_negative_round_to_is_one_user_error():
     from deploybench.errors import UserError
     from deploybench.optimize.prune import PruneStage
