@@ -26,7 +26,7 @@ def test_each_form_is_paired_with_the_reference_and_its_own_fp32(toolchains, mon
     ws, root, data_dir, made = toolchains
     timed = []
 
-    def fake_paired(ws_, variant, backend, base, base_backend, batch_size, threads):
+    def fake_paired(ws_, variant, backend, base, base_backend, batch_size, threads, loaded=None):
         timed.append((variant.id, backend, base.id, base_backend, batch_size))
         return 2.0 + len(timed), ({"runtime_compute_dtype": "bfloat16"} if backend == "openvino-cpu" else {}), {}
 
@@ -52,6 +52,42 @@ def test_each_form_is_paired_with_the_reference_and_its_own_fp32(toolchains, mon
     row = f"| lenet | 8 | 1 | train+export+quantize[int8-ort] @ ort-cpu ({ort[:8]}) | int8 |"
     assert row in text and f"train+export @ ort-cpu ({onnx[:8]}) | float32 |" in text
     assert f"train+export @ openvino-cpu ({onnx[:8]}) | bfloat16 |" in text  # what the runtime reported
+
+
+def test_each_form_is_loaded_once_per_batch_size_and_closed(toolchains, monkeypatch):
+    # The reference is in every pair: compiling it again for each would cost a torch.compile per pair.
+    from deploybench.profile import crosscheck
+
+    ws, root, _, made = toolchains
+    loads, closed = [], []
+
+    class Runtime:
+        def __init__(self, key):
+            self.key = key
+
+        def prepare(self, x):
+            return x
+
+        def run(self, x):
+            return x
+
+        def run_facts(self):
+            return {}
+
+        def close(self):
+            closed.append(self.key)
+
+    def load(backend, variant, batch_size, threads):
+        loads.append((variant.id, backend, batch_size))
+        return Runtime((variant.id, backend, batch_size))
+
+    monkeypatch.setattr(crosscheck, "loaded_backend", load)
+    monkeypatch.setattr(crosscheck, "paired_speedup", lambda slow, fast: 1.0)
+    pairs = sbs.side_by_side(ws, root, [1, 8], 1, command="test", log=lambda line: None)
+    assert len(pairs) == 10  # as above: five pairs a batch size
+    # root, int8-pt2e, int8-ort and the ONNX export on ort-cpu and on openvino-cpu: once each a batch size
+    assert len(loads) == len(set(loads)) == 2 * 5
+    assert sorted(closed) == sorted(loads)
 
 
 def test_a_re_measured_pair_replaces_the_stored_one(trained_workspace):

@@ -88,20 +88,36 @@ def cross_check(
 
 
 def paired_against(
-    ws, variant, backend: str, base, base_backend: str, batch_size: int, threads: int
+    ws, variant, backend: str, base, base_backend: str, batch_size: int, threads: int, *, loaded: dict | None = None
 ) -> tuple[float, dict, dict]:
     """Speed-up of `variant` on `backend` over `base` on `base_backend`, the two timed in alternation
     (`paired_speedup`): the figure that survives a shared machine's drift. Returns it with what each runtime
-    reported of itself (`Backend.run_facts`: the precision it really computed in, ...), variant's first."""
-    calls = []
-    for v, name in ((base, base_backend), (variant, backend)):
-        impl = loaded_backend(name, v, batch_size, threads)
-        inputs = impl.prepare(torch.randn(batch_size, *input_shape(root_config(ws, v))))
-        impl.run(inputs)
-        calls.append((impl, inputs))
-    (slow, slow_in), (fast, fast_in) = calls
-    speedup = paired_speedup(finished_call(slow, slow_in), finished_call(fast, fast_in))
-    facts = fast.run_facts(), slow.run_facts()
-    slow.close()
-    fast.close()
-    return speedup, *facts
+    reported of itself (`Backend.run_facts`: the precision it really computed in, ...), variant's first.
+
+    `loaded`: runtimes already loaded at this batch size and threads, by (variant id, backend); what this call
+    loads is added and left open for the caller to close (`close_loaded`), so a reference timed against several
+    variants is loaded (compiled, for torch.compile) once. Without it both are closed here."""
+    calls, opened = [], []
+    try:
+        for v, name in ((base, base_backend), (variant, backend)):
+            impl = loaded.get((v.id, name)) if loaded is not None else None
+            if impl is None:
+                impl = loaded_backend(name, v, batch_size, threads)
+                opened.append(impl)
+                if loaded is not None:
+                    loaded[(v.id, name)] = impl
+            inputs = impl.prepare(torch.randn(batch_size, *input_shape(root_config(ws, v))))
+            impl.run(inputs)
+            calls.append((impl, inputs))
+        (slow, slow_in), (fast, fast_in) = calls
+        speedup = paired_speedup(finished_call(slow, slow_in), finished_call(fast, fast_in))
+        return speedup, fast.run_facts(), slow.run_facts()
+    finally:
+        if loaded is None:
+            close_loaded(opened)
+
+
+def close_loaded(impls) -> None:
+    """Close loaded runtimes (`paired_against`'s `loaded.values()`)."""
+    for impl in impls:
+        impl.close()
