@@ -132,10 +132,12 @@ def test_pruned_vit_reloads_in_a_fresh_process(tmp_path, tiny_fashion_mnist, ran
     reload_fresh(ws, [pruned], tiny_fashion_mnist)
 
 
+@pytest.mark.parametrize("on_device", [False, True], ids=["dataloader", "data-held-on-the-device"])
 def test_an_interrupted_finetuning_resumes_after_its_last_epoch_with_the_weights_of_an_uninterrupted_one(
-    trained_workspace, monkeypatch
+    trained_workspace, monkeypatch, on_device
 ):
-    # A large model's fine-tuning epochs are long: a stop must not throw away the ones already finished.
+    # A large model's fine-tuning epochs are long: a stop must not throw away the ones already finished. Both data
+    # paths training has (a DataLoader, or the split held on the device and augmented there in batches) resume.
     import shutil
 
     from deploybench.artifacts.formats import load_module
@@ -143,6 +145,7 @@ def test_an_interrupted_finetuning_resumes_after_its_last_epoch_with_the_weights
     from deploybench.optimize.base import get_stage
     from deploybench.store import Workspace
 
+    monkeypatch.setattr(prune, "device_resident", lambda dataset, device: on_device)
     ws, trained, data_dir = trained_workspace
     shutil.copytree(ws.root, ws.root.parent / "whole")
     other = Workspace(ws.root.parent / "whole")
@@ -151,6 +154,7 @@ def test_an_interrupted_finetuning_resumes_after_its_last_epoch_with_the_weights
         return get_stage("prune")(ratio=0.5, finetune_epochs=2, distill=True)
 
     whole = stage().run(other, other.get_variant(trained.id), data_dir)
+    assert whole.config.get("augment_on") == ("device" if on_device else None)  # a variant of its own
     real, calls = prune.train_one_epoch, []
 
     def epoch(*args, fail_at=None, **kwargs):

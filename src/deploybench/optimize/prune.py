@@ -37,16 +37,16 @@ from deploybench.optimize.base import Stage, StageConfig, StageData, count_param
 from deploybench.optimize.choices import PRUNE_IMPORTANCES
 from deploybench.platform.progress import note
 from deploybench.store import Variant, Workspace
+from deploybench.train.device_data import DeviceSplit, device_resident
 from deploybench.train.engine import (
-    EpochBatchSampler,
     default_workers,
     device_keys,
+    epoch_loader,
     make_optimizer,
     make_scheduler,
     precision_keys,
     restore_run_state,
     run_state,
-    train_loader,
     train_one_epoch,
     training_precision,
 )
@@ -202,15 +202,15 @@ def finetune(
     precision: str = "fp32",
     checkpoint: Path | None = None,
 ) -> list[dict]:
-    """Fine-tune on `device` with the train engine (its optimizer, a cosine schedule, its training loader with
-    `workers` processes); distill from `teacher` if given. Both models must already be on `device`. Prints one
-    line per epoch on stderr.
+    """Fine-tune on `device` with the train engine (its optimizer, a cosine schedule, its training batches: of a
+    `DeviceSplit` held on `device`, or of a DataLoader with `workers` processes); distill from `teacher` if given.
+    Both models must already be on `device`. Prints one line per epoch on stderr.
 
     With `checkpoint`, everything needed to go on (weights, optimizer, schedule, scaler, random state, history) is
     written there atomically after every epoch, and a run that finds it starts after its last epoch: an
     interrupted fine-tuning loses at most the epoch it was in, and ends with the weights an uninterrupted one has.
     A checkpoint that does not fit the model (another torch-pruning made other shapes) is set aside."""
-    recipe = replace(recipe, epochs=epochs, lr=lr, schedule="cosine")
+    recipe = replace(recipe, epochs=epochs, lr=lr, schedule="cosine", seed=seed)
     torch.manual_seed(seed)
     opt = make_optimizer(model, recipe)
     sched = make_scheduler(opt, recipe, epochs * -(-len(train_set) // recipe.batch_size))
@@ -236,9 +236,7 @@ def finetune(
         return 0.5 * loss + 0.5 * kd
 
     for epoch in range(len(history), epochs):
-        loader = train_loader(
-            train_set, EpochBatchSampler(len(train_set), recipe.batch_size, seed, epoch), device, workers, seed + epoch
-        )
+        loader, _ = epoch_loader(train_set, recipe, device, workers, epoch, 0)
         stats = train_one_epoch(
             model,
             loader,
@@ -295,12 +293,15 @@ class PruneStage(Stage):
         if "recipe" in root.config:
             recipe = recipe_from_config(root.config["recipe"])
         lr = cfg.finetune_lr if cfg.finetune_lr is not None else recipe.lr / 10
-        # Fine-tuning runs on the GPU when there is one, with its loader workers, in the precision training would
-        # choose there; all three give other weights than the CPU's fp32, so the config (and id) records them.
+        # Fine-tuning runs on the GPU when there is one, in the precision training would choose there, with the
+        # data where training would hold it (`device_resident`) or else a DataLoader with its workers; each gives
+        # other weights than the CPU's fp32 from a DataLoader, so the config (and id) records them.
         device = torch.device("cuda" if cfg.finetune_epochs and torch.cuda.is_available() else "cpu")
-        workers = default_workers(device) if cfg.finetune_epochs else 0
+        on_device = bool(cfg.finetune_epochs) and device_resident(parent.dataset, device)
+        workers = default_workers(device) if cfg.finetune_epochs and not on_device else 0
         precision = training_precision("auto", device) if cfg.finetune_epochs else "fp32"
-        config = self.variant_config(parent, data_dir, **device_keys(device, workers), **precision_keys(precision))
+        keys = dict(device_keys(device, workers, "device" if on_device else None), **precision_keys(precision))
+        config = self.variant_config(parent, data_dir, **keys)
         # The fine-tuning's checkpoint is kept under the id of the variant it makes (which names the parent and
         # every option), so only the same stage on the same parent resumes it; it goes once the variant is stored.
         run_dir = ws.run_dir(
@@ -318,14 +319,15 @@ class PruneStage(Stage):
             after = dict(params=count_params(model), macs=macs_of(model, example))
             history = []
             if cfg.finetune_epochs:
-                train = load_splits(
-                    parent.dataset,
-                    data_dir,
-                    augment=recipe.augment,
-                    cutout=recipe.cutout,
-                    transfer=bool(parent.config.get("transfer")),
-                ).train
-                train = fraction_subset(train, cfg.finetune_fraction, cfg.seed)
+                transfer = bool(parent.config.get("transfer"))
+                splits = load_splits(
+                    parent.dataset, data_dir, augment=recipe.augment, cutout=recipe.cutout, transfer=transfer
+                )
+                train = fraction_subset(splits.train, cfg.finetune_fraction, cfg.seed)
+                if on_device:
+                    train = DeviceSplit.of_dataset(
+                        train, splits.info, device, augment=recipe.augment, cutout=recipe.cutout, transfer=transfer
+                    )
                 history = finetune(
                     model.to(device),
                     teacher.to(device).eval() if cfg.distill else None,

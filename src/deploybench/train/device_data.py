@@ -32,9 +32,9 @@ _GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights (rgb_to_grayscale)
 
 
 def device_resident(dataset: str, device: torch.device) -> bool:
-    """Whether training on `device` keeps `dataset`'s images on the device and augments them there: on a GPU
-    for the datasets that fit in its memory. On the CPU the DataLoader's per-image transforms cost the same as
-    batched ones and keep the ids of CPU-trained variants."""
+    """Whether training (and pruning's fine-tune) on `device` keeps `dataset`'s images on the device and augments
+    them there: on a GPU for the datasets that fit in its memory. On the CPU the DataLoader stays, and with it the
+    ids of CPU-trained variants and `--workers`, though batched augmentation is faster there as well."""
     return device.type == "cuda" and dataset in DEVICE_RESIDENT_DATASETS
 
 
@@ -248,6 +248,22 @@ class DeviceSplit:
         images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
         labels = torch.as_tensor(np.asarray(targets, dtype=np.int64)[idx])
         return cls(images.contiguous().to(device), labels.to(device), aug)
+
+    @classmethod
+    def of_dataset(
+        cls,
+        split: Dataset,
+        info: DatasetInfo,
+        device: torch.device,
+        *,
+        augment: bool,
+        cutout: int = 0,
+        transfer: bool = False,
+    ) -> DeviceSplit:
+        """`split` on `device` with the augmentation its dataset's training transform applies (`augment`, `cutout`,
+        `transfer` as in `Augmentation.for_dataset`; neither for an evaluation split)."""
+        aug = Augmentation.for_dataset(info, augment=augment, cutout=cutout, transfer=transfer)
+        return cls.from_split(split, aug, device)
 
     @property
     def device(self) -> torch.device:

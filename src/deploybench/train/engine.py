@@ -456,7 +456,7 @@ def _sigterm_flag() -> Iterator[list]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _epoch_loader(
+def epoch_loader(
     train_set: Dataset | DeviceSplit, recipe: Recipe, device: torch.device, workers: int, epoch: int, start: int
 ) -> tuple[Iterable, int]:
     """The training loader of `epoch` (0-based) resuming at batch `start`, and how many of its batches to skip.
@@ -528,7 +528,7 @@ def _train_epoch(
 ) -> dict:
     """Train the epoch under way (from the step reached) and validate; returns its history row."""
     recipe, start = run.recipe, run.state.step
-    loader, skip = _epoch_loader(train_set, recipe, device, workers, run.state.epoch, start)
+    loader, skip = epoch_loader(train_set, recipe, device, workers, run.state.epoch, start)
     planned = math.ceil(run.state.epochs_planned())
     stats = train_one_epoch(
         run.compiled or run.model,

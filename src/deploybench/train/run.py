@@ -19,7 +19,7 @@ from deploybench.models import count_params, create_model
 from deploybench.models.identity import model_config
 from deploybench.store import Variant, Workspace
 from deploybench.train import plots
-from deploybench.train.device_data import Augmentation, DeviceSplit, device_resident
+from deploybench.train.device_data import DeviceSplit, device_resident
 from deploybench.train.engine import (
     EvalResult,
     TrainingDiverged,
@@ -230,12 +230,12 @@ def _epoch_logger(writer, log) -> Callable[[dict], None]:
 def _device_splits(plan: _Plan, train_set: Dataset, recipe: Recipe) -> tuple[DeviceSplit, DeviceSplit]:
     """The training and validation images on the plan's device, from the arrays the loaded splits hold: the
     training split with the recipe's augmentation, the validation split normalized only."""
-    info = plan.splits.info
-    train_aug = Augmentation.for_dataset(info, augment=recipe.augment, cutout=recipe.cutout, transfer=plan.transfer)
-    val_aug = Augmentation.for_dataset(info, augment=False, transfer=plan.transfer)
+    info, dev = plan.splits.info, plan.device
     return (
-        DeviceSplit.from_split(train_set, train_aug, plan.device),
-        DeviceSplit.from_split(plan.splits.val, val_aug, plan.device),
+        DeviceSplit.of_dataset(
+            train_set, info, dev, augment=recipe.augment, cutout=recipe.cutout, transfer=plan.transfer
+        ),
+        DeviceSplit.of_dataset(plan.splits.val, info, dev, augment=False, transfer=plan.transfer),
     )
 
 
