@@ -236,3 +236,35 @@ def test_trains_on_a_gpu_with_mixed_precision_and_stores_cpu_weights(tmp_path, t
         next(p for p in (ws.root / "runs").rglob("last.pt") if p.parent.name == variant.id), weights_only=True
     )
     assert ckpt["scaler"]["scale"] > 0  # the AMP loss scaler ran and is checkpointed for a resume
+
+
+# The `train` CLI with every optimizer step slowed, so that a second process starts while the first trains.
+SLOW = r"""
+import sys, time, torch
+from deploybench.cli.train import main
+real_step = torch.optim.SGD.step
+def step(self, *a, **k):
+    time.sleep(0.4)
+    return real_step(self, *a, **k)
+torch.optim.SGD.step = step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_train_processes_on_one_recipe_train_it_once(reference, tmp_path, tiny_fashion_mnist):
+    # The second waits for the first (Workspace.making) and finds its variant: one run, not two side by side.
+    args = ARGS + ["--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SLOW, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
+    waited = ["waiting for it" in out + err for out, err in outputs]
+    assert sorted(waited) == [False, True]  # 14 steps of 0.4 s: the second arrived while the first trained
+    weights, variant = final_weights(tmp_path / "ws")
+    assert variant.id == reference[1].id and all(torch.equal(weights[k], reference[0][k]) for k in weights)
+    assert len(Workspace(tmp_path / "ws").training_runs()) == 1
