@@ -1,9 +1,11 @@
 """Killed, interrupted and resumed training runs reach exactly the weights of an uninterrupted run (CPU)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -238,33 +240,66 @@ def test_trains_on_a_gpu_with_mixed_precision_and_stores_cpu_weights(tmp_path, t
     assert ckpt["scaler"]["scale"] > 0  # the AMP loss scaler ran and is checkpointed for a resume
 
 
-# The `train` CLI with every optimizer step slowed, so that a second process starts while the first trains.
-SLOW = r"""
+# The `train` CLI whose first optimizer step creates STARTED and then waits for RELEASE: while it waits, it holds
+# the recipe's lock and is training, so a second process started then is sure to find it busy.
+HELD = r"""
 import sys, time, torch
+from pathlib import Path
 from deploybench.cli.train import main
+started, release = Path(sys.argv[1]), Path(sys.argv[2])
 real_step = torch.optim.SGD.step
 def step(self, *a, **k):
-    time.sleep(0.4)
+    if not started.exists():
+        started.touch()
+        deadline = time.monotonic() + 240
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     return real_step(self, *a, **k)
 torch.optim.SGD.step = step
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(sys.argv[3:]))
 """
+
+
+def _wait_for(condition, proc, what):
+    deadline = time.monotonic() + 240
+    while not condition():
+        assert proc.poll() is None, f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def test_two_train_processes_on_one_recipe_train_it_once(reference, tmp_path, tiny_fashion_mnist):
     # The second waits for the first (Workspace.making) and finds its variant: one run, not two side by side.
     args = ARGS + ["--workspace", str(tmp_path / "ws"), "--data-dir", str(tiny_fashion_mnist)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", SLOW, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
-    waited = ["waiting for it" in out + err for out, err in outputs]
-    assert sorted(waited) == [False, True]  # 14 steps of 0.4 s: the second arrived while the first trained
+    started, release, second_log = tmp_path / "started", tmp_path / "release", tmp_path / "second.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    first = subprocess.Popen(
+        [sys.executable, "-c", HELD, str(started), str(release), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(started.exists, first, "the first process's first step")
+        with open(second_log, "w") as log:
+            second = subprocess.Popen(
+                [sys.executable, "-m", "deploybench.cli.train", *args],
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            _wait_for(lambda: "waiting for it" in second_log.read_text(), second, "the second process to wait")
+            release.touch()
+            assert second.wait(timeout=300) == 0, second_log.read_text()[-3000:]
+        _, err = first.communicate(timeout=300)
+        assert first.returncode == 0 and "Traceback" not in err, err[-3000:]
+    finally:
+        release.touch()
+        if first.poll() is None:
+            first.kill()
+    assert "Traceback" not in second_log.read_text() and "waiting for it" not in err
     weights, variant = final_weights(tmp_path / "ws")
     assert variant.id == reference[1].id and all(torch.equal(weights[k], reference[0][k]) for k in weights)
     assert len(Workspace(tmp_path / "ws").training_runs()) == 1

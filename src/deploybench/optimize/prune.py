@@ -134,8 +134,8 @@ def fraction_subset(train_set, fraction: float, seed: int):
 def _aligned_pruner(tp):
     """torch-pruning's BasePruner, except that `round_to` never takes a layer's last channels: torch-pruning 1.6.1
     rounds the kept count down to a multiple of `round_to`, and where fewer than `round_to` would be kept that is
-    none, a group it then refuses to prune, so the layer stayed whole (`custom` pruned 0.8 with `round_to` 32 kept
-    its 64-channel layers). Here such a layer keeps one multiple; a layer narrower than `round_to` is pruned
+    none, a group it then refuses to prune, so the layer would stay whole (`custom` pruned 0.8 with `round_to` 32
+    would keep its 64-channel layers). Here such a layer keeps one multiple; a layer narrower than `round_to` is pruned
     unaligned."""
 
     class AlignedPruner(tp.pruner.BasePruner):
@@ -320,8 +320,14 @@ class PruneStage(Stage):
             history = []
             if cfg.finetune_epochs:
                 transfer = bool(parent.config.get("transfer"))
+                # split with the seed training split with, so the fine-tune never sees the root's validation images
                 splits = load_splits(
-                    parent.dataset, data_dir, augment=recipe.augment, cutout=recipe.cutout, transfer=transfer
+                    parent.dataset,
+                    data_dir,
+                    seed=recipe.seed,
+                    augment=recipe.augment,
+                    cutout=recipe.cutout,
+                    transfer=transfer,
                 )
                 train = fraction_subset(splits.train, cfg.finetune_fraction, cfg.seed)
                 if on_device:

@@ -10,6 +10,7 @@ Use it on a quiet machine.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -94,18 +95,19 @@ def paired_against(
     (`paired_speedup`): the figure that survives a shared machine's drift. Returns it with what each runtime
     reported of itself (`Backend.run_facts`: the precision it really computed in, ...), variant's first.
 
-    `loaded`: runtimes already loaded at this batch size and threads, by (variant id, backend); what this call
+    `loaded`: runtimes already loaded, by (variant id, backend, batch size, threads); what this call
     loads is added and left open for the caller to close (`close_loaded`), so a reference timed against several
     variants is loaded (compiled, for torch.compile) once. Without it both are closed here."""
     calls, opened = [], []
     try:
         for v, name in ((base, base_backend), (variant, backend)):
-            impl = loaded.get((v.id, name)) if loaded is not None else None
+            key = (v.id, name, batch_size, threads)
+            impl = loaded.get(key) if loaded is not None else None
             if impl is None:
                 impl = loaded_backend(name, v, batch_size, threads)
                 opened.append(impl)
                 if loaded is not None:
-                    loaded[(v.id, name)] = impl
+                    loaded[key] = impl
             inputs = impl.prepare(torch.randn(batch_size, *input_shape(root_config(ws, v))))
             impl.run(inputs)
             calls.append((impl, inputs))
@@ -118,6 +120,7 @@ def paired_against(
 
 
 def close_loaded(impls) -> None:
-    """Close loaded runtimes (`paired_against`'s `loaded.values()`)."""
-    for impl in impls:
-        impl.close()
+    """Close loaded runtimes (`paired_against`'s `loaded.values()`), every one even when one fails to close."""
+    with contextlib.ExitStack() as stack:
+        for impl in impls:
+            stack.callback(impl.close)
