@@ -59,8 +59,9 @@ def random_root():
     return _random_root
 
 
-def _random_root(ws, arch, data_dir, dataset="fashion-mnist"):
-    """A 'train' variant of `arch` with seeded random weights (no training): a fast root for the chains."""
+def _random_root(ws, arch, data_dir, dataset="fashion-mnist", **recipe):
+    """A 'train' variant of `arch` with seeded random weights (no training): a fast root for the chains. `recipe`:
+    options of its recorded training recipe other than the default's (batch size 16)."""
     from deploybench.data import dataset_info
     from deploybench.models import count_params
     from deploybench.models.identity import build_model, model_config
@@ -72,6 +73,7 @@ def _random_root(ws, arch, data_dir, dataset="fashion-mnist"):
         recipe=dict(
             __import__("deploybench.train.recipes", fromlist=["default_recipe"]).default_recipe(arch).to_dict(),
             batch_size=16,
+            **recipe,
         ),
     )
     torch.manual_seed(0)

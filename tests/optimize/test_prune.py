@@ -235,3 +235,25 @@ def test_a_checkpoint_of_other_shapes_is_set_aside_and_the_finetuning_starts_fro
     a, b = load_module(made).state_dict(), load_module(whole).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert made.metrics["predictions_sha256"] == whole.metrics["predictions_sha256"]
+
+
+def test_the_finetune_splits_the_training_files_with_the_seed_training_split_them_with(
+    tmp_path, tiny_fashion_mnist, random_root, monkeypatch
+):
+    # Another seed holds out other validation files: split with seed 0, a seed-3 model would fine-tune on some of
+    # the images it is validated on.
+    from deploybench.optimize import prune
+    from deploybench.optimize.base import get_stage
+    from deploybench.store import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    root = random_root(ws, "lenet", tiny_fashion_mnist, seed=3)
+    seeds, real = [], prune.load_splits
+
+    def load_splits(*args, **kwargs):
+        seeds.append(kwargs.get("seed", 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prune, "load_splits", load_splits)
+    get_stage("prune")(ratio=0.5, finetune_epochs=1).run(ws, root, tiny_fashion_mnist)
+    assert seeds == [3]
