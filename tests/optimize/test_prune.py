@@ -144,8 +144,9 @@ def test_an_interrupted_finetuning_resumes_after_its_last_epoch_with_the_weights
     from deploybench.optimize import prune
     from deploybench.optimize.base import get_stage
     from deploybench.store import Workspace
+    from deploybench.train import engine
 
-    monkeypatch.setattr(prune, "device_resident", lambda dataset, device: on_device)
+    monkeypatch.setattr(engine, "device_resident", lambda dataset, device: on_device)
     ws, trained, data_dir = trained_workspace
     shutil.copytree(ws.root, ws.root.parent / "whole")
     other = Workspace(ws.root.parent / "whole")

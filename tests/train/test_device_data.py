@@ -13,6 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from deploybench.data import dataset_info, load_splits, train_transform
 from deploybench.store import Workspace
+from deploybench.train import engine
 from deploybench.train import run as train_run
 from deploybench.train.device_data import (
     Augmentation,
@@ -195,7 +196,7 @@ def _interrupt_at(monkeypatch, call, how):
 @pytest.fixture(scope="module")
 def device_path_reference(tmp_path_factory, tiny_fashion_mnist):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_run, "device_resident", lambda dataset, device: True)
+        mp.setattr(engine, "device_resident", lambda dataset, device: True)
         ws = tmp_path_factory.mktemp("device-ref") / "ws"
         variant, _ = _train(ws, tiny_fashion_mnist)
     return variant, torch.load(variant.path / "model.pt", weights_only=True)
@@ -205,7 +206,7 @@ def device_path_reference(tmp_path_factory, tiny_fashion_mnist):
 def test_the_device_path_resumes_to_the_uninterrupted_weights(
     how, call, device_path_reference, monkeypatch, tmp_path, tiny_fashion_mnist
 ):
-    monkeypatch.setattr(train_run, "device_resident", lambda dataset, device: True)
+    monkeypatch.setattr(engine, "device_resident", lambda dataset, device: True)
     ref, ref_weights = device_path_reference
     assert ref.config["augment_on"] == "device" and "loader_workers" not in ref.config and "device" not in ref.config
     restore = _interrupt_at(monkeypatch, call, how)

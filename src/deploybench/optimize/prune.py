@@ -37,9 +37,9 @@ from deploybench.optimize.base import Stage, StageConfig, StageData, count_param
 from deploybench.optimize.choices import PRUNE_IMPORTANCES
 from deploybench.platform.progress import note
 from deploybench.store import Variant, Workspace
-from deploybench.train.device_data import DeviceSplit, device_resident
+from deploybench.train.device_data import DeviceSplit
 from deploybench.train.engine import (
-    default_workers,
+    data_path,
     device_keys,
     epoch_loader,
     make_optimizer,
@@ -293,12 +293,11 @@ class PruneStage(Stage):
         if "recipe" in root.config:
             recipe = recipe_from_config(root.config["recipe"])
         lr = cfg.finetune_lr if cfg.finetune_lr is not None else recipe.lr / 10
-        # Fine-tuning runs on the GPU when there is one, in the precision training would choose there, with the
-        # data where training would hold it (`device_resident`) or else a DataLoader with its workers; each gives
-        # other weights than the CPU's fp32 from a DataLoader, so the config (and id) records them.
+        # Fine-tuning runs on the GPU when there is one, in the precision training would choose there, reading the
+        # data as training would (`data_path`); each gives other weights than the CPU's fp32 from a DataLoader, so
+        # the config (and id) records them.
         device = torch.device("cuda" if cfg.finetune_epochs and torch.cuda.is_available() else "cpu")
-        on_device = bool(cfg.finetune_epochs) and device_resident(parent.dataset, device)
-        workers = default_workers(device) if cfg.finetune_epochs and not on_device else 0
+        on_device, workers = data_path(parent.dataset, device) if cfg.finetune_epochs else (False, 0)
         precision = training_precision("auto", device) if cfg.finetune_epochs else "fp32"
         keys = dict(device_keys(device, workers, "device" if on_device else None), **precision_keys(precision))
         config = self.variant_config(parent, data_dir, **keys)

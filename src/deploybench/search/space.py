@@ -181,8 +181,8 @@ def search_space(
             why="keep channel counts multiples of N (0: any); int8 kernels run unaligned counts slower",
         ),
         Dim("iterative_steps", low=1, high=3, when=_pruned, why="prune in K steps"),
-        # Up to 6: a heavily pruned model keeps recovering past 3 epochs (custom pruned 0.6 with distillation
-        # lost 1.17 test points after 3 epochs and 0.71 after 6), and rung 0 screens a recipe before it pays.
+        # Up to 6: a heavily pruned model keeps recovering past 3 epochs, and rung 0 screens a recipe before it
+        # pays for them.
         Dim("finetune_epochs", low=0, high=6, when=_pruned, why="fine-tuning epochs at full fidelity"),
         Dim("distill", choices=(False, True), when=_finetuned, why="distill from the unpruned parent"),
         Dim("quantize", choices=methods_here(backend), why="quantization method; none keeps fp32"),

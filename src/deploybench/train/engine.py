@@ -31,7 +31,7 @@ from deploybench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from deploybench.errors import UserError
 from deploybench.platform import has_native_bf16
 from deploybench.platform.progress import progress
-from deploybench.train.device_data import DeviceSplit
+from deploybench.train.device_data import DeviceSplit, device_resident
 from deploybench.train.recipes import Recipe
 
 
@@ -49,6 +49,23 @@ def default_workers(device: torch.device) -> int:
     """Data-loading processes for training on `device`: CUDA_LOADER_WORKERS on a GPU, none on the CPU (whose
     cores the training itself needs)."""
     return CUDA_LOADER_WORKERS if device.type == "cuda" else 0
+
+
+def data_path(dataset: str, device: torch.device, workers: int | None = None) -> tuple[bool, int]:
+    """Where training (and pruning's fine-tune) on `device` reads `dataset` from: (on the device, loader workers).
+    On the device (`device_resident`) no DataLoader runs, so no workers; otherwise `workers` (`--workers`),
+    defaulting to `default_workers(device)`. A negative count, or workers for data on the device, is a one-line
+    error."""
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {workers}")
+    if device_resident(dataset, device):
+        if workers:
+            raise UserError(
+                "--workers: CIFAR and Fashion-MNIST on a GPU are held in its memory and augmented there, "
+                "without DataLoader workers; leave --workers out"
+            )
+        return True, 0
+    return False, default_workers(device) if workers is None else workers
 
 
 def device_keys(device: torch.device, workers: int, augment_on: str | None = None) -> dict:

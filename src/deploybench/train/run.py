@@ -19,12 +19,12 @@ from deploybench.models import count_params, create_model
 from deploybench.models.identity import model_config
 from deploybench.store import Variant, Workspace
 from deploybench.train import plots
-from deploybench.train.device_data import DeviceSplit, device_resident
+from deploybench.train.device_data import DeviceSplit
 from deploybench.train.engine import (
     EvalResult,
     TrainingDiverged,
     TrainState,
-    default_workers,
+    data_path,
     device_keys,
     evaluate,
     fit,
@@ -71,21 +71,6 @@ class _Plan:
     transfer: bool  # --pretrained: images resized to the backbone's input size, ImageNet normalization
 
 
-def _loader_workers(workers: int | None, device: torch.device, on_device: bool) -> int:
-    """`--workers`, defaulting to `default_workers(device)`; a negative count is a one-line error. 0 when the
-    data is on the device (`on_device`): no DataLoader runs there."""
-    if workers is not None and workers < 0:
-        raise UserError(f"--workers must be 0 or more, got {workers}")
-    if on_device:
-        if workers:
-            raise UserError(
-                "--workers: CIFAR and Fashion-MNIST on a GPU are held in its memory and augmented there, "
-                "without DataLoader workers; leave --workers out"
-            )
-        return 0
-    return default_workers(device) if workers is None else workers
-
-
 def _starting_weights(config: dict, pretrained: str | None, checkpoint: str | None) -> tuple[dict | None, dict | None]:
     """The (pretrained, checkpoint) state dicts, each file read once and refused with one line when bad. Starting
     weights are known by their bytes: their sha256 goes into `config`, so two files of one name start two runs."""
@@ -113,8 +98,7 @@ def _plan(
     """Check the options, load the splits and read the starting weights; returns the run they make."""
     dataset = canonical_dataset(dataset)
     dev = training_device(device)
-    on_device = device_resident(dataset, dev)
-    workers = _loader_workers(workers, dev, on_device)
+    on_device, workers = data_path(dataset, dev, workers)
     precision = training_precision(precision, dev)
     transfer = bool(pretrained)
     splits = load_splits(
