@@ -26,7 +26,7 @@ def test_each_form_is_paired_with_the_reference_and_its_own_fp32(toolchains, mon
     ws, root, data_dir, made = toolchains
     timed = []
 
-    def fake_paired(ws_, variant, backend, base, base_backend, batch_size, threads, loaded=None):
+    def fake_paired(ws_, variant, backend, base, base_backend, batch_size, threads, runtimes=None):
         timed.append((variant.id, backend, base.id, base_backend, batch_size))
         return 2.0 + len(timed), ({"runtime_compute_dtype": "bfloat16"} if backend == "openvino-cpu" else {}), {}
 

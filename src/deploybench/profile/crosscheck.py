@@ -88,39 +88,51 @@ def cross_check(
     return dict(ours_ms=ours_ms, reference_ms=reference_ms, ratio=ours_ms / reference_ms, reference=what, rounds=rounds)
 
 
+class LoadedRuntimes:
+    """Runtimes loaded once for a block and closed together at its end (every one, even when one fails to close):
+    a reference timed against several variants is loaded, and for torch.compile compiled, once."""
+
+    def __init__(self):
+        self._loaded: dict = {}
+
+    def get(self, backend: str, variant, batch_size: int, threads: int):
+        key = (variant.id, backend, batch_size, threads)
+        if key not in self._loaded:
+            self._loaded[key] = loaded_backend(backend, variant, batch_size, threads)
+        return self._loaded[key]
+
+    def __enter__(self) -> "LoadedRuntimes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.ExitStack() as stack:
+            for impl in self._loaded.values():
+                stack.callback(impl.close)
+        self._loaded.clear()
+
+
 def paired_against(
-    ws, variant, backend: str, base, base_backend: str, batch_size: int, threads: int, *, loaded: dict | None = None
+    ws,
+    variant,
+    backend: str,
+    base,
+    base_backend: str,
+    batch_size: int,
+    threads: int,
+    *,
+    runtimes: LoadedRuntimes | None = None,
 ) -> tuple[float, dict, dict]:
     """Speed-up of `variant` on `backend` over `base` on `base_backend`, the two timed in alternation
     (`paired_speedup`): the figure that survives a shared machine's drift. Returns it with what each runtime
     reported of itself (`Backend.run_facts`: the precision it really computed in, ...), variant's first.
-
-    `loaded`: runtimes already loaded, by (variant id, backend, batch size, threads); what this call
-    loads is added and left open for the caller to close (`close_loaded`), so a reference timed against several
-    variants is loaded (compiled, for torch.compile) once. Without it both are closed here."""
-    calls, opened = [], []
-    try:
+    `runtimes`: the caller's, to load each runtime once for several pairs; without it both are closed here."""
+    with contextlib.nullcontext(runtimes) if runtimes is not None else LoadedRuntimes() as loaded:
+        calls = []
         for v, name in ((base, base_backend), (variant, backend)):
-            key = (v.id, name, batch_size, threads)
-            impl = loaded.get(key) if loaded is not None else None
-            if impl is None:
-                impl = loaded_backend(name, v, batch_size, threads)
-                opened.append(impl)
-                if loaded is not None:
-                    loaded[key] = impl
+            impl = loaded.get(name, v, batch_size, threads)
             inputs = impl.prepare(torch.randn(batch_size, *input_shape(root_config(ws, v))))
             impl.run(inputs)
             calls.append((impl, inputs))
         (slow, slow_in), (fast, fast_in) = calls
         speedup = paired_speedup(finished_call(slow, slow_in), finished_call(fast, fast_in))
         return speedup, fast.run_facts(), slow.run_facts()
-    finally:
-        if loaded is None:
-            close_loaded(opened)
-
-
-def close_loaded(impls) -> None:
-    """Close loaded runtimes (`paired_against`'s `loaded.values()`), every one even when one fails to close."""
-    with contextlib.ExitStack() as stack:
-        for impl in impls:
-            stack.callback(impl.close)

@@ -14,7 +14,7 @@ from typing import Callable
 from deploybench.platform import fingerprint, machine_slug
 from deploybench.platform.env import environment
 from deploybench.profile.backends import get_backend
-from deploybench.profile.crosscheck import close_loaded, paired_against
+from deploybench.profile.crosscheck import LoadedRuntimes, paired_against
 from deploybench.profile.latency import PAIRS
 from deploybench.store import Variant, Workspace
 from deploybench.store.pairs import record_pair
@@ -30,12 +30,12 @@ def measure_pair(
     threads: int,
     *,
     command: str,
-    loaded: dict | None = None,
+    runtimes: LoadedRuntimes | None = None,
 ) -> dict:
     """Time `variant` on `backend` in alternation with `base` on `base_backend`, store the speed-up and return it.
-    `loaded`: as `paired_against`'s."""
+    `runtimes`: as `paired_against`'s."""
     speedup, facts, base_facts = paired_against(
-        ws, variant, backend, base, base_backend, batch_size, threads, loaded=loaded
+        ws, variant, backend, base, base_backend, batch_size, threads, runtimes=runtimes
     )
     pair = dict(
         variant=variant.id,
@@ -115,8 +115,7 @@ def side_by_side(
         return []
     pairs = []
     for bs in batch_sizes:
-        loaded: dict = {}  # each form is loaded once at this batch size: the reference is in every pair
-        try:
+        with LoadedRuntimes() as runtimes:  # each form loaded once at this batch size: the reference is in every pair
             for tc, precision, v in forms:
                 todo = [] if (tc, precision) == reference[:2] else [reference]
                 own = next((f for f in forms if f[0] is tc and f[1] == "fp32"), None)
@@ -124,13 +123,11 @@ def side_by_side(
                     todo.append(own)
                 for base_tc, base_precision, base in todo:
                     pair = measure_pair(
-                        ws, v, tc.backend, base, base_tc.backend, bs, threads, command=command, loaded=loaded
+                        ws, v, tc.backend, base, base_tc.backend, bs, threads, command=command, runtimes=runtimes
                     )
                     pairs.append(pair)
                     log(
                         f"batch {bs}: {tc.name} {precision} ({v.id[:8]}) over {base_tc.name} {base_precision} "
                         f"({base.id[:8]}): {pair['speedup']:.2f}x"
                     )
-        finally:
-            close_loaded(loaded.values())
     return pairs
