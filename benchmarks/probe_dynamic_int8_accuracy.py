@@ -26,7 +26,7 @@ def main() -> None:
     ws = Workspace(args.workspace, create=False)
     for vid in args.variants:
         variant = ws.get_variant(vid)
-        data = stage_data(variant, args.data_dir)
+        data = stage_data(ws, variant, args.data_dir)
         start = time.perf_counter()
         fp32, fp32_logits = predict(runnable(variant), data)
         fp32_s, start = time.perf_counter() - start, time.perf_counter()

@@ -18,7 +18,7 @@ ws = Workspace(ws_root, create=False)
 digests = {}
 for vid in ids:
     v = ws.get_variant(vid)
-    logits = predict(runnable(v), stage_data(v, data_dir))[1]
+    logits = predict(runnable(v), stage_data(ws, v, data_dir))[1]
     np.save(f"{out}/{vid}.npy", logits.numpy())
     digests[vid] = predictions_digest(logits)
 print(json.dumps(digests))
@@ -46,7 +46,7 @@ def reload_fresh(tmp_path):
         digests = json.loads(proc.stdout.strip().splitlines()[-1])
         for v in variants:
             assert digests[v.id] == v.metrics["predictions_sha256"], v.stages
-            here = predict(runnable(v), stage_data(v, data_dir))[1]
+            here = predict(runnable(v), stage_data(ws, v, data_dir))[1]
             fresh = torch.from_numpy(__import__("numpy").load(out / f"{v.id}.npy"))
             torch.testing.assert_close(fresh, here, rtol=0, atol=1e-5)
 

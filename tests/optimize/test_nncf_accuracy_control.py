@@ -21,7 +21,7 @@ def test_int8_nncf_ac_checks_validation_images_and_records_the_achieved_drop(tra
     from deploybench.optimize.quantize import QuantizeStage
 
     ws, trained, data_dir = trained_workspace
-    splits = stage_data(trained, data_dir).splits
+    splits = stage_data(ws, trained, data_dir).splits
     seen = []
     real = quantize._top1_per_image
 

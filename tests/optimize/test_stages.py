@@ -299,3 +299,38 @@ def test_export_records_the_opset_its_file_holds(trained_workspace, monkeypatch)
     with pytest.raises(UserError, match="asked for ONNX opset 16, the dynamo exporter wrote opset 18"):
         get_stage("export")(opset=16).run(ws, trained, data_dir)
     assert [x.config["opset"] for x in ws.variants("lenet") if x.stage == "export"] == [17]
+
+
+def test_a_derived_variant_is_calibrated_and_validated_on_its_roots_split(
+    tmp_path, tiny_fashion_mnist, random_root, monkeypatch
+):
+    """A root trained with `--seed 7` held out other training images than seed 0 does: its quantized child must
+    calibrate on the root's training images only, and `search` must select on the root's own validation images."""
+    from torch.utils.data import DataLoader
+
+    from deploybench.data import load_splits
+    from deploybench.optimize import base
+    from deploybench.optimize.base import stage_data, validation_result
+    from deploybench.store import Workspace
+    from deploybench.train.engine import evaluate
+
+    ws = Workspace(tmp_path / "ws")
+    root = random_root(ws, "lenet", tiny_fashion_mnist, seed=7)
+    seen = []
+    real = base.calibration_subset
+
+    def spy(splits, n, seed=0):
+        subset = real(splits, n, seed)
+        seen.extend(subset.indices)
+        return subset
+
+    monkeypatch.setattr(base, "calibration_subset", spy)
+    child = get_stage("quantize")(method="int8-pt2e", calib_size=16).run(ws, root, tiny_fashion_mnist)
+    mine = load_splits("fashion-mnist", tiny_fashion_mnist, seed=7, augment=False)
+    seed0 = load_splits("fashion-mnist", tiny_fashion_mnist, seed=0, augment=False)
+    assert sorted(mine.val.indices) != sorted(seed0.val.indices)  # else the test could not tell the two apart
+    assert seen and set(seen) <= set(mine.train.indices)
+    assert stage_data(ws, child, tiny_fashion_mnist).splits.val.indices == mine.val.indices
+    model = load_module(root).eval()
+    want = evaluate(model, DataLoader(mine.val, batch_size=256), torch.device("cpu"), mine.info.num_classes)
+    assert validation_result(ws, root, tiny_fashion_mnist).loss == pytest.approx(want.loss)

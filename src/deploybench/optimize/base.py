@@ -86,13 +86,25 @@ class StageData:
 
 
 @functools.lru_cache(maxsize=4)
-def _stage_data(dataset: str, data_dir: str, transfer: bool) -> StageData:
-    splits = load_splits(dataset, data_dir, augment=False, transfer=transfer)
+def _stage_data(dataset: str, data_dir: str, transfer: bool, seed: int = 0) -> StageData:
+    splits = load_splits(dataset, data_dir, seed=seed, augment=False, transfer=transfer)
     return StageData(splits, DataLoader(splits.test, batch_size=256))
 
 
-def stage_data(variant: Variant, data_dir) -> StageData:
-    return _stage_data(variant.dataset, str(data_dir), bool(variant.config.get("transfer", False)))
+def split_seed(ws: Workspace, variant: Variant) -> int:
+    """The seed the training files were split into train and validation with for the model `variant` descends
+    from: its trained root's recipe seed (0 for a root that records no recipe, an imported model, which is what
+    `load_splits` defaults to)."""
+    recipe = ws.lineage(variant)[0].config.get("recipe") or {}
+    return int(recipe.get("seed", 0))
+
+
+def stage_data(ws: Workspace, variant: Variant, data_dir) -> StageData:
+    """The splits of `variant`'s dataset as its root was trained on them: calibration draws only from the root's
+    training images and validation is the root's own held-out share, whatever seed the root was trained with."""
+    return _stage_data(
+        variant.dataset, str(data_dir), bool(variant.config.get("transfer", False)), split_seed(ws, variant)
+    )
 
 
 # -- running any variant ---------------------------------------------------------------------------------------
@@ -126,7 +138,7 @@ def predict(model: nn.Module, data: StageData):
     return result, torch.cat(rec.outputs)
 
 
-def validation_result(variant: Variant, data_dir, images: int | None = None):
+def validation_result(ws: Workspace, variant: Variant, data_dir, images: int | None = None):
     """Loss, top-1 and top-5 of a stored variant on the validation split (never the test split): what `search`
     selects on, evaluated as `predict` evaluates the test split.
 
@@ -136,7 +148,7 @@ def validation_result(variant: Variant, data_dir, images: int | None = None):
     Returns:
         the train engine's EvalResult.
     """
-    data = stage_data(variant, data_dir)
+    data = stage_data(ws, variant, data_dir)
     val = data.splits.val
     if images is not None and images < len(val):
         val = Subset(val, range(images))
@@ -230,7 +242,7 @@ class Stage:
         `inherit` names parent metrics copied when the written artifact cannot count them itself
         (an ONNX file's MACs equal its parent's).
         """
-        data = stage_data(parent, data_dir)  # missing or unreadable data: one line, before the digest
+        data = stage_data(ws, parent, data_dir)  # missing or unreadable data: one line, before the digest
         config = config if config is not None else self.variant_config(parent, data_dir)
 
         def write_and_measure(tmp: Path) -> dict:

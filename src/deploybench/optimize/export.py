@@ -107,7 +107,7 @@ class ExportStage(Stage):
         import onnx
 
         require_torch_parent(parent, "export")
-        data = stage_data(parent, data_dir)
+        data = stage_data(ws, parent, data_dir)
         opset = self.config.opset
 
         def write(d: Path) -> dict:  # runs only when the export is not in the store yet

@@ -287,7 +287,7 @@ class PruneStage(Stage):
         if parent.format not in EAGER_FORMATS:
             raise UserError(f"prune needs an fp32 PyTorch variant (trained or pruned); {parent.id} is {parent.format}")
         cfg = self.config
-        data = stage_data(parent, data_dir)
+        data = stage_data(ws, parent, data_dir)
         root = ws.lineage(parent)[0]
         recipe = default_recipe(parent.config["arch"])
         if "recipe" in root.config:

@@ -712,7 +712,7 @@ class QuantizeStage(Stage):
                 f"quantize --method {self.config.method} needs an fp32 PyTorch variant (trained or "
                 f"pruned); {parent.id} is {parent.format}"
             )
-        data = stage_data(parent, data_dir)
+        data = stage_data(ws, parent, data_dir)
         cfg = self.config.to_dict()
         config = dict(self.variant_config(parent, data_dir), **{"method": cfg["method"]})
         for key in cfg:

@@ -54,7 +54,7 @@ class SearchContext:
     def base_accuracy(self, images: int | None) -> float:
         """The fp32 variant's top-1 on the first `images` validation images (all for None), evaluated once."""
         if images not in self.base_val_top1:
-            self.base_val_top1[images] = validation_result(self.base, self.data_dir, images).top1
+            self.base_val_top1[images] = validation_result(self.ws, self.base, self.data_dir, images).top1
         return self.base_val_top1[images]
 
 
@@ -83,7 +83,7 @@ def measure(ctx: SearchContext, study: optuna.Study, variant: Variant, threads: 
     if (found := _earlier(study, variant.id, threads, images)) is not None:
         return found
     base = ctx.base_accuracy(images)
-    top1 = validation_result(variant, ctx.data_dir, images).top1
+    top1 = validation_result(ctx.ws, variant, ctx.data_dir, images).top1
     return dict(
         ctx.timer.measure(variant, threads),
         variant_id=variant.id,
