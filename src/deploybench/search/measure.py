@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from deploybench.profile.crosscheck import loaded_backend
+from deploybench.profile.crosscheck import LoadedRuntimes
 from deploybench.profile.latency import PAIRS, Protocol, finished_call, latency_stats, paired_speedup, time_runs
 from deploybench.profile.static import input_shape, root_config
 from deploybench.store import Variant, Workspace
@@ -43,23 +43,22 @@ class PairedTimer:
         self.backend, self.batch_size, self.protocol = backend, batch_size, protocol
         torch.manual_seed(0)
         self.batch = torch.randn(batch_size, *input_shape(root_config(ws, base)))
-        self.base = loaded_backend(backend, base, batch_size, base_threads)
+        self._held = LoadedRuntimes()  # the base, for the whole search
+        self.base = self._held.get(backend, base, batch_size, base_threads)
         self.base_call = finished_call(self.base, self.base.prepare(self.batch))
         self.base_call()
         self.base_stats = latency_stats(time_runs(self.base_call, protocol.p50), batch_size)
 
     def measure(self, variant: Variant, threads: int) -> dict:
         """{speedup, latency_ms_p50, latency_ms_ci95, stable, base_latency_ms_p50} of `variant` at `threads`."""
-        impl = loaded_backend(self.backend, variant, self.batch_size, threads)
-        try:
+        with LoadedRuntimes() as loaded:
+            impl = loaded.get(self.backend, variant, self.batch_size, threads)
             call = finished_call(impl, impl.prepare(self.batch))
             stats = latency_stats(time_runs(call, self.protocol.p50), self.batch_size)
             p = self.protocol
             speedup = paired_speedup(
                 self.base_call, call, pairs=p.pairs, block=p.block, settle_s=p.settle_s, warmup=p.warmup
             )
-        finally:
-            impl.close()
         return dict(
             speedup=speedup,
             latency_ms_p50=stats["latency_ms_p50"],
@@ -70,19 +69,16 @@ class PairedTimer:
 
     def versus(self, slow: Variant, slow_threads: int, fast: Variant, fast_threads: int) -> float:
         """Paired speed-up of `fast` over `slow` (both on this backend and batch size), timed in alternation."""
-        impls = [
-            loaded_backend(self.backend, v, self.batch_size, t) for v, t in ((slow, slow_threads), (fast, fast_threads))
-        ]
-        try:
+        with LoadedRuntimes() as loaded:
+            impls = [
+                loaded.get(self.backend, v, self.batch_size, t) for v, t in ((slow, slow_threads), (fast, fast_threads))
+            ]
             calls = [finished_call(i, i.prepare(self.batch)) for i in impls]
             p = self.protocol
             return paired_speedup(*calls, pairs=p.pairs, block=p.block, settle_s=p.settle_s, warmup=p.warmup)
-        finally:
-            for impl in impls:
-                impl.close()
 
     def close(self) -> None:
-        self.base.close()
+        self._held.__exit__(None, None, None)
 
     def __enter__(self) -> "PairedTimer":
         return self
