@@ -508,12 +508,16 @@ def test_options_out_of_range_are_one_line_before_any_work(case, trained_workspa
     assert {p.name for p in tmp_path.iterdir()} == {"ws", "file.txt"}  # no report, no temp file left
 
 
-def test_prune_fine_tuning_rate_must_be_positive():
-    from deploybench.errors import UserError
-    from deploybench.optimize.prune import PruneStage
-
-    with pytest.raises(UserError, match="--finetune-lr must be above 0, got 0.0"):
-        PruneStage(ratio=0.5, finetune_lr=0.0)
+def test_prune_fine_tuning_rate_must_be_positive(trained_workspace, capsys):
+    ws, _, data_dir = trained_workspace
+    before = snapshot(ws.root)
+    argv = ["prune", "--model", "lenet", "--ratio", "0.5", "--finetune-lr", "0"]
+    refused(
+        lambda: optimize_cli.main(argv + ["--workspace", str(ws.root), "--data-dir", str(data_dir)]),
+        capsys,
+        "--finetune-lr must be above 0, got 0.0",
+    )
+    assert snapshot(ws.root) == before
 
 
 def test_pipeline_batch_sizes_and_epochs_are_checked_before_any_work(trained_workspace, capsys, monkeypatch):

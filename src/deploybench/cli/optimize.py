@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 2)")
     pr.add_argument(
+        "--finetune-lr",
+        type=float,
+        help="peak learning rate of the fine-tuning's cosine schedule (default: 1/10 of the training recipe's)",
+    )
+    pr.add_argument(
         "--distill",
         action="store_const",
         const=True,
@@ -179,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 iterative_steps=args.iterative_steps,
                 round_to=args.round_to,
                 finetune_epochs=args.finetune_epochs,
+                finetune_lr=args.finetune_lr,
                 distill=args.distill,
             )
         else:
