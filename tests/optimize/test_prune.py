@@ -146,7 +146,7 @@ def test_an_interrupted_finetuning_resumes_after_its_last_epoch_with_the_weights
     from deploybench.store import Workspace
     from deploybench.train import engine
 
-    monkeypatch.setattr(engine, "device_resident", lambda dataset, device: on_device)
+    monkeypatch.setattr(engine, "device_resident", lambda dataset: on_device)
     ws, trained, data_dir = trained_workspace
     shutil.copytree(ws.root, ws.root.parent / "whole")
     other = Workspace(ws.root.parent / "whole")

@@ -246,11 +246,12 @@ def test_prune_bn_scale_on_a_model_without_bn_says_so(trained_workspace):
 
 
 def test_prune_fine_tunes_with_loader_workers_as_a_variant_of_its_own(trained_workspace, monkeypatch):
-    # The GPU default (workers) exercised on the CPU: the fine-tuning loader runs worker processes, and the
-    # variant records them, since their random streams shape the weights.
+    # An image folder's GPU default (workers) exercised on the CPU: the fine-tuning loader runs worker processes,
+    # and the variant records them, since their random streams shape the weights.
     from deploybench.train import engine
 
     ws, trained, data_dir = trained_workspace
+    monkeypatch.setattr(engine, "device_resident", lambda dataset: False)  # read as an image folder is
     stage = get_stage("prune")(ratio=0.5, finetune_epochs=1, distill=True)
     plain = stage.run(ws, trained, data_dir)
     monkeypatch.setattr(engine, "default_workers", lambda device: 2)

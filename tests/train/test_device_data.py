@@ -12,6 +12,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from deploybench.data import dataset_info, load_splits, train_transform
+from deploybench.errors import UserError
 from deploybench.store import Workspace
 from deploybench.train import engine
 from deploybench.train import run as train_run
@@ -27,7 +28,7 @@ from deploybench.train.device_data import (
     draw,
     to_input,
 )
-from deploybench.train.engine import TrainingInterrupted, device_keys
+from deploybench.train.engine import TrainingInterrupted, data_path, device_keys
 from deploybench.train.recipes import default_recipe
 
 CPU = torch.device("cpu")
@@ -39,13 +40,16 @@ def _images(n=6, c=3, side=32, seed=0):
     return torch.randint(0, 256, (n, c, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def test_the_path_is_chosen_for_in_memory_datasets_on_a_gpu_only():
+def test_the_path_is_chosen_for_in_memory_datasets_on_every_device():
     for name in ("cifar10", "cifar100", "fashion-mnist"):
-        assert device_resident(name, torch.device("cuda"))
-        assert not device_resident(name, CPU)
-    assert not device_resident("imagefolder:/some/where", torch.device("cuda"))
-    # CPU ids stay as they were; the path adds its own key
+        assert device_resident(name)
+    assert not device_resident("imagefolder:/some/where")
+    assert data_path("fashion-mnist", CPU) == (True, 0) and data_path("imagefolder:/x", CPU) == (False, 0)
+    with pytest.raises(UserError, match="without DataLoader workers"):
+        data_path("cifar10", CPU, 2)
+    # the path adds its own key; an image folder read on the CPU without workers adds none
     assert device_keys(CPU, 0) == {}
+    assert device_keys(CPU, 0, "device") == {"augment_on": "device"}
     assert device_keys(torch.device("cuda"), 0, "device") == {"device": "cuda", "augment_on": "device"}
 
 
@@ -195,10 +199,8 @@ def _interrupt_at(monkeypatch, call, how):
 
 @pytest.fixture(scope="module")
 def device_path_reference(tmp_path_factory, tiny_fashion_mnist):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine, "device_resident", lambda dataset, device: True)
-        ws = tmp_path_factory.mktemp("device-ref") / "ws"
-        variant, _ = _train(ws, tiny_fashion_mnist)
+    ws = tmp_path_factory.mktemp("device-ref") / "ws"
+    variant, _ = _train(ws, tiny_fashion_mnist)  # Fashion-MNIST is held on the device, the CPU here
     return variant, torch.load(variant.path / "model.pt", weights_only=True)
 
 
@@ -206,7 +208,6 @@ def device_path_reference(tmp_path_factory, tiny_fashion_mnist):
 def test_the_device_path_resumes_to_the_uninterrupted_weights(
     how, call, device_path_reference, monkeypatch, tmp_path, tiny_fashion_mnist
 ):
-    monkeypatch.setattr(engine, "device_resident", lambda dataset, device: True)
     ref, ref_weights = device_path_reference
     assert ref.config["augment_on"] == "device" and "loader_workers" not in ref.config and "device" not in ref.config
     restore = _interrupt_at(monkeypatch, call, how)
@@ -222,8 +223,9 @@ def test_the_device_path_resumes_to_the_uninterrupted_weights(
     assert history[0][-1]["images_per_s"] > 0
 
 
-def test_the_device_path_is_a_variant_of_its_own(device_path_reference, tmp_path, tiny_fashion_mnist):
-    plain, _ = _train(tmp_path / "ws", tiny_fashion_mnist)  # the DataLoader path: the id it always had
+def test_the_device_path_is_a_variant_of_its_own(device_path_reference, tmp_path, tiny_fashion_mnist, monkeypatch):
+    monkeypatch.setattr(engine, "device_resident", lambda dataset: False)  # the DataLoader path, as an image folder's
+    plain, _ = _train(tmp_path / "ws", tiny_fashion_mnist)
     assert "augment_on" not in plain.config and plain.id != device_path_reference[0].id
 
 

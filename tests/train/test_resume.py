@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -182,25 +183,49 @@ def test_trains_on_an_image_folder(tmp_path, tiny_imagefolder):
     assert variant.path.parent.name.startswith("imagefolder-") and variant.path.is_relative_to(ws.artifacts)
 
 
-def test_loader_workers_are_recorded_and_a_resumed_run_reaches_the_same_weights(
-    reference, tmp_path, tiny_fashion_mnist
-):
-    # With data-loading workers the augmentation comes from the workers' own random streams: another variant
-    # than the same recipe without them, reproducible, and a SIGTERM mid-epoch resumes to the same weights.
-    def args(ws):
-        return ARGS + ["--workspace", str(tmp_path / ws), "--data-dir", str(tiny_fashion_mnist), "--workers", "2"]
+@pytest.fixture(scope="module")
+def picture_folder(tmp_path_factory):
+    """An image folder (3 classes, 20 training and 2 test PNGs each): 54 training images, 7 batches of 8."""
+    from PIL import Image
 
-    whole = train_cli(args("whole"), cwd=tmp_path)
+    from ondisk import images
+
+    root = tmp_path_factory.mktemp("pictures")
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 20), ("test", 2)):
+        for label, cls in enumerate(("circle", "square", "triangle")):
+            (root / split / cls).mkdir(parents=True)
+            for j, pixels in enumerate(images(rng, [label] * n, (32, 32, 3), 3)):
+                Image.fromarray(pixels).save(root / split / cls / f"{j}.png")
+    return root
+
+
+def test_loader_workers_are_recorded_and_a_resumed_run_reaches_the_same_weights(
+    picture_folder, tmp_path, tiny_fashion_mnist
+):
+    # An image folder is read through a DataLoader; with workers the augmentation comes from the workers' own
+    # random streams: another variant than the same recipe without them, reproducible, and a SIGTERM mid-epoch
+    # resumes to the same weights.
+    dataset = f"imagefolder:{picture_folder}"
+
+    def args(ws, *workers):
+        return [*ARGS, "--dataset", dataset, "--workspace", str(tmp_path / ws), *workers]
+
+    alone = train_cli(args("alone"), cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    reference = final_weights(tmp_path / "alone")
+    whole = train_cli(args("whole", "--workers", "2"), cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     weights, variant = final_weights(tmp_path / "whole")
     assert variant.config["loader_workers"] == 2 and variant.metrics["loader_workers"] == 2
     assert "loader_workers" not in reference[1].config and variant.id != reference[1].id
+    assert "augment_on" not in variant.config and "augment_on" not in reference[1].config  # a DataLoader's
     assert any(not torch.equal(weights[k], reference[0][k]) for k in weights)  # other augmentation, other weights
 
-    cut_run = faulty_run("term-group", 10, args("cut"), tmp_path)  # in epoch 2, at step 3 of 7
+    cut_run = faulty_run("term-group", 10, args("cut", "--workers", "2"), tmp_path)  # in epoch 2, at step 3 of 7
     assert cut_run.returncode == 143 and "continue with --resume" in cut_run.stderr, cut_run.stderr
     assert "Traceback" not in cut_run.stderr  # no "DataLoader worker ... is killed by signal" either
-    resumed = train_cli(args("cut") + ["--resume"], cwd=tmp_path)
+    resumed = train_cli(args("cut", "--workers", "2", "--resume"), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     again, cut = final_weights(tmp_path / "cut")
     assert cut.id == variant.id and all(torch.equal(again[k], weights[k]) for k in weights)
@@ -208,6 +233,11 @@ def test_loader_workers_are_recorded_and_a_resumed_run_reaches_the_same_weights(
     history = [json.loads((v.path / "training.json").read_text())["history"] for v in (variant, cut)]
     assert "resumed_at_step" in history[1][-1] and history[1][-1]["val_loss"] == history[0][-1]["val_loss"]
 
+    held = train_cli(  # Fashion-MNIST is held in memory and augmented in batches: workers would do nothing
+        ARGS + ["--workspace", str(tmp_path / "held"), "--data-dir", str(tiny_fashion_mnist), "--workers", "2"],
+        cwd=tmp_path,
+    )
+    assert held.returncode == 2 and held.stderr.startswith("error: --workers") and "Traceback" not in held.stderr
     bad = train_cli(
         ARGS + ["--workspace", str(tmp_path / "bad"), "--data-dir", str(tiny_fashion_mnist), "--workers", "-1"],
         cwd=tmp_path,

@@ -109,6 +109,7 @@ def test_train_command_names_every_field_that_differs_from_the_default():
         (["--storage", "postgresql://u:pw@127.0.0.1:1/db"], "cannot reach or log in to the study storage"),
         (["--trials", "0"], "--trials must be 1 or more"),
         (["--resume"], "nothing to resume: no study storage"),
+        (["--workers", "2"], "without DataLoader workers"),
     ],
 )
 def test_bad_input_is_one_error_line_and_leaves_the_workspace_as_it_was(

@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=int,
-        help="data-loading processes for training (default: 0 on the CPU, 4 for image folders on a GPU; "
-        "CIFAR and Fashion-MNIST on a GPU are augmented in its memory, without workers)",
+        help="data-loading processes for training an image folder (default: 0 on the CPU, 4 on a GPU; "
+        "CIFAR and Fashion-MNIST are held in memory and augmented in batches, without workers)",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--restart", action="store_true", help="discard an interrupted run and start over")

@@ -294,8 +294,7 @@ class PruneStage(Stage):
             recipe = recipe_from_config(root.config["recipe"])
         lr = cfg.finetune_lr if cfg.finetune_lr is not None else recipe.lr / 10
         # Fine-tuning runs on the GPU when there is one, in the precision training would choose there, reading the
-        # data as training would (`data_path`); each gives other weights than the CPU's fp32 from a DataLoader, so
-        # the config (and id) records them.
+        # data as training would (`data_path`); each shapes the weights, so the config (and id) records them.
         device = torch.device("cuda" if cfg.finetune_epochs and torch.cuda.is_available() else "cpu")
         on_device, workers = data_path(parent.dataset, device) if cfg.finetune_epochs else (False, 0)
         precision = training_precision("auto", device) if cfg.finetune_epochs else "fp32"

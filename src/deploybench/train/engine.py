@@ -46,8 +46,8 @@ CUDA_LOADER_WORKERS = 4
 
 
 def default_workers(device: torch.device) -> int:
-    """Data-loading processes for training on `device`: CUDA_LOADER_WORKERS on a GPU, none on the CPU (whose
-    cores the training itself needs)."""
+    """Data-loading processes for training on `device` from a DataLoader (image folders): CUDA_LOADER_WORKERS on a
+    GPU, none on the CPU (whose cores the training itself needs)."""
     return CUDA_LOADER_WORKERS if device.type == "cuda" else 0
 
 
@@ -58,10 +58,10 @@ def data_path(dataset: str, device: torch.device, workers: int | None = None) ->
     error."""
     if workers is not None and workers < 0:
         raise UserError(f"--workers must be 0 or more, got {workers}")
-    if device_resident(dataset, device):
+    if device_resident(dataset):
         if workers:
             raise UserError(
-                "--workers: CIFAR and Fashion-MNIST on a GPU are held in its memory and augmented there, "
+                "--workers: CIFAR and Fashion-MNIST are held in memory and augmented there in batches, "
                 "without DataLoader workers; leave --workers out"
             )
         return True, 0
@@ -73,7 +73,7 @@ def device_keys(device: torch.device, workers: int, augment_on: str | None = Non
     is not the CPU (GPU kernels, mixed precision), the number of loader workers when there are any (each draws
     the augmentation of its batches from its own seeded stream) and `augment_on` ("device") when the images are
     augmented by batched ops on the device (`device_data`), whose random draws and colour jitter differ from the
-    per-image transforms'. Empty on the CPU without workers, so the ids of CPU-trained variants carry no key."""
+    per-image transforms'. Empty on the CPU for an image folder read without workers."""
     keys: dict = {}
     if device.type != "cpu":
         keys["device"] = device.type

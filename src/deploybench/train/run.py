@@ -344,7 +344,7 @@ def train_model(
     `resume=None` (the main job) continues an interrupted run when there is one and starts one otherwise.
     `checkpoint` starts from external weights (validated against the architecture).
     `workers`: data-loading processes for training (default: `default_workers(device)`); none where the images
-    are kept and augmented on the GPU (`device_resident`: CIFAR and Fashion-MNIST on CUDA).
+    are kept and augmented on the device (`device_resident`: CIFAR and Fashion-MNIST).
     `precision`: auto, fp32, bf16 or fp16 (see `training_precision`); what it resolves to is in the config.
     `log`: where the progress lines go (one per epoch).
     """

@@ -35,7 +35,7 @@ from deploybench.store.studies import (
     same_params,
     worker_name,
 )
-from deploybench.train.engine import TrainingInterrupted
+from deploybench.train.engine import TrainingInterrupted, data_path
 from deploybench.train.recipes import RECIPE_KEYS, Recipe, default_recipe
 from deploybench.train.run import train_model, training_device
 
@@ -321,7 +321,7 @@ def sweep(
     if heartbeat_s < 1:
         raise UserError(f"--heartbeat-seconds must be 1 or more, got {heartbeat_s}")
     pruner = make_pruner(pruner) if isinstance(pruner, str) else pruner
-    training_device(device)
+    data_path(dataset, training_device(device), workers)  # bad --workers: refused before any trial
     load_splits(dataset, data_dir, seed=base.seed, augment=False)  # missing or bad data: refused before any trial
     store = open_storage(storage, ws.root, heartbeat_s=heartbeat_s, must_exist=resume)
     searched = {d.field for d in space}
