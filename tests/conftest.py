@@ -5,11 +5,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from deploybench.data import dataset_info
 from ondisk import images as _images
-from ondisk import write_fashion_mnist
+from ondisk import write_fashion_mnist, write_imagefolder
 
 
 def _pickle(path, obj):
@@ -103,15 +102,7 @@ def tiny_fashion_mnist(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_imagefolder(tmp_path_factory):
     """PATH/{train,test}/<class>/*.png, 3 classes, 6 train / 2 test PNGs each, in odd sizes (resized to 32)."""
-    root = tmp_path_factory.mktemp("imagefolder")
-    rng = np.random.RandomState(0)
-    for split, n in (("train", 6), ("test", 2)):
-        for label, cls in enumerate(("circle", "square", "triangle")):
-            (root / split / cls).mkdir(parents=True)
-            for j in range(n):
-                pixels = _images(rng, [label], (36 + j, 40, 3), 3)[0]
-                Image.fromarray(pixels).save(root / split / cls / f"{j}.png")
-    return root
+    return write_imagefolder(tmp_path_factory.mktemp("imagefolder"))
 
 
 @pytest.fixture(scope="session")
@@ -186,3 +177,41 @@ def onnx_workspace(trained_workspace):
 @pytest.fixture
 def make_onnx():
     return make_onnx_variant
+
+
+@pytest.fixture
+def stand_in_runtimes(monkeypatch):
+    """Replaces `profile.crosscheck.loaded_backend` with runtimes that run nothing; returns (loads, closed, failing):
+    the keys (variant id, backend, batch size, threads) loaded and closed, in order, and a set of keys whose close
+    raises RuntimeError("close failed")."""
+    from deploybench.profile import crosscheck
+
+    loads, closed, failing = [], [], set()
+
+    class Runtime:
+        def __init__(self, key):
+            self.key = key
+
+        def prepare(self, x):
+            return x
+
+        def run(self, x):
+            return x
+
+        def synchronize(self):
+            pass
+
+        def run_facts(self):
+            return {}
+
+        def close(self):
+            closed.append(self.key)
+            if self.key in failing:
+                raise RuntimeError("close failed")
+
+    def load(backend, variant, batch_size, threads):
+        loads.append((variant.id, backend, batch_size, threads))
+        return Runtime(loads[-1])
+
+    monkeypatch.setattr(crosscheck, "loaded_backend", load)
+    return loads, closed, failing

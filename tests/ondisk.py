@@ -28,3 +28,17 @@ def write_fashion_mnist(root, n_train: int = 60, n_test: int = 20):
         _idx(raw / f"{prefix}-images-idx3-ubyte", images(rng, labels, (28, 28), 10), 2051)
         _idx(raw / f"{prefix}-labels-idx1-ubyte", labels, 2049)
     return root
+
+
+def write_imagefolder(root, n_train: int = 6, n_test: int = 2):
+    """root/{train,test}/<class>/*.png: 3 classes, `n_train` / `n_test` PNGs each, in odd sizes (j-th: 36+j x 40)."""
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for label, cls in enumerate(("circle", "square", "triangle")):
+            (root / split / cls).mkdir(parents=True)
+            for j in range(n):
+                pixels = images(rng, [label], (36 + j, 40, 3), 3)[0]
+                Image.fromarray(pixels).save(root / split / cls / f"{j}.png")
+    return root

@@ -54,34 +54,12 @@ def test_each_form_is_paired_with_the_reference_and_its_own_fp32(toolchains, mon
     assert f"train+export @ openvino-cpu ({onnx[:8]}) | bfloat16 |" in text  # what the runtime reported
 
 
-def test_each_form_is_loaded_once_per_batch_size_and_closed(toolchains, monkeypatch):
+def test_each_form_is_loaded_once_per_batch_size_and_closed(toolchains, stand_in_runtimes, monkeypatch):
     # The reference is in every pair: compiling it again for each would cost a torch.compile per pair.
     from deploybench.profile import crosscheck
 
     ws, root, _, made = toolchains
-    loads, closed = [], []
-
-    class Runtime:
-        def __init__(self, key):
-            self.key = key
-
-        def prepare(self, x):
-            return x
-
-        def run(self, x):
-            return x
-
-        def run_facts(self):
-            return {}
-
-        def close(self):
-            closed.append(self.key)
-
-    def load(backend, variant, batch_size, threads):
-        loads.append((variant.id, backend, batch_size))
-        return Runtime((variant.id, backend, batch_size))
-
-    monkeypatch.setattr(crosscheck, "loaded_backend", load)
+    loads, closed, _ = stand_in_runtimes
     monkeypatch.setattr(crosscheck, "paired_speedup", lambda slow, fast: 1.0)
     pairs = sbs.side_by_side(ws, root, [1, 8], 1, command="test", log=lambda line: None)
     assert len(pairs) == 10  # as above: five pairs a batch size

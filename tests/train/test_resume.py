@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -186,18 +185,9 @@ def test_trains_on_an_image_folder(tmp_path, tiny_imagefolder):
 @pytest.fixture(scope="module")
 def picture_folder(tmp_path_factory):
     """An image folder (3 classes, 20 training and 2 test PNGs each): 54 training images, 7 batches of 8."""
-    from PIL import Image
+    from ondisk import write_imagefolder
 
-    from ondisk import images
-
-    root = tmp_path_factory.mktemp("pictures")
-    rng = np.random.RandomState(0)
-    for split, n in (("train", 20), ("test", 2)):
-        for label, cls in enumerate(("circle", "square", "triangle")):
-            (root / split / cls).mkdir(parents=True)
-            for j, pixels in enumerate(images(rng, [label] * n, (32, 32, 3), 3)):
-                Image.fromarray(pixels).save(root / split / cls / f"{j}.png")
-    return root
+    return write_imagefolder(tmp_path_factory.mktemp("pictures"), n_train=20)
 
 
 def test_loader_workers_are_recorded_and_a_resumed_run_reaches_the_same_weights(
