@@ -181,9 +181,9 @@ def search_space(
             why="keep channel counts multiples of N (0: any); int8 kernels run unaligned counts slower",
         ),
         Dim("iterative_steps", low=1, high=3, when=_pruned, why="prune in K steps"),
-        # Up to 6: a heavily pruned model keeps recovering past 3 epochs, and rung 0 screens a recipe before it
+        # Up to 12: a heavily pruned model keeps recovering past 6 epochs, and rung 0 screens a recipe before it
         # pays for them.
-        Dim("finetune_epochs", low=0, high=6, when=_pruned, why="fine-tuning epochs at full fidelity"),
+        Dim("finetune_epochs", low=0, high=12, when=_pruned, why="fine-tuning epochs at full fidelity"),
         Dim("distill", choices=(False, True), when=_finetuned, why="distill from the unpruned parent"),
         Dim("quantize", choices=methods_here(backend), why="quantization method; none keeps fp32"),
         Dim("calib_size", choices=(128, 256, 512, 1024), when=_calibrated, why="training images calibrated on"),
