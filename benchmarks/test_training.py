@@ -1,13 +1,13 @@
-"""Training speed gates. The speed-up of bf16 mixed precision over fp32 on CPUs that compute bf16 natively (AVX512-BF16,
-AMX): one real training step of the engine (forward, loss, backward, optimizer, schedule) at the recipe's batch
-size and memory layout, timed in alternated blocks against the same step in fp32 (`paired_speedup`), so the
-ratio holds on a shared machine. The gate sits below what the pair reaches (`custom`: about 2x on an AVX512-BF16
-EPYC); it fails when autocast stops reaching bf16 kernels. Elsewhere bf16 is emulated, slower than fp32, and
-`--precision auto` does not use it: the test skips.
+"""Training speed gates. The speed-up of bf16 mixed precision over fp32 on CPUs that compute bf16 natively
+(AVX512-BF16, AMX): one real training step of the engine (forward, loss, backward, optimizer, schedule) at the
+recipe's batch size and memory layout, timed in alternated blocks against the same step in fp32 (`paired_speedup`),
+so the ratio holds on a shared machine. The gate sits below what the pair reaches (`custom`: about 2x on an
+AVX512-BF16 EPYC); it fails when autocast stops reaching bf16 kernels. Elsewhere bf16 is emulated, slower than fp32,
+and `--precision auto` does not use it: the test skips.
 
 And the speed-up of batched augmentation of images held in memory (`DeviceSplit`, what training uses for CIFAR
 and Fashion-MNIST on every device) over the per-image transforms a DataLoader applies in the main process: on 2
-cores of an AMX Xeon about 50x for Fashion-MNIST batches of 128. The gate fails when the batched path falls to a
+cores of an AMX Xeon about 40x for Fashion-MNIST batches of 128. The gate fails when the batched path falls to a
 speed at which the loader's cost it was chosen to remove comes back."""
 
 import pytest

@@ -1,11 +1,11 @@
 """Training data held in the training device's memory and augmented there as batched tensor ops.
 
 Per-image transforms cannot keep up with a small network on 32x32 images: a GPU trains it far quicker than
-DataLoader workers crop, flip and normalize images one by one, and on 2 CPU cores a DataLoader in the main
-process spends about a fifth of `custom`'s bf16 step on it (3.4 thousand Fashion-MNIST images/s, against 168
-thousand for these batched ops, on an AMX Xeon). A dataset of a few hundred MB (Fashion-MNIST, CIFAR) fits in
-memory as uint8, so the whole split goes to the device once and each batch is gathered, augmented and
-normalized by a handful of ops over the whole batch, on a GPU and on the CPU alike.
+DataLoader workers crop, flip and normalize images one by one, and on a few CPU cores a DataLoader in the main
+process takes a large share of each training step (benchmarks/test_training.py times the two paths). A
+dataset of a few hundred MB (Fashion-MNIST, CIFAR) fits in memory as uint8, so the whole split goes to the
+device once and each batch is gathered, augmented and normalized by a handful of ops over the whole batch, on a
+GPU and on the CPU alike.
 
 The augmentation of a batch is a function of (seed, epoch, batch index) alone: the order comes from the
 engine's `EpochBatchSampler` permutation and the random draws from a generator on the device seeded per
