@@ -30,6 +30,7 @@ from deploybench.models.macs import count_macs
 from deploybench.platform import package_version
 from deploybench.store import Variant, Workspace
 from deploybench.train.engine import evaluate
+from deploybench.train.recipes import Recipe, recipe_from_config
 
 # Keys of a trained variant's config that rebuild the architecture; every derived variant carries them.
 MODEL_KEYS = ("arch", "arch_sha256", "num_classes", "in_channels", "image_size", "transfer", "mean", "std", "dataset")
@@ -91,12 +92,18 @@ def _stage_data(dataset: str, data_dir: str, transfer: bool, seed: int = 0) -> S
     return StageData(splits, DataLoader(splits.test, batch_size=256))
 
 
+def root_recipe(ws: Workspace, variant: Variant) -> Recipe | None:
+    """The training recipe recorded by the trained root `variant` descends from; None for a root that records
+    none (an imported model)."""
+    recipe = ws.lineage(variant)[0].config.get("recipe")
+    return recipe_from_config(recipe) if recipe else None
+
+
 def split_seed(ws: Workspace, variant: Variant) -> int:
     """The seed the training files were split into train and validation with for the model `variant` descends
-    from: its trained root's recipe seed (0 for a root that records no recipe, an imported model, which is what
-    `load_splits` defaults to)."""
-    recipe = ws.lineage(variant)[0].config.get("recipe") or {}
-    return int(recipe.get("seed", 0))
+    from: its root's recipe seed (0, what `load_splits` defaults to, for a root without a recipe)."""
+    recipe = root_recipe(ws, variant)
+    return recipe.seed if recipe else 0
 
 
 def stage_data(ws: Workspace, variant: Variant, data_dir) -> StageData:

@@ -33,7 +33,16 @@ from deploybench.artifacts.formats import EAGER_FORMATS, load_module, shaped_sta
 from deploybench.data import load_splits
 from deploybench.errors import UserError, unknown_choice
 from deploybench.models.vit import Attention, VisionTransformer
-from deploybench.optimize.base import Stage, StageConfig, StageData, count_params, macs_of, register_stage, stage_data
+from deploybench.optimize.base import (
+    Stage,
+    StageConfig,
+    StageData,
+    count_params,
+    macs_of,
+    register_stage,
+    root_recipe,
+    stage_data,
+)
 from deploybench.optimize.choices import PRUNE_IMPORTANCES
 from deploybench.platform.progress import note
 from deploybench.store import Variant, Workspace
@@ -50,7 +59,7 @@ from deploybench.train.engine import (
     train_one_epoch,
     training_precision,
 )
-from deploybench.train.recipes import default_recipe, recipe_from_config
+from deploybench.train.recipes import default_recipe
 
 TEMPERATURE = 4.0
 
@@ -288,10 +297,7 @@ class PruneStage(Stage):
             raise UserError(f"prune needs an fp32 PyTorch variant (trained or pruned); {parent.id} is {parent.format}")
         cfg = self.config
         data = stage_data(ws, parent, data_dir)
-        root = ws.lineage(parent)[0]
-        recipe = default_recipe(parent.config["arch"])
-        if "recipe" in root.config:
-            recipe = recipe_from_config(root.config["recipe"])
+        recipe = root_recipe(ws, parent) or default_recipe(parent.config["arch"])
         lr = cfg.finetune_lr if cfg.finetune_lr is not None else recipe.lr / 10
         # Fine-tuning runs on the GPU when there is one, in the precision training would choose there, reading the
         # data as training would (`data_path`); each shapes the weights, so the config (and id) records them.
