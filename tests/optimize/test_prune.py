@@ -238,23 +238,50 @@ def test_a_checkpoint_of_other_shapes_is_set_aside_and_the_finetuning_starts_fro
     assert made.metrics["predictions_sha256"] == whole.metrics["predictions_sha256"]
 
 
-def test_the_finetune_splits_the_training_files_with_the_seed_training_split_them_with(
-    tmp_path, tiny_fashion_mnist, random_root, monkeypatch
+@pytest.mark.parametrize("on_device", [False, True], ids=["dataloader", "data-held-on-the-device"])
+def test_the_finetune_trains_on_the_roots_training_images_and_reads_the_files_only_as_needed(
+    tmp_path, tiny_fashion_mnist, random_root, monkeypatch, on_device
 ):
     # Another seed holds out other validation files: split with seed 0, a seed-3 model would fine-tune on some of
-    # the images it is validated on.
-    from deploybench.optimize import prune
+    # the images it is validated on. The batched path augments the arrays the stage's data already holds, so the
+    # files are read once; the DataLoader path reads them again with the training transforms.
+    from deploybench.data import load_splits
+    from deploybench.optimize import base, prune
     from deploybench.optimize.base import get_stage
     from deploybench.store import Workspace
+    from deploybench.train import engine
+    from deploybench.train.device_data import DeviceSplit, _base_and_indices
 
+    monkeypatch.setattr(engine, "device_resident", lambda dataset: on_device)
     ws = Workspace(tmp_path / "ws")
     root = random_root(ws, "lenet", tiny_fashion_mnist, seed=3)
-    seeds, real = [], prune.load_splits
+    reads, seen, real_finetune = [], [], prune.finetune
 
-    def load_splits(*args, **kwargs):
-        seeds.append(kwargs.get("seed", 0))
-        return real(*args, **kwargs)
+    def counted(real):
+        def load(*args, **kwargs):
+            reads.append(kwargs.get("seed", 0))
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(prune, "load_splits", load_splits)
+        return load
+
+    def watched(model, teacher, train, *args, **kwargs):
+        seen.append(train)
+        return real_finetune(model, teacher, train, *args, **kwargs)
+
+    monkeypatch.setattr(base, "load_splits", counted(base.load_splits))
+    monkeypatch.setattr(prune, "load_splits", counted(prune.load_splits))
+    monkeypatch.setattr(prune, "finetune", watched)
+    base._stage_data.cache_clear()
     get_stage("prune")(ratio=0.5, finetune_epochs=1).run(ws, root, tiny_fashion_mnist)
-    assert seeds == [3]
+
+    assert reads == ([3] if on_device else [3, 3])
+    expected = load_splits("fashion-mnist", tiny_fashion_mnist, seed=3, augment=False)
+    seed_0 = load_splits("fashion-mnist", tiny_fashion_mnist, seed=0, augment=False)
+    assert _base_and_indices(seed_0.train)[1] != _base_and_indices(expected.train)[1]  # the seed matters here
+    (train,) = seen
+    if on_device:
+        assert isinstance(train, DeviceSplit)
+        held = DeviceSplit.of_dataset(expected.train, expected.info, torch.device("cpu"), augment=False)
+        assert torch.equal(train.images, held.images) and torch.equal(train.labels, held.labels)
+    else:
+        assert _base_and_indices(train)[1] == _base_and_indices(expected.train)[1]

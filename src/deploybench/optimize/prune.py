@@ -41,6 +41,7 @@ from deploybench.optimize.base import (
     macs_of,
     register_stage,
     root_recipe,
+    split_seed,
     stage_data,
 )
 from deploybench.optimize.choices import PRUNE_IMPORTANCES
@@ -324,20 +325,25 @@ class PruneStage(Stage):
             history = []
             if cfg.finetune_epochs:
                 transfer = bool(parent.config.get("transfer"))
-                # split with the seed training split with, so the fine-tune never sees the root's validation images
-                splits = load_splits(
-                    parent.dataset,
-                    data_dir,
-                    seed=recipe.seed,
-                    augment=recipe.augment,
-                    cutout=recipe.cutout,
-                    transfer=transfer,
-                )
-                train = fraction_subset(splits.train, cfg.finetune_fraction, cfg.seed)
-                if on_device:
+                if on_device:  # the batched path augments the raw arrays `data` already holds: no second read
                     train = DeviceSplit.of_dataset(
-                        train, splits.info, device, augment=recipe.augment, cutout=recipe.cutout, transfer=transfer
+                        fraction_subset(data.splits.train, cfg.finetune_fraction, cfg.seed),
+                        data.info,
+                        device,
+                        augment=recipe.augment,
+                        cutout=recipe.cutout,
+                        transfer=transfer,
                     )
+                else:  # split as `data` is (the root's seed), so the fine-tune never sees the root's validation images
+                    splits = load_splits(
+                        parent.dataset,
+                        data_dir,
+                        seed=split_seed(ws, parent),
+                        augment=recipe.augment,
+                        cutout=recipe.cutout,
+                        transfer=transfer,
+                    )
+                    train = fraction_subset(splits.train, cfg.finetune_fraction, cfg.seed)
                 history = finetune(
                     model.to(device),
                     teacher.to(device).eval() if cfg.distill else None,
