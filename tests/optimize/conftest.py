@@ -67,14 +67,15 @@ def _random_root(ws, arch, data_dir, dataset="fashion-mnist", **recipe):
     from deploybench.models.identity import build_model, model_config
 
     info = dataset_info(dataset, data_dir)
+    recipe = dict(
+        __import__("deploybench.train.recipes", fromlist=["default_recipe"]).default_recipe(arch).to_dict(),
+        batch_size=16,
+        **recipe,
+    )
     config = dict(
         model_config(arch, info),
         dataset=dataset,
-        recipe=dict(
-            __import__("deploybench.train.recipes", fromlist=["default_recipe"]).default_recipe(arch).to_dict(),
-            batch_size=16,
-            **recipe,
-        ),
+        recipe=recipe,
     )
     torch.manual_seed(0)
     model = build_model(config).eval()
@@ -83,7 +84,7 @@ def _random_root(ws, arch, data_dir, dataset="fashion-mnist", **recipe):
         from deploybench.optimize.base import _stage_data, predict
 
         torch.save(model.state_dict(), d / "model.pt")
-        result = predict(model, _stage_data(dataset, str(data_dir), False))[0]
+        result = predict(model, _stage_data(dataset, str(data_dir), False, recipe["seed"]))[0]  # the root's split
         return dict(accuracy_top1=result.top1, params=count_params(model))
 
     return ws.create_variant(

@@ -87,7 +87,7 @@ class StageData:
 
 
 @functools.lru_cache(maxsize=4)
-def _stage_data(dataset: str, data_dir: str, transfer: bool, seed: int = 0) -> StageData:
+def _stage_data(dataset: str, data_dir: str, transfer: bool, seed: int) -> StageData:
     splits = load_splits(dataset, data_dir, seed=seed, augment=False, transfer=transfer)
     return StageData(splits, DataLoader(splits.test, batch_size=256))
 
