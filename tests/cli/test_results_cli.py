@@ -97,7 +97,7 @@ def test_results_writes_one_file_per_machine(three_machines, tmp_path, capsys):
             "| 91.08 |",
             "| 38.3 | 5.0 MB |",
             "- most accurate: lenet train",
-            "Training (each trained variant as recorded when it was trained):",
+            "Training (each trained variant as recorded when it was trained), and the minutes",
             f"| lenet | {trained.id} | cpu | {trained.metrics['train_precision']} | ",
         ]:
             assert needle in text, (slug, needle)
@@ -108,6 +108,46 @@ def test_results_writes_one_file_per_machine(three_machines, tmp_path, capsys):
     assert "- **GPU**: NVIDIA H100 80GB HBM3" in other and "ort-cpu runs ONNX variants only" not in other
     mine = out / f"{machine_slug(dict(cpu_model=cpu_model(), cpu_flags=fingerprint()['cpu_flags']))}.md"
     assert "Skipped:" in mine.read_text() and "ort-cpu runs ONNX variants only" in mine.read_text()
+
+
+def test_the_training_table_gives_the_minutes_each_model_took_to_optimize_and_profile(trained_workspace, tmp_path):
+    # The whole zoo's per-model cost comes from the store, whatever sittings the work took: the sum of what making
+    # each optimized variant took and of each latest measurement's process, on this machine only.
+    from deploybench.optimize.base import get_stage
+    from deploybench.profile.compare import results_markdown
+    from deploybench.profile.runner import profile_variants
+
+    ws, trained, data_dir = trained_workspace
+    exported = get_stage("export")().run(ws, trained, data_dir)
+    rows = profile_variants(
+        ws,
+        [trained, exported],
+        ["torch-cpu", "ort-cpu"],
+        batch_sizes=(1,),
+        threads=1,
+        quick=True,
+        data_dir=data_dir,
+        isolate=False,
+        log=lambda line: None,
+    )
+    assert len(rows) == 4 and all(r["metrics"]["job_seconds"] >= 0 for r in rows)
+    refused = [r for r in rows if r["metrics"].get("skipped")]  # each backend refuses the other's format unrun
+    assert [r["metrics"]["job_seconds"] for r in refused] == [0.0, 0.0]
+    assert all(r["metrics"]["job_seconds"] > 0 for r in rows if r not in refused)
+    assert exported.metrics["make_seconds"] >= exported.metrics["stage_seconds"] > 0
+    slug = machine_slug(dict(cpu_model=cpu_model(), cpu_flags=fingerprint()["cpu_flags"]))
+
+    def line() -> list[str]:
+        text = results_markdown(ws, slug)
+        (row,) = [x for x in text.splitlines() if x.startswith(f"| lenet | {trained.id} |")]
+        return [c.strip() for c in row.strip("|").split("|")]
+
+    cells = line()
+    assert cells[9] == "2"  # the trained variant and its export
+    assert cells[10] == f"{exported.metrics['make_seconds'] / 60:.1f}"
+    assert cells[11] == f"{sum(r['metrics']['job_seconds'] for r in rows) / 60:.1f}"
+    ws.add_measurements([dict(rows[0], metrics={k: v for k, v in rows[0]["metrics"].items() if k != "job_seconds"})])
+    assert line()[11] == ""  # one latest row without its time: no sum that would pass for the whole
 
 
 def test_rerunning_replaces_the_files_and_the_default_folder_is_docs_results(

@@ -253,6 +253,7 @@ class Stage:
         config = config if config is not None else self.variant_config(parent, data_dir)
 
         def write_and_measure(tmp: Path) -> dict:
+            started = time.perf_counter()
             parent_logits = variant_logits(parent, data, data_dir)  # cached: outside the stage's own time
             t0 = time.perf_counter()
             extra = write(tmp) or {}
@@ -291,6 +292,8 @@ class Stage:
                 max_abs_logit_error=float((logits - parent_logits).abs().max()) if len(logits) else 0.0,
                 predictions_sha256=predictions_digest(logits),
                 stage_seconds=seconds,
+                # what making it cost in all: the stage, the accuracy passes (and the parent's, when not cached)
+                make_seconds=time.perf_counter() - started,
                 produced_by=dict(library_versions(), stage=self.name, threads=torch.get_num_threads()),
             )
             return metrics

@@ -390,29 +390,45 @@ def _environment_lines(envs: list[dict], fp: dict, command: str) -> list[str]:
     ]
 
 
-def _training_lines(ws: Workspace, dataset: str, models: set[str]) -> list[str]:
-    """A table of the trained variants of `models` on `dataset` (those whose measurements the file holds): how
-    each was trained (device, precision, epochs), how long and how fast, and its test top-1."""
+def _training_lines(ws: Workspace, dataset: str, models: set[str], latest: dict) -> list[str]:
+    """A table of the trained variants of `dataset` for `models`, each as recorded when it was trained: what it
+    was trained on (device, precision, epochs), how long and how fast, its test top-1, and the minutes spent on
+    what descends from it: making its optimized variants (`make_seconds` of each, stage and accuracy passes) and
+    profiling them all once on this results file's machine (`job_seconds` of each latest row in `latest`). A
+    time is left blank when one of its parts was not recorded."""
     trained = [v for v in ws.variants(dataset=dataset) if v.stage == "train" and v.model in models]
     if not trained:
         return []
+    made: dict[str, list] = {}
+    for v in ws.variants(dataset=dataset):
+        made.setdefault(ws.lineage(v)[0].id, []).append(v)
     lines = [
         "",
-        "Training (each trained variant as recorded when it was trained):",
+        "Training (each trained variant as recorded when it was trained), and the minutes its optimized variants took"
+        " to make and all its variants to profile once on this machine:",
         "",
-        "| model | variant | device | precision | threads | epochs | train min | images/s | test top-1 |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| model | variant | device | precision | threads | epochs | train min | images/s | test top-1 | variants "
+        "| optimize min | profile min |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def num(m: dict, key: str, fmt: str, scale: float = 1.0) -> str:
         return format(m[key] * scale, fmt) if isinstance(m.get(key), (int, float)) else ""
 
+    def minutes(parts: list) -> str:
+        known = [x for x in parts if isinstance(x, (int, float))]
+        return f"{sum(known) / 60:.1f}" if parts and len(known) == len(parts) else ""
+
     for v in sorted(trained, key=lambda v: (v.model, v.id)):
-        m = v.metrics
+        m, family = v.metrics, made.get(v.id, [v])
+        ids = {x.id for x in family}
+        optimize = minutes([x.metrics.get("make_seconds") for x in family if x.id != v.id])
+        profile = minutes([r["metrics"].get("job_seconds") for k, r in latest.items() if k[0] in ids])
         lines.append(
             f"| {v.model} | {v.id} | {m.get('device', '')} | {m.get('train_precision', 'fp32')} | "
             f"{num(m, 'threads', '.0f')} | {num(m, 'epochs', 'g')} | {num(m, 'train_seconds', '.1f', 1 / 60)} | "
-            f"{num(m, 'images_per_s', '.0f')} | {num(m, 'accuracy_top1', '.2f', 100)}% |"
+            f"{num(m, 'images_per_s', '.0f')} | {num(m, 'accuracy_top1', '.2f', 100)}% | {len(family)} | "
+            f"{optimize} | {profile} |"
         )
     return lines
 
@@ -526,7 +542,7 @@ def results_markdown(ws: Workspace, machine: str, command: str = "deploybench pr
         here = [r for r in rows if r["dataset"] == dataset]
         lines += ["", f"## {dataset}"]
         paired = {p.get("model") for p in pairs if p.get("dataset") == dataset}
-        lines += _training_lines(ws, dataset, {r["model"] for r in here} | paired)
+        lines += _training_lines(ws, dataset, {r["model"] for r in here} | paired, latest)
         lines += _search_lines(ws, machine, dataset)
         lines += _pair_lines(ws, pairs, dataset)
         for backend, bs in sorted({(r["backend"], r["batch_size"]) for r in here if r["skipped"] is None}):

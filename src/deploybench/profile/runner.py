@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -476,7 +477,7 @@ def _run_backend(ws: Workspace, ctx: RowContext, plan: RunPlan) -> tuple[dict, d
     are timed without it (a smaller batch only makes that pass slower)."""
     ok, why = ctx.cls.supports(ctx.variant)
     if not ok:
-        return {b: dict(skipped=why) for b in plan.batch_sizes}, None
+        return {b: dict(skipped=why, job_seconds=0.0) for b in plan.batch_sizes}, None  # nothing ran
     results, accuracy, ran_out = {}, None, None  # ran_out: the batch size whose process ran out of time
     for b in plan.batch_sizes:
         job = dict(
@@ -489,7 +490,8 @@ def _run_backend(ws: Workspace, ctx: RowContext, plan: RunPlan) -> tuple[dict, d
             data_dir=plan.data_dir,
             with_accuracy=accuracy is None and not ran_out,
         )
-        res = results[b] = _run_job(job, plan.isolate)
+        started = time.perf_counter()
+        res = results[b] = dict(_run_job(job, plan.isolate), job_seconds=time.perf_counter() - started)
         accuracy = accuracy or _accuracy_of(res)
         if res.get("timed_out") and accuracy is None and not ran_out:
             ran_out = b
@@ -576,6 +578,8 @@ def _row(ctx: RowContext, batch_size: int, res: dict, accuracy: dict | None) -> 
         metrics = dict(skipped=res["skipped"])
     else:
         metrics = dict(skipped=f"failed: {res.get('error')}", error=True)
+    if "job_seconds" in res:  # the wall time of the measuring process, its accuracy pass included
+        metrics["job_seconds"] = res["job_seconds"]
     return dict(
         variant_id=ctx.variant.id,
         backend=ctx.cls.name,
