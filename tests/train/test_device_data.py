@@ -4,6 +4,7 @@ of a run through that path (forced onto the CPU here; the GPU test runs it on CU
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -181,12 +182,15 @@ def _train(ws_dir, data_dir, **kw):
     )
 
 
-def _interrupt_at(monkeypatch, call, how):
-    """Make the `call`-th optimizer step send SIGTERM (which the trainer handles) or crash before it is taken."""
+def _interrupt_at(monkeypatch, call, how, pause=0.0):
+    """Make the `call`-th optimizer step send SIGTERM (which the trainer handles) or crash before it is taken;
+    the two steps before it each take `pause` seconds more."""
     real_step, calls = torch.optim.SGD.step, [0]
 
     def step(self, *a, **k):
         calls[0] += 1
+        if call - 2 <= calls[0] < call:
+            time.sleep(pause)
         if calls[0] == call:
             if how == "crash":
                 raise RuntimeError("power cut")
@@ -210,7 +214,7 @@ def test_the_device_path_resumes_to_the_uninterrupted_weights(
 ):
     ref, ref_weights = device_path_reference
     assert ref.config["augment_on"] == "device" and "loader_workers" not in ref.config and "device" not in ref.config
-    restore = _interrupt_at(monkeypatch, call, how)
+    restore = _interrupt_at(monkeypatch, call, how, pause=0.5)
     with pytest.raises(TrainingInterrupted if how == "term" else RuntimeError):
         _train(tmp_path / "ws", tiny_fashion_mnist)
     restore()
@@ -221,6 +225,10 @@ def test_the_device_path_resumes_to_the_uninterrupted_weights(
     history = [json.loads((v.path / "training.json").read_text())["history"] for v in (variant, ref)]
     assert "resumed_at_step" in history[0][-1] and history[0][-1]["val_loss"] == history[1][-1]["val_loss"]
     assert history[0][-1]["images_per_s"] > 0
+    # The resumed epoch's row times only its rest; the part a SIGTERM cut (two 0.5 s steps in it) still counts.
+    # A crash checkpoints nothing, so its cut part is trained again and counted then.
+    uncounted = variant.metrics["train_seconds"] - sum(h["seconds"] for h in history[0])
+    assert uncounted >= 1.0 if how == "term" else uncounted == 0.0
 
 
 def test_the_device_path_is_a_variant_of_its_own(device_path_reference, tmp_path, tiny_fashion_mnist, monkeypatch):

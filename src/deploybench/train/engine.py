@@ -182,6 +182,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     total_steps: int = 0  # the steps the run trains; 0 while a time budget has not yet sized the schedule
     steps_per_epoch: int = 0
+    # Training seconds of epochs cut short by a stop: the row of a resumed epoch times only the rest of it.
+    seconds_before_stops: float = 0.0
 
     def steps_done(self) -> int:
         return self.epoch * self.steps_per_epoch + self.step
@@ -496,12 +498,14 @@ def _step_hook(run: _Run, start: int, terminated: list, budget: _BudgetPlanner) 
     """`on_step` for an epoch resumed at batch `start`: counts the steps, sizes a time-budgeted run, checkpoints
     every `checkpoint_every`, on SIGTERM checkpoints and raises TrainingInterrupted, and ends the epoch (returns
     True) when the run has taken all its steps."""
+    started = time.perf_counter()
 
     def on_step(i: int) -> bool:
         run.state.step = start + i + 1
         if budget.pending:
             budget.on_step()
         if terminated:
+            run.state.seconds_before_stops += time.perf_counter() - started
             run.checkpoint()
             raise TrainingInterrupted(
                 f"stopped by SIGTERM at epoch {run.state.epoch + 1}, step {run.state.step}; "

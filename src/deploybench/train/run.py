@@ -276,7 +276,7 @@ def _metrics(plan: _Plan, net: nn.Module, state: TrainState, test: EvalResult) -
         seconds_per_epoch=(sum(h["seconds"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
         # Training images a second over the epochs trained from their start (a resumed one counts only part).
         images_per_s=(sum(h["images_per_s"] for h in full_epochs) / len(full_epochs)) if full_epochs else None,
-        train_seconds=sum(h["seconds"] for h in state.history),
+        train_seconds=sum(h["seconds"] for h in state.history) + state.seconds_before_stops,
         device=str(plan.device),
         threads=torch.get_num_threads(),
         loader_workers=plan.workers,
