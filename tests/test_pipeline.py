@@ -153,3 +153,21 @@ def test_a_damaged_store_stops_the_whole_run(tmp_path, tiny_fashion_mnist, capsy
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
         f"error: workspace database: {tmp_path / 'ws' / 'deploybench.db'} is damaged: test"
     ]
+
+
+def test_a_time_budget_bounds_the_prune_chains_finetuning_too(trained_workspace, monkeypatch, tmp_path):
+    # Unbounded, pruning's two fine-tuning epochs took longer than the budgeted training for the models that train
+    # under an epoch in it; with a budget, `optimize all` gets its share for them.
+    import deploybench.pipeline as pipeline
+
+    ws, trained, data_dir = trained_workspace
+    given = []
+    monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: (trained, False))
+    monkeypatch.setattr(pipeline, "optimize_all", lambda *a, **k: given.append(k.get("finetune_minutes")) or [])
+    monkeypatch.setattr(pipeline, "profile_variants", lambda *a, **k: [])
+    monkeypatch.setattr(pipeline, "build_report", lambda ws, out: out)
+    for budget in (10.0, None):
+        pipeline.run_pipeline(
+            ws, "fashion-mnist", ["lenet"], data_dir=data_dir, budget_minutes=budget, log=lambda line: None
+        )
+    assert given == [10.0 * pipeline.FINETUNE_SHARE, None] and 0 < pipeline.FINETUNE_SHARE < 1

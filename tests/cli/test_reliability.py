@@ -508,15 +508,20 @@ def test_options_out_of_range_are_one_line_before_any_work(case, trained_workspa
     assert {p.name for p in tmp_path.iterdir()} == {"ws", "file.txt"}  # no report, no temp file left
 
 
-def test_prune_fine_tuning_rate_must_be_positive(trained_workspace, capsys):
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["prune", "--finetune-lr", "0"], "--finetune-lr must be above 0, got 0.0"),
+        (["prune", "--finetune-minutes", "-1"], "--finetune-minutes must be above 0, got -1.0"),
+        (["all", "--finetune-minutes", "0"], "--finetune-minutes must be above 0, got 0.0"),
+    ],
+    ids=["prune-rate", "prune-minutes", "all-minutes"],
+)
+def test_prune_fine_tuning_rate_and_time_must_be_positive(trained_workspace, capsys, argv, expected):
     ws, _, data_dir = trained_workspace
     before = snapshot(ws.root)
-    argv = ["prune", "--model", "lenet", "--ratio", "0.5", "--finetune-lr", "0"]
-    refused(
-        lambda: optimize_cli.main(argv + ["--workspace", str(ws.root), "--data-dir", str(data_dir)]),
-        capsys,
-        "--finetune-lr must be above 0, got 0.0",
-    )
+    argv = argv + ["--model", "lenet", "--ratio", "0.5", "--workspace", str(ws.root), "--data-dir", str(data_dir)]
+    refused(lambda: optimize_cli.main(argv), capsys, expected)
     assert snapshot(ws.root) == before
 
 

@@ -285,3 +285,72 @@ def test_the_finetune_trains_on_the_roots_training_images_and_reads_the_files_on
         assert torch.equal(train.images, held.images) and torch.equal(train.labels, held.labels)
     else:
         assert _base_and_indices(train)[1] == _base_and_indices(expected.train)[1]
+
+
+def _budgeted_finetune(monkeypatch, tmp_path, *, minutes, epochs=3, stop_in_epoch=None):
+    """Fine-tune a tiny net on 400 random 1x8x8 images (50 steps of 8 an epoch) on a clock that reads 10 s more at
+    each look, so a budget sizes the run to the same steps on any machine. Returns (history, weights, the learning
+    rate it ended at)."""
+    from deploybench.optimize import prune
+    from deploybench.train.recipes import default_recipe
+
+    ticks = iter(range(0, 10**6, 10))
+    monkeypatch.setattr(prune._FinetuneBudget, "clock", staticmethod(lambda: float(next(ticks))))
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(400, 1, 8, 8), torch.randint(0, 3, (400,)))
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    recipe = default_recipe("lenet", batch_size=8)
+    real, steps, opts = prune.train_one_epoch, [], []
+
+    def epoch(*args, on_step, **kwargs):
+        opts.append(args[2])
+
+        def counted(i):
+            steps.append(i)
+            if stop_in_epoch and len(steps) == 50 * (stop_in_epoch - 1) + 3:
+                raise KeyboardInterrupt
+            return on_step(i)
+
+        return real(*args, on_step=counted, **kwargs)
+
+    monkeypatch.setattr(prune, "train_one_epoch", epoch)
+    kwargs = dict(device=torch.device("cpu"), workers=0, checkpoint=tmp_path / "last.pt", minutes=minutes)
+    history = prune.finetune(net, None, data, recipe, epochs, 0.05, 0, **kwargs)
+    return history, net.state_dict(), opts[-1].param_groups[0]["lr"]
+
+
+def test_a_finetune_budget_sizes_the_cosine_schedule_to_the_steps_that_fit_and_resumes_to_the_same_weights(
+    monkeypatch, tmp_path
+):
+    # Timed over steps 6-25 at 0.5 s a step (10 s of the fake clock over 20 steps), with 30 s gone at the sizing
+    # and 60 s allowed, it takes 25 + 60 steps: epoch 1 whole (50), 35 of epoch 2, no epoch 3.
+    from deploybench.optimize import prune
+
+    history, weights, lr = _budgeted_finetune(monkeypatch, tmp_path / "a", minutes=1.0)
+    assert [h["steps"] for h in history] == [50, 35]
+    assert lr < 1e-9  # the cosine spans the 85 steps taken, not the 150 of three epochs
+
+    with pytest.raises(KeyboardInterrupt):  # stopped in epoch 2: its checkpoint holds epoch 1 and the sizing
+        _budgeted_finetune(monkeypatch, tmp_path / "b", minutes=1.0, stop_in_epoch=2)
+    resumed, again, _ = _budgeted_finetune(monkeypatch, tmp_path / "b", minutes=1.0)
+    assert [h["steps"] for h in resumed] == [50, 35] and resumed[0].get("resumed") and not resumed[1].get("resumed")
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+    unbounded, plain, end = _budgeted_finetune(monkeypatch, tmp_path / "c", minutes=None)
+    roomy, same, _ = _budgeted_finetune(monkeypatch, tmp_path / "d", minutes=600.0)  # does not bind: the epochs
+    assert [h["steps"] for h in unbounded] == [h["steps"] for h in roomy] == [50, 50, 50] and end < 1e-9
+    assert all(torch.equal(plain[k], same[k]) for k in plain)
+    assert not all(torch.equal(plain[k], weights[k]) for k in plain)
+    assert prune._FinetuneBudget(None, 150).total == 150
+
+
+def test_finetune_minutes_enters_the_id_only_when_set_and_must_be_positive(trained_workspace):
+    from deploybench.errors import UserError
+    from deploybench.optimize.base import get_stage
+
+    ws, trained, data_dir = trained_workspace
+    stage = get_stage("prune")
+    assert "finetune_minutes" not in stage(ratio=0.5).config.to_dict()
+    assert stage(ratio=0.5, finetune_minutes=5).config.to_dict()["finetune_minutes"] == 5
+    with pytest.raises(UserError, match="--finetune-minutes must be above 0"):
+        stage(ratio=0.5, finetune_minutes=0)

@@ -71,6 +71,28 @@ def test_the_budget_sizes_the_schedule_to_the_timed_steps(tmp_path):
     assert "time budget 1 min" in lines[0] and f"{run.state.total_steps} steps" in lines[0]
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "step"])
+def test_a_schedule_resized_mid_run_continues_as_one_made_for_that_length_from_the_start(schedule):
+    # A scheduler built on an optimizer starts from the lr the optimizer holds; after steps of the first schedule
+    # that is no longer the base, and cosine's recursive form would carry the difference to the end.
+    from deploybench.train.engine import make_scheduler, resize_schedule
+
+    recipe = default_recipe("simple-cnn", lr=0.05, schedule=schedule)
+
+    def lrs(resize_at):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=recipe.lr)
+        sched, seen = make_scheduler(opt, recipe, 40 if resize_at is None else 1000), []
+        for step in range(40):
+            if step == resize_at:
+                resize_schedule(sched, opt, recipe, 40, step)
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return seen
+
+    assert lrs(resize_at=25)[25:] == pytest.approx(lrs(resize_at=None)[25:], rel=1e-12)
+
+
 def test_a_budgeted_run_records_the_epochs_it_did_and_ends_its_schedule(tmp_path, tiny_fashion_mnist):
     ws = Workspace(tmp_path / "ws")
     lines = []

@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 2)")
     pr.add_argument(
+        "--finetune-minutes",
+        type=float,
+        help="fine-tune for the steps that fit in this many minutes (timed on the first steps; at most "
+        "--finetune-epochs epochs); recorded in the variant's id",
+    )
+    pr.add_argument(
         "--finetune-lr",
         type=float,
         help="peak learning rate of the fine-tuning's cosine schedule (default: 1/10 of the training recipe's)",
@@ -100,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _target(a)
     a.add_argument("--ratio", type=float, default=0.5, help="pruning ratio of the prune chains (default 0.5)")
     a.add_argument("--finetune-epochs", type=int, default=2)
+    a.add_argument("--finetune-minutes", type=float, help="the prune chains' fine-tuning: at most this many minutes")
     a.add_argument("--calib-size", type=int, default=512)
     a.add_argument("--qat", action="store_true", help="run QAT even when int8-pt2e loses <= 1 point")
     return p
@@ -159,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.data_dir,
                 ratio=args.ratio,
                 finetune_epochs=args.finetune_epochs,
+                finetune_minutes=args.finetune_minutes,
                 calib_size=args.calib_size,
                 force_qat=args.qat,
                 log=lambda msg: print(msg, file=sys.stderr),
@@ -184,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 iterative_steps=args.iterative_steps,
                 round_to=args.round_to,
                 finetune_epochs=args.finetune_epochs,
+                finetune_minutes=args.finetune_minutes,
                 finetune_lr=args.finetune_lr,
                 distill=args.distill,
             )

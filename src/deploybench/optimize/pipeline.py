@@ -64,6 +64,7 @@ def default_chains(
     *,
     ratio: float = 0.5,
     finetune_epochs: int = 2,
+    finetune_minutes: float | None = None,
     distill: bool = True,
     calib_size: int = 512,
     qat_epochs: int = 1,
@@ -71,7 +72,7 @@ def default_chains(
 ) -> list[Chain]:
     """The chains `optimize all` runs."""
     export = ExportStage()
-    prune = PruneStage(ratio=ratio, finetune_epochs=finetune_epochs, distill=distill)
+    prune = PruneStage(ratio=ratio, finetune_epochs=finetune_epochs, finetune_minutes=finetune_minutes, distill=distill)
 
     def quant(method: str) -> QuantizeStage:
         return QuantizeStage(method=method, calib_size=calib_size, qat_epochs=qat_epochs)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,12 +50,15 @@ from deploybench.platform.progress import note
 from deploybench.store import Variant, Workspace
 from deploybench.train.device_data import DeviceSplit
 from deploybench.train.engine import (
+    BUDGET_TIMED_STEPS,
+    BUDGET_WARMUP_STEPS,
     data_path,
     device_keys,
     epoch_loader,
     make_optimizer,
     make_scheduler,
     precision_keys,
+    resize_schedule,
     restore_run_state,
     run_state,
     train_one_epoch,
@@ -78,15 +82,18 @@ class PruneConfig(StageConfig):
     seed: int = 0
     finetune_fraction: float = 1.0  # share of the training images each fine-tuning epoch draws (search screens at < 1)
     round_to: int = 0  # keep every pruned layer's channel count a multiple of this (0: any count)
+    finetune_minutes: float | None = None  # fine-tune for the steps that fit in this time (at most finetune_epochs)
 
     def to_dict(self) -> dict:
-        """The options that enter the config and id; `finetune_fraction` only when below 1 and `round_to` only when
-        set, so the ids of variants made before these options existed stay the same."""
+        """The options that enter the config and id; `finetune_fraction` only when below 1, `round_to` and
+        `finetune_minutes` only when set, so the ids of variants made before these options existed stay the same."""
         out = super().to_dict()
         if out["finetune_fraction"] == 1.0:
             del out["finetune_fraction"]
         if not out["round_to"]:
             del out["round_to"]
+        if out["finetune_minutes"] is None:
+            del out["finetune_minutes"]
         return out
 
 
@@ -198,6 +205,33 @@ def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Modul
     return model
 
 
+class _FinetuneBudget:
+    """The steps a fine-tuning of at most `limit` steps takes within `minutes`, counted from its start: timed on
+    its first steps as a training run's time budget is (after BUDGET_WARMUP_STEPS, over BUDGET_TIMED_STEPS, or
+    over the first epoch when that is shorter), then the schedule is resized to them. Without `minutes`, `limit`."""
+
+    clock = staticmethod(time.perf_counter)
+
+    def __init__(self, minutes: float | None, limit: int, sized: int | None = None):
+        self.minutes, self.total = minutes, sized or (limit if minutes is None else 0)
+        self.limit, self.started, self.timed, self.timed_from = limit, self.clock(), 0, None
+
+    def on_step(self, plan) -> None:
+        """After each step; `plan(step_seconds)` sizes the run."""
+        if self.total:
+            return
+        self.timed += 1
+        if self.timed == BUDGET_WARMUP_STEPS:
+            self.timed_from = self.clock()
+        elif self.timed == BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS:
+            plan((self.clock() - self.timed_from) / BUDGET_TIMED_STEPS)
+
+    def size(self, done: int, step_seconds: float) -> int:
+        left = self.minutes * 60 - (self.clock() - self.started)
+        self.total = min(self.limit, done + max(1, int(left / step_seconds)))
+        return self.total
+
+
 def finetune(
     model: nn.Module,
     teacher: nn.Module | None,
@@ -211,21 +245,27 @@ def finetune(
     workers: int,
     precision: str = "fp32",
     checkpoint: Path | None = None,
+    minutes: float | None = None,
 ) -> list[dict]:
     """Fine-tune on `device` with the train engine (its optimizer, a cosine schedule, its training batches: of a
     `DeviceSplit` held on `device`, or of a DataLoader with `workers` processes); distill from `teacher` if given.
-    Both models must already be on `device`. Prints one line per epoch on stderr.
+    Both models must already be on `device`. Prints one line per epoch on stderr. With `minutes`, it takes the
+    steps that fit in that time (timed on its first steps, at most `epochs` epochs; the cosine schedule spans
+    them), as `train --budget-minutes` does; the last epoch may end early.
 
-    With `checkpoint`, everything needed to go on (weights, optimizer, schedule, scaler, random state, history) is
-    written there atomically after every epoch, and a run that finds it starts after its last epoch: an
-    interrupted fine-tuning loses at most the epoch it was in, and ends with the weights an uninterrupted one has.
-    A checkpoint that does not fit the model (another torch-pruning made other shapes) is set aside."""
+    With `checkpoint`, everything needed to go on (weights, optimizer, schedule, scaler, random state, history and
+    the steps a budget sized) is written there atomically after every epoch, and a run that finds it starts after
+    its last epoch: an interrupted fine-tuning loses at most the epoch it was in, and ends with the weights an
+    uninterrupted one has. A checkpoint that does not fit the model (another torch-pruning made other shapes) is
+    set aside."""
     recipe = replace(recipe, epochs=epochs, lr=lr, schedule="cosine", seed=seed)
     torch.manual_seed(seed)
+    per_epoch = -(-len(train_set) // recipe.batch_size)
     opt = make_optimizer(model, recipe)
-    sched = make_scheduler(opt, recipe, epochs * -(-len(train_set) // recipe.batch_size))
+    sched = make_scheduler(opt, recipe, epochs * per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     history: list[dict] = []
+    sized = None
     if checkpoint is not None and checkpoint.is_file():
         ckpt = load_checkpoint(checkpoint)
         try:
@@ -233,7 +273,8 @@ def finetune(
         except RuntimeError:
             checkpoint.replace(checkpoint.with_suffix(".stale"))
         else:
-            history = [dict(h, resumed=True) for h in ckpt["history"]]
+            history, sized = [dict(h, resumed=True) for h in ckpt["history"]], ckpt.get("total_steps")
+    budget = _FinetuneBudget(minutes, epochs * per_epoch, sized)
 
     def distill(logits, x, y):
         loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
@@ -245,7 +286,22 @@ def finetune(
         )
         return 0.5 * loss + 0.5 * kd
 
+    def plan(done: int, step_seconds: float) -> None:
+        resize_schedule(sched, opt, recipe, budget.size(done, step_seconds), done)
+        note(
+            f"fine-tune budget {minutes:g} min: {budget.total} steps ({budget.total / per_epoch:.2f} epochs) "
+            f"at {step_seconds * 1000:.0f} ms a step"
+        )
+
     for epoch in range(len(history), epochs):
+        before = sum(h.get("steps", per_epoch) for h in history)
+        if budget.total and before >= budget.total:
+            break
+
+        def on_step(i: int, before=before) -> bool:
+            budget.on_step(lambda step_s: plan(before + i + 1, step_s))
+            return bool(budget.total) and before + i + 1 >= budget.total
+
         loader, _ = epoch_loader(train_set, recipe, device, workers, epoch, 0)
         stats = train_one_epoch(
             model,
@@ -258,15 +314,21 @@ def finetune(
             loss_fn=distill if teacher is not None else None,
             desc=f"fine-tune {epoch + 1}/{epochs}",
             precision=precision,
+            on_step=on_step,
         )
-        history.append(dict(epoch=epoch + 1, loss=stats["loss"], top1=stats["top1"], seconds=stats["seconds"]))
+        steps = min(per_epoch, budget.total - before) if budget.total else per_epoch
+        if not budget.total:  # an epoch too short to time the budget's steps in: sized on the whole of it
+            plan(before + steps, stats["seconds"] / steps)
+        history.append(
+            dict(epoch=epoch + 1, loss=stats["loss"], top1=stats["top1"], seconds=stats["seconds"], steps=steps)
+        )
         note(
             f"fine-tune epoch {epoch + 1}/{epochs}: loss {stats['loss']:.3f} top-1 {100 * stats['top1']:.2f}% | "
             f"{stats['seconds']:.0f} s, {stats['images_per_s']:.0f} img/s"
         )
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(run_state(model, opt, sched, scaler, history=history), checkpoint)
+            save_checkpoint(run_state(model, opt, sched, scaler, history=history, total_steps=budget.total), checkpoint)
     return history
 
 
@@ -292,6 +354,8 @@ class PruneStage(Stage):
             raise UserError(f"--round-to must be >= 0 (0: any channel count), got {c.round_to}")
         if not 0.0 < c.finetune_fraction <= 1.0:
             raise UserError(f"the fine-tuning fraction must be in (0, 1], got {c.finetune_fraction}")
+        if c.finetune_minutes is not None and not c.finetune_minutes > 0:
+            raise UserError(f"--finetune-minutes must be above 0, got {c.finetune_minutes}")
 
     def run(self, ws: Workspace, parent: Variant, data_dir) -> Variant:
         if parent.format not in EAGER_FORMATS:
@@ -356,6 +420,7 @@ class PruneStage(Stage):
                     workers=workers,
                     precision=precision,
                     checkpoint=run_dir / "last.pt",
+                    minutes=cfg.finetune_minutes,
                 )
             torch.save(shaped_state(model.cpu().eval()), d / "model.pt")
             ratio = (before["macs"] / after["macs"]) if before["macs"] and after["macs"] else None

@@ -260,6 +260,20 @@ def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, total_steps: int)
     raise UserError(f"unknown schedule {recipe.schedule!r}; choose one of: cosine, onecycle, step")
 
 
+def resize_schedule(sched, opt: torch.optim.Optimizer, recipe: Recipe, total_steps: int, done: int) -> None:
+    """Make `sched` the schedule of `recipe` over `total_steps`, at step `done`: what a run sized by a time budget
+    once its first steps are timed does. The schedule is replayed without optimizer steps, and loaded into `sched`
+    itself: the epoch under way steps that object, a new one would leave it stepping the old."""
+    for group in opt.param_groups:  # a new scheduler starts from the current lr: the replay must start at the base
+        group["lr"] = group.get("initial_lr", group["lr"])
+    sized = make_scheduler(opt, recipe, total_steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepping a scheduler before its optimizer: on purpose
+        for _ in range(done):
+            sized.step()
+    sched.load_state_dict(sized.state_dict())
+
+
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
@@ -451,13 +465,7 @@ class _BudgetPlanner:
         left = run.recipe.budget_minutes * 60 - (time.perf_counter() - self.started)
         done = state.steps_done()
         state.total_steps = done + max(1, int(left / (step_seconds + val_seconds / per_epoch)))
-        sized = make_scheduler(run.opt, run.recipe, state.total_steps)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the schedule is replayed without optimizer steps, on purpose
-            for _ in range(done):
-                sized.step()
-        # Into the scheduler object the epoch under way steps: a new object would leave it stepping the old one.
-        run.sched.load_state_dict(sized.state_dict())
+        resize_schedule(run.sched, run.opt, run.recipe, state.total_steps, done)
         self.log(
             f"time budget {run.recipe.budget_minutes:g} min: {state.total_steps} steps "
             f"({state.epochs_planned():.2f} epochs) at {step_seconds * 1000:.0f} ms a step"
