@@ -68,6 +68,28 @@ def test_a_stage_found_in_the_store_evaluates_nothing(made, monkeypatch):
     )
 
 
+def test_a_chain_evaluates_each_variant_once(trained_workspace, monkeypatch):
+    # export -> int8-ort: the export's test-split logits, computed on its stored files when it was made, are the
+    # ones int8-ort compares its own with; computing them again would be one more pass for nothing.
+    from deploybench.optimize import base
+
+    ws, trained, data_dir = trained_workspace
+    monkeypatch.setattr(base, "_LOGITS", {})
+    real, passes = base.predict, []
+
+    def counted(module, data):
+        passes.append(type(module).__name__)
+        return real(module, data)
+
+    monkeypatch.setattr(base, "predict", counted)
+    exported = get_stage("export")().run(ws, trained, data_dir)
+    quantized = get_stage("quantize")(method="int8-ort", calib_size=8).run(ws, exported, data_dir)
+    assert len(passes) == 3  # the trained parent once, then each made variant once
+    fresh = base.predict(base.runnable(exported), base.stage_data(ws, exported, data_dir))[1]
+    assert torch.equal(base._LOGITS[(exported.id, str(data_dir))], fresh)  # what a new evaluation gives
+    assert quantized.metrics["agreement_top1"] is not None
+
+
 def _check_recorded(ws, v, parent, stage, fmt):
     assert v.parent_id == parent.id and v.stage == stage and v.format == fmt
     assert v.stages == parent.stages + [stage]

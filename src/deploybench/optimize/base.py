@@ -252,6 +252,8 @@ class Stage:
         data = stage_data(ws, parent, data_dir)  # missing or unreadable data: one line, before the digest
         config = config if config is not None else self.variant_config(parent, data_dir)
 
+        evaluated: list[torch.Tensor] = []
+
         def write_and_measure(tmp: Path) -> dict:
             started = time.perf_counter()
             parent_logits = variant_logits(parent, data, data_dir)  # cached: outside the stage's own time
@@ -272,6 +274,7 @@ class Stage:
                 path=tmp,
             )
             result, logits = predict(runnable(made), data)
+            evaluated.append(logits)
             agree = float((logits.argmax(1) == parent_logits.argmax(1)).float().mean())
             facts = parent_facts(parent, data)
             metrics = {k: facts[k] for k in inherit if k in facts}
@@ -307,6 +310,8 @@ class Stage:
             fmt=fmt,
             write=write_and_measure,
         )
+        if evaluated:  # the logits of the files just stored: a child stage in this process need not compute them
+            _LOGITS[(variant.id, str(data_dir))] = evaluated[-1]
         return variant
 
 
