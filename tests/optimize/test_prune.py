@@ -295,7 +295,7 @@ def _budgeted_finetune(monkeypatch, tmp_path, *, minutes, epochs=3, stop_in_epoc
     from deploybench.train.recipes import default_recipe
 
     ticks = iter(range(0, 10**6, 10))
-    monkeypatch.setattr(prune._FinetuneBudget, "clock", staticmethod(lambda: float(next(ticks))))
+    monkeypatch.setattr(prune.BudgetClock, "clock", staticmethod(lambda: float(next(ticks))))
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(400, 1, 8, 8), torch.randint(0, 3, (400,)))
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))

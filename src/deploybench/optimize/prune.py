@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -50,8 +49,7 @@ from deploybench.platform.progress import note
 from deploybench.store import Variant, Workspace
 from deploybench.train.device_data import DeviceSplit
 from deploybench.train.engine import (
-    BUDGET_TIMED_STEPS,
-    BUDGET_WARMUP_STEPS,
+    BudgetClock,
     data_path,
     device_keys,
     epoch_loader,
@@ -207,27 +205,20 @@ def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Modul
 
 class _FinetuneBudget:
     """The steps a fine-tuning of at most `limit` steps takes within `minutes`, counted from its start: timed on
-    its first steps as a training run's time budget is (after BUDGET_WARMUP_STEPS, over BUDGET_TIMED_STEPS, or
-    over the first epoch when that is shorter), then the schedule is resized to them. Without `minutes`, `limit`."""
-
-    clock = staticmethod(time.perf_counter)
+    its first steps as a training run's time budget is (`BudgetClock`, or over the first epoch when that is
+    shorter), then the schedule is resized to them. Without `minutes`, `limit`."""
 
     def __init__(self, minutes: float | None, limit: int, sized: int | None = None):
         self.minutes, self.total = minutes, sized or (limit if minutes is None else 0)
-        self.limit, self.started, self.timed, self.timed_from = limit, self.clock(), 0, None
+        self.limit, self.clock = limit, BudgetClock()
 
     def on_step(self, plan) -> None:
         """After each step; `plan(step_seconds)` sizes the run."""
-        if self.total:
-            return
-        self.timed += 1
-        if self.timed == BUDGET_WARMUP_STEPS:
-            self.timed_from = self.clock()
-        elif self.timed == BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS:
-            plan((self.clock() - self.timed_from) / BUDGET_TIMED_STEPS)
+        if not self.total and (step_seconds := self.clock.step_seconds()) is not None:
+            plan(step_seconds)
 
     def size(self, done: int, step_seconds: float) -> int:
-        left = self.minutes * 60 - (self.clock() - self.started)
+        left = self.clock.seconds_left(self.minutes)
         self.total = min(self.limit, done + max(1, int(left / step_seconds)))
         return self.total
 

@@ -427,6 +427,29 @@ BUDGET_WARMUP_STEPS, BUDGET_TIMED_STEPS = 5, 20
 _EVAL_COST = 1 / 3
 
 
+class BudgetClock:
+    """The clock of a run with a time budget: the seconds left of it, counted from the clock's making, and the
+    seconds a step takes, timed over BUDGET_TIMED_STEPS steps after BUDGET_WARMUP_STEPS. Training's budget and
+    pruning's fine-tuning budget both size their runs by it."""
+
+    clock = staticmethod(time.perf_counter)
+
+    def __init__(self):
+        self.started, self.timed, self.timed_from = self.clock(), 0, None
+
+    def step_seconds(self) -> float | None:
+        """Call after each step: the seconds a step takes once the timed steps are done (at that call only)."""
+        self.timed += 1
+        if self.timed == BUDGET_WARMUP_STEPS:
+            self.timed_from = self.clock()
+        elif self.timed == BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS:
+            return (self.clock() - self.timed_from) / BUDGET_TIMED_STEPS
+        return None
+
+    def seconds_left(self, minutes: float) -> float:
+        return minutes * 60 - (self.clock() - self.started)
+
+
 class _BudgetPlanner:
     """Sizes a run with `recipe.budget_minutes` to the optimizer steps that fit in the budget, counted from the
     start of `fit`: after BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS steps (or at the end of the first epoch, if it is
@@ -435,9 +458,7 @@ class _BudgetPlanner:
 
     def __init__(self, run: _Run, val_images: int, log: Callable[[str], None]):
         self.run, self.val_images, self.log = run, val_images, log
-        self.started = time.perf_counter()
-        self.timed_from: float | None = None
-        self.timed = 0
+        self.clock = BudgetClock()
 
     @property
     def pending(self) -> bool:
@@ -445,11 +466,8 @@ class _BudgetPlanner:
 
     def on_step(self) -> None:
         """After each training step of a run not yet sized."""
-        self.timed += 1
-        if self.timed == BUDGET_WARMUP_STEPS:
-            self.timed_from = time.perf_counter()
-        elif self.timed == BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS:
-            self.plan((time.perf_counter() - self.timed_from) / BUDGET_TIMED_STEPS)
+        if (step_seconds := self.clock.step_seconds()) is not None:
+            self.plan(step_seconds)
 
     def on_epoch_end(self, row: dict) -> None:
         """At an epoch's end, for a first epoch too short to time BUDGET_TIMED_STEPS steps in."""
@@ -462,7 +480,7 @@ class _BudgetPlanner:
         per_epoch = state.steps_per_epoch
         # Each epoch ends with a validation pass: its cost, spread over the epoch's steps.
         val_seconds = self.val_images / run.recipe.batch_size * step_seconds * _EVAL_COST
-        left = run.recipe.budget_minutes * 60 - (time.perf_counter() - self.started)
+        left = self.clock.seconds_left(run.recipe.budget_minutes)
         done = state.steps_done()
         state.total_steps = done + max(1, int(left / (step_seconds + val_seconds / per_epoch)))
         resize_schedule(run.sched, run.opt, run.recipe, state.total_steps, done)
