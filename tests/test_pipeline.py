@@ -156,7 +156,7 @@ def test_a_damaged_store_stops_the_whole_run(tmp_path, tiny_fashion_mnist, capsy
 
 
 def test_a_time_budget_bounds_the_prune_chains_finetuning_too(trained_workspace, monkeypatch, tmp_path):
-    # Unbounded, pruning's two fine-tuning epochs took longer than the budgeted training for the models that train
+    # Unbounded, pruning's two fine-tuning epochs take longer than the budgeted training for a model that trains
     # under an epoch in it; with a budget, `optimize all` gets its share for them.
     import deploybench.pipeline as pipeline
 

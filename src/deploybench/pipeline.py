@@ -22,8 +22,8 @@ from deploybench.train.run import train_model
 
 PHASES = ("train", "optimize", "profile")
 # With a time budget, pruning's fine-tune gets this share of the training's: it starts from trained weights and
-# distills from them, and unbounded (2 epochs) it took longer than the training itself for the models that train
-# under an epoch in the budget (vit-small, the ResNets).
+# distills from them, and unbounded (2 epochs) it takes longer than the training itself for a model that trains
+# under an epoch in the budget.
 FINETUNE_SHARE = 0.5
 
 

@@ -111,8 +111,8 @@ def test_results_writes_one_file_per_machine(three_machines, tmp_path, capsys):
 
 
 def test_the_training_table_gives_the_minutes_each_model_took_to_optimize_and_profile(trained_workspace, tmp_path):
-    # The whole zoo's per-model cost comes from the store, whatever sittings the work took: the sum of what making
-    # each optimized variant took and of each latest measurement's process, on this machine only.
+    # A model's cost is read from the store, so it holds however many runs the work was split over: the sum of what
+    # making each optimized variant took and of each latest measurement's process, on this machine only.
     from deploybench.optimize.base import get_stage
     from deploybench.profile.compare import results_markdown
     from deploybench.profile.runner import profile_variants
