@@ -5,6 +5,7 @@ study that another worker completes (its stale trial failed by heartbeat and its
 
 import collections
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -87,12 +88,18 @@ def _kill_mid_trial(study_fn, proc: subprocess.Popen, workers: Workers):
             else None
         )
 
-    number = _wait(f"worker {proc.pid} mid-trial", mid_trial, workers, timeout_s=90)
-    if number is False:
-        return None
-    proc.kill()
-    proc.wait()
-    return number
+    while True:
+        number = _wait(f"worker {proc.pid} mid-trial", mid_trial, workers, timeout_s=90)
+        if number is False:
+            return None
+        # Stopped first, so the trial cannot end between the look at its state and the kill: one that ended
+        # before the stop is not a trial killed mid-run, and the next one is waited for.
+        proc.send_signal(signal.SIGSTOP)
+        if study_fn().trials[number].state == TrialState.RUNNING:
+            proc.kill()
+            proc.wait()
+            return number
+        proc.send_signal(signal.SIGCONT)
 
 
 @pytest.mark.timeout(400)
