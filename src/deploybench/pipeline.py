@@ -13,7 +13,7 @@ from deploybench.data import canonical_dataset
 from deploybench.errors import WORKSPACE_ERRNOS, DamagedStore, failure_line, traceback_tail
 from deploybench.optimize.pipeline import optimize_all
 from deploybench.platform.progress import progress
-from deploybench.profile.runner import profile_variants
+from deploybench.profile.runner import DEFAULT_BATCH_SIZES, profile_variants
 from deploybench.report import build_report
 from deploybench.store import Workspace
 from deploybench.train.engine import TrainingInterrupted
@@ -111,7 +111,7 @@ def run_pipeline(
     budget_minutes: float | None = None,
     precision: str = "auto",
     backends: list[str] | None = None,
-    batch_sizes=(1, 64),
+    batch_sizes=DEFAULT_BATCH_SIZES,
     quick: bool = False,
     report: str | Path = "reports/index.html",
     log=print,

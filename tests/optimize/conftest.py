@@ -7,18 +7,17 @@ import sys
 import pytest
 import torch
 
-# Runs in a fresh interpreter: loads each variant the way a backend would and saves its test-split logits.
+# Runs in a fresh interpreter: loads each variant on the backend that evaluates it and saves its test-split logits.
 _RELOAD = """
 import json, sys, numpy as np
 from deploybench.store import Workspace
-from deploybench.artifacts.runnable import runnable
 from deploybench.optimize.base import predict, predictions_digest, stage_data
 ws_root, data_dir, out, ids = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 ws = Workspace(ws_root, create=False)
 digests = {}
 for vid in ids:
     v = ws.get_variant(vid)
-    logits = predict(runnable(v), stage_data(ws, v, data_dir))[1]
+    logits = predict(v, stage_data(ws, v, data_dir))[1]
     np.save(f"{out}/{vid}.npy", logits.numpy())
     digests[vid] = predictions_digest(logits)
 print(json.dumps(digests))
@@ -31,7 +30,6 @@ def reload_fresh(tmp_path):
     and the same logits as an in-process reload."""
 
     def check(ws, variants, data_dir):
-        from deploybench.artifacts.runnable import runnable
         from deploybench.optimize.base import predict, stage_data
 
         out = tmp_path / "logits"
@@ -46,7 +44,7 @@ def reload_fresh(tmp_path):
         digests = json.loads(proc.stdout.strip().splitlines()[-1])
         for v in variants:
             assert digests[v.id] == v.metrics["predictions_sha256"], v.stages
-            here = predict(runnable(v), stage_data(ws, v, data_dir))[1]
+            here = predict(v, stage_data(ws, v, data_dir))[1]
             fresh = torch.from_numpy(__import__("numpy").load(out / f"{v.id}.npy"))
             torch.testing.assert_close(fresh, here, rtol=0, atol=1e-5)
 
@@ -81,10 +79,14 @@ def _random_root(ws, arch, data_dir, dataset="fashion-mnist", **recipe):
     model = build_model(config).eval()
 
     def write(d):
-        from deploybench.optimize.base import _stage_data, predict
+        from torch.utils.data import DataLoader
+
+        from deploybench.optimize.base import _stage_data
+        from deploybench.train.engine import evaluate
 
         torch.save(model.state_dict(), d / "model.pt")
-        result = predict(model, _stage_data(dataset, str(data_dir), False, recipe["seed"]))[0]  # the root's split
+        splits = _stage_data(dataset, str(data_dir), False, recipe["seed"]).splits  # the root's split
+        result = evaluate(model, DataLoader(splits.test, batch_size=256), torch.device("cpu"), info.num_classes)
         return dict(accuracy_top1=result.top1, params=count_params(model))
 
     return ws.create_variant(

@@ -5,8 +5,9 @@ import torch
 
 from deploybench.artifacts.formats import load_module
 from deploybench.errors import UserError
-from deploybench.optimize.base import eval_device, get_stage, list_stages
+from deploybench.optimize.base import get_stage, list_stages
 from deploybench.optimize.quantize import METHODS
+from deploybench.profile.accuracy import evaluating_backend
 from deploybench.train.engine import CUDA_LOADER_WORKERS
 
 RECORDED = ("accuracy_top1", "accuracy_top5", "agreement_top1", "params", "macs", "predictions_sha256", "produced_by")
@@ -45,7 +46,7 @@ def test_every_variant_reloads_in_a_fresh_process(made, reload_fresh):
 def test_a_stage_found_in_the_store_evaluates_nothing(made, monkeypatch):
     # `optimize all` and the main job run every chain again; what is already made must come back without a
     # pass over the test split: finding a variant costs nothing, making it is what takes time.
-    from deploybench.optimize import base, export
+    from deploybench.optimize import base
 
     ws, trained, data_dir, out = made
 
@@ -53,8 +54,7 @@ def test_a_stage_found_in_the_store_evaluates_nothing(made, monkeypatch):
         raise AssertionError("a stored variant was evaluated again")
 
     monkeypatch.setattr(base, "_LOGITS", {})
-    for module in (base, export):
-        monkeypatch.setattr(module, "predict", refuse)
+    monkeypatch.setattr(base, "evaluate_variant", refuse)
     assert get_stage("export")().run(ws, trained, data_dir).id == out["export"].id
     assert (
         get_stage("quantize")(method="int8-ort", calib_size=8).run(ws, out["prune-magnitude"], data_dir).id
@@ -69,23 +69,24 @@ def test_a_stage_found_in_the_store_evaluates_nothing(made, monkeypatch):
 
 
 def test_a_chain_evaluates_each_variant_once(trained_workspace, monkeypatch):
-    # export -> int8-ort: the export's test-split logits, computed on its stored files when it was made, are the
-    # ones int8-ort compares its own with; computing them again would be one more pass for nothing.
+    # export -> int8-ort: the export's test-split logits, computed on its stored files when it was made, serve
+    # its parity check and are the ones int8-ort compares its own with; computing them again would be one more
+    # pass for nothing.
     from deploybench.optimize import base
 
     ws, trained, data_dir = trained_workspace
     monkeypatch.setattr(base, "_LOGITS", {})
-    real, passes = base.predict, []
+    real, passes = base.evaluate_variant, []
 
-    def counted(module, data):
-        passes.append(type(module).__name__)
-        return real(module, data)
+    def counted(variant, images, *a, **k):
+        passes.append(variant.format)
+        return real(variant, images, *a, **k)
 
-    monkeypatch.setattr(base, "predict", counted)
+    monkeypatch.setattr(base, "evaluate_variant", counted)
     exported = get_stage("export")().run(ws, trained, data_dir)
     quantized = get_stage("quantize")(method="int8-ort", calib_size=8).run(ws, exported, data_dir)
-    assert len(passes) == 3  # the trained parent once, then each made variant once
-    fresh = base.predict(base.runnable(exported), base.stage_data(ws, exported, data_dir))[1]
+    assert passes == ["torch-state", "onnx", "onnx-int8"]  # the trained parent once, then each made variant once
+    fresh = base.predict(exported, base.stage_data(ws, exported, data_dir))[1]
     assert torch.equal(base._LOGITS[(exported.id, str(data_dir))], fresh)  # what a new evaluation gives
     assert quantized.metrics["agreement_top1"] is not None
 
@@ -204,14 +205,18 @@ def test_fp16_needs_gpu(trained_workspace):
         get_stage("quantize")(method="fp16").run(ws, trained, data_dir)
 
 
-def test_only_half_precision_modules_are_evaluated_on_a_gpu(monkeypatch):
-    half = torch.nn.Linear(2, 2).half()
-    assert eval_device(torch.nn.ReLU()).type == "cpu"  # nothing to look at
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert eval_device(half).type == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert eval_device(half).type == "cuda" and eval_device(torch.nn.Linear(2, 2).bfloat16()).type == "cuda"
-    assert eval_device(torch.nn.Linear(2, 2)).type == "cpu"  # fp32 and int8 stay where they were measured
+def test_each_format_is_evaluated_on_its_own_runtime_and_only_half_precision_on_a_gpu(monkeypatch):
+    from types import SimpleNamespace
+
+    def on(fmt):
+        return evaluating_backend(SimpleNamespace(format=fmt))
+
+    for available in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        assert (on("onnx"), on("onnx-int8"), on("openvino-ir")) == ("ort-cpu", "ort-cpu", "openvino-cpu")
+        # fp32 and int8 stay on the CPU, where they are measured by default
+        assert {on(f) for f in ("torch-state", "torch-pruned", "torch-export", "torch-export-int8")} == {"torch-cpu"}
+        assert {on("torch-fp16"), on("torch-bf16")} == {"torch-cuda" if available else "torch-cpu"}
 
 
 @pytest.mark.gpu
@@ -220,7 +225,7 @@ def test_half_precision_on_a_gpu_keeps_the_predictions(trained_workspace, method
     ws, trained, data_dir = trained_workspace
     assert METHODS[method].left_out_of_all() is None  # on a GPU `optimize all` makes both
     v = get_stage("quantize")(method=method).run(ws, trained, data_dir)
-    assert eval_device(load_module(v)).type == "cuda"  # the stage evaluated it there, not emulated on the CPU
+    assert v.metrics["accuracy_evaluated_by"]["backend"] == "torch-cuda"  # there, not emulated on the CPU
     assert v.format == f"torch-{method}" and v.metrics["dtype"] == str(dtype).removeprefix("torch.")
     weights = torch.load(v.path / "model.pt", weights_only=True)["state_dict"]
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {dtype}

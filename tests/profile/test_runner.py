@@ -376,3 +376,90 @@ def test_a_refusal_found_while_measuring_stores_no_static_metrics(trained_worksp
             log=lambda _: None,
         )
     assert "profile_static" not in ws.get_variant(trained.id).metrics and ws.measurements() == []
+
+
+@pytest.fixture
+def clean_commit(monkeypatch):
+    """Environments name a clean commit, as on a clean checkout (a checkout being edited never reuses a pass)."""
+    from deploybench.platform import env
+
+    monkeypatch.setattr(env, "git_commit", lambda: "0123abc")
+    env._static_environment.cache_clear()
+    yield
+    env._static_environment.cache_clear()
+
+
+def test_the_profile_takes_the_accuracy_a_stage_computed_exactly_as_its_pass_would(
+    trained_workspace, clean_commit, monkeypatch
+):
+    # A stage evaluates each variant it makes on its format's backend at the profile's accuracy batch size and
+    # threads; the profile's pass on that backend would compute the same predictions again, so it is not made.
+    from deploybench.optimize.base import get_stage, predictions_digest
+    from deploybench.platform.env import physical_cores
+    from deploybench.profile import runner
+    from deploybench.profile.accuracy import ACCURACY_BATCH_SIZE, backend_logits, evaluating_backend, scores
+
+    ws, trained, data_dir = trained_workspace
+    exported = get_stage("export")().run(ws, trained, data_dir)
+    made = [
+        exported,
+        get_stage("quantize")(method="int8-ort", calib_size=8).run(ws, exported, data_dir),
+        get_stage("quantize")(method="int8-nncf", calib_size=8).run(ws, exported, data_dir),
+        get_stage("quantize")(method="int8-pt2e", calib_size=8).run(ws, trained, data_dir),
+        get_stage("prune")(ratio=0.5, finetune_epochs=1).run(ws, trained, data_dir),
+    ]
+    assert [v.format for v in made] == ["onnx", "onnx-int8", "openvino-ir", "torch-export-int8", "torch-pruned"]
+    passes, job = {}, {}
+    real_combo = runner.measure_combo
+
+    def combo(**kw):
+        job.update(kw)
+        return real_combo(**kw)
+
+    def accuracy(impl, test, batch_size):  # the profile's pass, keeping what it predicted
+        logits, labels = backend_logits(impl, test, batch_size)
+        passes[(job["variant_id"], job["backend"])] = predictions_digest(logits)
+        return scores(logits, labels)
+
+    monkeypatch.setattr(runner, "measure_combo", combo)
+    monkeypatch.setattr(runner, "backend_accuracy", accuracy)
+
+    def profile(**kw):
+        passes.clear()
+        run = dict(batch_sizes=(1, ACCURACY_BATCH_SIZE), quick=True, isolate=False, log=lambda _: None)
+        rows = runner.profile_variants(
+            ws, made, ["torch-cpu", "ort-cpu", "openvino-cpu"], data_dir=data_dir, **dict(run, **kw)
+        )
+        return {(r["variant_id"], r["backend"]): r["metrics"] for r in rows if r["batch_size"] == ACCURACY_BATCH_SIZE}
+
+    with monkeypatch.context() as m:  # every pass made: each backend's predictions are the stage's
+        m.setattr(runner, "stage_accuracy", lambda *a: {})
+        measured = profile()
+    for v in made:
+        own = (v.id, evaluating_backend(v))
+        assert v.metrics["accuracy_evaluated_by"]["batch_size"] == ACCURACY_BATCH_SIZE
+        assert passes[own] == v.metrics["predictions_sha256"], v.format
+        assert measured[own]["accuracy_top1"] == v.metrics["accuracy_top1"]
+        assert measured[own]["accuracy_source"] == "profile"
+    everything = dict(passes)
+
+    rows = profile()  # the stage's pass stands for the profile's on its own backend, and only there
+    assert set(passes) == set(everything) - {(v.id, evaluating_backend(v)) for v in made}
+    assert ("openvino-cpu" in {b for _, b in passes}) and len(passes) == len(everything) - len(made)
+    for v in made:
+        row = rows[(v.id, evaluating_backend(v))]
+        assert row["accuracy_source"] == "stage" and row["accuracy_batch_size"] == ACCURACY_BATCH_SIZE
+        assert (row["accuracy_top1"], row["accuracy_top5"], row["test_images"]) == (
+            v.metrics["accuracy_top1"],
+            v.metrics["accuracy_top5"],
+            20,
+        )
+        assert (row["accuracy_top1"], row["accuracy_top5"]) == (
+            measured[(v.id, evaluating_backend(v))]["accuracy_top1"],
+            measured[(v.id, evaluating_backend(v))]["accuracy_top5"],
+        )
+
+    profile(threads=physical_cores() + 1)  # other threads: not the stage's pass, made again
+    assert set(passes) == set(everything)
+    profile(batch_sizes=(1, ACCURACY_BATCH_SIZE // 2))  # another accuracy batch size: likewise
+    assert set(passes) == set(everything)

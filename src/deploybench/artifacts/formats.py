@@ -31,6 +31,7 @@ ONNX_FORMATS = {"onnx", "onnx-int8"}
 OPENVINO_FORMATS = {"openvino-ir"}  # model.xml + model.bin, read by OpenVINO
 # fp32 eager modules: the formats whose params and MACs can be counted directly and that can be exported/pruned.
 EAGER_FORMATS = {"torch-state", "torch-pruned"}
+HALF_FORMATS = {"torch-bf16", "torch-fp16"}  # fp16/bf16 weights, run on float32 inputs (`CastInput`)
 
 
 class UnsupportedFormat(Exception):

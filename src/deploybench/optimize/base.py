@@ -18,18 +18,18 @@ from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from deploybench.artifacts.formats import EAGER_FORMATS, load_module, torch_formats
-from deploybench.artifacts.runnable import runnable
 from deploybench.data import calibration_subset, data_keys, load_splits
 from deploybench.errors import UserError, unknown_choice
 from deploybench.models import count_params, get_model_info
 from deploybench.models.identity import code_changed
 from deploybench.models.macs import count_macs
 from deploybench.platform import package_version
+from deploybench.profile.accuracy import evaluate_variant
 from deploybench.store import Variant, Workspace
-from deploybench.train.engine import evaluate
+from deploybench.train.engine import eval_result
 from deploybench.train.recipes import Recipe, recipe_from_config
 
 # Keys of a trained variant's config that rebuild the architecture; every derived variant carries them.
@@ -69,10 +69,9 @@ def get_stage(name: str) -> type["Stage"]:
 # -- data ----------------------------------------------------------------------------------------------------
 @dataclass
 class StageData:
-    """The splits a stage needs, loaded once per (dataset, data_dir): test loader, calibration and train sets."""
+    """The splits a stage needs, loaded once per (dataset, data_dir): test, calibration and train sets."""
 
     splits: object
-    test_loader: DataLoader
 
     @property
     def info(self):
@@ -89,7 +88,7 @@ class StageData:
 @functools.lru_cache(maxsize=4)
 def _stage_data(dataset: str, data_dir: str, transfer: bool, seed: int) -> StageData:
     splits = load_splits(dataset, data_dir, seed=seed, augment=False, transfer=transfer)
-    return StageData(splits, DataLoader(splits.test, batch_size=256))
+    return StageData(splits)
 
 
 def root_recipe(ws: Workspace, variant: Variant) -> Recipe | None:
@@ -114,35 +113,13 @@ def stage_data(ws: Workspace, variant: Variant, data_dir) -> StageData:
     )
 
 
-# -- running any variant ---------------------------------------------------------------------------------------
-class _Recorder(nn.Module):
-    """Keeps every output of the wrapped model, so one `evaluate` pass also yields the logits."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.outputs = model, []
-
-    def forward(self, x):
-        out = self.model(x).float()
-        self.outputs.append(out.detach().cpu())
-        return out
-
-
-def eval_device(model: nn.Module) -> torch.device:
-    """Where a stage evaluates `model`: fp16/bf16 modules on the GPU when there is one (fp16 is a GPU method; on
-    a CPU without native bf16 or fp16 both run emulated, many times slower than fp32), everything else on the CPU,
-    the device int8 programs are built for."""
-    half = any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters())
-    return torch.device("cuda" if half and torch.cuda.is_available() else "cpu")
-
-
-@torch.no_grad()
-def predict(model: nn.Module, data: StageData):
-    """(EvalResult over the full test split, logits [N, classes]) through the train engine's `evaluate`."""
-    device = eval_device(model)
-    rec = _Recorder(model.to(device) if device.type != "cpu" else model)
-    result = evaluate(rec, data.test_loader, device, data.info.num_classes)
-    return result, torch.cat(rec.outputs)
+# -- evaluating any variant ------------------------------------------------------------------------------------
+def predict(variant: Variant, data: StageData):
+    """(EvalResult over the full test split, logits [N, classes], record) of a variant, computed as the profile's
+    accuracy pass on its format's backend computes them (`profile.accuracy.evaluate_variant`; the record says
+    on what, so the profile need not compute them again)."""
+    logits, labels, record = evaluate_variant(variant, data.splits.test)
+    return eval_result(logits, labels, data.info.num_classes), logits, record
 
 
 def validation_result(ws: Workspace, variant: Variant, data_dir, images: int | None = None):
@@ -159,15 +136,8 @@ def validation_result(ws: Workspace, variant: Variant, data_dir, images: int | N
     val = data.splits.val
     if images is not None and images < len(val):
         val = Subset(val, range(images))
-    model = runnable(variant)
-    device = eval_device(model)
-    with torch.no_grad():
-        return evaluate(
-            model.to(device) if device.type != "cpu" else model,
-            DataLoader(val, batch_size=256),
-            device,
-            data.info.num_classes,
-        )
+    logits, labels, _ = evaluate_variant(variant, val)
+    return eval_result(logits, labels, data.info.num_classes)
 
 
 _LOGITS: dict[tuple[str, str], torch.Tensor] = {}
@@ -177,7 +147,7 @@ def variant_logits(variant: Variant, data: StageData, data_dir) -> torch.Tensor:
     """Test-split logits of a stored variant (cached per process: parents are evaluated once)."""
     key = (variant.id, str(data_dir))
     if key not in _LOGITS:
-        _LOGITS[key] = predict(runnable(variant), data)[1]
+        _LOGITS[key] = predict(variant, data)[1]
     return _LOGITS[key]
 
 
@@ -243,11 +213,13 @@ class Stage:
         write: Callable[[Path], dict | None],
         config: dict | None = None,
         inherit: tuple[str, ...] = ("params", "macs"),
+        accept: Callable[[torch.Tensor, torch.Tensor], dict | None] | None = None,
     ) -> Variant:
         """Create the variant via `write(tmp_dir) -> extra metrics`, then evaluate what was written.
 
         `inherit` names parent metrics copied when the written artifact cannot count them itself
-        (an ONNX file's MACs equal its parent's).
+        (an ONNX file's MACs equal its parent's). `accept(logits, parent_logits) -> extra metrics`, given,
+        judges the written variant's test-split logits before it is stored, and refuses it by raising.
         """
         data = stage_data(ws, parent, data_dir)  # missing or unreadable data: one line, before the digest
         config = config if config is not None else self.variant_config(parent, data_dir)
@@ -273,8 +245,10 @@ class Stage:
                 sha256="",
                 path=tmp,
             )
-            result, logits = predict(runnable(made), data)
+            result, logits, evaluated_by = predict(made, data)
             evaluated.append(logits)
+            if accept is not None:
+                extra = dict(extra, **(accept(logits, parent_logits) or {}))
             agree = float((logits.argmax(1) == parent_logits.argmax(1)).float().mean())
             facts = parent_facts(parent, data)
             metrics = {k: facts[k] for k in inherit if k in facts}
@@ -297,6 +271,7 @@ class Stage:
                 stage_seconds=seconds,
                 # what making it cost in all: the stage, the accuracy passes (and the parent's, when not cached)
                 make_seconds=time.perf_counter() - started,
+                accuracy_evaluated_by=evaluated_by,
                 produced_by=dict(library_versions(), stage=self.name, threads=torch.get_num_threads()),
             )
             return metrics

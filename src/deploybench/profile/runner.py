@@ -43,7 +43,7 @@ from deploybench.models.identity import code_changed
 from deploybench.platform.env import environment, physical_cores, same_setup
 from deploybench.platform.process import child_dies_with_parent, parent_pid, process_argv
 from deploybench.profile import machine
-from deploybench.profile.accuracy import backend_accuracy, test_split
+from deploybench.profile.accuracy import DEFAULT_BATCH_SIZES, backend_accuracy, stage_accuracy, test_split
 from deploybench.profile.backends import available_backends, get_backend
 from deploybench.profile.backends.base import BackendSkip
 from deploybench.profile.compare import latest_measurements
@@ -53,7 +53,6 @@ from deploybench.profile.static import input_shape, root_config, static_metrics
 from deploybench.store import Variant, Workspace
 from deploybench.store.atomic import atomic_write_text
 
-DEFAULT_BATCH_SIZES = (1, 64)
 CHILD_TIMEOUT_S = 3600
 WORKER_MODULE = "deploybench.profile.worker"
 WORKERS_DIR = ".profiling"  # under the workspace: `<pid>.json` for each running child (`_record_worker`)
@@ -473,12 +472,14 @@ def _kept(latest: dict, variant: Variant, plan: RunPlan, data: dict) -> dict[str
 
 def _run_backend(ws: Workspace, ctx: RowContext, plan: RunPlan) -> tuple[dict, dict | None]:
     """({batch size: result of `measure_combo_safe` or an error}, accuracy keys or None) of one (variant,
-    backend). The largest batch carries the accuracy pass; when its process runs out of time, the smaller ones
-    are timed without it (a smaller batch only makes that pass slower)."""
+    backend). The largest batch carries the accuracy pass, unless the variant's stage made that very pass
+    (`stage_accuracy`); when its process runs out of time, the smaller ones are timed without it (a smaller batch
+    only makes that pass slower)."""
     ok, why = ctx.cls.supports(ctx.variant)
     if not ok:
         return {b: dict(skipped=why, job_seconds=0.0) for b in plan.batch_sizes}, None  # nothing ran
-    results, accuracy, ran_out = {}, None, None  # ran_out: the batch size whose process ran out of time
+    made = stage_accuracy(ctx.variant, ctx.cls.name, plan.batch_sizes[0], plan.env, ctx.scalars.get("data_sha256"))
+    results, accuracy, ran_out = {}, made or None, None  # ran_out: the batch size whose process ran out of time
     for b in plan.batch_sizes:
         job = dict(
             workspace=str(ws.root),
@@ -519,7 +520,8 @@ def _accuracy_of(res: dict) -> dict | None:
     metrics = res.get("metrics") or {}
     if metrics.get("accuracy_top1") is None:
         return None
-    return {k: metrics[k] for k in ("accuracy_top1", "accuracy_top5", "test_images", "accuracy_batch_size")}
+    keys = ("accuracy_top1", "accuracy_top5", "test_images", "accuracy_batch_size")
+    return dict({k: metrics[k] for k in keys}, accuracy_source="profile")
 
 
 def _record(ws: Workspace, ctx: RowContext, results: dict, accuracy: dict | None, log) -> list[dict]:
@@ -610,8 +612,9 @@ def _describe(variant: Variant, row: dict) -> str:
     if "skipped" in m:
         return f"{head}: skipped ({m['skipped']})"
     lo, hi = m["latency_ms_ci95"]
+    from_stage = " (its stage's pass)" if m.get("accuracy_source") == "stage" else ""
     acc = (
-        f", top-1 {100 * m['accuracy_top1']:.2f}%"
+        f", top-1 {100 * m['accuracy_top1']:.2f}%{from_stage}"
         if m.get("accuracy_top1") is not None
         else f", accuracy not measured ({m['accuracy_unmeasured']})"
         if m.get("accuracy_unmeasured")

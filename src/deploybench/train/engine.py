@@ -355,19 +355,27 @@ def evaluate(
     """Loss, top-1, top-5 and the confusion matrix of `model` over `loader` (a DataLoader, or any iterable of
     (images, labels) batches)."""
     model.eval()
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    loss_sum, top5, seen = 0.0, 0, 0
+    outputs, labels = [], []
     for x, y in loader:
-        x, y = _to_device(x, device, channels_last), y.to(device)
-        logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        k = min(5, num_classes)
-        top5 += (logits.topk(k, 1).indices == y[:, None]).any(1).sum().item()
-        cm += torch.bincount(y.cpu() * num_classes + logits.argmax(1).cpu(), minlength=num_classes**2).view(
-            num_classes, num_classes
-        )
-        seen += len(y)
-    return EvalResult(loss_sum / max(seen, 1), cm.diag().sum().item() / max(seen, 1), top5 / max(seen, 1), cm)
+        outputs.append(model(_to_device(x, device, channels_last)).float().cpu())
+        labels.append(y.cpu())
+    if not outputs:
+        return eval_result(torch.zeros(0, num_classes), torch.zeros(0, dtype=torch.long), num_classes)
+    return eval_result(torch.cat(outputs), torch.cat(labels), num_classes)
+
+
+def eval_result(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> EvalResult:
+    """Loss, top-1, top-5 and the confusion matrix of `logits` [N, classes] against `labels` [N]."""
+    seen = len(labels)
+    if not seen:
+        return EvalResult(0.0, 0.0, 0.0, torch.zeros(num_classes, num_classes, dtype=torch.long))
+    logits, labels = logits.float(), labels.long()
+    loss = F.cross_entropy(logits, labels, reduction="sum").item()
+    top5 = (logits.topk(min(5, num_classes), 1).indices == labels[:, None]).any(1).sum().item()
+    cm = torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes**2).view(
+        num_classes, num_classes
+    )
+    return EvalResult(loss / seen, cm.diag().sum().item() / seen, top5 / seen, cm)
 
 
 @dataclass
