@@ -114,14 +114,13 @@ def evaluate_variant(variant: Variant, images, threads: int | None = None) -> tu
 def stage_accuracy(variant: Variant, backend: str, batch_size: int, env: dict, data_sha256: str | None) -> dict:
     """The accuracy keys of a profile row (`_SCORES` and `accuracy_batch_size`) taken from the test-split
     evaluation `variant` records from its stage (`accuracy_evaluated_by`), when that evaluation is the pass the
-    profile would make: on `backend` at `batch_size`, on the data files `data_sha256`, by the same code on the
-    same machine with the same threads (`env`: the profile's `environment(threads)`, compared by `same_setup`).
+    profile would make: on `backend` at `batch_size`, on the data files `data_sha256` (`data_keys`: None for the
+    published files), by the same code on the same machine with the same threads (`env`: the profile's `environment(threads)`, compared by `same_setup`).
     Else {}."""
     by = variant.metrics.get("accuracy_evaluated_by") or {}
     if (
         by.get("backend") != backend
         or by.get("batch_size") != batch_size
-        or data_sha256 is None
         or variant.config.get("data_sha256") != data_sha256
         or not same_setup(by.get("environment") or {}, env)
         or any(variant.metrics.get(k) is None for k in _SCORES)
