@@ -1,9 +1,10 @@
 """The Stage base class, the stage registry, and what every stage shares: data, evaluation, recorded metrics.
 
 A stage is variant in, new variant out. `Stage.make_variant` writes the files through the workspace's atomic
-`create_variant`, then reloads what was written (the same loader a fresh process uses) and records its
-accuracy on the full test split, its top-1 agreement with the parent, params, MACs and the library versions
-that produced it. A stage that raises leaves neither folder nor row behind.
+`create_variant`, then loads what was written on the profile backend its format runs on (as a fresh process
+would) and records its accuracy on the full test split (the profile's pass on that backend: see
+`profile.accuracy`), its top-1 agreement with the parent, params, MACs and the library versions that produced
+it. A stage that raises leaves neither folder nor row behind.
 """
 
 from __future__ import annotations

@@ -115,8 +115,8 @@ def stage_accuracy(variant: Variant, backend: str, batch_size: int, env: dict, d
     """The accuracy keys of a profile row (`_SCORES` and `accuracy_batch_size`) taken from the test-split
     evaluation `variant` records from its stage (`accuracy_evaluated_by`), when that evaluation is the pass the
     profile would make: on `backend` at `batch_size`, on the data files `data_sha256` (`data_keys`: None for the
-    published files), by the same code on the same machine with the same threads (`env`: the profile's `environment(threads)`, compared by `same_setup`).
-    Else {}."""
+    published files), by the same code on the same machine with the same threads (`env`: the profile's
+    `environment(threads)`, compared by `same_setup`). Else {}."""
     by = variant.metrics.get("accuracy_evaluated_by") or {}
     if (
         by.get("backend") != backend
