@@ -214,13 +214,14 @@ class Stage:
         write: Callable[[Path], dict | None],
         config: dict | None = None,
         inherit: tuple[str, ...] = ("params", "macs"),
-        accept: Callable[[torch.Tensor, torch.Tensor], dict | None] | None = None,
+        accept: Callable[[float, float], dict | None] | None = None,
     ) -> Variant:
         """Create the variant via `write(tmp_dir) -> extra metrics`, then evaluate what was written.
 
         `inherit` names parent metrics copied when the written artifact cannot count them itself
-        (an ONNX file's MACs equal its parent's). `accept(logits, parent_logits) -> extra metrics`, given,
-        judges the written variant's test-split logits before it is stored, and refuses it by raising.
+        (an ONNX file's MACs equal its parent's). `accept(agreement_top1, max_abs_logit_error) -> extra metrics`,
+        given, judges the written variant against its parent on the test split before it is stored, and refuses
+        it by raising.
         """
         data = stage_data(ws, parent, data_dir)  # missing or unreadable data: one line, before the digest
         config = config if config is not None else self.variant_config(parent, data_dir)
@@ -248,9 +249,10 @@ class Stage:
             )
             result, logits, evaluated_by = predict(made, data)
             evaluated.append(logits)
+            agree = float((logits.argmax(1) == parent_logits.argmax(1)).float().mean()) if len(logits) else 1.0
+            error = float((logits - parent_logits).abs().max()) if len(logits) else 0.0
             if accept is not None:
-                extra = dict(extra, **(accept(logits, parent_logits) or {}))
-            agree = float((logits.argmax(1) == parent_logits.argmax(1)).float().mean())
+                extra = dict(extra, **(accept(agree, error) or {}))
             facts = parent_facts(parent, data)
             metrics = {k: facts[k] for k in inherit if k in facts}
             # The arithmetic's dtype passes down the lineage (an export of an fp32 model is fp32) unless the
@@ -267,7 +269,7 @@ class Stage:
                 accuracy_delta=(result.top1 - parent.metrics["accuracy_top1"])
                 if parent.metrics.get("accuracy_top1") is not None
                 else None,
-                max_abs_logit_error=float((logits - parent_logits).abs().max()) if len(logits) else 0.0,
+                max_abs_logit_error=error,
                 predictions_sha256=predictions_digest(logits),
                 stage_seconds=seconds,
                 # what making it cost in all: the stage, the accuracy passes (and the parent's, when not cached)
