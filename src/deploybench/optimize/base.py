@@ -27,10 +27,10 @@ from deploybench.errors import UserError, unknown_choice
 from deploybench.models import count_params, get_model_info
 from deploybench.models.identity import code_changed
 from deploybench.models.macs import count_macs
+from deploybench.models.scoring import eval_result
 from deploybench.platform import package_version
 from deploybench.profile.accuracy import evaluate_variant
 from deploybench.store import Variant, Workspace
-from deploybench.train.engine import eval_result
 from deploybench.train.recipes import Recipe, recipe_from_config
 
 # Keys of a trained variant's config that rebuild the architecture; every derived variant carries them.
@@ -131,7 +131,7 @@ def validation_result(ws: Workspace, variant: Variant, data_dir, images: int | N
         images: only the first `images` validation images (the split is a seeded random draw from the training
             files, so these are a random sample too); None: all of them.
     Returns:
-        the train engine's EvalResult.
+        a `models.scoring.EvalResult`.
     """
     data = stage_data(ws, variant, data_dir)
     val = data.splits.val

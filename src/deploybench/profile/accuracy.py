@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from deploybench.artifacts import formats
 from deploybench.data import load_splits
+from deploybench.models.scoring import eval_result
 from deploybench.platform.env import environment, physical_cores, same_setup
 from deploybench.profile.backends import get_backend
 from deploybench.store import Variant
@@ -51,17 +52,12 @@ def backend_logits(backend, images, batch_size: int) -> tuple[torch.Tensor, torc
 
 
 def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Top-1/top-5 (fractions; None without images) and the image count of `logits` against `labels`."""
-    total = len(labels)
-    if not total:
+    """A row's accuracy keys: top-1/top-5 (fractions; None without images) and the image count of `logits`
+    against `labels`, scored as everywhere else (`models.scoring`)."""
+    if not len(labels):
         return dict(accuracy_top1=None, accuracy_top5=None, test_images=0)
-    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    hits = top == labels.view(-1, 1)
-    return dict(
-        accuracy_top1=int(hits[:, 0].sum()) / total,
-        accuracy_top5=int(hits.any(dim=1).sum()) / total,
-        test_images=total,
-    )
+    result = eval_result(logits, labels, logits.shape[1])
+    return dict(accuracy_top1=result.top1, accuracy_top5=result.top5, test_images=result.images)
 
 
 def backend_accuracy(backend, test_set, batch_size: int) -> dict:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deploybench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from deploybench.errors import UserError
+from deploybench.models.scoring import EvalResult, Scorer
 from deploybench.platform import has_native_bf16
 from deploybench.platform.progress import progress
 from deploybench.train.device_data import DeviceSplit, device_resident
@@ -152,26 +153,6 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __iter__(self):
         for i in range(self.start * self.batch_size, self.n, self.batch_size):
             yield self.perm[i : i + self.batch_size]
-
-
-@dataclass
-class EvalResult:
-    loss: float
-    top1: float
-    top5: float
-    confusion: torch.Tensor  # [true, predicted] counts
-
-    def per_class(self) -> list[dict]:
-        """Precision, recall and F1 of every class from the confusion matrix."""
-        cm = self.confusion.double()
-        tp, pred, true = cm.diag(), cm.sum(0), cm.sum(1)
-        prec = torch.where(pred > 0, tp / pred.clamp(min=1), torch.zeros_like(tp))
-        rec = torch.where(true > 0, tp / true.clamp(min=1), torch.zeros_like(tp))
-        f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp(min=1e-12), torch.zeros_like(tp))
-        return [
-            dict(precision=float(p), recall=float(r), f1=float(f), support=int(s))
-            for p, r, f, s in zip(prec, rec, f1, true, strict=True)
-        ]
 
 
 @dataclass
@@ -355,27 +336,10 @@ def evaluate(
     """Loss, top-1, top-5 and the confusion matrix of `model` over `loader` (a DataLoader, or any iterable of
     (images, labels) batches)."""
     model.eval()
-    outputs, labels = [], []
+    scorer = Scorer(num_classes)
     for x, y in loader:
-        outputs.append(model(_to_device(x, device, channels_last)).float().cpu())
-        labels.append(y.cpu())
-    if not outputs:
-        return eval_result(torch.zeros(0, num_classes), torch.zeros(0, dtype=torch.long), num_classes)
-    return eval_result(torch.cat(outputs), torch.cat(labels), num_classes)
-
-
-def eval_result(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> EvalResult:
-    """Loss, top-1, top-5 and the confusion matrix of `logits` [N, classes] against `labels` [N]."""
-    seen = len(labels)
-    if not seen:
-        return EvalResult(0.0, 0.0, 0.0, torch.zeros(num_classes, num_classes, dtype=torch.long))
-    logits, labels = logits.float(), labels.long()
-    loss = F.cross_entropy(logits, labels, reduction="sum").item()
-    top5 = (logits.topk(min(5, num_classes), 1).indices == labels[:, None]).any(1).sum().item()
-    cm = torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes**2).view(
-        num_classes, num_classes
-    )
-    return EvalResult(loss / seen, cm.diag().sum().item() / seen, top5 / seen, cm)
+        scorer.add(model(_to_device(x, device, channels_last)).cpu(), y.cpu())
+    return scorer.result()
 
 
 @dataclass

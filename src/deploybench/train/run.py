@@ -17,11 +17,11 @@ from deploybench.data import Splits, canonical_dataset, data_keys, dataset_info,
 from deploybench.errors import UserError
 from deploybench.models import count_params, create_model
 from deploybench.models.identity import model_config
+from deploybench.models.scoring import EvalResult
 from deploybench.store import Variant, Workspace
 from deploybench.train import plots
 from deploybench.train.device_data import DeviceSplit
 from deploybench.train.engine import (
-    EvalResult,
     TrainingDiverged,
     TrainState,
     data_path,
