@@ -4,6 +4,7 @@ recipes, the space per backend, the promotion rule, and a worker on other hardwa
 
 import json
 import shutil
+import time
 
 import optuna
 import pytest
@@ -15,6 +16,7 @@ from deploybench.platform import fingerprint, physical_cores
 from deploybench.report import build_report
 from deploybench.report.search_sections import search_report_sections
 from deploybench.search import BACKEND_SPACES, Fidelity, SearchSpec, TrialRecipe, run_search, search_space, summary_path
+from deploybench.search import study as study_module
 from deploybench.search.fidelity import promotion
 from deploybench.search.space import menu_seeds, output_format
 from deploybench.store import Workspace
@@ -221,3 +223,28 @@ def test_promotion_keeps_the_best_third_of_rung_0():
     assert promotion(point(4.0, 0.95), peers, 1.0, fid)[0]
     ok, why = promotion(point(9.0, 0.1, drop=30.0), peers, 1.0, fid)
     assert not ok and "budget + slack" in why
+
+
+@pytest.mark.timeout(300)
+def test_the_time_limit_stops_the_running_trial_and_the_search_still_sums_up(searched_copy, monkeypatch):
+    ws, _, data_dir, _ = searched_copy
+
+    def slow_trial(trial, ctx):  # a promoted trial fine-tuning far past the limit, checking between its steps
+        trial.suggest_float("prune_ratio", 0.0, 0.8, step=0.05)
+        for _ in range(600):
+            time.sleep(0.05)
+            ctx.between_steps()
+        pytest.fail("the time limit did not stop the trial")
+
+    monkeypatch.setattr(study_module, "run_trial", slow_trial)
+    lines = []
+    spec = SearchSpec(**TINY, trials=5, study="limit", time_limit_s=0.5)
+    started = time.monotonic()
+    summary = run_search(ws, spec, data_dir, log=lines.append)
+    assert time.monotonic() - started < 25  # stopped at the limit, not after the trial's 30 s
+    assert any(line.startswith("time limit reached during trial 0: it stopped") for line in lines), lines
+    trials = optuna.load_study(study_name="limit", storage=_storage(ws.root)).trials
+    assert trials[0].state == TrialState.FAIL and trials[0].params
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert [(t.system_attrs["fixed_params"], t.user_attrs["retry_of"]) for t in queued] == [(trials[0].params, 0)]
+    assert summary["study"] == "limit" and summary_path(ws, "limit").exists()

@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="batch size the latency is measured at (default 1)")
     p.add_argument("--budget", type=float, required=True, help="top-1 points a variant may lose on validation")
     p.add_argument("--trials", type=int, default=24, help="finished trials the study runs to (default 24)")
-    p.add_argument("--time-limit", type=duration_s, help="stop starting trials after this long (90s, 60m, 2h)")
+    p.add_argument(
+        "--time-limit",
+        type=duration_s,
+        help="stop the trials after this long (90s, 60m, 2h): the running one stops and is queued again; "
+        "then the summary",
+    )
     p.add_argument(
         "--objectives", default="latency,accuracy", help="latency,accuracy[,size] (default latency,accuracy)"
     )

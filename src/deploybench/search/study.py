@@ -5,7 +5,9 @@ the workspace's `studies.db`). Running the same command again, or with `--resume
 finished trials; several processes given the same study and storage share it, each trial recorded once. A study
 records what it searches and the machine it measures on; a worker with other settings or on other hardware is
 refused. SIGTERM ends the running trial (recorded as failed and queued again, so the next run makes that recipe
-first, its finished stages found in the store) and stops the search with `SearchInterrupted`.
+first, its finished stages found in the store) and stops the search with `SearchInterrupted`. The time limit
+ends the running trial the same way (SIGALRM), and the search goes on to its summary: the limit bounds the
+trials, not just when the last one starts, since one promoted trial can fine-tune for half an hour.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ from deploybench.store.studies import (
 class SearchInterrupted(KeyboardInterrupt):
     """SIGTERM stopped the search; what finished is kept (a KeyboardInterrupt, so no `except Exception` in a stage
     swallows it)."""
+
+
+class TimeLimitReached(KeyboardInterrupt):
+    """`--time-limit` passed while a trial ran: the trial stops as under SIGTERM (failed, its recipe queued again)
+    and the search goes on to its summary. A KeyboardInterrupt for the same reason as SearchInterrupted."""
 
 
 @dataclass(frozen=True)
@@ -171,26 +178,41 @@ class _Sigterm:
     def __init__(self):
         self.trial_number: int | None = None
         self.pending = False
+        self.late = False  # the time limit passed (SIGALRM), held like a SIGTERM
 
     def handler(self, signum, frame):
         if self.trial_number is not None and not _in_storage_call(frame):
             raise SearchInterrupted(f"stopped by SIGTERM during trial {self.trial_number}")
         self.pending = True
 
+    def time_up(self, signum, frame):
+        self.late = True
+        if self.trial_number is not None and not _in_storage_call(frame):
+            raise TimeLimitReached(f"time limit reached during trial {self.trial_number}")
+
     def check(self) -> None:
-        """Raise a held SIGTERM inside a trial (called between its steps)."""
+        """Raise a held SIGTERM or time limit inside a trial (called between its steps)."""
         if self.pending and self.trial_number is not None:
             raise SearchInterrupted(f"stopped by SIGTERM during trial {self.trial_number}")
+        if self.late and self.trial_number is not None:
+            raise TimeLimitReached(f"time limit reached during trial {self.trial_number}")
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
+    def installed(self, time_limit_s: float | None = None) -> Iterator[None]:
+        """SIGTERM handled, and SIGALRM after `time_limit_s` (None: no limit)."""
         if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
             yield
             return
         previous = signal.signal(signal.SIGTERM, self.handler)
+        previous_alarm = signal.signal(signal.SIGALRM, self.time_up) if time_limit_s is not None else None
+        if time_limit_s is not None:
+            signal.setitimer(signal.ITIMER_REAL, time_limit_s)
         try:
             yield
         finally:
+            if time_limit_s is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous_alarm)
             signal.signal(signal.SIGTERM, previous)
 
 
@@ -219,6 +241,10 @@ class _Objective:
             trial.set_user_attr("error", "stopped by SIGTERM before its recipe was drawn")
             self._requeue(trial)
             raise SearchInterrupted("stopped by SIGTERM")
+        if self.gate.late:  # the time limit passed while Optuna was making this trial
+            trial.set_user_attr("error", "the time limit passed before its recipe was drawn")
+            self._requeue(trial)
+            raise TimeLimitReached(f"time limit reached as trial {trial.number} began")
         trial.set_user_attr("worker", worker_name())
         self.gate.trial_number = trial.number
         try:
@@ -409,17 +435,23 @@ def _optimize(study: optuna.Study, ctx: SearchContext, spec: SearchSpec, log) ->
     objective = _Objective(ctx, gate, log)
     deadline = None if spec.time_limit_s is None else time.monotonic() + spec.time_limit_s
     ran = failed = 0
-    with gate.installed():
+    with gate.installed(spec.time_limit_s):
         while True:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial no longer counts as running
             count = _count(study)
             if count >= spec.trials:
                 break
-            if deadline is not None and time.monotonic() > deadline:
+            if gate.late or (deadline is not None and time.monotonic() > deadline):
                 log(f"time limit of {spec.time_limit_s:g} s reached: no new trial started")
                 break
             try:  # one trial at a time through `run_trials`, which also fails the trials of dead workers
                 run_trials(study, objective, min(spec.trials, count + 1), catch=(Exception,))
+            except TimeLimitReached as exc:
+                log(
+                    f"{exc}: it stopped, is recorded as failed and its recipe queued again (a resumed study makes it "
+                    "first, its finished stages found in the store)"
+                )
+                break
             except SearchInterrupted as exc:
                 queued = (
                     f"trial {objective.requeued} is recorded as failed and its recipe queued again"
