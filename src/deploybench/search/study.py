@@ -172,8 +172,9 @@ def _in_storage_call(frame) -> bool:
 
 class _Sigterm:
     """SIGTERM during a trial's work raises SearchInterrupted there (Optuna records the trial as failed, and its
-    recipe is queued again). Inside a call of the study's storage, or between trials, it is held: the trial stops at
-    its next step (`check`), or the search after the trial being recorded is stored."""
+    recipe is queued again); the time limit's SIGALRM raises TimeLimitReached the same way. Inside a call of the
+    study's storage, or between trials, either is held: the trial stops at its next step (`check`), or the search
+    after the trial being recorded is stored."""
 
     def __init__(self):
         self.trial_number: int | None = None
