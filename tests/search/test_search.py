@@ -4,6 +4,7 @@ recipes, the space per backend, the promotion rule, and a worker on other hardwa
 
 import json
 import shutil
+import signal
 import time
 
 import optuna
@@ -19,6 +20,7 @@ from deploybench.search import BACKEND_SPACES, Fidelity, SearchSpec, TrialRecipe
 from deploybench.search import study as study_module
 from deploybench.search.fidelity import promotion
 from deploybench.search.space import menu_seeds, output_format
+from deploybench.search.study import SearchInterrupted
 from deploybench.store import Workspace
 
 LOW = Fidelity(screen_fraction=0.5, screen_val_images=3)
@@ -248,3 +250,19 @@ def test_the_time_limit_stops_the_running_trial_and_the_search_still_sums_up(sea
     queued = [t for t in trials if t.state == TrialState.WAITING]
     assert [(t.system_attrs["fixed_params"], t.user_attrs["retry_of"]) for t in queued] == [(trials[0].params, 0)]
     assert summary["study"] == "limit" and summary_path(ws, "limit").exists()
+    assert signal.getitimer(signal.ITIMER_REAL)[0] > 0  # pytest-timeout's own alarm is given back
+
+
+@pytest.mark.timeout(300)
+def test_a_sigterm_held_when_the_time_limit_passes_still_interrupts_the_search(searched_copy, monkeypatch):
+    ws, _, data_dir, _ = searched_copy
+
+    def trial_with_a_held_sigterm(trial, ctx):  # as if SIGTERM came during a storage call; no step checks it
+        trial.suggest_float("prune_ratio", 0.0, 0.8, step=0.05)
+        ctx.between_steps.__self__.pending = True
+        time.sleep(30)
+        pytest.fail("the time limit did not stop the trial")
+
+    monkeypatch.setattr(study_module, "run_trial", trial_with_a_held_sigterm)
+    with pytest.raises(SearchInterrupted, match="stopped by SIGTERM during trial 0"):
+        run_search(ws, SearchSpec(**TINY, trials=5, study="held", time_limit_s=0.5), data_dir, log=lambda _: None)

@@ -188,8 +188,14 @@ class _Sigterm:
 
     def time_up(self, signum, frame):
         self.late = True
-        if self.trial_number is not None and not _in_storage_call(frame):
-            raise TimeLimitReached(f"time limit reached during trial {self.trial_number}")
+        if self.trial_number is None:
+            return
+        if _in_storage_call(frame):  # held; ring again soon, since a trial can wait in storage calls for long
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
+        if self.pending:  # a SIGTERM held until now wins: the search must still exit as interrupted
+            raise SearchInterrupted(f"stopped by SIGTERM during trial {self.trial_number}")
+        raise TimeLimitReached(f"time limit reached during trial {self.trial_number}")
 
     def check(self) -> None:
         """Raise a held SIGTERM or time limit inside a trial (called between its steps)."""
@@ -205,15 +211,18 @@ class _Sigterm:
             yield
             return
         previous = signal.signal(signal.SIGTERM, self.handler)
-        previous_alarm = signal.signal(signal.SIGALRM, self.time_up) if time_limit_s is not None else None
         if time_limit_s is not None:
-            signal.setitimer(signal.ITIMER_REAL, time_limit_s)
+            previous_alarm = signal.signal(signal.SIGALRM, self.time_up)
+            earlier_timer, started = signal.setitimer(signal.ITIMER_REAL, time_limit_s), time.monotonic()
         try:
             yield
         finally:
-            if time_limit_s is not None:
+            if time_limit_s is not None:  # the caller's own alarm (a test timeout, say) is given back, not lost
                 signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, previous_alarm)
+                signal.signal(signal.SIGALRM, signal.SIG_DFL if previous_alarm is None else previous_alarm)
+                if earlier_timer[0] > 0:
+                    left = max(earlier_timer[0] - (time.monotonic() - started), 1e-6)
+                    signal.setitimer(signal.ITIMER_REAL, left, earlier_timer[1])
             signal.signal(signal.SIGTERM, previous)
 
 
@@ -253,9 +262,11 @@ class _Objective:
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
+            self.gate.trial_number = None  # a signal from here on is held, not raised inside this handling
             self._requeue(trial)
             raise
         except Exception as exc:  # noqa: BLE001  a broken recipe is recorded as a failed trial; the others go on
+            self.gate.trial_number = None
             trial.set_user_attr("error", failure_line(exc))
             if tail := traceback_tail(exc):
                 self.log(f"trial {trial.number} failed:{tail}")
@@ -448,10 +459,12 @@ def _optimize(study: optuna.Study, ctx: SearchContext, spec: SearchSpec, log) ->
             try:  # one trial at a time through `run_trials`, which also fails the trials of dead workers
                 run_trials(study, objective, min(spec.trials, count + 1), catch=(Exception,))
             except TimeLimitReached as exc:
-                log(
-                    f"{exc}: it stopped, is recorded as failed and its recipe queued again (a resumed study makes it "
-                    "first, its finished stages found in the store)"
+                queued = (
+                    "its recipe queued again (a resumed study makes it first, its finished stages found in the store)"
+                    if objective.requeued is not None
+                    else "no recipe was started"
                 )
+                log(f"{exc}: it stopped and is recorded as failed, {queued}")
                 break
             except SearchInterrupted as exc:
                 queued = (
@@ -467,4 +480,6 @@ def _optimize(study: optuna.Study, ctx: SearchContext, spec: SearchSpec, log) ->
                 objective.last = None
             if gate.pending:
                 raise SearchInterrupted(f"stopped by SIGTERM between trials: {_again(spec)}")
+        if gate.pending:  # held while the loop decided to stop: the search still ends as interrupted
+            raise SearchInterrupted(f"stopped by SIGTERM: {_again(spec)}")
     return ran, failed
