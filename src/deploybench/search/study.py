@@ -170,38 +170,36 @@ def _in_storage_call(frame) -> bool:
     return False
 
 
-class _Sigterm:
+class _StopSignals:
     """SIGTERM during a trial's work raises SearchInterrupted there (Optuna records the trial as failed, and its
     recipe is queued again); the time limit's SIGALRM raises TimeLimitReached the same way. Inside a call of the
     study's storage, or between trials, either is held: the trial stops at its next step (`check`), or the search
-    after the trial being recorded is stored."""
+    after the trial being recorded is stored. A held SIGTERM wins over the time limit."""
 
     def __init__(self):
         self.trial_number: int | None = None
-        self.pending = False
-        self.late = False  # the time limit passed (SIGALRM), held like a SIGTERM
+        self.pending = False  # a SIGTERM came
+        self.late = False  # the time limit passed
 
     def handler(self, signum, frame):
-        if self.trial_number is not None and not _in_storage_call(frame):
-            raise SearchInterrupted(f"stopped by SIGTERM during trial {self.trial_number}")
         self.pending = True
+        if not _in_storage_call(frame):
+            self.check()
 
     def time_up(self, signum, frame):
         self.late = True
-        if self.trial_number is None:
-            return
-        if _in_storage_call(frame):  # held; ring again soon, since a trial can wait in storage calls for long
-            signal.setitimer(signal.ITIMER_REAL, 0.05)
-            return
-        if self.pending:  # a SIGTERM held until now wins: the search must still exit as interrupted
-            raise SearchInterrupted(f"stopped by SIGTERM during trial {self.trial_number}")
-        raise TimeLimitReached(f"time limit reached during trial {self.trial_number}")
+        if self.trial_number is not None and _in_storage_call(frame):
+            signal.setitimer(signal.ITIMER_REAL, 0.05)  # a trial can wait in storage calls for long: ring again
+        elif not _in_storage_call(frame):
+            self.check()
 
     def check(self) -> None:
-        """Raise a held SIGTERM or time limit inside a trial (called between its steps)."""
-        if self.pending and self.trial_number is not None:
+        """Raise a held SIGTERM, else a passed time limit, inside a trial (called between its steps)."""
+        if self.trial_number is None:
+            return
+        if self.pending:
             raise SearchInterrupted(f"stopped by SIGTERM during trial {self.trial_number}")
-        if self.late and self.trial_number is not None:
+        if self.late:
             raise TimeLimitReached(f"time limit reached during trial {self.trial_number}")
 
     @contextlib.contextmanager
@@ -230,7 +228,7 @@ class _Objective:
     """Optuna's objective around `run_trial`: notes the running trial for SIGTERM and the log, records a broken
     recipe's error (the trial fails, the search goes on) and queues an interrupted recipe again."""
 
-    def __init__(self, ctx: SearchContext, gate: _Sigterm, log):
+    def __init__(self, ctx: SearchContext, gate: _StopSignals, log):
         self.ctx, self.gate, self.log = ctx, gate, log
         self.last: int | None = None
         self.requeued: int | None = None  # the trial whose recipe an interruption queued again
@@ -442,7 +440,7 @@ def _optimize(study: optuna.Study, ctx: SearchContext, spec: SearchSpec, log) ->
     """Run trials, one at a time, until the study holds `spec.trials` finished or running ones (with other workers
     counted), or the time limit has passed. Returns (trials run here, how many of them failed)."""
     study.sampler = SAMPLERS[spec.sampler](spec.trials, spec.seed + len(study.get_trials(deepcopy=False)))
-    gate = _Sigterm()
+    gate = _StopSignals()
     ctx.between_steps = gate.check
     objective = _Objective(ctx, gate, log)
     deadline = None if spec.time_limit_s is None else time.monotonic() + spec.time_limit_s
@@ -453,7 +451,7 @@ def _optimize(study: optuna.Study, ctx: SearchContext, spec: SearchSpec, log) ->
             count = _count(study)
             if count >= spec.trials:
                 break
-            if gate.late or (deadline is not None and time.monotonic() > deadline):
+            if deadline is not None and time.monotonic() > deadline:
                 log(f"time limit of {spec.time_limit_s:g} s reached: no new trial started")
                 break
             try:  # one trial at a time through `run_trials`, which also fails the trials of dead workers
