@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from deploybench.errors import UserError
 from deploybench.models.scoring import Scorer, eval_result
 from deploybench.profile.accuracy import scores
 
@@ -42,3 +44,20 @@ def test_no_images_score_nothing():
     )
     empty = Scorer(4).result()
     assert (empty.top1, empty.images) == (0.0, 0)
+
+
+def test_a_top1_hit_is_always_a_top5_hit_on_tied_logits():
+    # Ten tied logits: argmax and topk pick different classes for the tie, so a top-1 counted by argmax could
+    # be a top-5 miss. Whichever class the scorer predicts, it is one of its top-5.
+    for label in range(10):
+        result = eval_result(torch.zeros(3, 10), torch.full((3,), label), 10)
+        assert result.top1 <= result.top5, f"class {label}: top-1 {result.top1} but top-5 {result.top5}"
+
+
+def test_labels_beyond_the_models_outputs_are_refused_in_words():
+    logits, labels = _batch(seed=3)
+    labels[4] = 9
+    with pytest.raises(UserError, match="7 outputs for 7 classes and the labels run from .* to 9"):
+        scores(logits, labels)
+    with pytest.raises(UserError, match="the model's head does not fit this dataset"):
+        Scorer(10).add(logits, labels)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from deploybench.errors import UserError
+
 
 @dataclass
 class EvalResult:
@@ -53,9 +55,17 @@ class Scorer:
             return
         logits, labels = logits.float(), labels.long()
         k = self.num_classes
+        if logits.shape[1] != k or int(labels.min()) < 0 or int(labels.max()) >= k:
+            raise UserError(
+                f"the model gives {logits.shape[1]} outputs for {k} classes and the labels run from "
+                f"{int(labels.min())} to {int(labels.max())}: the model's head does not fit this dataset"
+            )
         self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        self.top5_hits += int((logits.topk(min(5, k), 1).indices == labels[:, None]).any(1).sum())
-        self.confusion += torch.bincount(labels * k + logits.argmax(1), minlength=k * k).view(k, k)
+        # Top-1 is the first of the top-5, not a separate argmax: on tied logits the two could pick different
+        # classes and count an image a top-1 hit and a top-5 miss.
+        top = logits.topk(min(5, k), 1).indices
+        self.top5_hits += int((top == labels[:, None]).any(1).sum())
+        self.confusion += torch.bincount(labels * k + top[:, 0], minlength=k * k).view(k, k)
 
     def result(self) -> EvalResult:
         """Mean loss, top-1, top-5 (fractions; 0 without images) and the confusion matrix so far."""
