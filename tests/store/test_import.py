@@ -1,7 +1,9 @@
 """`deploybench import`: idempotent, refuses conflicting ids and tampered artifacts with nothing written, keeps
-each measurement's machine, and never puts two machines on one front."""
+each measurement's machine, never puts two machines on one front, and brings paired speed-ups and search summaries
+along (a later one replaces an earlier one, never the reverse)."""
 
 import hashlib
+import json
 import shutil
 
 import pytest
@@ -11,6 +13,8 @@ from deploybench.errors import UserError
 from deploybench.profile.compare import compare_rows, machines
 from deploybench.store import Workspace
 from deploybench.store.importer import import_workspace
+from deploybench.store.pairs import record_pair, stored_pairs, write_pair
+from deploybench.store.search_summaries import stored_summaries, summary_path
 
 OTHER_ENV = dict(cpu_model="Other Vendor CPU 9000", cpu_flags=["avx2"], gpu=None)
 HERE_ENV = dict(cpu_model="Home Vendor CPU 1", cpu_flags=["avx512f"], gpu=None)
@@ -138,3 +142,81 @@ def test_report_draws_one_latency_front_per_machine(two_workspaces, tmp_path):
     html = build_report(here, tmp_path / "index.html").read_text()
     for slug in machines(here):
         assert f"torch-cpu · batch 1 · {slug}" in html
+
+
+def _pair(variant, against, speedup):
+    return dict(
+        variant=variant.id,
+        backend="ort-cpu",
+        against=against.id,
+        against_backend="torch-cpu",
+        batch_size=1,
+        threads=1,
+        machine="other-vendor-cpu-9000",
+        speedup=speedup,
+    )
+
+
+def _summary(ws, study, finished_at, winner):
+    summary = dict(
+        study=study,
+        finished_at=finished_at,
+        trials=[dict(number=0, seconds=3.0)],
+        winner=dict(variant_id=winner),
+        storage=f"sqlite:///{ws.root / 'studies.db'}",
+        storage_in_workspace=True,
+    )
+    path = summary_path(ws, study)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(summary))
+
+
+def test_paired_speedups_and_search_summaries_come_along_once(two_workspaces, capsys):
+    here, other = two_workspaces
+    trained, onnx_variant = other.variants()
+    record_pair(other, _pair(onnx_variant, trained, 2.5))
+    _summary(other, "lenet-study", 100.0, onnx_variant.id)
+    (other.root / "pairs" / "notes.json").write_text("[1, 2]")  # not a pair: skipped, as every reader does
+    assert import_main([str(other.root), "--workspace", str(here.root)]) == 0
+    assert "1 paired speed-up(s) and 1 search summary(ies)" in capsys.readouterr().out
+    assert [(p["variant"], p["speedup"]) for p in stored_pairs(here)] == [(onnx_variant.id, 2.5)]
+    assert stored_pairs(here)[0]["recorded_at"] == stored_pairs(other)[0]["recorded_at"]
+    (summary,) = stored_summaries(here)
+    assert summary["winner"]["variant_id"] == onnx_variant.id and summary["finished_at"] == 100.0
+    assert summary["storage_in_workspace"] is False  # its trials are in the other workspace's database
+    files = sorted(p.name for p in here.root.rglob("*.json"))
+    again = import_workspace(here, other.root)
+    assert (again.pairs, again.summaries, again.pairs_present, again.summaries_present) == (0, 0, 1, 1)
+    assert sorted(p.name for p in here.root.rglob("*.json")) == files
+
+
+def test_a_later_pair_or_summary_replaces_an_earlier_one_and_never_the_reverse(two_workspaces):
+    here, other = two_workspaces
+    trained, onnx_variant = other.variants()
+    import_workspace(here, other.root)
+    write_pair(other, dict(_pair(onnx_variant, trained, 2.0), recorded_at=10.0))
+    write_pair(here, dict(_pair(onnx_variant, trained, 3.0), recorded_at=20.0))  # measured again here, later
+    _summary(other, "lenet-study", 30.0, "a" * 16)
+    _summary(here, "lenet-study", 40.0, "b" * 16)
+    kept = import_workspace(here, other.root)
+    assert (kept.pairs, kept.summaries) == (0, 0)
+    assert [p["speedup"] for p in stored_pairs(here)] == [3.0]
+    assert stored_summaries(here)[0]["winner"]["variant_id"] == "b" * 16
+    write_pair(other, dict(_pair(onnx_variant, trained, 4.0), recorded_at=50.0))
+    _summary(other, "lenet-study", 60.0, "c" * 16)
+    newer = import_workspace(here, other.root)
+    assert (newer.pairs, newer.summaries) == (1, 1)
+    assert [p["speedup"] for p in stored_pairs(here)] == [4.0]
+    assert stored_summaries(here)[0]["winner"]["variant_id"] == "c" * 16
+
+
+def test_a_pair_of_a_variant_in_neither_workspace_is_refused_with_nothing_written(two_workspaces, capsys):
+    here, other = two_workspaces
+    trained, onnx_variant = other.variants()
+    stray = dict(_pair(onnx_variant, trained, 2.0), against="f" * 16)
+    write_pair(other, stray)
+    before = snapshot(here)
+    assert import_main([str(other.root), "--workspace", str(here.root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "f" * 16 in err and "nothing imported" in err
+    assert snapshot(here) == before and not stored_pairs(here)

@@ -1,5 +1,5 @@
-"""`deploybench import OTHER_WORKSPACE`: merge variants and measurements made elsewhere
-(see `deploybench.store.importer`)."""
+"""`deploybench import OTHER_WORKSPACE`: merge variants, measurements, paired speed-ups and search summaries made
+elsewhere (see `deploybench.store.importer`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from deploybench.cli.common import ArgumentParser, add_common, open_workspace, r
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="deploybench import",
-        description="Merge the variants and measurements of another workspace into this one. Every "
+        description="Merge the variants, measurements, paired speed-ups and search summaries of another "
+        "workspace into this one (a pair or summary here is replaced only by a later one). Every "
         "artifact is checked against its recorded sha256; imported torch.export programs "
         "stay unsealed (they load with --trust-artifacts only).",
     )
@@ -29,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         ws = open_workspace(args)
         s = import_workspace(ws, args.other)
         print(
-            f"imported {len(s.variants)} variant(s) and {s.measurements} measurement(s) into {ws.root} "
-            f"({s.variants_present} variant(s) and {s.measurements_present} measurement(s) were here already)"
+            f"imported {len(s.variants)} variant(s), {s.measurements} measurement(s), {s.pairs} paired speed-up(s) "
+            f"and {s.summaries} search summary(ies) into {ws.root} ({s.variants_present}, {s.measurements_present}, "
+            f"{s.pairs_present} and {s.summaries_present} were here already or newer)"
         )
         return 0
 

@@ -1,11 +1,14 @@
-"""`deploybench import`: merge the variants and measurements of a workspace made elsewhere into this one.
+"""`deploybench import`: merge the variants, measurements, paired speed-ups and search summaries of a workspace made
+elsewhere into this one.
 
 Variant ids are content-addressed, so a variant already here is skipped and importing twice changes nothing; an
 id that is here with other bytes (sha256) is refused. The other workspace is untrusted input: its rows pass the
 store's checks, each artifact is hashed as it is copied and must match its recorded sha256, and no imported
 variant is sealed (a torch.export program from elsewhere keeps needing `--trust-artifacts`). Everything is checked
 before anything is written; folders are copied beside their place, then renamed in with the rows in one
-transaction.
+transaction. A paired speed-up or search summary that is here too (same pair of variants, backends, batch size,
+threads and machine; same study) is replaced only by a later one, as measuring again or summing the study up again
+would; an imported summary's study stays in the other workspace's database, so it is marked as not in this one.
 """
 
 from __future__ import annotations
@@ -19,8 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploybench.errors import UserError
-from deploybench.store.atomic import FILE_MODE, fsync_dir, fsync_tree, sweep_stale_dirs, temp_dir_for
+from deploybench.store.atomic import (
+    FILE_MODE,
+    atomic_write_text,
+    fsync_dir,
+    fsync_tree,
+    sweep_stale_dirs,
+    temp_dir_for,
+)
+from deploybench.store.pairs import PAIRS_DIR, load_pair, pair_path, parse_pair
 from deploybench.store.provenance import files_digest
+from deploybench.store.search_summaries import SUMMARY_DIR, load_summary, parse_summary, summary_path
 from deploybench.store.workspace import Variant, Workspace, _canonical, _insert_variant
 
 _MEASUREMENT_COLUMNS = (
@@ -37,12 +49,17 @@ _MEASUREMENT_COLUMNS = (
 
 @dataclass
 class ImportSummary:
-    """What an import added (ids of new variants, count of new measurements) and what it found here already."""
+    """What an import added (ids of new variants, counts of the rest) and what it found here already (a pair or
+    summary here that is as recent as the other's counts as present)."""
 
     variants: list[str] = field(default_factory=list)
     measurements: int = 0
+    pairs: int = 0
+    summaries: int = 0
     variants_present: int = 0
     measurements_present: int = 0
+    pairs_present: int = 0
+    summaries_present: int = 0
 
 
 def _copy_hashed(src: Path, dst: Path) -> str:
@@ -132,6 +149,61 @@ def _plan(ws: Workspace, other: Workspace) -> tuple[list[Variant], list[dict], I
     return new, measurements, summary
 
 
+def _read_records(folder: Path, parse) -> list[tuple[dict, str]]:
+    """Each record of `folder`'s JSON files that `parse` accepts, with the text it was read from."""
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        record = parse(text)
+        if record is not None:
+            found.append((record, text))
+    return found
+
+
+def _plan_records(ws: Workspace, other: Workspace, known, summary: ImportSummary) -> dict[Path, str]:
+    """The paired speed-ups and search summaries of `other` to write into `ws` (path: text), each newer than the one
+    at its place here, if any. A pair of a variant in neither workspace (`known` says) is refused."""
+    writes: dict[Path, str] = {}
+    stamps: dict[Path, float] = {}
+    pairs = _read_records(other.root / PAIRS_DIR, parse_pair)
+    for pair, text in sorted(pairs, key=lambda r: _stamp(r[0], "recorded_at")):  # the latest of a key wins
+        for vid in (pair["variant"], pair["against"]):
+            if not known(vid):
+                raise UserError(
+                    f"a paired speed-up of {pair['variant']} over {pair['against']} names variant {vid}, which is in "
+                    "neither workspace; nothing imported"
+                )
+        dest = pair_path(ws, pair)
+        mine = load_pair(dest)
+        if mine is not None and _stamp(mine, "recorded_at") >= _stamp(pair, "recorded_at"):
+            summary.pairs_present += 1
+            continue
+        writes[dest], stamps[dest] = text, _stamp(pair, "recorded_at")
+    summary.pairs = len(writes)
+    for found, _ in _read_records(other.root / SUMMARY_DIR, parse_summary):
+        dest = summary_path(ws, found["study"])
+        mine = load_summary(dest)
+        if (mine is not None and _stamp(mine, "finished_at") >= _stamp(found, "finished_at")) or (
+            stamps.get(dest, -1.0) >= _stamp(found, "finished_at")
+        ):
+            summary.summaries_present += 1
+            continue
+        # Its study's trials stay in the other workspace's database: the report shows the stored importances.
+        writes[dest] = json.dumps(dict(found, storage_in_workspace=False), indent=1, default=str)
+        stamps[dest] = _stamp(found, "finished_at")
+    summary.summaries = len(writes) - summary.pairs
+    return writes
+
+
+def _stamp(record: dict, key: str) -> float:
+    """When `record` was made (`key`), 0 when it does not say."""
+    value = record.get(key)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
 def _stage(ws: Workspace, v: Variant) -> Path:
     """Copy `v`'s files into a temporary folder beside its place in `ws`, checking the copied bytes."""
     final = ws.artifact_dir(v.model, v.dataset, v.id)
@@ -156,6 +228,8 @@ def import_workspace(ws: Workspace, other_root: str | os.PathLike) -> ImportSumm
         raise UserError(f"{other_root} is this workspace; nothing to import")
     other = Workspace(other_root, create=False)
     new, measurements, summary = _plan(ws, other)
+    theirs = {v.id for v in new}
+    records = _plan_records(ws, other, lambda vid: vid in theirs or ws.find_variant(vid) is not None, summary)
     staged: dict[str, Path] = {}
     renamed: list[Path] = []
     try:
@@ -216,4 +290,6 @@ def import_workspace(ws: Workspace, other_root: str | os.PathLike) -> ImportSumm
             shutil.rmtree(tmp, ignore_errors=True)
     for final in {f.parent for f in renamed}:
         fsync_dir(final)
+    for dest, text in records.items():  # each names variants that are here now
+        atomic_write_text(dest, text)
     return summary

@@ -17,26 +17,50 @@ PAIRS_DIR = "pairs"
 KEY = ("variant", "backend", "against", "against_backend", "batch_size", "threads", "machine")
 
 
+def pair_path(ws: Workspace, pair: dict) -> Path:
+    """The file of `pair`'s `KEY` in `ws`: a pair of the same key, measured again or imported, replaces it."""
+    digest = hashlib.sha256(json.dumps([pair[k] for k in KEY]).encode()).hexdigest()[:16]
+    return ws.root / PAIRS_DIR / f"{pair['variant'][:16]}-{digest}.json"
+
+
+def write_pair(ws: Workspace, pair: dict) -> Path:
+    """Store `pair` as it is (an imported pair keeps the time it was recorded)."""
+    return atomic_write_text(pair_path(ws, pair), json.dumps(pair, indent=1, sort_keys=True))
+
+
 def record_pair(ws: Workspace, pair: dict) -> Path:
     """Store `pair` (the `KEY` fields, `speedup`, and what produced it) with the time it was recorded."""
     missing = [k for k in (*KEY, "speedup") if k not in pair]
     if missing:
         raise ValueError(f"a pair needs {', '.join(missing)}")
-    digest = hashlib.sha256(json.dumps([pair[k] for k in KEY]).encode()).hexdigest()[:16]
-    path = ws.root / PAIRS_DIR / f"{pair['variant'][:16]}-{digest}.json"
-    return atomic_write_text(path, json.dumps(dict(pair, recorded_at=time.time()), indent=1, sort_keys=True))
+    return write_pair(ws, dict(pair, recorded_at=time.time()))
 
 
-def _load(path: Path) -> dict | None:
+def parse_pair(text: str) -> dict | None:
+    """The pair a file's `text` holds, or None when it is not a pair."""
     try:
-        pair = json.loads(path.read_text())
+        pair = json.loads(text)
+    except ValueError:
+        return None
+    ok = (
+        isinstance(pair, dict)
+        and all(k in pair for k in KEY)
+        and isinstance(pair["variant"], str)
+        and isinstance(pair["against"], str)
+        and isinstance(pair.get("speedup"), (int, float))
+    )
+    return pair if ok else None
+
+
+def load_pair(path: Path) -> dict | None:
+    """The pair in `path`, or None when there is none or the file is not a pair."""
+    try:
+        return parse_pair(path.read_text())
     except (OSError, ValueError):
         return None
-    ok = isinstance(pair, dict) and all(k in pair for k in KEY) and isinstance(pair.get("speedup"), (int, float))
-    return pair if ok else None
 
 
 def stored_pairs(ws: Workspace) -> list[dict]:
     """Every readable pair of the workspace, oldest first."""
-    found = (_load(p) for p in (ws.root / PAIRS_DIR).glob("*.json"))
+    found = (load_pair(p) for p in (ws.root / PAIRS_DIR).glob("*.json"))
     return sorted((p for p in found if p is not None), key=lambda p: p.get("recorded_at", 0))

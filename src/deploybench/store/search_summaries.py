@@ -21,15 +21,25 @@ def summary_path(ws: Workspace, study_name: str) -> Path:
     return ws.root / SUMMARY_DIR / f"{slug}.json"
 
 
-def _load(path: Path) -> dict | None:
+def parse_summary(text: str) -> dict | None:
+    """The summary a file's `text` holds, or None when it is not a summary."""
     try:
-        summary = json.loads(path.read_text())
+        summary = json.loads(text)
+    except ValueError:
+        return None
+    ok = isinstance(summary, dict) and isinstance(summary.get("trials"), list) and isinstance(summary.get("study"), str)
+    return summary if ok else None
+
+
+def load_summary(path: Path) -> dict | None:
+    """The summary in `path`, or None when there is none or the file is not a summary."""
+    try:
+        return parse_summary(path.read_text())
     except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) and isinstance(summary.get("trials"), list) else None
 
 
 def stored_summaries(ws: Workspace) -> list[dict]:
     """Every readable search summary of the workspace, in file-name order."""
-    found = (_load(p) for p in sorted((ws.root / SUMMARY_DIR).glob("*.json")))
+    found = (load_summary(p) for p in sorted((ws.root / SUMMARY_DIR).glob("*.json")))
     return [s for s in found if s is not None]
