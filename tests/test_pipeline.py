@@ -1,5 +1,7 @@
 """The main job end to end on tiny data: train → optimize all → profile → report."""
 
+import re
+
 from deploybench.cli import main as deploybench_main
 from deploybench.store import Workspace
 
@@ -34,6 +36,11 @@ def test_pipeline_end_to_end(tmp_path, tiny_fashion_mnist, capsys, monkeypatch):
     captured = capsys.readouterr()
     printed = captured.out
     assert f"report: {out}" in printed and out.is_file()
+    (model_line,) = [line for line in printed.splitlines() if line.startswith("lenet: ") and " min (train " in line]
+    (whole,) = [line for line in printed.splitlines() if line.startswith("all 1 models: ")]
+    phases = r"\(train [\d.]+, optimize [\d.]+, profile [\d.]+, report [\d.]+\)"
+    assert re.fullmatch(rf"all 1 models: [\d.]+ min {phases}", whole)
+    assert float(whole.split()[3]) >= float(model_line.split()[1])  # the run is its model and the report
     # Output captured is a log, not a terminal: no bar redrawn into it, one line per phase, epoch and chain.
     assert "\r" not in captured.out + captured.err
     lines = captured.out.splitlines() + captured.err.splitlines()

@@ -149,7 +149,9 @@ def run_pipeline(
         phases = ", ".join(f"{p} {s / 60:.1f}" for p, s in summary["phases"][model].items())
         say(f"{model} {ended} {summary['seconds'][model] / 60:.1f} min ({phases}; {n + 1} of {len(models)} models)")
     bar.milestone("report")
+    start_s = time.perf_counter()
     summary["report"] = build_report(ws, report)
+    summary["report_seconds"] = time.perf_counter() - start_s
     bar.update()
     bar.close()
     return summary

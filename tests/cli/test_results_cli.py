@@ -1,6 +1,7 @@
 """`deploybench profile results`: one Markdown file per machine in the store, named by its machine slug."""
 
 import json
+import shutil
 
 import pytest
 
@@ -145,9 +146,32 @@ def test_the_training_table_gives_the_minutes_each_model_took_to_optimize_and_pr
     cells = line()
     assert cells[9] == "2"  # the trained variant and its export
     assert cells[10] == f"{exported.metrics['make_seconds'] / 60:.1f}"
-    assert cells[11] == f"{sum(r['metrics']['job_seconds'] for r in rows) / 60:.1f}"
+    profiled = sum(r["metrics"]["job_seconds"] for r in rows)
+    assert cells[11] == f"{profiled / 60:.1f}"
+    whole = trained.metrics["train_seconds"] + exported.metrics["make_seconds"] + profiled
+    assert cells[12] == f"{whole / 60:.1f}"
+    assert "| **all" not in results_markdown(ws, slug)  # one model: no sums row
+
+    # A second trained model (another id of the same weights): a last row sums both models' minutes.
+    def same_weights(folder):
+        shutil.copytree(trained.path, folder, dirs_exist_ok=True)
+        return dict(train_seconds=120.0)
+
+    ws.create_variant(
+        model="lenet",
+        dataset=trained.dataset,
+        stage="train",
+        config=dict(trained.config, seed=7),
+        parent=None,
+        fmt=trained.format,
+        write=same_weights,
+    )
+    (total,) = [x for x in results_markdown(ws, slug).splitlines() if x.startswith("| **all 2** |")]
+    cells = [c.strip() for c in total.strip("|").split("|")]
+    assert cells[6] == f"{(trained.metrics['train_seconds'] + 120.0) / 60:.1f}" and cells[9] == "3"
+    assert cells[10] == "" and cells[12] == ""  # the second model has no optimized variants' times: no sums
     ws.add_measurements([dict(rows[0], metrics={k: v for k, v in rows[0]["metrics"].items() if k != "job_seconds"})])
-    assert line()[11] == ""  # one latest row without its time: no sum that would pass for the whole
+    assert line()[11] == line()[12] == ""  # one latest row without its time: no sum that would pass for the whole
 
 
 def test_rerunning_replaces_the_files_and_the_default_folder_is_docs_results(

@@ -177,6 +177,8 @@ def test_paired_speedups_and_search_summaries_come_along_once(two_workspaces, ca
     record_pair(other, _pair(onnx_variant, trained, 2.5))
     _summary(other, "lenet-study", 100.0, onnx_variant.id)
     (other.root / "pairs" / "notes.json").write_text("[1, 2]")  # not a pair: skipped, as every reader does
+    undated = dict(_pair(trained, onnx_variant, 9.0), recorded_at="yesterday")  # readers sort by it: not a pair
+    (other.root / "pairs" / "undated.json").write_text(json.dumps(undated))
     assert import_main([str(other.root), "--workspace", str(here.root)]) == 0
     assert "1 paired speed-up(s) and 1 search summary(ies)" in capsys.readouterr().out
     assert [(p["variant"], p["speedup"]) for p in stored_pairs(here)] == [(onnx_variant.id, 2.5)]

@@ -66,9 +66,17 @@ def pipeline(args) -> int:
     print(render(compare_rows(ws, models=models, dataset=args.dataset, include_skipped=False), "table"))
     for line in summary["failed"]:
         print(f"failed: {line}")
+    totals: dict[str, float] = {}
     for name, seconds in summary["seconds"].items():
         phases = ", ".join(f"{phase} {s / 60:.1f}" for phase, s in summary["phases"][name].items())
         print(f"{name}: {seconds / 60:.1f} min ({phases})")
+        for phase, s in summary["phases"][name].items():
+            totals[phase] = totals.get(phase, 0.0) + s
+    whole = sum(summary["seconds"].values()) + summary["report_seconds"]
+    phases = ", ".join(
+        [*(f"{phase} {s / 60:.1f}" for phase, s in totals.items()), f"report {summary['report_seconds'] / 60:.1f}"]
+    )
+    print(f"all {len(summary['seconds'])} models: {whole / 60:.1f} min ({phases})")
     print(f"report: {summary['report']}")
     return 1 if summary["failed"] else 0  # like `optimize all`: the report covers what succeeded
 

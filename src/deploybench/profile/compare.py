@@ -394,8 +394,9 @@ def _training_lines(ws: Workspace, dataset: str, models: set[str], latest: dict)
     """A table of the trained variants of `dataset` for `models`, each as recorded when it was trained: what it
     was trained on (device, precision, epochs), how long and how fast, its test top-1, and the minutes spent on
     what descends from it: making its optimized variants (`make_seconds` of each, stage and accuracy passes) and
-    profiling them all once on this results file's machine (`job_seconds` of each latest row in `latest`). A
-    time is left blank when one of its parts was not recorded."""
+    profiling them all once on this results file's machine (`job_seconds` of each latest row in `latest`), their
+    total, and with more than one trained variant a last row of the sums. A time is left blank when one of its
+    parts was not recorded."""
     trained = [v for v in ws.variants(dataset=dataset) if v.stage == "train" and v.model in models]
     if not trained:
         return []
@@ -408,27 +409,41 @@ def _training_lines(ws: Workspace, dataset: str, models: set[str], latest: dict)
         " to make and all its variants to profile once on this machine:",
         "",
         "| model | variant | device | precision | threads | epochs | train min | images/s | test top-1 | variants "
-        "| optimize min | profile min |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| optimize min | profile min | total min |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def num(m: dict, key: str, fmt: str, scale: float = 1.0) -> str:
         return format(m[key] * scale, fmt) if isinstance(m.get(key), (int, float)) else ""
 
-    def minutes(parts: list) -> str:
+    def seconds(parts: list) -> float | None:
+        """The sum of `parts`, or None when one of them was not recorded (no sum that would pass for the whole)."""
         known = [x for x in parts if isinstance(x, (int, float))]
-        return f"{sum(known) / 60:.1f}" if parts and len(known) == len(parts) else ""
+        return float(sum(known)) if parts and len(known) == len(parts) else None
 
+    def minutes(x: float | None) -> str:
+        return "" if x is None else f"{x / 60:.1f}"
+
+    columns = []  # per trained variant: train, optimize, profile and total seconds
     for v in sorted(trained, key=lambda v: (v.model, v.id)):
         m, family = v.metrics, made.get(v.id, [v])
         ids = {x.id for x in family}
-        optimize = minutes([x.metrics.get("make_seconds") for x in family if x.id != v.id])
-        profile = minutes([r["metrics"].get("job_seconds") for k, r in latest.items() if k[0] in ids])
+        optimize = seconds([x.metrics.get("make_seconds") for x in family if x.id != v.id])
+        profile = seconds([r["metrics"].get("job_seconds") for k, r in latest.items() if k[0] in ids])
+        train = seconds([m.get("train_seconds")])
+        total = seconds([train, optimize, profile])
+        columns.append((train, optimize, profile, total, len(family)))
         lines.append(
             f"| {v.model} | {v.id} | {m.get('device', '')} | {m.get('train_precision', 'fp32')} | "
-            f"{num(m, 'threads', '.0f')} | {num(m, 'epochs', 'g')} | {num(m, 'train_seconds', '.1f', 1 / 60)} | "
+            f"{num(m, 'threads', '.0f')} | {num(m, 'epochs', 'g')} | {minutes(train)} | "
             f"{num(m, 'images_per_s', '.0f')} | {num(m, 'accuracy_top1', '.2f', 100)}% | {len(family)} | "
-            f"{optimize} | {profile} |"
+            f"{minutes(optimize)} | {minutes(profile)} | {minutes(total)} |"
+        )
+    if len(columns) > 1:
+        train, optimize, profile, total = (minutes(seconds([c[i] for c in columns])) for i in range(4))
+        lines.append(
+            f"| **all {len(columns)}** | | | | | | {train} | | | {sum(c[4] for c in columns)} | {optimize} | "
+            f"{profile} | {f'**{total}**' if total else ''} |"
         )
     return lines
 

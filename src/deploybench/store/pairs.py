@@ -48,6 +48,7 @@ def parse_pair(text: str) -> dict | None:
         and isinstance(pair["variant"], str)
         and isinstance(pair["against"], str)
         and isinstance(pair.get("speedup"), (int, float))
+        and isinstance(pair.get("recorded_at", 0), (int, float))  # readers order by it
     )
     return pair if ok else None
 

@@ -27,7 +27,12 @@ def parse_summary(text: str) -> dict | None:
         summary = json.loads(text)
     except ValueError:
         return None
-    ok = isinstance(summary, dict) and isinstance(summary.get("trials"), list) and isinstance(summary.get("study"), str)
+    ok = (
+        isinstance(summary, dict)
+        and isinstance(summary.get("trials"), list)
+        and isinstance(summary.get("study"), str)
+        and isinstance(summary.get("finished_at") or 0, (int, float))  # readers order by it
+    )
     return summary if ok else None
 
 
