@@ -150,26 +150,31 @@ def test_the_training_table_gives_the_minutes_each_model_took_to_optimize_and_pr
     assert cells[11] == f"{profiled / 60:.1f}"
     whole = trained.metrics["train_seconds"] + exported.metrics["make_seconds"] + profiled
     assert cells[12] == f"{whole / 60:.1f}"
-    assert "| **all" not in results_markdown(ws, slug)  # one model: no sums row
+    assert "--budget-minutes" not in results_markdown(ws, slug)  # trained by epochs: no run to sum
 
-    # A second trained model (another id of the same weights): a last row sums both models' minutes.
+    # Two models trained with a 10-minute budget (as one pipeline run trains them; the same weights under other
+    # ids): a row sums theirs, and only theirs.
     def same_weights(folder):
         shutil.copytree(trained.path, folder, dirs_exist_ok=True)
         return dict(train_seconds=120.0)
 
-    ws.create_variant(
-        model="lenet",
-        dataset=trained.dataset,
-        stage="train",
-        config=dict(trained.config, seed=7),
-        parent=None,
-        fmt=trained.format,
-        write=same_weights,
-    )
-    (total,) = [x for x in results_markdown(ws, slug).splitlines() if x.startswith("| **all 2** |")]
+    recipe = dict(trained.config.get("recipe") or {}, budget_minutes=10.0)
+    for seed in (7, 8):
+        ws.create_variant(
+            model="lenet",
+            dataset=trained.dataset,
+            stage="train",
+            config=dict(trained.config, recipe=dict(recipe, seed=seed)),
+            parent=None,
+            fmt=trained.format,
+            write=same_weights,
+        )
+    (total,) = [
+        x for x in results_markdown(ws, slug).splitlines() if x.startswith("| **2 models, --budget-minutes 10**")
+    ]
     cells = [c.strip() for c in total.strip("|").split("|")]
-    assert cells[6] == f"{(trained.metrics['train_seconds'] + 120.0) / 60:.1f}" and cells[9] == "3"
-    assert cells[10] == "" and cells[12] == ""  # the second model has no optimized variants' times: no sums
+    assert cells[6] == f"{240.0 / 60:.1f}" and cells[9] == "2"
+    assert cells[10] == cells[12] == ""  # they have no optimized variants' times: no sums that would pass for them
     ws.add_measurements([dict(rows[0], metrics={k: v for k, v in rows[0]["metrics"].items() if k != "job_seconds"})])
     assert line()[11] == line()[12] == ""  # one latest row without its time: no sum that would pass for the whole
 

@@ -395,8 +395,8 @@ def _training_lines(ws: Workspace, dataset: str, models: set[str], latest: dict)
     was trained on (device, precision, epochs), how long and how fast, its test top-1, and the minutes spent on
     what descends from it: making its optimized variants (`make_seconds` of each, stage and accuracy passes) and
     profiling them all once on this results file's machine (`job_seconds` of each latest row in `latest`), their
-    total, and with more than one trained variant a last row of the sums. A time is left blank when one of its
-    parts was not recorded."""
+    total, and for the models trained with the same time budget (a `pipeline --budget-minutes` run), when there
+    are two or more, a row of their sums. A time is left blank when one of its parts was not recorded."""
     trained = [v for v in ws.variants(dataset=dataset) if v.stage == "train" and v.model in models]
     if not trained:
         return []
@@ -424,7 +424,7 @@ def _training_lines(ws: Workspace, dataset: str, models: set[str], latest: dict)
     def minutes(x: float | None) -> str:
         return "" if x is None else f"{x / 60:.1f}"
 
-    columns = []  # per trained variant: train, optimize, profile and total seconds
+    runs: dict[float, list] = {}  # per training budget (a pipeline run's --budget-minutes): its models' columns
     for v in sorted(trained, key=lambda v: (v.model, v.id)):
         m, family = v.metrics, made.get(v.id, [v])
         ids = {x.id for x in family}
@@ -432,18 +432,22 @@ def _training_lines(ws: Workspace, dataset: str, models: set[str], latest: dict)
         profile = seconds([r["metrics"].get("job_seconds") for k, r in latest.items() if k[0] in ids])
         train = seconds([m.get("train_seconds")])
         total = seconds([train, optimize, profile])
-        columns.append((train, optimize, profile, total, len(family)))
+        budget = (v.config.get("recipe") or {}).get("budget_minutes")
+        if isinstance(budget, (int, float)) and budget > 0:
+            runs.setdefault(float(budget), []).append((train, optimize, profile, total, len(family)))
         lines.append(
             f"| {v.model} | {v.id} | {m.get('device', '')} | {m.get('train_precision', 'fp32')} | "
             f"{num(m, 'threads', '.0f')} | {num(m, 'epochs', 'g')} | {minutes(train)} | "
             f"{num(m, 'images_per_s', '.0f')} | {num(m, 'accuracy_top1', '.2f', 100)}% | {len(family)} | "
             f"{minutes(optimize)} | {minutes(profile)} | {minutes(total)} |"
         )
-    if len(columns) > 1:
+    for budget, columns in sorted(runs.items()):
+        if len(columns) < 2:
+            continue
         train, optimize, profile, total = (minutes(seconds([c[i] for c in columns])) for i in range(4))
         lines.append(
-            f"| **all {len(columns)}** | | | | | | {train} | | | {sum(c[4] for c in columns)} | {optimize} | "
-            f"{profile} | {f'**{total}**' if total else ''} |"
+            f"| **{len(columns)} models, --budget-minutes {budget:g}** | | | | | | {train} | | | "
+            f"{sum(c[4] for c in columns)} | {optimize} | {profile} | {f'**{total}**' if total else ''} |"
         )
     return lines
 
