@@ -167,7 +167,6 @@ def _plan_records(ws: Workspace, other: Workspace, known, summary: ImportSummary
     """The paired speed-ups and search summaries of `other` to write into `ws` (path: text), each newer than the one
     at its place here, if any. A pair of a variant in neither workspace (`known` says) is refused."""
     writes: dict[Path, str] = {}
-    stamps: dict[Path, float] = {}
     pairs = _read_records(other.root / PAIRS_DIR, parse_pair)
     for pair, text in sorted(pairs, key=lambda r: _stamp(r[0], "recorded_at")):  # the latest of a key wins
         for vid in (pair["variant"], pair["against"]):
@@ -181,19 +180,17 @@ def _plan_records(ws: Workspace, other: Workspace, known, summary: ImportSummary
         if mine is not None and _stamp(mine, "recorded_at") >= _stamp(pair, "recorded_at"):
             summary.pairs_present += 1
             continue
-        writes[dest], stamps[dest] = text, _stamp(pair, "recorded_at")
+        writes[dest] = text
     summary.pairs = len(writes)
-    for found, _ in _read_records(other.root / SUMMARY_DIR, parse_summary):
+    summaries = _read_records(other.root / SUMMARY_DIR, parse_summary)
+    for found, _ in sorted(summaries, key=lambda r: _stamp(r[0], "finished_at")):  # the latest of a study wins
         dest = summary_path(ws, found["study"])
         mine = load_summary(dest)
-        if (mine is not None and _stamp(mine, "finished_at") >= _stamp(found, "finished_at")) or (
-            stamps.get(dest, -1.0) >= _stamp(found, "finished_at")
-        ):
+        if mine is not None and _stamp(mine, "finished_at") >= _stamp(found, "finished_at"):
             summary.summaries_present += 1
             continue
         # Its study's trials stay in the other workspace's database: the report shows the stored importances.
         writes[dest] = json.dumps(dict(found, storage_in_workspace=False), indent=1, default=str)
-        stamps[dest] = _stamp(found, "finished_at")
     summary.summaries = len(writes) - summary.pairs
     return writes
 
