@@ -162,19 +162,22 @@ def test_a_damaged_store_stops_the_whole_run(tmp_path, tiny_fashion_mnist, capsy
     ]
 
 
-def test_a_time_budget_bounds_the_prune_chains_finetuning_too(trained_workspace, monkeypatch, tmp_path):
-    # Unbounded, pruning's two fine-tuning epochs take longer than the budgeted training for a model that trains
-    # under an epoch in it; with a budget, `optimize all` gets its share for them.
+def test_a_time_budget_bounds_the_prune_chains_finetuning_and_qat_too(trained_workspace, monkeypatch, tmp_path):
+    # Unbounded, pruning's two fine-tuning epochs or QAT's one take longer than the budgeted training for a model
+    # that trains under an epoch in it; with a budget, `optimize all` gets its share for each.
     import deploybench.pipeline as pipeline
 
     ws, trained, data_dir = trained_workspace
     given = []
     monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: (trained, False))
-    monkeypatch.setattr(pipeline, "optimize_all", lambda *a, **k: given.append(k.get("finetune_minutes")) or [])
+    monkeypatch.setattr(
+        pipeline, "optimize_all", lambda *a, **k: given.append((k.get("finetune_minutes"), k.get("qat_minutes"))) or []
+    )
     monkeypatch.setattr(pipeline, "profile_variants", lambda *a, **k: [])
     monkeypatch.setattr(pipeline, "build_report", lambda ws, out: out)
     for budget in (10.0, None):
         pipeline.run_pipeline(
             ws, "fashion-mnist", ["lenet"], data_dir=data_dir, budget_minutes=budget, log=lambda line: None
         )
-    assert given == [10.0 * pipeline.FINETUNE_SHARE, None] and 0 < pipeline.FINETUNE_SHARE < 1
+    share = 10.0 * pipeline.FINETUNE_SHARE
+    assert given == [(share, share), (None, None)] and 0 < pipeline.FINETUNE_SHARE < 1

@@ -292,10 +292,11 @@ def _budgeted_finetune(monkeypatch, tmp_path, *, minutes, epochs=3, stop_in_epoc
     each look, so a budget sizes the run to the same steps on any machine. Returns (history, weights, the learning
     rate it ended at)."""
     from deploybench.optimize import prune
+    from deploybench.train import engine
     from deploybench.train.recipes import default_recipe
 
     ticks = iter(range(0, 10**6, 10))
-    monkeypatch.setattr(prune.BudgetClock, "clock", staticmethod(lambda: float(next(ticks))))
+    monkeypatch.setattr(engine.BudgetClock, "clock", staticmethod(lambda: float(next(ticks))))
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(400, 1, 8, 8), torch.randint(0, 3, (400,)))
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
@@ -341,7 +342,7 @@ def test_a_finetune_budget_sizes_the_cosine_schedule_to_the_steps_that_fit_and_r
     assert [h["steps"] for h in unbounded] == [h["steps"] for h in roomy] == [50, 50, 50] and end < 1e-9
     assert all(torch.equal(plain[k], same[k]) for k in plain)
     assert not all(torch.equal(plain[k], weights[k]) for k in plain)
-    assert prune._FinetuneBudget(None, 150).total == 150
+    assert prune.StepBudget(None, 150).total == 150
 
 
 def test_finetune_minutes_enters_the_id_only_when_set_and_must_be_positive(trained_workspace):

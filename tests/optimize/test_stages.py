@@ -362,3 +362,61 @@ def test_a_derived_variant_is_calibrated_and_validated_on_its_roots_split(
     model = load_module(root).eval()
     want = evaluate(model, DataLoader(mine.val, batch_size=256), torch.device("cpu"), mine.info.num_classes)
     assert validation_result(ws, root, tiny_fashion_mnist).loss == pytest.approx(want.loss)
+
+
+def _budgeted_qat(monkeypatch, tmp_path, *, minutes, epochs):
+    """QAT of a tiny conv net on 2,560 random 1x8x8 images (40 steps of 64 an epoch) on a clock that reads 10 s
+    more at each look, so a budget sizes the run to the same steps on any machine. Returns (what `_qat` records,
+    the learning rate it ended at)."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import TensorDataset
+
+    from deploybench.optimize import quantize
+    from deploybench.train import engine
+
+    ticks = iter(range(0, 10**6, 10))
+    monkeypatch.setattr(engine.BudgetClock, "clock", staticmethod(lambda: float(next(ticks))))
+    made_scheds = []
+    monkeypatch.setattr(
+        quantize, "make_scheduler", lambda *a: made_scheds.append(engine.make_scheduler(*a)) or made_scheds[-1]
+    )
+    torch.manual_seed(0)
+    images = torch.randn(2560, 1, 8, 8)
+    data = SimpleNamespace(
+        splits=SimpleNamespace(train=TensorDataset(images, torch.randint(0, 3, (2560,)))),
+        example=lambda n: images[:n],
+    )
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)
+    )
+    stage = get_stage("quantize")(method="qat", qat_epochs=epochs, qat_minutes=minutes)
+    tmp_path.mkdir(parents=True)
+    recorded = quantize._qat(stage, net, data, tmp_path)
+    (sched,) = made_scheds
+    return recorded, sched.get_last_lr()[0]
+
+
+def test_a_qat_budget_sizes_the_cosine_to_the_steps_that_fit(monkeypatch, tmp_path):
+    # Timed over steps 6-25 at 0.5 s a step (10 s of the fake clock over 20 steps), with 30 s gone at the sizing
+    # and 60 s allowed, it takes 25 + 60 steps of the 120 of three epochs: 2.12 epochs.
+    recorded, lr = _budgeted_qat(monkeypatch, tmp_path / "a", minutes=1.0, epochs=3)
+    assert recorded == dict(qat_images=85 * 64, qat_steps=85, qat_epochs_done=2.12)
+    assert lr < 1e-9  # the cosine spans the 85 steps taken, not the 120 of three epochs
+    whole, end = _budgeted_qat(monkeypatch, tmp_path / "b", minutes=None, epochs=1)
+    assert whole == dict(qat_images=2560, qat_steps=40, qat_epochs_done=1.0) and end < 1e-9
+    roomy, _ = _budgeted_qat(monkeypatch, tmp_path / "c", minutes=600.0, epochs=1)  # does not bind: the epoch does
+    assert roomy == whole
+
+
+def test_qat_minutes_enters_the_id_of_qat_only_when_set_and_must_be_positive(trained_workspace):
+    ws, trained, data_dir = trained_workspace
+    quantize = get_stage("quantize")
+    with pytest.raises(UserError, match="--qat-minutes must be above 0"):
+        quantize(method="qat", qat_minutes=0)
+    plain = quantize(method="qat", calib_size=16).run(ws, trained, data_dir)
+    timed = quantize(method="qat", calib_size=16, qat_minutes=30).run(ws, trained, data_dir)
+    assert "qat_minutes" not in plain.config and timed.config["qat_minutes"] == 30 and timed.id != plain.id
+    assert timed.metrics["qat_steps"] == plain.metrics["qat_steps"]  # 30 minutes do not bind on a tiny split
+    int8 = quantize(method="int8-pt2e", calib_size=16, qat_minutes=30).run(ws, trained, data_dir)
+    assert "qat_minutes" not in int8.config

@@ -32,7 +32,7 @@ def pipeline(args) -> int:
     """Train -> optimize all -> profile -> report for every model; prints the compare table and the report path."""
     from deploybench.data import dataset_info
     from deploybench.models import get_model_info, list_models
-    from deploybench.pipeline import run_pipeline
+    from deploybench.pipeline import phase_minutes, run_pipeline
     from deploybench.profile.backends import get_backend
     from deploybench.profile.compare import compare_rows, render
     from deploybench.profile.runner import checked_batch_sizes
@@ -68,14 +68,11 @@ def pipeline(args) -> int:
         print(f"failed: {line}")
     totals: dict[str, float] = {}
     for name, seconds in summary["seconds"].items():
-        phases = ", ".join(f"{phase} {s / 60:.1f}" for phase, s in summary["phases"][name].items())
-        print(f"{name}: {seconds / 60:.1f} min ({phases})")
+        print(f"{name}: {seconds / 60:.1f} min ({phase_minutes(summary['phases'][name])})")
         for phase, s in summary["phases"][name].items():
             totals[phase] = totals.get(phase, 0.0) + s
     whole = sum(summary["seconds"].values()) + summary["report_seconds"]
-    phases = ", ".join(
-        [*(f"{phase} {s / 60:.1f}" for phase, s in totals.items()), f"report {summary['report_seconds'] / 60:.1f}"]
-    )
+    phases = phase_minutes({**totals, "report": summary["report_seconds"]})
     print(f"all {len(summary['seconds'])} models: {whole / 60:.1f} min ({phases})")
     print(f"report: {summary['report']}")
     return 1 if summary["failed"] else 0  # like `optimize all`: the report covers what succeeded

@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--qat-epochs", type=int, help="qat: training epochs (default 1)")
     q.add_argument(
+        "--qat-minutes",
+        type=float,
+        help="qat: train for the steps that fit in this many minutes (timed on the first steps; at most "
+        "--qat-epochs epochs); recorded in the variant's id",
+    )
+    q.add_argument(
         "--max-drop",
         type=float,
         help="int8-nncf-ac: largest allowed top-1 drop on validation images, as a fraction (default 0.01 = 1 point)",
@@ -107,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ratio", type=float, default=0.5, help="pruning ratio of the prune chains (default 0.5)")
     a.add_argument("--finetune-epochs", type=int, default=2)
     a.add_argument("--finetune-minutes", type=float, help="the prune chains' fine-tuning: at most this many minutes")
+    a.add_argument("--qat-minutes", type=float, help="the qat chain's training: at most this many minutes")
     a.add_argument("--calib-size", type=int, default=512)
     a.add_argument("--qat", action="store_true", help="run QAT even when int8-pt2e loses <= 1 point")
     return p
@@ -167,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 ratio=args.ratio,
                 finetune_epochs=args.finetune_epochs,
                 finetune_minutes=args.finetune_minutes,
+                qat_minutes=args.qat_minutes,
                 calib_size=args.calib_size,
                 force_qat=args.qat,
                 log=lambda msg: print(msg, file=sys.stderr),
@@ -180,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 calib_method=args.calib_method,
                 reduce_range=args.reduce_range,
                 qat_epochs=args.qat_epochs,
+                qat_minutes=args.qat_minutes,
                 max_drop=args.max_drop,
                 val_size=args.val_size,
                 float_layers=args.float_layers,

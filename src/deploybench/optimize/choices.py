@@ -51,7 +51,7 @@ QUANT_METHODS: dict[str, QuantMethod] = {
         QuantMethod("bf16", "torch-bf16", "bfloat16"),
         QuantMethod("fp16", "torch-fp16", "float16"),
         # Last: `optimize all` makes it only where int8-pt2e, made before it, lost too much accuracy.
-        QuantMethod("qat", "torch-export-int8", "int8", options=("qat_epochs", "qat_lr", "seed")),
+        QuantMethod("qat", "torch-export-int8", "int8", options=("qat_epochs", "qat_lr", "qat_minutes", "seed")),
     )
 }
 CALIB_METHODS = ("minmax", "entropy", "percentile")  # int8-ort's calibration

@@ -68,6 +68,7 @@ def default_chains(
     distill: bool = True,
     calib_size: int = 512,
     qat_epochs: int = 1,
+    qat_minutes: float | None = None,
     force_qat: bool = False,
 ) -> list[Chain]:
     """The chains `optimize all` runs."""
@@ -75,7 +76,7 @@ def default_chains(
     prune = PruneStage(ratio=ratio, finetune_epochs=finetune_epochs, finetune_minutes=finetune_minutes, distill=distill)
 
     def quant(method: str) -> QuantizeStage:
-        return QuantizeStage(method=method, calib_size=calib_size, qat_epochs=qat_epochs)
+        return QuantizeStage(method=method, calib_size=calib_size, qat_epochs=qat_epochs, qat_minutes=qat_minutes)
 
     chains = [Chain("export", [export])]
     for spec in QUANT_METHODS.values():

@@ -49,7 +49,7 @@ from deploybench.platform.progress import note
 from deploybench.store import Variant, Workspace
 from deploybench.train.device_data import DeviceSplit
 from deploybench.train.engine import (
-    BudgetClock,
+    StepBudget,
     data_path,
     device_keys,
     epoch_loader,
@@ -203,26 +203,6 @@ def prune_model(model: nn.Module, data: StageData, cfg: PruneConfig) -> nn.Modul
     return model
 
 
-class _FinetuneBudget:
-    """The steps a fine-tuning of at most `limit` steps takes within `minutes`, counted from its start: timed on
-    its first steps as a training run's time budget is (`BudgetClock`, or over the first epoch when that is
-    shorter), then the schedule is resized to them. Without `minutes`, `limit`."""
-
-    def __init__(self, minutes: float | None, limit: int, sized: int | None = None):
-        self.minutes, self.total = minutes, sized or (limit if minutes is None else 0)
-        self.limit, self.clock = limit, BudgetClock()
-
-    def on_step(self, plan) -> None:
-        """After each step; `plan(step_seconds)` sizes the run."""
-        if not self.total and (step_seconds := self.clock.step_seconds()) is not None:
-            plan(step_seconds)
-
-    def size(self, done: int, step_seconds: float) -> int:
-        left = self.clock.seconds_left(self.minutes)
-        self.total = min(self.limit, done + max(1, int(left / step_seconds)))
-        return self.total
-
-
 def finetune(
     model: nn.Module,
     teacher: nn.Module | None,
@@ -265,7 +245,7 @@ def finetune(
             checkpoint.replace(checkpoint.with_suffix(".stale"))
         else:
             history, sized = [dict(h, resumed=True) for h in ckpt["history"]], ckpt.get("total_steps")
-    budget = _FinetuneBudget(minutes, epochs * per_epoch, sized)
+    budget = StepBudget(minutes, epochs * per_epoch, sized)
 
     def distill(logits, x, y):
         loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)

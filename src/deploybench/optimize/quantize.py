@@ -29,8 +29,11 @@ from deploybench.optimize.base import Stage, StageConfig, StageData, register_st
 from deploybench.optimize.choices import CALIB_METHODS, QUANT_METHODS, QuantMethod
 from deploybench.optimize.export import ensure_onnx
 from deploybench.platform.env import has_int8_dot_product, has_native_bf16
+from deploybench.platform.progress import note
 from deploybench.profile.latency import Protocol, time_runs
 from deploybench.store import Variant, Workspace
+from deploybench.train.engine import StepBudget, make_scheduler, resize_schedule
+from deploybench.train.recipes import Recipe
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class QuantizeConfig(StageConfig):
     reduce_range: bool | None = None  # int8-ort: 7-bit weights; None = on where the CPU lacks VNNI (see _int8_ort)
     qat_epochs: int = 1  # qat: epochs of quantization-aware training from the parent's weights
     qat_lr: float = 1e-3  # qat: SGD learning rate (cosine to zero)
+    qat_minutes: float | None = None  # qat: train for the steps that fit in this time (at most qat_epochs)
     max_drop: float = 0.01  # int8-nncf-ac: largest allowed top-1 drop on validation images (0.01 = 1 point)
     val_size: int = 1000  # int8-nncf-ac, float_layers sensitive:K: validation images (the first of the split) used
     float_layers: str = ""  # int8-pt2e, int8-ort: layers left in float (`optimize.float_layers`); "" none
@@ -270,9 +274,15 @@ def _int8_pt2e(stage, model: nn.Module, data: StageData, d: Path) -> dict:
     )
 
 
+# QAT's learning rate: cosine from `qat_lr` to zero over the steps it takes (`train.engine` builds and resizes it).
+_QAT_SCHEDULE = Recipe(schedule="cosine")
+
+
 @method("qat")
 def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
-    """PT2E quantization-aware training from the parent's weights (fake-quant in the loop), then int8."""
+    """PT2E quantization-aware training from the parent's weights (fake-quant in the loop), then int8. With
+    `qat_minutes` it takes the steps that fit in that time (timed on its first steps, as `train --budget-minutes`
+    is; at most `qat_epochs` epochs; the cosine spans them); a run shorter than the timed steps runs whole."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
@@ -286,7 +296,17 @@ def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
         train, batch_size=64, shuffle=True, drop_last=len(train) > 64, generator=torch.Generator().manual_seed(cfg.seed)
     )
     opt = torch.optim.SGD(prepared.parameters(), lr=cfg.qat_lr, momentum=0.9)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.qat_epochs * len(loader)))
+    budget = StepBudget(cfg.qat_minutes, cfg.qat_epochs * len(loader))
+    sched = make_scheduler(opt, _QAT_SCHEDULE, budget.limit)
+    done = images = 0
+
+    def plan(step_seconds: float) -> None:
+        resize_schedule(sched, opt, _QAT_SCHEDULE, budget.size(done, step_seconds), done)
+        note(
+            f"qat budget {cfg.qat_minutes:g} min: {budget.total} steps ({budget.total / len(loader):.2f} epochs) "
+            f"at {step_seconds * 1000:.0f} ms a step"
+        )
+
     move_exported_model_to_train(prepared)
     for _ in range(cfg.qat_epochs):
         for x, y in loader:
@@ -295,12 +315,18 @@ def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
             loss.backward()
             opt.step()
             sched.step()
+            done, images = done + 1, images + len(y)
+            budget.on_step(plan)
+            if done >= budget.total > 0:
+                break
+        if done >= budget.total > 0:
+            break
     move_exported_model_to_eval(prepared)
     converted = convert_pt2e(prepared)
     _strip_dropout(converted)
     _drop_unused_weights(converted)
     _save_program(converted, example, d / "model.pt2")
-    return dict(qat_images=cfg.qat_epochs * len(loader.dataset))
+    return dict(qat_images=images, qat_steps=done, qat_epochs_done=round(done / len(loader), 2))
 
 
 # -- ONNX Runtime static QDQ int8 -----------------------------------------------------------------------------------
@@ -688,6 +714,8 @@ class QuantizeStage(Stage):
                 f"qat needs --qat-epochs of 1 or more and a learning rate above 0, got "
                 f"{self.config.qat_epochs} and {self.config.qat_lr}"
             )
+        if self.config.qat_minutes is not None and not self.config.qat_minutes > 0:
+            raise UserError(f"--qat-minutes must be above 0, got {self.config.qat_minutes}")
         uses = QUANT_METHODS[self.config.method].options
         self.config = replace(self.config, float_layers=float_layers.canonical(self.config.float_layers))
         if self.config.float_layers and "float_layers" not in uses:
@@ -721,6 +749,8 @@ class QuantizeStage(Stage):
         # Unused here, these stay out of the id, so that variants made before the option existed keep theirs.
         if "float_layers" in spec.options and not cfg["float_layers"]:
             config.pop("float_layers")
+        if "qat_minutes" in spec.options and cfg["qat_minutes"] is None:
+            config.pop("qat_minutes")
         if "float_layers" in spec.options and not float_layers.parse(cfg["float_layers"]).sensitive:
             config.pop("val_size", None)
 

@@ -422,6 +422,26 @@ class BudgetClock:
         return minutes * 60 - (self.clock() - self.started)
 
 
+class StepBudget:
+    """The steps a run of at most `limit` steps takes within `minutes`, counted from its start: timed on its first
+    steps as a training run's time budget is (`BudgetClock`), then `size` fixes `total`. Without `minutes`, `limit`;
+    `sized`: the total a checkpointed run already fixed. Pruning's fine-tuning and QAT size their runs by it."""
+
+    def __init__(self, minutes: float | None, limit: int, sized: int | None = None):
+        self.minutes, self.total = minutes, sized or (limit if minutes is None else 0)
+        self.limit, self.clock = limit, BudgetClock()
+
+    def on_step(self, plan) -> None:
+        """After each step; `plan(step_seconds)` sizes the run (by calling `size`)."""
+        if not self.total and (step_seconds := self.clock.step_seconds()) is not None:
+            plan(step_seconds)
+
+    def size(self, done: int, step_seconds: float) -> int:
+        left = self.clock.seconds_left(self.minutes)
+        self.total = min(self.limit, done + max(1, int(left / step_seconds)))
+        return self.total
+
+
 class _BudgetPlanner:
     """Sizes a run with `recipe.budget_minutes` to the optimizer steps that fit in the budget, counted from the
     start of `fit`: after BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS steps (or at the end of the first epoch, if it is
