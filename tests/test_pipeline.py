@@ -179,5 +179,5 @@ def test_a_time_budget_bounds_the_prune_chains_finetuning_and_qat_too(trained_wo
         pipeline.run_pipeline(
             ws, "fashion-mnist", ["lenet"], data_dir=data_dir, budget_minutes=budget, log=lambda line: None
         )
-    share = 10.0 * pipeline.FINETUNE_SHARE
-    assert given == [(share, share), (None, None)] and 0 < pipeline.FINETUNE_SHARE < 1
+    share = 10.0 * pipeline.RETRAIN_SHARE
+    assert given == [(share, share), (None, None)] and 0 < pipeline.RETRAIN_SHARE < 1

@@ -24,7 +24,7 @@ PHASES = ("train", "optimize", "profile")
 # With a time budget, pruning's fine-tune and QAT each get this share of the training's: both start from trained
 # weights, and unbounded (2 epochs of fine-tune, 1 of fake-quantized training in fp32) either takes longer than the
 # training itself for a model that trains under an epoch in the budget.
-FINETUNE_SHARE = 0.5
+RETRAIN_SHARE = 0.5
 
 
 def phase_minutes(seconds: dict[str, float]) -> str:
@@ -74,12 +74,13 @@ def _run_model(
         )  # an interrupted run of an earlier pipeline goes on
         summary["models"][model] = root.metrics.get("accuracy_top1")
         begin("optimize", "optimize all")
+        retrain_minutes = budget_minutes * RETRAIN_SHARE if budget_minutes else None
         results = optimize_all(
             ws,
             root,
             data_dir,
-            finetune_minutes=budget_minutes * FINETUNE_SHARE if budget_minutes else None,
-            qat_minutes=budget_minutes * FINETUNE_SHARE if budget_minutes else None,
+            finetune_minutes=retrain_minutes,
+            qat_minutes=retrain_minutes,
             log=lambda line: say(f"{model}: {line}"),
         )
         summary["failed"] += [f"{model}: {r.name}: {r.message}" for r in results if r.status == "failed"]

@@ -56,7 +56,6 @@ from deploybench.train.engine import (
     make_optimizer,
     make_scheduler,
     precision_keys,
-    resize_schedule,
     restore_run_state,
     run_state,
     train_one_epoch,
@@ -258,11 +257,7 @@ def finetune(
         return 0.5 * loss + 0.5 * kd
 
     def plan(done: int, step_seconds: float) -> None:
-        resize_schedule(sched, opt, recipe, budget.size(done, step_seconds), done)
-        note(
-            f"fine-tune budget {minutes:g} min: {budget.total} steps ({budget.total / per_epoch:.2f} epochs) "
-            f"at {step_seconds * 1000:.0f} ms a step"
-        )
+        budget.resize(sched, opt, recipe, done, step_seconds, per_epoch, "fine-tune")
 
     for epoch in range(len(history), epochs):
         before = sum(h.get("steps", per_epoch) for h in history)

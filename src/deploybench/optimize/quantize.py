@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import re
 import tempfile
 from dataclasses import dataclass, replace
@@ -29,10 +30,9 @@ from deploybench.optimize.base import Stage, StageConfig, StageData, register_st
 from deploybench.optimize.choices import CALIB_METHODS, QUANT_METHODS, QuantMethod
 from deploybench.optimize.export import ensure_onnx
 from deploybench.platform.env import has_int8_dot_product, has_native_bf16
-from deploybench.platform.progress import note
 from deploybench.profile.latency import Protocol, time_runs
 from deploybench.store import Variant, Workspace
-from deploybench.train.engine import StepBudget, make_scheduler, resize_schedule
+from deploybench.train.engine import StepBudget, make_scheduler
 from deploybench.train.recipes import Recipe
 
 
@@ -299,26 +299,15 @@ def _qat(stage, model: nn.Module, data: StageData, d: Path) -> dict:
     budget = StepBudget(cfg.qat_minutes, cfg.qat_epochs * len(loader))
     sched = make_scheduler(opt, _QAT_SCHEDULE, budget.limit)
     done = images = 0
-
-    def plan(step_seconds: float) -> None:
-        resize_schedule(sched, opt, _QAT_SCHEDULE, budget.size(done, step_seconds), done)
-        note(
-            f"qat budget {cfg.qat_minutes:g} min: {budget.total} steps ({budget.total / len(loader):.2f} epochs) "
-            f"at {step_seconds * 1000:.0f} ms a step"
-        )
-
     move_exported_model_to_train(prepared)
-    for _ in range(cfg.qat_epochs):
-        for x, y in loader:
-            loss = nn.functional.cross_entropy(prepared(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            done, images = done + 1, images + len(y)
-            budget.on_step(plan)
-            if done >= budget.total > 0:
-                break
+    for x, y in itertools.chain.from_iterable(itertools.repeat(loader, cfg.qat_epochs)):
+        loss = nn.functional.cross_entropy(prepared(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        done, images = done + 1, images + len(y)
+        budget.on_step(lambda s, done=done: budget.resize(sched, opt, _QAT_SCHEDULE, done, s, len(loader), "qat"))
         if done >= budget.total > 0:
             break
     move_exported_model_to_eval(prepared)

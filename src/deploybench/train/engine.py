@@ -31,7 +31,7 @@ from deploybench.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from deploybench.errors import UserError
 from deploybench.models.scoring import EvalResult, Scorer
 from deploybench.platform import has_native_bf16
-from deploybench.platform.progress import progress
+from deploybench.platform.progress import note, progress
 from deploybench.train.device_data import DeviceSplit, device_resident
 from deploybench.train.recipes import Recipe
 
@@ -424,7 +424,7 @@ class BudgetClock:
 
 class StepBudget:
     """The steps a run of at most `limit` steps takes within `minutes`, counted from its start: timed on its first
-    steps as a training run's time budget is (`BudgetClock`), then `size` fixes `total`. Without `minutes`, `limit`;
+    steps as a training run's time budget is (`BudgetClock`), then `resize` fixes `total`. Without `minutes`, `limit`;
     `sized`: the total a checkpointed run already fixed. Pruning's fine-tuning and QAT size their runs by it."""
 
     def __init__(self, minutes: float | None, limit: int, sized: int | None = None):
@@ -432,14 +432,19 @@ class StepBudget:
         self.limit, self.clock = limit, BudgetClock()
 
     def on_step(self, plan) -> None:
-        """After each step; `plan(step_seconds)` sizes the run (by calling `size`)."""
+        """After each step; `plan(step_seconds)` sizes the run (by calling `resize`)."""
         if not self.total and (step_seconds := self.clock.step_seconds()) is not None:
             plan(step_seconds)
 
-    def size(self, done: int, step_seconds: float) -> int:
+    def resize(self, sched, opt, recipe: Recipe, done: int, step_seconds: float, per_epoch: int, what: str) -> None:
+        """Fix `total` at step `done` from `step_seconds`, make `sched` (of `recipe`) span it, and say so."""
         left = self.clock.seconds_left(self.minutes)
         self.total = min(self.limit, done + max(1, int(left / step_seconds)))
-        return self.total
+        resize_schedule(sched, opt, recipe, self.total, done)
+        note(
+            f"{what} budget {self.minutes:g} min: {self.total} steps ({self.total / per_epoch:.2f} epochs) "
+            f"at {step_seconds * 1000:.0f} ms a step"
+        )
 
 
 class _BudgetPlanner:
