@@ -420,3 +420,42 @@ def test_qat_minutes_enters_the_id_of_qat_only_when_set_and_must_be_positive(tra
     assert timed.metrics["qat_steps"] == plain.metrics["qat_steps"]  # 30 minutes do not bind on a tiny split
     int8 = quantize(method="int8-pt2e", calib_size=16, qat_minutes=30).run(ws, trained, data_dir)
     assert "qat_minutes" not in int8.config
+
+
+def test_a_quantize_variant_is_keyed_by_its_methods_own_options_that_are_set():
+    """One rule (`QuantizeConfig.to_dict`) makes the config a variant is stored and found by, and the search's
+    trial keys: the method's own options, less those left unset (`UNSET`), and `val_size` only where a sensitivity
+    pass reads validation images."""
+    quantize = get_stage("quantize")
+    assert quantize(method="int8-pt2e").config.to_dict() == {"method": "int8-pt2e", "calib_size": 512, "seed": 0}
+    assert quantize(method="int8-pt2e", float_layers="sensitive:2").config.to_dict() == {
+        "method": "int8-pt2e",
+        "calib_size": 512,
+        "float_layers": "sensitive:2",
+        "val_size": 1000,
+        "seed": 0,
+    }
+    assert quantize(method="int8-pt2e", float_layers="depthwise").config.to_dict()["float_layers"] == "depthwise"
+    assert "val_size" not in quantize(method="int8-pt2e", float_layers="depthwise").config.to_dict()
+    assert quantize(method="qat", calib_size=16).config.to_dict() == {
+        "method": "qat",
+        "qat_epochs": 1,
+        "qat_lr": 1e-3,
+        "seed": 0,
+    }
+    assert quantize(method="qat", qat_minutes=3).config.to_dict()["qat_minutes"] == 3
+    assert quantize(method="int8-nncf-ac").config.to_dict() == {
+        "method": "int8-nncf-ac",
+        "calib_size": 512,
+        "max_drop": 0.01,
+        "val_size": 1000,
+        "seed": 0,
+    }
+    assert quantize(method="bf16", calib_size=16).config.to_dict() == {"method": "bf16"}
+    assert set(quantize(method="int8-ort").config.to_dict()) == {
+        "method",
+        "calib_size",
+        "calib_method",
+        "reduce_range",
+        "seed",
+    }

@@ -173,8 +173,12 @@ def model_keys(parent: Variant) -> dict:
 class StageConfig:
     """Base of every stage's options; its fields (all JSON-able) go into the variant's config and id."""
 
+    # Options added after variants were made with the stage: each enters the config and id only when it is not
+    # this value, so that those variants keep their ids.
+    UNSET: ClassVar[dict[str, object]] = {}
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k not in self.UNSET or v != self.UNSET[k]}
 
     @classmethod
     def from_options(cls, **options):

@@ -22,6 +22,7 @@ import math
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -81,17 +82,7 @@ class PruneConfig(StageConfig):
     round_to: int = 0  # keep every pruned layer's channel count a multiple of this (0: any count)
     finetune_minutes: float | None = None  # fine-tune for the steps that fit in this time (at most finetune_epochs)
 
-    def to_dict(self) -> dict:
-        """The options that enter the config and id; `finetune_fraction` only when below 1, `round_to` and
-        `finetune_minutes` only when set, so the ids of variants made before these options existed stay the same."""
-        out = super().to_dict()
-        if out["finetune_fraction"] == 1.0:
-            del out["finetune_fraction"]
-        if not out["round_to"]:
-            del out["round_to"]
-        if out["finetune_minutes"] is None:
-            del out["finetune_minutes"]
-        return out
+    UNSET: ClassVar[dict[str, object]] = {"finetune_fraction": 1.0, "round_to": 0, "finetune_minutes": None}
 
 
 def _importance(name: str):

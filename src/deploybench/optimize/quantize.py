@@ -16,7 +16,7 @@ import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -49,6 +49,17 @@ class QuantizeConfig(StageConfig):
     val_size: int = 1000  # int8-nncf-ac, float_layers sensitive:K: validation images (the first of the split) used
     float_layers: str = ""  # int8-pt2e, int8-ort: layers left in float (`optimize.float_layers`); "" none
     seed: int = 0
+
+    UNSET: ClassVar[dict[str, object]] = {"float_layers": "", "qat_minutes": None}
+
+    def to_dict(self) -> dict:
+        """The options that enter the config and id: the method's own (`choices.QUANT_METHODS`) that are set, and
+        `val_size` of the float-layer methods only where `float_layers` measures sensitivity."""
+        uses = QUANT_METHODS[self.method].options
+        out = {k: v for k, v in super().to_dict().items() if k == "method" or k in uses}
+        if "float_layers" in uses and not float_layers.parse(self.float_layers).sensitive:
+            out.pop("val_size", None)
+        return out
 
 
 @dataclass(frozen=True)
@@ -730,21 +741,9 @@ class QuantizeStage(Stage):
                 f"pruned); {parent.id} is {parent.format}"
             )
         data = stage_data(ws, parent, data_dir)
-        cfg = self.config.to_dict()
-        config = dict(self.variant_config(parent, data_dir), **{"method": cfg["method"]})
-        for key in cfg:
-            if key != "method" and key not in spec.options:
-                config.pop(key, None)
-        # Unused here, these stay out of the id, so that variants made before the option existed keep theirs.
-        if "float_layers" in spec.options and not cfg["float_layers"]:
-            config.pop("float_layers")
-        if "qat_minutes" in spec.options and cfg["qat_minutes"] is None:
-            config.pop("qat_minutes")
-        if "float_layers" in spec.options and not float_layers.parse(cfg["float_layers"]).sensitive:
-            config.pop("val_size", None)
 
         def write(d: Path) -> dict:
             source = onnx_path(parent) if spec.onnx_parent else load_module(parent)
             return dict(m.fn(self, source, data, d), compute_dtype=spec.compute_dtype)
 
-        return self.make_variant(ws, parent, data_dir, fmt=spec.fmt, write=write, config=config)
+        return self.make_variant(ws, parent, data_dir, fmt=spec.fmt, write=write)

@@ -316,10 +316,7 @@ def _stage_keys(stages: list[Stage]) -> list[tuple]:
         if isinstance(stage, ExportStage) and isinstance(nxt, QuantizeStage):
             if QUANT_METHODS[nxt.config.method].onnx_parent and stage.config == ExportStage().config:
                 continue
-        cfg = stage.config.to_dict()
-        if isinstance(stage, QuantizeStage):
-            cfg = {k: v for k, v in cfg.items() if k == "method" or k in QUANT_METHODS[stage.config.method].options}
-        keys.append((stage.name, cfg))
+        keys.append((stage.name, stage.config.to_dict()))
     return keys
 
 
