@@ -325,7 +325,7 @@ def test_a_finetune_budget_sizes_the_cosine_schedule_to_the_steps_that_fit_and_r
 ):
     # Timed over steps 6-25 at 0.5 s a step (10 s of the fake clock over 20 steps), with 30 s gone at the sizing
     # and 60 s allowed, it takes 25 + 60 steps: epoch 1 whole (50), 35 of epoch 2, no epoch 3.
-    from deploybench.optimize import prune
+    from deploybench.train import engine
 
     history, weights, lr = _budgeted_finetune(monkeypatch, tmp_path / "a", minutes=1.0)
     assert [h["steps"] for h in history] == [50, 35]
@@ -342,7 +342,7 @@ def test_a_finetune_budget_sizes_the_cosine_schedule_to_the_steps_that_fit_and_r
     assert [h["steps"] for h in unbounded] == [h["steps"] for h in roomy] == [50, 50, 50] and end < 1e-9
     assert all(torch.equal(plain[k], same[k]) for k in plain)
     assert not all(torch.equal(plain[k], weights[k]) for k in plain)
-    assert prune.StepBudget(None, 150).total == 150
+    assert engine.StepBudget(None, 150).total == 150
 
 
 def test_finetune_minutes_enters_the_id_only_when_set_and_must_be_positive(trained_workspace):

@@ -401,8 +401,7 @@ _EVAL_COST = 1 / 3
 
 class BudgetClock:
     """The clock of a run with a time budget: the seconds left of it, counted from the clock's making, and the
-    seconds a step takes, timed over BUDGET_TIMED_STEPS steps after BUDGET_WARMUP_STEPS. Training's budget and
-    pruning's fine-tuning budget both size their runs by it."""
+    seconds a step takes, timed over BUDGET_TIMED_STEPS steps after BUDGET_WARMUP_STEPS (`StepBudget`'s clock)."""
 
     clock = staticmethod(time.perf_counter)
 
@@ -423,39 +422,53 @@ class BudgetClock:
 
 
 class StepBudget:
-    """The steps a run of at most `limit` steps takes within `minutes`, counted from its start: timed on its first
-    steps as a training run's time budget is (`BudgetClock`), then `resize` fixes `total`. Without `minutes`, `limit`;
-    `sized`: the total a checkpointed run already fixed. Pruning's fine-tuning and QAT size their runs by it."""
+    """The steps a run takes within `minutes`, counted from its start (at most `limit`, None for no cap): timed on
+    its first steps (`BudgetClock`), then `resize` fixes `total`. Without `minutes`, `limit`; `sized`: the total a
+    checkpointed run already fixed. Training's time budget (`_BudgetPlanner`), pruning's fine-tuning and QAT size
+    their runs by it."""
 
-    def __init__(self, minutes: float | None, limit: int, sized: int | None = None):
+    def __init__(self, minutes: float | None, limit: int | None, sized: int | None = None, log=note):
         self.minutes, self.total = minutes, sized or (limit if minutes is None else 0)
-        self.limit, self.clock = limit, BudgetClock()
+        self.limit, self.clock, self.log = limit, BudgetClock(), log
 
     def on_step(self, plan) -> None:
         """After each step; `plan(step_seconds)` sizes the run (by calling `resize`)."""
         if not self.total and (step_seconds := self.clock.step_seconds()) is not None:
             plan(step_seconds)
 
-    def resize(self, sched, opt, recipe: Recipe, done: int, step_seconds: float, per_epoch: int, what: str) -> None:
-        """Fix `total` at step `done` from `step_seconds`, make `sched` (of `recipe`) span it, and say so."""
-        left = self.clock.seconds_left(self.minutes)
-        self.total = min(self.limit, done + max(1, int(left / step_seconds)))
+    def resize(
+        self,
+        sched,
+        opt,
+        recipe: Recipe,
+        done: int,
+        step_seconds: float,
+        per_epoch: int,
+        what: str,
+        overhead: float = 0.0,
+    ) -> int:
+        """Fix `total` at step `done` from `step_seconds` (plus `overhead` seconds a step of other work the run
+        makes), make `sched` (of `recipe`) span it, say so and return it."""
+        fit = done + max(1, int(self.clock.seconds_left(self.minutes) / (step_seconds + overhead)))
+        self.total = fit if self.limit is None else min(self.limit, fit)
         resize_schedule(sched, opt, recipe, self.total, done)
-        note(
+        self.log(
             f"{what} budget {self.minutes:g} min: {self.total} steps ({self.total / per_epoch:.2f} epochs) "
             f"at {step_seconds * 1000:.0f} ms a step"
         )
+        return self.total
 
 
 class _BudgetPlanner:
     """Sizes a run with `recipe.budget_minutes` to the optimizer steps that fit in the budget, counted from the
-    start of `fit`: after BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS steps (or at the end of the first epoch, if it is
-    shorter) it fixes `state.total_steps` from the measured seconds per step and the validation passes the run
-    will make, rebuilds the schedule over that length and fast-forwards it to the steps already taken."""
+    start of `fit` (a `StepBudget` with no cap): after BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS steps (or at the end
+    of the first epoch, if it is shorter) it fixes `state.total_steps` from the measured seconds per step and the
+    validation passes the run will make, rebuilds the schedule over that length and fast-forwards it to the steps
+    already taken."""
 
     def __init__(self, run: _Run, val_images: int, log: Callable[[str], None]):
-        self.run, self.val_images, self.log = run, val_images, log
-        self.clock = BudgetClock()
+        self.run, self.val_images = run, val_images
+        self.budget = StepBudget(run.recipe.budget_minutes, None, log=log)
 
     @property
     def pending(self) -> bool:
@@ -463,8 +476,7 @@ class _BudgetPlanner:
 
     def on_step(self) -> None:
         """After each training step of a run not yet sized."""
-        if (step_seconds := self.clock.step_seconds()) is not None:
-            self.plan(step_seconds)
+        self.budget.on_step(self.plan)
 
     def on_epoch_end(self, row: dict) -> None:
         """At an epoch's end, for a first epoch too short to time BUDGET_TIMED_STEPS steps in."""
@@ -474,16 +486,17 @@ class _BudgetPlanner:
 
     def plan(self, step_seconds: float) -> None:
         run, state = self.run, self.run.state
-        per_epoch = state.steps_per_epoch
         # Each epoch ends with a validation pass: its cost, spread over the epoch's steps.
         val_seconds = self.val_images / run.recipe.batch_size * step_seconds * _EVAL_COST
-        left = self.clock.seconds_left(run.recipe.budget_minutes)
-        done = state.steps_done()
-        state.total_steps = done + max(1, int(left / (step_seconds + val_seconds / per_epoch)))
-        resize_schedule(run.sched, run.opt, run.recipe, state.total_steps, done)
-        self.log(
-            f"time budget {run.recipe.budget_minutes:g} min: {state.total_steps} steps "
-            f"({state.epochs_planned():.2f} epochs) at {step_seconds * 1000:.0f} ms a step"
+        state.total_steps = self.budget.resize(
+            run.sched,
+            run.opt,
+            run.recipe,
+            state.steps_done(),
+            step_seconds,
+            state.steps_per_epoch,
+            "time",
+            overhead=val_seconds / state.steps_per_epoch,
         )
 
 
